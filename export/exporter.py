@@ -1,0 +1,191 @@
+"""``export_bundle``: checkpoint -> verified bundle directory (FP32 and INT8 graphs)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata as _md
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flare_onnx.bundle import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, TASK_CAPABILITIES, file_record
+from flare_onnx.errors import ExportError
+
+from ._deps import require
+from .checkpoint import DEFAULT_MODEL, load_checkpoint, resolve_checkpoint
+from .graphs import GRAPH_IO, OPSET, export_graph
+from .quantize import quantize_int8
+from .sample import italian_sentences, mask_sentences, read_corpus
+from .tokenizer import build_tokenizer, compare_tokenizers, load_reference_tokenizer, special_tokens
+from .verify import compare, make_batches, onnx_outputs, torch_outputs
+
+__all__ = ["export_bundle", "TOKENIZER_PROBES", "FP32_TOLERANCE"]
+
+FP32_TOLERANCE = 1e-4
+GRAPH_FILES = {"fp32": "model.fp32.onnx", "int8": "model.int8.onnx"}
+
+#: Texts that exercise the tokenizer's corner cases on top of the calibration sentences.
+TOKENIZER_PROBES = [
+    "L'uomo è arrivato all'alba, più tardi del previsto: perché?",
+    "Roma è la <mask> d'Italia.",
+    "ROMA È LA <MASK> D'ITALIA!",
+    "Caffè, però, città, virtù, perché, così: àèéìòù ÀÈÉÌÒÙ.",
+    "Un po' d'acqua e quell'anno nell'ottobre del '68…",
+    "Prezzo: 12,50 € (IVA inclusa) — 3° piano, n. 7/b; e-mail info@esempio.it",
+    "Tab\there and  double  spaces\nnewline and\u00a0nbsp\u200bzero-width",
+    "Parola" + "lunghissima" * 12 + " fine",
+    "e\u0301 composta, ﬁne ligatura, ｆｕｌｌｗｉｄｔｈ, 東京 e emoji 🙂",
+]
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for dist in ("flare-onnx", "torch", "transformers", "tokenizers", "onnx", "onnxruntime", "numpy"):
+        try:
+            out[dist] = _md.version(dist)
+        except _md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _max_length(config: Any, tokenizer_max: int | None) -> int:
+    positions = int(config.max_position_embeddings)
+    if config.model_type in ("xlm-roberta", "roberta", "camembert"):
+        positions -= int(config.pad_token_id) + 1  # positions start after the padding index
+    if tokenizer_max and tokenizer_max < 100_000:
+        positions = min(positions, int(tokenizer_max))
+    return positions
+
+
+def export_bundle(
+    model: str = DEFAULT_MODEL,
+    output: str | Path = "flare-it-onnx",
+    *,
+    task: str | None = None,
+    precisions: tuple[str, ...] = ("fp32", "int8"),
+    revision: str | None = None,
+    calibration: str | Path | None = None,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Export a checkpoint to a verified bundle directory.
+
+    Args:
+        model: a Hub id (default ``osiria/flare-it``) or a local checkpoint directory.
+        output: the bundle directory to write; it appears only when the export succeeded.
+        task: ``fill-mask``, ``feature-extraction``, ``token-classification`` or
+            ``text-classification``; by default the task of the checkpoint's architecture.
+        precisions: graphs to write (``fp32``, ``int8``).
+        calibration: Italian text (one sentence per line, or CoNLL-U) for verification and
+            INT8 checks; by default the sample shipped with flare-onnx.
+        overwrite: replace an existing bundle at ``output``.
+
+    Raises:
+        ExportError: the checkpoint cannot be found or loaded, the tokenizer differs from
+            transformers', or the FP32 graph differs from PyTorch by more than 1e-4.
+    """
+    ort = require("onnxruntime")
+    out = Path(output)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ExportError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+    bad = [p for p in precisions if p not in GRAPH_FILES]
+    if bad or not precisions:
+        raise ExportError(f"precisions must be among {', '.join(GRAPH_FILES)}, not {precisions}")
+
+    source_dir = resolve_checkpoint(model, revision=revision)
+    log(f"loading {model} from {source_dir}")
+    ckpt = load_checkpoint(source_dir, source=model, task=task)
+    config = ckpt.config
+    tokens = special_tokens(source_dir)
+    fast = build_tokenizer(source_dir, pair_type_id=0 if config.type_vocab_size == 1 else 1)
+    slow = load_reference_tokenizer(source_dir)
+    texts = read_corpus(calibration) if calibration else italian_sentences()
+    if not texts:
+        raise ExportError(f"the calibration text {calibration} holds no sentences")
+    check = compare_tokenizers(fast, slow, texts + TOKENIZER_PROBES)
+    if check["mismatches"]:
+        raise ExportError(f"tokenizer.json disagrees with transformers' BertTokenizer: {check['first_mismatch']}")
+    log(f"tokenizer matches BertTokenizer on {check['texts']} texts and {check['pairs']} pairs")
+
+    ids = {name: fast.token_to_id(tok) for name, tok in tokens.items()}
+    if ids["pad"] != config.pad_token_id:
+        raise ExportError(f"the tokenizer's pad id {ids['pad']} differs from config.pad_token_id {config.pad_token_id}")
+    max_length = _max_length(config, getattr(slow, "model_max_length", None))
+    mask_id = ids["mask"] if ckpt.task == "fill-mask" else None
+    verify_texts = mask_sentences(texts, tokens["mask"]) if ckpt.task == "fill-mask" else texts
+    batches = make_batches(fast, verify_texts, pad_id=ids["pad"], mask_id=mask_id, max_length=max_length)
+    reference = torch_outputs(ckpt.task, ckpt.model, batches)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        inputs, outputs = GRAPH_IO[ckpt.task]
+        fp32_path = work / GRAPH_FILES["fp32"]
+        log(f"exporting the {ckpt.task} graph (opset {OPSET})")
+        export_graph(ckpt.task, ckpt.model, fp32_path, pad_id=ids["pad"], mask_id=mask_id)
+        verification: dict[str, Any] = {"texts": len(verify_texts), "calibration": str(calibration or "shipped sample")}
+        graphs: dict[str, Any] = {}
+        quantization = None
+        for precision in ("fp32", "int8"):
+            path = work / GRAPH_FILES[precision]
+            if precision == "int8":
+                if "int8" not in precisions:
+                    continue
+                quantization = quantize_int8(fp32_path, path)
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            figures = compare(batches, reference, onnx_outputs(session, batches))
+            verification[precision] = figures
+            log(f"{precision}: " + ", ".join(f"{k}={v:.6g}" for k, v in figures.items()))
+            if precision == "fp32" and figures["max_abs_diff"] > FP32_TOLERANCE:
+                raise ExportError(
+                    f"the FP32 graph differs from PyTorch by {figures['max_abs_diff']:.3g} "
+                    f"(more than {FP32_TOLERANCE}); the export is wrong"
+                )
+            graphs[precision] = {"file": GRAPH_FILES[precision], "inputs": list(inputs), "outputs": list(outputs)}
+        if "fp32" not in precisions:
+            fp32_path.unlink()
+            del graphs["fp32"]
+        (work / "tokenizer.json").write_text(fast.to_str(pretty=False), encoding="utf-8")
+        config.to_json_file(str(work / "config.json"))
+        labels = None
+        if ckpt.task in ("token-classification", "text-classification"):
+            labels = [config.id2label[i] for i in range(config.num_labels)]
+        manifest = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "task": ckpt.task,
+            "capabilities": list(TASK_CAPABILITIES[ckpt.task]),
+            "source": {"model": model, "revision": revision, "architectures": config.architectures},
+            "model": {
+                "model_type": config.model_type,
+                "hidden_size": config.hidden_size,
+                "num_layers": config.num_hidden_layers,
+                "max_length": max_length,
+                "labels": labels,
+                "problem_type": getattr(config, "problem_type", None),
+                "special_tokens": {k: [tokens[k], ids[k]] for k in tokens},
+            },
+            "graphs": graphs,
+            "opset": OPSET,
+            "quantization": quantization,
+            "tokenizer_check": check,
+            "verification": verification,
+            "versions": _versions(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "files": {
+                p.name: file_record(p.read_bytes()) for p in sorted(work.iterdir()) if p.name != MANIFEST_NAME
+            },
+        }
+        (work / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+        work.chmod(0o755)  # mkdtemp makes it private; a bundle is ordinary data
+        if out.exists():
+            shutil.rmtree(out)
+        work.rename(out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    log(f"wrote {out}")
+    return out

@@ -1,0 +1,119 @@
+"""Run the exported graph and the PyTorch model on the same real sentences and compare."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._deps import require
+
+__all__ = ["make_batches", "torch_outputs", "onnx_outputs", "compare"]
+
+Batch = dict[str, np.ndarray]
+
+
+def make_batches(
+    tokenizer: Any, texts: list[str], *, pad_id: int, mask_id: int | None, max_length: int, batch_size: int = 16
+) -> list[Batch]:
+    """Length-sorted, padded batches of ``texts`` (with special tokens), as graph feeds."""
+    encodings = [e.ids[:max_length] for e in tokenizer.encode_batch(texts)]
+    encodings.sort(key=len)
+    batches = []
+    for start in range(0, len(encodings), batch_size):
+        chunk = encodings[start : start + batch_size]
+        width = max(map(len, chunk))
+        ids = np.full((len(chunk), width), pad_id, dtype=np.int64)
+        for row, seq in enumerate(chunk):
+            ids[row, : len(seq)] = seq
+        batch = {"input_ids": ids, "attention_mask": (ids != pad_id).astype(np.int64)}
+        if mask_id is not None:
+            batch["mask_positions"] = np.flatnonzero(ids.reshape(-1) == mask_id).astype(np.int64)
+        batches.append(batch)
+    return batches
+
+
+def torch_outputs(task: str, model: Any, batches: list[Batch]) -> list[dict[str, np.ndarray]]:
+    """The PyTorch model's outputs, named like the graph's."""
+    torch = require("torch")
+    out = []
+    with torch.inference_mode():
+        for b in batches:
+            ids = torch.from_numpy(b["input_ids"])
+            attention = torch.from_numpy(b["attention_mask"])
+            if task == "fill-mask":
+                res = model(input_ids=ids, attention_mask=attention, output_hidden_states=True)
+                logits = res.logits.reshape(-1, res.logits.shape[-1])[torch.from_numpy(b["mask_positions"])]
+                out.append({"last_hidden_state": res.hidden_states[-1].numpy(), "mask_logits": logits.numpy()})
+            elif task == "feature-extraction":
+                res = model(input_ids=ids, attention_mask=attention)
+                out.append({"last_hidden_state": res.last_hidden_state.numpy()})
+            else:
+                out.append({"logits": model(input_ids=ids, attention_mask=attention).logits.numpy()})
+    return out
+
+
+def onnx_outputs(session: Any, batches: list[Batch]) -> list[dict[str, np.ndarray]]:
+    names = [o.name for o in session.get_outputs()]
+    wanted = {i.name for i in session.get_inputs()}
+    return [dict(zip(names, session.run(None, {k: v for k, v in b.items() if k in wanted}))) for b in batches]
+
+
+def _pooled(hidden: np.ndarray, attention: np.ndarray) -> np.ndarray:
+    m = attention[..., None].astype(np.float64)
+    return (hidden * m).sum(1) / m.sum(1)
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
+
+
+def compare(
+    batches: list[Batch], ref: list[dict[str, np.ndarray]], got: list[dict[str, np.ndarray]]
+) -> dict[str, Any]:
+    """Agreement figures of ``got`` against ``ref`` (real tokens only; padding ignored)."""
+    max_diff = 0.0
+    pooled_ref, pooled_got = [], []
+    top1 = top5 = masks = 0
+    label_agree = label_total = 0
+    for b, r, g in zip(batches, ref, got):
+        keep = b["attention_mask"].astype(bool)
+        for name in r:
+            rv, gv = r[name], g[name]
+            if name in ("last_hidden_state",) or (name == "logits" and rv.ndim == 3):
+                diff = np.abs(rv - gv)[keep]
+            else:
+                diff = np.abs(rv - gv)
+            if diff.size:
+                max_diff = max(max_diff, float(diff.max()))
+        if "last_hidden_state" in r:
+            pooled_ref.append(_pooled(r["last_hidden_state"], b["attention_mask"]))
+            pooled_got.append(_pooled(g["last_hidden_state"], b["attention_mask"]))
+        if "mask_logits" in r and len(r["mask_logits"]):
+            ra, ga = r["mask_logits"], g["mask_logits"]
+            best = ra.argmax(-1)
+            top1 += int((ga.argmax(-1) == best).sum())
+            top5_got = np.argsort(-ga, axis=-1)[:, :5]
+            top5 += int(sum(best[i] in top5_got[i] for i in range(len(best))))
+            masks += len(best)
+        if "logits" in r:
+            rl, gl = r["logits"].argmax(-1), g["logits"].argmax(-1)
+            if rl.ndim == 2:
+                label_agree += int((rl == gl)[keep].sum())
+                label_total += int(keep.sum())
+            else:
+                label_agree += int((rl == gl).sum())
+                label_total += rl.size
+    result: dict[str, Any] = {"max_abs_diff": max_diff}
+    if pooled_ref:
+        cos = _cos(np.concatenate(pooled_ref), np.concatenate(pooled_got))
+        result["embedding_cosine_mean"] = float(cos.mean())
+        result["embedding_cosine_min"] = float(cos.min())
+        result["sentences"] = int(len(cos))
+    if masks:
+        result["masks"] = masks
+        result["top1_agreement"] = top1 / masks
+        result["top1_in_top5"] = top5 / masks
+    if label_total:
+        result["label_agreement"] = label_agree / label_total
+    return result

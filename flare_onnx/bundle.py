@@ -1,0 +1,261 @@
+"""Bundle directories: the manifest schema, and verification of every file before use.
+
+A bundle is a directory holding ``manifest.json``, ``tokenizer.json``, ``config.json`` and
+one single-file ONNX graph per precision. The manifest records each file's sha256 and size;
+:func:`open_bundle` reads each file once, checks it against the manifest and hands the
+verified *bytes* to the caller, so what runs is exactly what was checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import BundleError, TaskNotAvailableError
+
+__all__ = [
+    "MANIFEST_NAME",
+    "FORMAT_VERSION",
+    "PRECISIONS",
+    "TASK_CAPABILITIES",
+    "Manifest",
+    "GraphSpec",
+    "SpecialTokens",
+    "VerifiedBundle",
+    "open_bundle",
+    "read_manifest",
+    "file_record",
+]
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_NAME = "flare-onnx-bundle"
+FORMAT_VERSION = 1
+PRECISIONS = ("int8", "fp32")
+
+#: Export task -> the runtime verbs a bundle of that task offers.
+TASK_CAPABILITIES: Mapping[str, tuple[str, ...]] = {
+    "fill-mask": ("fill_mask", "embed"),
+    "feature-extraction": ("embed",),
+    "token-classification": ("tag",),
+    "text-classification": ("classify",),
+}
+
+
+def file_record(data: bytes) -> dict[str, Any]:
+    """The manifest entry of one file: its sha256 and size."""
+    return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """Ids of the special tokens the runtime adds or looks for."""
+
+    cls_id: int
+    sep_id: int
+    pad_id: int
+    unk_id: int
+    mask_id: int | None
+    mask_token: str | None
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One ONNX graph of the bundle."""
+
+    precision: str
+    file: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The parsed, structurally checked ``manifest.json``."""
+
+    task: str
+    capabilities: tuple[str, ...]
+    model_type: str
+    hidden_size: int
+    max_length: int
+    labels: tuple[str, ...] | None
+    special: SpecialTokens
+    graphs: Mapping[str, GraphSpec]
+    files: Mapping[str, Mapping[str, Any]]
+    raw: Mapping[str, Any]
+
+    def require(self, capability: str) -> None:
+        """Raise :class:`TaskNotAvailableError` unless the bundle offers ``capability``."""
+        if capability not in self.capabilities:
+            offered = ", ".join(self.capabilities)
+            raise TaskNotAvailableError(
+                f"this bundle was exported for task {self.task!r}, which offers {offered}; "
+                f"{capability}() needs a bundle exported with "
+                f"{_task_for(capability)}"
+            )
+
+
+def _task_for(capability: str) -> str:
+    tasks = [t for t, caps in TASK_CAPABILITIES.items() if capability in caps]
+    return " or ".join(f"--task {t}" for t in tasks)
+
+
+def _get(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in d:
+        raise BundleError(f"manifest.json: {where} has no {key!r}; re-export the bundle")
+    value = d[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise BundleError(f"manifest.json: {where}.{key} has the wrong type; re-export the bundle")
+    return value
+
+
+def parse_manifest(raw: Mapping[str, Any]) -> Manifest:
+    """Check the manifest's structure and return it parsed."""
+    if raw.get("format") != FORMAT_NAME:
+        raise BundleError("manifest.json is not a flare-onnx bundle manifest")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"bundle format version {version!r} is not supported by this flare-onnx "
+            f"(it reads version {FORMAT_VERSION}); re-export the bundle with this version"
+        )
+    task = _get(raw, "task", str, "manifest")
+    if task not in TASK_CAPABILITIES:
+        raise BundleError(f"manifest.json: unknown task {task!r}")
+    model = _get(raw, "model", dict, "manifest")
+    special = _get(model, "special_tokens", dict, "model")
+    mask = special.get("mask")
+    spec = SpecialTokens(
+        cls_id=_get(special, "cls", list, "model.special_tokens")[1],
+        sep_id=_get(special, "sep", list, "model.special_tokens")[1],
+        pad_id=_get(special, "pad", list, "model.special_tokens")[1],
+        unk_id=_get(special, "unk", list, "model.special_tokens")[1],
+        mask_id=mask[1] if mask else None,
+        mask_token=mask[0] if mask else None,
+    )
+    labels = model.get("labels")
+    graphs: dict[str, GraphSpec] = {}
+    for precision, g in _get(raw, "graphs", dict, "manifest").items():
+        if precision not in PRECISIONS:
+            raise BundleError(f"manifest.json: unknown precision {precision!r}")
+        graphs[precision] = GraphSpec(
+            precision=precision,
+            file=_get(g, "file", str, f"graphs.{precision}"),
+            inputs=tuple(_get(g, "inputs", list, f"graphs.{precision}")),
+            outputs=tuple(_get(g, "outputs", list, f"graphs.{precision}")),
+        )
+    if not graphs:
+        raise BundleError("manifest.json lists no ONNX graph")
+    files = _get(raw, "files", dict, "manifest")
+    return Manifest(
+        task=task,
+        capabilities=TASK_CAPABILITIES[task],
+        model_type=_get(model, "model_type", str, "model"),
+        hidden_size=_get(model, "hidden_size", int, "model"),
+        max_length=_get(model, "max_length", int, "model"),
+        labels=tuple(labels) if labels else None,
+        special=spec,
+        graphs=graphs,
+        files=files,
+        raw=raw,
+    )
+
+
+def read_manifest(directory: str | Path) -> Manifest:
+    """Read and parse ``manifest.json`` of a bundle directory (files are not hashed)."""
+    path = Path(directory)
+    if not path.is_dir():
+        raise BundleError(
+            f"bundle directory {str(path)!r} does not exist; create one with "
+            f"`flare-onnx export MODEL -o {path}`"
+        )
+    try:
+        raw = json.loads((path / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(
+            f"{str(path)!r} has no {MANIFEST_NAME}: it is not a flare-onnx bundle "
+            f"(create one with `flare-onnx export MODEL -o DIR`)"
+        ) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path / MANIFEST_NAME} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise BundleError(f"{path / MANIFEST_NAME} is not a JSON object")
+    return parse_manifest(raw)
+
+
+def _read_verified(root: Path, name: str, record: Mapping[str, Any]) -> bytes:
+    if Path(name).name != name:
+        raise BundleError(f"manifest.json names {name!r}, which is not a plain file name")
+    path = root / name
+    if path.is_symlink():
+        raise BundleError(f"{name} in the bundle is a symbolic link; bundles hold plain files only")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BundleError(f"bundle file {name} is missing from {str(root)!r}; re-export the bundle") from None
+    expected = record.get("size"), record.get("sha256")
+    actual = file_record(data)
+    if actual["size"] != expected[0]:
+        raise BundleError(
+            f"bundle file {name} has {actual['size']} bytes but the manifest says {expected[0]}: "
+            f"it was truncated or altered; re-export the bundle"
+        )
+    if actual["sha256"] != expected[1]:
+        raise BundleError(
+            f"bundle file {name} does not match its sha256 in the manifest: it was altered; "
+            f"re-export the bundle"
+        )
+    return data
+
+
+@dataclass(frozen=True)
+class VerifiedBundle:
+    """The verified contents of a bundle: manifest, tokenizer and one graph's bytes."""
+
+    path: Path
+    manifest: Manifest
+    graph: GraphSpec
+    graph_bytes: bytes
+    tokenizer_json: str
+
+
+def open_bundle(directory: str | Path, *, precision: str | None = None) -> VerifiedBundle:
+    """Read a bundle and verify the files a session needs against the manifest.
+
+    Args:
+        directory: the bundle directory.
+        precision: ``"int8"`` or ``"fp32"``; ``None`` takes INT8 when the bundle has it.
+
+    Raises:
+        BundleError: the directory is not a bundle, or a file is missing or altered.
+        InputError: ``precision`` is not one of the bundle's precisions.
+    """
+    from .errors import InputError
+
+    root = Path(directory)
+    manifest = read_manifest(root)
+    if precision is None:
+        precision = next(p for p in PRECISIONS if p in manifest.graphs)
+    if precision not in manifest.graphs:
+        if precision in PRECISIONS:
+            raise InputError(
+                f"this bundle has no {precision} graph; it has {', '.join(manifest.graphs)}"
+            )
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    graph = manifest.graphs[precision]
+    needed = [graph.file, "tokenizer.json"]
+    for name in needed:
+        if name not in manifest.files:
+            raise BundleError(f"manifest.json has no checksum for {name}; re-export the bundle")
+    graph_bytes = _read_verified(root, graph.file, manifest.files[graph.file])
+    tokenizer = _read_verified(root, "tokenizer.json", manifest.files["tokenizer.json"])
+    return VerifiedBundle(
+        path=root,
+        manifest=manifest,
+        graph=graph,
+        graph_bytes=graph_bytes,
+        tokenizer_json=tokenizer.decode("utf-8"),
+    )

@@ -1,0 +1,197 @@
+"""The ``flare-onnx`` command: export, reference, the four task verbs, info and demo.
+
+Runtime verbs import only the runtime; ``export``, ``reference`` and ``demo`` import the
+export extra (``pip install "flare-onnx[export]"``) when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import FlareOnnxError, InputError
+
+TASK_VERBS = {"fill-mask": "fill_mask", "embed": "embed", "tag": "tag", "classify": "classify"}
+
+
+def _texts(args: argparse.Namespace) -> list[str]:
+    if args.texts:
+        return list(args.texts)
+    return [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+def _run_task(args: argparse.Namespace) -> int:
+    from .model import load
+
+    model = load(args.bundle, precision=args.precision, threads=args.threads)
+    texts = _texts(args)
+    verb = TASK_VERBS[args.command]
+    if verb == "fill_mask":
+        results: Any = model.fill_mask(texts, top_k=args.top_k)
+    elif verb == "embed":
+        results = model.embed(
+            texts, pooling=args.pooling, normalize=not args.no_normalize, window=args.window
+        )
+    elif verb == "tag":
+        results = model.tag(texts, aggregation=args.aggregation, window=args.window)
+    else:
+        results = model.classify(texts, top_k=args.top_k)
+    key = {"fill_mask": "masks", "embed": "embedding", "tag": "result", "classify": "labels"}[verb]
+    out = [{"text": t, key: _jsonable(r)} for t, r in zip(texts, results)]
+    json.dump(out, sys.stdout, ensure_ascii=False, indent=2 if sys.stdout.isatty() else None)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .bundle import open_bundle
+
+    for precision in ("fp32", "int8"):
+        try:
+            open_bundle(args.bundle, precision=precision)
+        except InputError:
+            continue
+    from .bundle import read_manifest
+
+    manifest = read_manifest(args.bundle)
+    raw = dict(manifest.raw)
+    summary = {
+        "task": manifest.task,
+        "capabilities": list(manifest.capabilities),
+        "source": raw.get("source"),
+        "graphs": {p: {**g.__dict__, **raw["files"][g.file]} for p, g in manifest.graphs.items()},
+        "verification": raw.get("verification"),
+        "quantization": raw.get("quantization"),
+        "verified": True,
+    }
+    json.dump(summary, sys.stdout, ensure_ascii=False, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from flare_onnx_export import export_bundle
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr)
+
+    export_bundle(
+        args.model,
+        args.output,
+        task=args.task,
+        precisions=tuple(args.precision),
+        revision=args.revision,
+        calibration=args.calibration,
+        overwrite=args.overwrite,
+        log=log,
+    )
+    return 0
+
+
+def _reference(args: argparse.Namespace) -> int:
+    from flare_onnx_export import write_reference
+
+    labels = args.labels.split(",") if args.labels else None
+    out = write_reference(args.output, task=args.task, labels=labels, tiny=args.tiny, seed=args.seed)
+    print(f"wrote a Flare-IT-shaped reference checkpoint (random weights) to {out}", file=sys.stderr)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from flare_onnx_export.demo import run_demo
+
+    return run_demo(args.work_dir, model=args.model)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flare-onnx", description="Export osiria/flare-it to INT8 ONNX and run it without torch."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("export", help="export a checkpoint to a bundle (needs flare-onnx[export])")
+    p.add_argument("model", nargs="?", default="osiria/flare-it", help="Hub id or local directory")
+    p.add_argument("-o", "--output", required=True, help="bundle directory to write")
+    p.add_argument(
+        "--task",
+        choices=["fill-mask", "feature-extraction", "token-classification", "text-classification"],
+        help="default: the checkpoint's architecture",
+    )
+    p.add_argument("--precision", nargs="+", choices=["fp32", "int8"], default=["fp32", "int8"])
+    p.add_argument("--revision", help="Hub revision (branch, tag or commit)")
+    p.add_argument("--calibration", help="Italian text (one sentence per line, or CoNLL-U) for checks")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("reference", help="write the Flare-IT-shaped reference checkpoint (random weights)")
+    p.add_argument("output")
+    p.add_argument("--task", choices=["fill-mask", "token-classification", "text-classification"], default="fill-mask")
+    p.add_argument("--labels", help="comma-separated labels for a classification head")
+    p.add_argument("--tiny", action="store_true", help="a tiny model of the same architecture, for tests")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_reference)
+
+    for name, help_text in [
+        ("fill-mask", "top-k tokens for each <mask>"),
+        ("embed", "sentence embeddings"),
+        ("tag", "word labels and entities"),
+        ("classify", "text labels"),
+    ]:
+        p = sub.add_parser(name, help=help_text + " (texts from arguments, or stdin one per line)")
+        p.add_argument("bundle")
+        p.add_argument("texts", nargs="*")
+        p.add_argument("--precision", choices=["int8", "fp32"], help="default: int8 when present")
+        p.add_argument("--threads", type=int, help="default: the CPUs this process may use")
+        if name in ("fill-mask", "classify"):
+            p.add_argument("--top-k", type=int, default=5 if name == "fill-mask" else 1)
+        if name == "embed":
+            p.add_argument("--pooling", choices=["mean", "cls"], default="mean")
+            p.add_argument("--no-normalize", action="store_true")
+        if name in ("embed", "tag"):
+            p.add_argument("--window", choices=["truncate", "sliding"], default="truncate")
+        if name == "tag":
+            p.add_argument("--aggregation", choices=["first", "average", "max"], default="first")
+        p.set_defaults(func=_run_task)
+
+    p = sub.add_parser("info", help="verify a bundle and print its manifest summary")
+    p.add_argument("bundle")
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser("demo", help="export flare-it (or the reference checkpoint offline) and compare with PyTorch")
+    p.add_argument("--work-dir", default="artifacts")
+    p.add_argument("--model", default="osiria/flare-it")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except InputError as exc:
+        print(f"flare-onnx: error: {exc}", file=sys.stderr)
+        return 2
+    except FlareOnnxError as exc:
+        print(f"flare-onnx: error: {exc}", file=sys.stderr)
+        return 1
+    except ImportError as exc:
+        print(f"flare-onnx: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""The model object: one onnxruntime session and one tokenizer, and the four task verbs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .bundle import VerifiedBundle, open_bundle
+from .errors import BundleError, InferenceError, InputError
+from .postprocess import (
+    AGGREGATIONS,
+    Entity,
+    WordLabel,
+    aggregate_words,
+    group_entities,
+    l2_normalize,
+    mean_pool,
+    softmax,
+)
+from .postprocess import top_k as _top_k
+from .session import create_session
+from .tokenization import TextEncoder, Window, check_texts, pad_batch, plan_batches
+
+__all__ = ["FlareModel", "MaskPrediction", "Label", "TagResult", "load"]
+
+POOLINGS = ("mean", "cls")
+WINDOWS = ("truncate", "sliding")
+
+
+@dataclass(frozen=True)
+class MaskPrediction:
+    """One candidate for one ``<mask>``: the vocabulary token, its id and probability."""
+
+    token: str
+    token_id: int
+    score: float
+
+
+@dataclass(frozen=True)
+class Label:
+    """A class label and its probability."""
+
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class TagResult:
+    """Token classification of one text: a label per word, and the grouped entities."""
+
+    words: list[WordLabel]
+    entities: list[Entity]
+
+
+def _positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name} must be a positive integer, not {value!r}")
+    return value
+
+
+def _choice(value: object, name: str, options: tuple[str, ...]) -> str:
+    if value not in options:
+        raise InputError(f"{name} must be one of {', '.join(map(repr, options))}, not {value!r}")
+    return str(value)
+
+
+class FlareModel:
+    """A loaded bundle. Create it with :func:`load`.
+
+    Every verb takes a list of texts, sorts them into length batches under the token budget,
+    and returns results in the input order.
+    """
+
+    def __init__(
+        self,
+        bundle: VerifiedBundle,
+        *,
+        threads: int | None = None,
+        max_batch_tokens: int = 4096,
+        max_batch_size: int = 64,
+        arena: bool = True,
+    ) -> None:
+        self.manifest = bundle.manifest
+        self.path = bundle.path
+        self.precision = bundle.graph.precision
+        self.max_batch_tokens = _positive_int(max_batch_tokens, "max_batch_tokens")
+        self.max_batch_size = _positive_int(max_batch_size, "max_batch_size")
+        self._session = create_session(bundle.graph_bytes, threads=threads, arena=arena)
+        inputs = tuple(i.name for i in self._session.get_inputs())
+        outputs = tuple(o.name for o in self._session.get_outputs())
+        if set(inputs) != set(bundle.graph.inputs) or set(outputs) != set(bundle.graph.outputs):
+            raise BundleError(
+                f"the graph's inputs/outputs {inputs}/{outputs} differ from the manifest's "
+                f"{bundle.graph.inputs}/{bundle.graph.outputs}; re-export the bundle"
+            )
+        self._inputs = inputs
+        self._encoder = TextEncoder(
+            bundle.tokenizer_json, bundle.manifest.special, max_length=bundle.manifest.max_length
+        )
+
+    # -- shared machinery -------------------------------------------------------------
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The verbs this bundle offers (for example ``("fill_mask", "embed")``)."""
+        return self.manifest.capabilities
+
+    @property
+    def tokenizer(self) -> TextEncoder:
+        return self._encoder
+
+    def _batches(
+        self, windows: list[Window], mask_rows: list[np.ndarray] | None = None
+    ) -> Iterator[tuple[list[int], dict[str, np.ndarray], np.ndarray]]:
+        """Run windows through the session in length batches; yield (window indices, outputs, mask)."""
+        lengths = [len(w.ids) for w in windows]
+        for idx in plan_batches(lengths, max_tokens=self.max_batch_tokens, max_batch=self.max_batch_size):
+            ids, attention = pad_batch([windows[i].ids for i in idx], self._encoder.special.pad_id)
+            feeds = {"input_ids": ids, "attention_mask": attention}
+            if "mask_positions" in self._inputs:
+                width = ids.shape[1]
+                if mask_rows is None:
+                    flat = np.zeros(0, dtype=np.int64)
+                else:
+                    flat = np.concatenate(
+                        [row * width + mask_rows[i] for row, i in enumerate(idx)]
+                    ).astype(np.int64)
+                feeds["mask_positions"] = flat
+            try:
+                values = self._session.run(None, feeds)
+            except Exception as exc:  # onnxruntime raises its own untyped exceptions
+                raise InferenceError(f"onnxruntime failed on a batch of {len(idx)} texts: {exc}") from None
+            outputs = dict(zip((o.name for o in self._session.get_outputs()), values))
+            for name, value in outputs.items():
+                if value.size and not np.isfinite(value).all():
+                    raise InferenceError(
+                        f"the model produced non-finite values in {name!r}; the graph or its "
+                        f"quantization is broken for this input (try precision='fp32')"
+                    )
+            yield idx, outputs, attention
+
+    def _windows(self, texts: list[str], *, window: str, stride: int) -> tuple[list, list[Window]]:
+        encodings = self._encoder.encode(texts)
+        return encodings, self._encoder.windows(encodings, sliding=window == "sliding", stride=stride)
+
+    # -- tasks --------------------------------------------------------------------------
+
+    def fill_mask(self, texts: list[str], *, top_k: int = 5) -> list[list[list[MaskPrediction]]]:
+        """The ``top_k`` most likely tokens for every ``<mask>`` of every text.
+
+        Returns:
+            ``result[i][m]`` is the list of predictions for the ``m``-th mask of text ``i``.
+
+        Raises:
+            InputError: a text has no mask, or a mask lies past the ``max_length`` tokens kept.
+
+        Example:
+            >>> model.fill_mask(["Roma è la <mask> d'Italia."])[0][0][0].token
+            'capitale'
+        """
+        self.manifest.require("fill_mask")
+        texts = check_texts(texts, verb="fill_mask")
+        k = _positive_int(top_k, "top_k")
+        special = self.manifest.special
+        assert special.mask_id is not None  # fill-mask bundles always record a mask token
+        encodings, windows = self._windows(texts, window="truncate", stride=0)
+        mask_rows: list[np.ndarray] = []
+        for i, (enc, w) in enumerate(zip(encodings, windows)):
+            positions = np.flatnonzero(np.asarray(enc.ids) == special.mask_id)
+            if positions.size == 0:
+                raise InputError(f"text {i} has no {special.mask_token} token to fill")
+            kept = len(w.ids) - 2
+            if positions[-1] >= kept:
+                raise InputError(
+                    f"text {i} has a {special.mask_token} at token {int(positions[-1])}, past the "
+                    f"{kept} tokens the model reads; shorten the text around the mask"
+                )
+            mask_rows.append(positions + 1)  # +1 for <s>
+        results: list[list[list[MaskPrediction]]] = [[] for _ in texts]
+        for idx, out, _ in self._batches(windows, mask_rows):
+            probs = softmax(out["mask_logits"])
+            ids, scores = _top_k(probs, k)
+            row = 0
+            for i in idx:
+                for _ in range(len(mask_rows[i])):
+                    results[i].append(
+                        [
+                            MaskPrediction(self._encoder.id_to_token(int(t)), int(t), float(s))
+                            for t, s in zip(ids[row], scores[row])
+                        ]
+                    )
+                    row += 1
+        return results
+
+    def embed(
+        self,
+        texts: list[str],
+        *,
+        pooling: str = "mean",
+        normalize: bool = True,
+        window: str = "truncate",
+        stride: int = 128,
+    ) -> np.ndarray:
+        """Sentence embeddings, ``float32`` of shape ``[len(texts), hidden_size]``.
+
+        Args:
+            pooling: ``"mean"`` over all tokens (``<s>``/``</s>`` included, as
+                sentence-transformers does) or ``"cls"`` (the ``<s>`` vector).
+            normalize: scale each embedding to unit L2 norm.
+            window: ``"truncate"`` reads the first ``max_length`` tokens; ``"sliding"``
+                covers the whole text with overlapping windows and pools over all of it.
+            stride: tokens shared by consecutive windows.
+
+        Example:
+            >>> model.embed(["Il gatto dorme.", "Piove a Milano."]).shape
+            (2, 384)
+        """
+        self.manifest.require("embed")
+        texts = check_texts(texts, verb="embed")
+        _choice(pooling, "pooling", POOLINGS)
+        _choice(window, "window", WINDOWS)
+        hidden_size = self.manifest.hidden_size
+        _, windows = self._windows(texts, window=window, stride=stride)
+        sums = np.zeros((len(texts), hidden_size), dtype=np.float64)
+        counts = np.zeros(len(texts), dtype=np.int64)
+        cls_sum = np.zeros((len(texts), hidden_size), dtype=np.float64)
+        n_windows = np.zeros(len(texts), dtype=np.int64)
+        for idx, out, attention in self._batches(windows):
+            hidden = out["last_hidden_state"]
+            for row, wi in enumerate(idx):
+                w = windows[wi]
+                t = w.text_index
+                n = len(w.ids)
+                lo, hi = w.keep
+                first, last = lo == 0, hi == n - 2
+                # Content tokens this window owns, plus <s> of the first and </s> of the last.
+                sel = hidden[row, 1 + lo : 1 + hi]
+                sums[t] += sel.sum(axis=0, dtype=np.float64)
+                counts[t] += hi - lo
+                if first:
+                    sums[t] += hidden[row, 0]
+                    counts[t] += 1
+                if last:
+                    sums[t] += hidden[row, n - 1]
+                    counts[t] += 1
+                cls_sum[t] += hidden[row, 0]
+                n_windows[t] += 1
+        if pooling == "mean":
+            emb = (sums / counts[:, None]).astype(np.float32)
+        else:
+            emb = (cls_sum / n_windows[:, None]).astype(np.float32)
+        return l2_normalize(emb) if normalize else emb
+
+    def tag(
+        self,
+        texts: list[str],
+        *,
+        aggregation: str = "first",
+        window: str = "truncate",
+        stride: int = 128,
+    ) -> list[TagResult]:
+        """Token classification: one label per word, and entities grouped from IOB tags.
+
+        Word and entity ``start``/``end`` are character offsets into the original text.
+
+        Args:
+            aggregation: how sub-tokens vote for their word: ``"first"``, ``"average"``, ``"max"``.
+            window: ``"truncate"`` labels the first ``max_length`` tokens' words; ``"sliding"``
+                labels the whole text.
+
+        Example:
+            >>> model.tag(["Mario Rossi vive a Roma."])[0].entities[0].text
+            'Mario Rossi'
+        """
+        self.manifest.require("tag")
+        texts = check_texts(texts, verb="tag")
+        _choice(aggregation, "aggregation", AGGREGATIONS)
+        _choice(window, "window", WINDOWS)
+        labels = self.manifest.labels or ()
+        encodings, windows = self._windows(texts, window=window, stride=stride)
+        probs_per_text = [
+            np.zeros((len(enc.ids), len(labels)), dtype=np.float32) for enc in encodings
+        ]
+        covered = [0] * len(texts)
+        for idx, out, _ in self._batches(windows):
+            probs = softmax(out["logits"])
+            for row, wi in enumerate(idx):
+                w = windows[wi]
+                lo, hi = w.keep
+                probs_per_text[w.text_index][w.start + lo : w.start + hi] = probs[row, 1 + lo : 1 + hi]
+                covered[w.text_index] = max(covered[w.text_index], w.start + hi)
+        results = []
+        for text, enc, probs, n in zip(texts, encodings, probs_per_text, covered):
+            words = aggregate_words(
+                text, probs[:n], enc.word_ids[:n], enc.offsets[:n], labels, aggregation=aggregation
+            )
+            results.append(TagResult(words=words, entities=group_entities(text, words)))
+        return results
+
+    def classify(self, texts: list[str], *, top_k: int | None = 1) -> list[list[Label]]:
+        """Text classification: the ``top_k`` labels of each text (all labels when ``None``).
+
+        Multi-label models (``problem_type`` ``multi_label_classification``) score each
+        label independently with a sigmoid; others use a softmax over labels.
+
+        Example:
+            >>> model.classify(["Che bella giornata!"])[0][0].label
+            'positive'
+        """
+        self.manifest.require("classify")
+        texts = check_texts(texts, verb="classify")
+        labels = self.manifest.labels or ()
+        k = len(labels) if top_k is None else _positive_int(top_k, "top_k")
+        multi = self.manifest.raw["model"].get("problem_type") == "multi_label_classification"
+        _, windows = self._windows(texts, window="truncate", stride=0)
+        results: list[list[Label]] = [[] for _ in texts]
+        for idx, out, _ in self._batches(windows):
+            logits = out["logits"]
+            probs = 1.0 / (1.0 + np.exp(-logits)) if multi else softmax(logits)
+            ids, scores = _top_k(probs, k)
+            for row, wi in enumerate(idx):
+                results[windows[wi].text_index] = [
+                    Label(labels[int(j)], float(s)) for j, s in zip(ids[row], scores[row])
+                ]
+        return results
+
+    def __repr__(self) -> str:
+        return (
+            f"FlareModel(path={str(self.path)!r}, task={self.manifest.task!r}, "
+            f"precision={self.precision!r})"
+        )
+
+
+
+def load(
+    path: str | Path,
+    *,
+    precision: str | None = None,
+    threads: int | None = None,
+    max_batch_tokens: int = 4096,
+    max_batch_size: int = 64,
+    arena: bool = True,
+) -> FlareModel:
+    """Open a bundle directory, verify every file it uses, and create the session.
+
+    Args:
+        path: a directory written by ``flare-onnx export``.
+        precision: ``"int8"`` or ``"fp32"``; by default INT8 when the bundle has it.
+        threads: onnxruntime intra-op threads; by default the CPUs this process may use
+            (affinity and cgroup quota, so a container's limit rather than the host's cores).
+        max_batch_tokens: token budget of one batch (``batch × padded length``); bounds memory.
+        max_batch_size: most texts in one batch.
+        arena: keep onnxruntime's memory arena (faster; off keeps RSS flat as shapes vary).
+
+    Raises:
+        BundleError: not a bundle, a file missing or altered, or a graph with external data.
+        InputError: an option out of range.
+
+    Example:
+        >>> import flare_onnx
+        >>> model = flare_onnx.load("flare-it-onnx")
+        >>> model.fill_mask(["Roma è la <mask> d'Italia."])
+    """
+    bundle = open_bundle(path, precision=precision)
+    return FlareModel(
+        bundle,
+        threads=threads,
+        max_batch_tokens=max_batch_tokens,
+        max_batch_size=max_batch_size,
+        arena=arena,
+    )

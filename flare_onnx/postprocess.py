@@ -1,0 +1,166 @@
+"""Pure numpy post-processing: pooling, normalisation, softmax, top-k, words and entities.
+
+Nothing here touches a session or a tokenizer, so every function is testable on small arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "softmax",
+    "top_k",
+    "mean_pool",
+    "l2_normalize",
+    "aggregate_words",
+    "group_entities",
+    "WordLabel",
+    "Entity",
+    "AGGREGATIONS",
+]
+
+AGGREGATIONS = ("first", "average", "max")
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax in float32."""
+    x = logits.astype(np.float32)  # a copy: the caller's array is left alone
+    x -= x.max(axis=axis, keepdims=True)
+    np.exp(x, out=x)
+    x /= x.sum(axis=axis, keepdims=True)
+    return x
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and values of the ``k`` largest entries of each row, largest first."""
+    k = min(k, scores.shape[-1])
+    part = np.argpartition(-scores, k - 1, axis=-1)[..., :k]
+    vals = np.take_along_axis(scores, part, axis=-1)
+    order = np.argsort(-vals, axis=-1, kind="stable")
+    return np.take_along_axis(part, order, axis=-1), np.take_along_axis(vals, order, axis=-1)
+
+
+def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean of ``hidden[b, t]`` over the positions where ``mask[b, t]`` is 1."""
+    m = mask.astype(np.float32)[..., None]
+    total = (hidden * m).sum(axis=-2)
+    count = np.maximum(m.sum(axis=-2), 1e-9)
+    return (total / count).astype(np.float32)
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero)."""
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norm, eps)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class WordLabel:
+    """The label of one word, with its character span in the original text."""
+
+    word: str
+    label: str
+    score: float
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Entity:
+    """A run of words with the same entity type, with its character span."""
+
+    label: str
+    text: str
+    score: float
+    start: int
+    end: int
+
+
+def aggregate_words(
+    text: str,
+    probs: np.ndarray,
+    word_ids: Sequence[int | None],
+    offsets: Sequence[tuple[int, int]],
+    labels: Sequence[str],
+    *,
+    aggregation: str = "first",
+) -> list[WordLabel]:
+    """Turn per-token label probabilities into one label per word.
+
+    Args:
+        text: the original text (offsets index into it).
+        probs: ``[tokens, labels]`` probabilities of the text's content tokens.
+        word_ids: the word index of each token.
+        offsets: the character span of each token.
+        labels: label names by id.
+        aggregation: ``"first"`` (first sub-token decides), ``"average"`` (mean of the
+            sub-tokens' probabilities) or ``"max"`` (the most confident sub-token).
+    """
+    words: list[WordLabel] = []
+    n = len(word_ids)
+    t = 0
+    while t < n:
+        w = word_ids[t]
+        u = t + 1
+        while u < n and word_ids[u] == w and w is not None:
+            u += 1
+        span = probs[t:u]
+        if aggregation == "first":
+            p = span[0]
+            best = int(p.argmax())
+            score = float(p[best])
+        elif aggregation == "average":
+            p = span.mean(axis=0)
+            best = int(p.argmax())
+            score = float(p[best])
+        else:
+            row = int(span.max(axis=1).argmax())
+            best = int(span[row].argmax())
+            score = float(span[row, best])
+        start, end = offsets[t][0], offsets[u - 1][1]
+        words.append(WordLabel(word=text[start:end], label=labels[best], score=score, start=start, end=end))
+        t = u
+    return words
+
+
+def _split_label(label: str) -> tuple[str, str]:
+    if len(label) > 2 and label[1] in "-_" and label[0] in "BIESL":
+        return label[0], label[2:]
+    return "", label
+
+
+def group_entities(text: str, words: Sequence[WordLabel], *, outside: str = "O") -> list[Entity]:
+    """Group consecutive words into entities (IOB/IOB2/BIOES tags, or plain labels).
+
+    A ``B-``/``S-`` tag, a change of type or an ``O`` ends the current entity; ``O`` words are
+    left out. Plain labels (no prefix) group runs of the same label.
+    """
+    entities: list[Entity] = []
+    run: list[WordLabel] = []
+    run_type = ""
+
+    def close() -> None:
+        if run:
+            start, end = run[0].start, run[-1].end
+            score = float(np.mean([w.score for w in run]))
+            entities.append(Entity(label=run_type, text=text[start:end], score=score, start=start, end=end))
+
+    for word in words:
+        if word.label == outside:
+            close()
+            run, run_type = [], ""
+            continue
+        prefix, kind = _split_label(word.label)
+        if not run or kind != run_type or prefix in ("B", "S"):
+            close()
+            run, run_type = [word], kind
+        else:
+            run.append(word)
+        if prefix in ("E", "L", "S"):
+            close()
+            run, run_type = [], ""
+    close()
+    return entities

@@ -1,0 +1,94 @@
+"""onnxruntime session creation: thread count, memory settings, and the bytes-only load path."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import onnxruntime as ort
+
+from ._onnx_scan import MalformedModel, has_external_data
+from .errors import BundleError, InputError
+
+__all__ = ["available_cpus", "create_session"]
+
+
+def _cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs granted by the cgroup CPU quota (v2 ``cpu.max`` or v1 CFS files), if any."""
+    try:
+        quota_s, period_s = (root / "cpu.max").read_text().split()[:2]
+        if quota_s != "max":
+            return int(quota_s) / int(period_s)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        if quota > 0 and period > 0:
+            return quota / period
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may actually use: affinity mask, capped by the cgroup quota.
+
+    In a container limited to 1.5 CPUs on a 64-core host this is 2, not 64; onnxruntime's own
+    default would start one thread per host core and oversubscribe the quota.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    limit = _cgroup_cpu_limit(cgroup_root)
+    if limit is not None:
+        cpus = min(cpus, max(1, math.ceil(limit)))
+    return max(1, cpus)
+
+
+def create_session(
+    model: bytes,
+    *,
+    threads: int | None = None,
+    arena: bool = True,
+) -> ort.InferenceSession:
+    """An onnxruntime CPU session for verified model bytes.
+
+    Args:
+        model: the serialized single-file ONNX model.
+        threads: intra-op threads; ``None`` uses :func:`available_cpus`.
+        arena: keep onnxruntime's CPU memory arena (faster; RSS keeps its high-water mark).
+
+    Raises:
+        BundleError: the model references external data or onnxruntime cannot load it.
+        InputError: ``threads`` is not a positive integer.
+    """
+    if threads is None:
+        threads = available_cpus()
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise InputError(f"threads must be a positive integer, not {threads!r}")
+    try:
+        external = has_external_data(model)
+    except MalformedModel as exc:
+        raise BundleError(f"the ONNX graph is not a valid model file ({exc}); re-export the bundle") from None
+    if external:
+        raise BundleError(
+            "the ONNX graph references external data files; flare-onnx loads single-file "
+            "graphs only (re-export the bundle without external data)"
+        )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_cpu_mem_arena = arena
+    # Shapes change from batch to batch; memory patterns only pay off for repeated shapes.
+    options.enable_mem_pattern = False
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped exceptions
+        raise BundleError(f"onnxruntime could not load the graph: {exc}") from None
