@@ -127,7 +127,7 @@ def load_checkpoint(directory: Path, *, source: str, task: str | None = None) ->
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     model.tie_weights()
     tied = {k for k in missing if k.endswith("decoder.weight") or k.endswith("decoder.bias")}
-    missing = [k for k in missing if k not in tied and not k.endswith("position_ids")]
+    missing = [k for k in missing if k not in tied and not k.endswith("position_ids") and "pooler" not in k]
     unexpected = [k for k in unexpected if not k.endswith("position_ids") and "pooler" not in k]
     if missing:
         raise ExportError(

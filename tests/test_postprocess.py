@@ -1,0 +1,102 @@
+"""Pure numerics, on small arrays and no model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flare_onnx.postprocess import (
+    WordLabel,
+    aggregate_words,
+    group_entities,
+    l2_normalize,
+    mean_pool,
+    softmax,
+    top_k,
+)
+
+
+def test_softmax_is_stable_and_sums_to_one():
+    x = np.array([[1000.0, 1001.0, 999.0], [-5.0, 0.0, 5.0]], dtype=np.float32)
+    p = softmax(x)
+    assert np.isfinite(p).all()
+    np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(p[0], softmax(x[0] - 1000.0))
+    assert x[0, 0] == 1000.0  # the input is left alone
+
+
+def test_top_k_orders_and_clips():
+    scores = np.array([[0.1, 0.5, 0.2, 0.9], [0.3, 0.3, 0.0, 0.4]])
+    idx, vals = top_k(scores, 2)
+    assert idx.tolist() == [[3, 1], [3, 0]]
+    np.testing.assert_allclose(vals, [[0.9, 0.5], [0.4, 0.3]])
+    idx, _ = top_k(scores, 10)
+    assert idx.shape == (2, 4)
+
+
+def test_mean_pool_ignores_padding():
+    hidden = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)
+    mask = np.array([[1, 1, 0], [1, 1, 1]])
+    pooled = mean_pool(hidden, mask)
+    np.testing.assert_allclose(pooled[0], hidden[0, :2].mean(0))
+    np.testing.assert_allclose(pooled[1], hidden[1].mean(0))
+
+
+def test_l2_normalize_keeps_zero_rows():
+    x = np.array([[3.0, 4.0], [0.0, 0.0]])
+    y = l2_normalize(x)
+    np.testing.assert_allclose(y, [[0.6, 0.8], [0.0, 0.0]])
+    assert y.dtype == np.float32
+
+
+LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+
+
+def _probs(rows: list[int]) -> np.ndarray:
+    p = np.full((len(rows), len(LABELS)), 0.05, dtype=np.float32)
+    for i, r in enumerate(rows):
+        p[i, r] = 0.8
+    return p
+
+
+def test_aggregate_words_first_average_max():
+    text = "Mario Rossimo va"
+    # tokens: mario | rossi ##mo | va
+    word_ids = [0, 1, 1, 2]
+    offsets = [(0, 5), (6, 11), (11, 13), (14, 16)]
+    probs = _probs([1, 2, 0, 0])
+    probs[2] = [0.0, 0.0, 0.1, 0.0, 0.9]  # the second sub-token of "Rossimo" is sure of I-LOC
+    first = aggregate_words(text, probs, word_ids, offsets, LABELS, aggregation="first")
+    assert [(w.word, w.label) for w in first] == [("Mario", "B-PER"), ("Rossimo", "I-PER"), ("va", "O")]
+    assert (first[1].start, first[1].end) == (6, 13)
+    maxed = aggregate_words(text, probs, word_ids, offsets, LABELS, aggregation="max")
+    assert maxed[1].label == "I-LOC" and maxed[1].score == pytest.approx(0.9)
+    avg = aggregate_words(text, probs, word_ids, offsets, LABELS, aggregation="average")
+    assert avg[1].label == "I-LOC"  # mean: I-PER 0.45, I-LOC 0.475
+
+
+def _w(label: str, start: int, end: int, score: float = 0.9) -> WordLabel:
+    return WordLabel(word="", label=label, score=score, start=start, end=end)
+
+
+def test_group_entities_iob2():
+    text = "Mario Rossi vive a Roma Nord e Milano"
+    words = [
+        _w("B-PER", 0, 5, 0.8), _w("I-PER", 6, 11, 0.6), _w("O", 12, 16), _w("O", 17, 18),
+        _w("B-LOC", 19, 23), _w("I-LOC", 24, 28), _w("O", 29, 30), _w("B-LOC", 31, 37),
+    ]
+    ents = group_entities(text, words)
+    assert [(e.label, e.text) for e in ents] == [("PER", "Mario Rossi"), ("LOC", "Roma Nord"), ("LOC", "Milano")]
+    assert ents[0].score == pytest.approx(0.7)
+
+
+def test_group_entities_b_starts_new_and_type_change_splits():
+    text = "Roma Milano Bianchi"
+    words = [_w("B-LOC", 0, 4), _w("B-LOC", 5, 11), _w("I-PER", 12, 19)]
+    assert [e.text for e in group_entities(text, words)] == ["Roma", "Milano", "Bianchi"]
+
+
+def test_group_entities_plain_labels_group_runs():
+    text = "il gatto nero"
+    words = [_w("DET", 0, 2), _w("NOUN", 3, 8), _w("NOUN", 9, 13)]
+    assert [(e.label, e.text) for e in group_entities(text, words)] == [("DET", "il"), ("NOUN", "gatto nero")]
