@@ -1,0 +1,71 @@
+"""The flare-onnx command: task verbs, stdin, exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from flare_onnx.cli import main
+
+
+def test_fill_mask_prints_json(tiny_bundle, capsys):
+    assert main(["fill-mask", str(tiny_bundle), "Roma è la <mask> d'Italia.", "--top-k", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out[0]["text"] == "Roma è la <mask> d'Italia."
+    assert len(out[0]["masks"][0]) == 2 and {"token", "token_id", "score"} <= set(out[0]["masks"][0][0])
+
+
+def test_embed_reads_stdin(tiny_bundle):
+    proc = subprocess.run(
+        [sys.executable, "-m", "flare_onnx", "embed", str(tiny_bundle), "--precision", "fp32"],
+        input="Il gatto dorme.\n\nPiove a Milano.\n", capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert [r["text"] for r in out] == ["Il gatto dorme.", "Piove a Milano."]
+    assert len(out[0]["embedding"]) == 32
+
+
+def test_tag_and_classify(tiny_tagger, tiny_classifier, capsys):
+    assert main(["tag", str(tiny_tagger), "Mario Rossi vive a Roma."]) == 0
+    words = json.loads(capsys.readouterr().out)[0]["result"]["words"]
+    assert [w["word"] for w in words] == ["Mario", "Rossi", "vive", "a", "Roma", "."]
+    assert main(["classify", str(tiny_classifier), "Che bella giornata!", "--top-k", "2"]) == 0
+    assert len(json.loads(capsys.readouterr().out)[0]["labels"]) == 2
+
+
+@pytest.mark.parametrize(
+    "argv, code, message",
+    [
+        (["fill-mask", "{b}", "nessuna maschera"], 2, "text 0 has no <mask> token to fill"),
+        (["tag", "{b}", "testo"], 1, "tag() needs a bundle exported with --task token-classification"),
+        (["embed", "/nonexistent/bundle", "x"], 1, "does not exist"),
+    ],
+)
+def test_errors_are_one_line_with_exit_codes(tiny_bundle, capsys, argv, code, message):
+    argv = [a.replace("{b}", str(tiny_bundle)) for a in argv]
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert err.startswith("flare-onnx: error: ") and message in err and "Traceback" not in err
+
+
+def test_info_verifies(tiny_bundle, capsys):
+    assert main(["info", str(tiny_bundle)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["verified"] is True and set(info["graphs"]) == {"fp32", "int8"}
+
+
+def test_export_and_reference_commands(tmp_path):
+    ref = tmp_path / "ref"
+    assert main(["reference", str(ref), "--tiny"]) == 0
+    assert main(["export", str(ref), "-o", str(tmp_path / "b"), "--precision", "fp32"]) == 0
+    assert (tmp_path / "b" / "model.fp32.onnx").exists() and not (tmp_path / "b" / "model.int8.onnx").exists()
+
+
+def test_export_offline_hub_error(monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["export", "flare-onnx-tests/absent", "-o", "/tmp/never-written"]) == 1
+    assert "could not fetch 'flare-onnx-tests/absent'" in capsys.readouterr().err

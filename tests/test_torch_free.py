@@ -1,0 +1,42 @@
+"""The runtime never imports torch, transformers, optimum or onnx."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+SCRIPT = r"""
+import sys, json
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers", "optimum", "onnx"):
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+import flare_onnx
+mlm, tagger, cls = (flare_onnx.load(p) for p in sys.argv[1:4])
+mlm.fill_mask(["Roma è la <mask> d'Italia."])
+mlm.embed(["Il gatto dorme."], window="sliding")
+tagger.tag(["Mario vive a Roma."])
+cls.classify(["Che bella giornata!"])
+from flare_onnx.cli import main
+main(["embed", sys.argv[1], "ciao"])
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "optimum", "onnx"))
+print(json.dumps(heavy))
+"""
+
+
+def test_runtime_runs_with_heavy_packages_blocked(tiny_bundle, tiny_tagger, tiny_classifier):
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tiny_bundle), str(tiny_tagger), str(tiny_classifier)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+def test_import_is_light():
+    code = "import sys, flare_onnx; print(sorted(m.split('.')[0] for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    loaded = set(json.loads(out.stdout.replace("'", '"')))
+    assert not loaded & {"torch", "transformers", "optimum", "onnx", "flare_onnx_export"}
