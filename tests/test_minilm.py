@@ -49,4 +49,4 @@ def test_shipped_tokenizer_json_agrees(minilm_bundle, minilm_dir, sentences, man
     ours = flare_onnx.load(minilm_bundle, precision="fp32").tokenizer.tokenizer
     texts = sentences + many_sentences[:1000]
     assert [e.ids for e in ours.encode_batch(texts)] == [e.ids for e in shipped.encode_batch(texts)]
-    assert ours.encode("Città").tokens == ["[CLS]", "citta", "[SEP]"]  # BERT uncased strips accents
+    assert ours.encode("Città").tokens == ours.encode("citta").tokens  # BERT uncased strips accents
