@@ -1,0 +1,1 @@
+"""flare-onnx's benchmark suite: ``python -m benchmarks --help``."""

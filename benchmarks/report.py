@@ -1,0 +1,97 @@
+"""Markdown table and PNG chart from a results dictionary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .contenders import CONTENDERS
+
+
+def _fmt(value: float | None, spec: str, unit: str = "") -> str:
+    return "–" if value is None else f"{value:{spec}}{unit}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    from .machine import summary
+
+    lines = [f"Machine: {summary(results['machine'])}; {results['threads']} threads per contender.", ""]
+    for section in results["sections"]:
+        lines.append(f"### {section['title']}")
+        lines.append("")
+        lines.append(section["note"])
+        lines.append("")
+        fid_cols = section["fidelity_columns"]
+        head = "| contender | batch-1 p50 | p95 | × PyTorch | tokens/s | × PyTorch | peak RSS | cold start | file |"
+        head += "".join(f" {c} |" for c in fid_cols)
+        lines.append(head)
+        lines.append("|" + "---|" * (9 + len(fid_cols)))
+        for key, row in section["rows"].items():
+            lat, thr = row.get("latency", {}), row.get("throughput", {})
+            fid = row.get("fidelity", {})
+            cells = [
+                CONTENDERS[key].name,
+                _fmt(lat.get("p50_ms"), ".1f", " ms"),
+                _fmt(lat.get("p95_ms"), ".1f", " ms"),
+                _fmt(lat.get("speedup_vs_baseline"), ".2f", "×"),
+                _fmt(thr.get("tokens_per_s"), ",.0f"),
+                _fmt(thr.get("speedup_vs_baseline"), ".2f", "×"),
+                _fmt(row.get("peak_rss_mb"), ",.0f", " MB"),
+                _fmt(row.get("cold_start_s"), ".2f", " s"),
+                _fmt(row["size_bytes"] / 1e6 if row.get("size_bytes") else None, ".1f", " MB"),
+            ]
+            for col in fid_cols:
+                v = fid.get(col)
+                cells.append(_fmt(v, ".4f") if isinstance(v, float) else "–")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    if results.get("pos"):
+        pos = results["pos"]
+        lines.append(f"### PoS tagging, UD Italian-ISDT test ({pos['test_words']:,} words, encoder: {pos['encoder']})")
+        lines.append("")
+        lines.append("| | precision | recall | F1 | accuracy | = PyTorch |")
+        lines.append("|---|---|---|---|---|---|")
+        for key in ("torch-fp32", "flare-fp32", "flare-int8"):
+            m = pos[key]
+            lines.append(
+                f"| {CONTENDERS[key].name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['accuracy']:.4f} | {m['agreement_with_torch']:.2%} |"
+            )
+        lines.append("")
+    if results.get("footprint"):
+        fp = results["footprint"]
+        lines.append(
+            f"Installed dependencies: flare-onnx runtime {fp['runtime_mb']:.0f} MB "
+            f"({', '.join(fp['runtime_packages'])}) vs PyTorch + transformers {fp['torch_mb']:,.0f} MB."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    section = results["sections"][0]
+    rows = section["rows"]
+    names = [CONTENDERS[k].name.replace(" ", "\n", 1) for k in rows]
+    metrics = [
+        ("batch-1 p50 latency (ms, lower is better)", [r.get("latency", {}).get("p50_ms") for r in rows.values()]),
+        ("throughput (tokens/s, higher is better)", [r.get("throughput", {}).get("tokens_per_s") for r in rows.values()]),
+        ("peak RSS (MB, lower is better)", [r.get("peak_rss_mb") for r in rows.values()]),
+        ("model file (MB, lower is better)", [(r.get("size_bytes") or 0) / 1e6 or None for r in rows.values()]),
+    ]
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8))
+    colors = ["#888888", "#aaaaaa", "#d08c3c", "#4a7fc1", "#1f4e99", "#7a5ba8"][: len(names)]
+    for ax, (title, values) in zip(axes.flat, metrics):
+        vals = [v or 0 for v in values]
+        ax.bar(range(len(names)), vals, color=colors)
+        ax.set_xticks(range(len(names)), names, fontsize=8)
+        ax.set_title(title, fontsize=10)
+        for i, v in enumerate(values):
+            if v:
+                ax.text(i, v, f"{v:,.0f}" if v >= 100 else f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+    fig.suptitle(f"{section['title']} — {results['machine']['cpu']}, {results['threads']} threads", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,59 @@
+"""The benchmark harness runs end to end on a tiny model and writes well-formed results.
+
+Numbers are not judged here (benchmarks are not timed tests); only that every figure exists.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_harness_on_a_tiny_model(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.__main__ import main
+
+    out = tmp_path / "out"
+    args = ["--model", str(tiny_checkpoint), "--contenders", "torch-fp32", "flare-fp32", "flare-int8",
+            "--texts", "40", "--latency-texts", "10", "--repeats", "1", "--cold", "1", "--batch", "8",
+            "--threads", "1", "--out", str(out), "--work", str(tmp_path / "work"), "--no-real-weights"]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["machine"]["cpu"] and "avx2" in results["machine"]["isa"]
+    assert [s["task"] for s in results["sections"]] == ["fill-mask", "embed"]
+    for section in results["sections"]:
+        assert set(section["rows"]) == {"torch-fp32", "flare-fp32", "flare-int8"}
+        for key, row in section["rows"].items():
+            assert row["latency"]["p50_ms"] > 0 and row["latency"]["n"] == 10
+            assert row["throughput"]["tokens_per_s"] > 0 and len(row["throughput"]["runs"]) == 1
+            assert row["peak_rss_mb"] > 10 and row["cold_start_s"] > 0
+        assert section["rows"]["torch-fp32"]["throughput"]["speedup_vs_baseline"] == pytest.approx(1.0)
+        fid = section["rows"]["flare-fp32"]["fidelity"]
+        assert fid.get("top1_agreement", fid.get("cosine_mean")) > 0.99
+    table = (out / "results.md").read_text()
+    assert "| flare-onnx INT8 |" in table and "Machine:" in table
+    assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert results["footprint"]["runtime_mb"] < results["footprint"]["torch_mb"]
+
+
+def test_pos_metric_helpers(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.pos import macro_prf, read_conllu
+
+    conllu = tmp_path / "x.conllu"
+    conllu.write_text(
+        "# text = Della casa.\n1-2\tDella\t_\t_\t_\t_\t_\t_\t_\t_\n1\tDi\tdi\tADP\t_\t_\t_\t_\t_\t_\n"
+        "2\tla\til\tDET\t_\t_\t_\t_\t_\t_\n3\tcasa\tcasa\tNOUN\t_\t_\t_\t_\t_\t_\n4\t.\t.\tPUNCT\t_\t_\t_\t_\t_\t_\n\n"
+    )
+    (text, spans, tags), = read_conllu(conllu)
+    assert text == "Di la casa ." and [text[a:b] for a, b in spans] == ["Di", "la", "casa", "."]
+    assert tags == ["ADP", "DET", "NOUN", "PUNCT"]
+    m = macro_prf(["A", "A", "B", "C"], ["A", "B", "B", "C"], ["A", "B", "C"])
+    assert m["accuracy"] == 0.75
+    assert m["precision"] == pytest.approx((1 + 0.5 + 1) / 3) and m["recall"] == pytest.approx((0.5 + 1 + 1) / 3)
