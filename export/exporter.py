@@ -17,7 +17,7 @@ from flare_onnx.errors import ExportError
 from ._deps import require
 from .checkpoint import DEFAULT_MODEL, load_checkpoint, resolve_checkpoint
 from .graphs import GRAPH_IO, OPSET, export_graph
-from .quantize import quantize_int8
+from .guard import DEFAULT_TARGET, quantize_guarded
 from .sample import italian_sentences, mask_sentences, read_corpus
 from .tokenizer import build_tokenizer, compare_tokenizers, load_reference_tokenizer, special_tokens
 from .verify import compare, make_batches, onnx_outputs, torch_outputs
@@ -69,6 +69,8 @@ def export_bundle(
     revision: str | None = None,
     calibration: str | Path | None = None,
     overwrite: bool = False,
+    fidelity_target: float = DEFAULT_TARGET,
+    target_cpu: str = "auto",
     log: Callable[[str], None] = print,
 ) -> Path:
     """Export a checkpoint to a verified bundle directory.
@@ -82,6 +84,10 @@ def export_bundle(
         calibration: Italian text (one sentence per line, or CoNLL-U) for verification and
             INT8 checks; by default the sample shipped with flare-onnx.
         overwrite: replace an existing bundle at ``output``.
+        fidelity_target: the INT8 graph's least mean cosine with PyTorch FP32 (mean-pooled
+            hidden states on the calibration text); sensitive nodes stay FP32 until it is met.
+        target_cpu: ``auto`` (this machine), ``vnni`` or ``avx2`` (7-bit weights, no
+            saturation on CPUs without VNNI).
 
     Raises:
         ExportError: the checkpoint cannot be found or loaded, the tokenizer differs from
@@ -134,9 +140,12 @@ def export_bundle(
             if precision == "int8":
                 if "int8" not in precisions:
                     continue
-                quantization = quantize_int8(fp32_path, path)
-            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            figures = compare(batches, reference, onnx_outputs(session, batches))
+                quantization, figures = quantize_guarded(
+                    fp32_path, path, batches, reference, target=fidelity_target, target_cpu=target_cpu, log=log
+                )
+            else:
+                session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                figures = compare(batches, reference, onnx_outputs(session, batches))
             verification[precision] = figures
             log(f"{precision}: " + ", ".join(f"{k}={v:.6g}" for k, v in figures.items()))
             if precision == "fp32" and figures["max_abs_diff"] > FP32_TOLERANCE:

@@ -97,6 +97,8 @@ def _export(args: argparse.Namespace) -> int:
         revision=args.revision,
         calibration=args.calibration,
         overwrite=args.overwrite,
+        fidelity_target=args.fidelity_target,
+        target_cpu=args.target_cpu,
         log=log,
     )
     return 0
@@ -135,6 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", help="Hub revision (branch, tag or commit)")
     p.add_argument("--calibration", help="Italian text (one sentence per line, or CoNLL-U) for checks")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    p.add_argument(
+        "--fidelity-target", type=float, default=0.995,
+        help="least mean cosine of INT8 to PyTorch FP32 on the calibration text (default 0.995)",
+    )
+    p.add_argument(
+        "--target-cpu", choices=["auto", "vnni", "avx2"], default="auto",
+        help="CPU the INT8 graph is built for (default: this machine's)",
+    )
     p.set_defaults(func=_export)
 
     p = sub.add_parser("reference", help="write the Flare-IT-shaped reference checkpoint (random weights)")

@@ -31,7 +31,9 @@ def test_manifest_records_files_io_and_verification(tiny_bundle):
     fp32, int8 = manifest["verification"]["fp32"], manifest["verification"]["int8"]
     assert fp32["max_abs_diff"] <= 1e-4 and fp32["top1_agreement"] == 1.0
     assert 0 <= int8["top1_agreement"] <= 1 and int8["embedding_cosine_mean"] > 0.9
-    assert manifest["quantization"]["per_channel"] is True
+    quant = manifest["quantization"]
+    assert quant["built_for"] in ("vnni", "avx2") and quant["fidelity_target"] == 0.995
+    assert quant["split_first_nodes"] > 0 and quant["fp32_nodes"] == []
     assert manifest["model"]["special_tokens"]["mask"] == ["<mask>", 4]
     assert manifest["model"]["max_length"] == 128  # 130 positions - (pad_token_id + 1)
     assert {"torch", "onnxruntime", "tokenizers"} <= set(manifest["versions"])
@@ -123,7 +125,7 @@ def test_failed_export_leaves_nothing_behind(tiny_checkpoint, tmp_path, monkeypa
     def broken(*args, **kwargs):
         raise RuntimeError("quantizer exploded")
 
-    monkeypatch.setattr(exporter, "quantize_int8", broken)
+    monkeypatch.setattr(exporter, "quantize_guarded", broken)
     with pytest.raises(RuntimeError, match="quantizer exploded"):
         export_bundle(str(tiny_checkpoint), tmp_path / "b", log=_quiet)
     assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,94 @@
+"""The INT8 pass: graph structure, one INT8 word table, CPU targets, and the accuracy guard."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import flare_onnx
+from flare_onnx import ExportError
+from flare_onnx_export import export_bundle
+from flare_onnx_export.quantize import quantizable_nodes, quantize_int8
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+def test_int8_graph_structure(tiny_bundle, tiny_checkpoint):
+    fp32 = onnx.load(str(tiny_bundle / "model.fp32.onnx"))
+    int8 = onnx.load(str(tiny_bundle / "model.int8.onnx"))
+    ops = Counter(n.op_type for n in int8.graph.node)
+    names = set(quantizable_nodes(fp32))
+    encoder = [n for n in fp32.graph.node if n.op_type == "MatMul" and n.name in names]
+    assert {n.op_type for n in fp32.graph.node if n.name in names} == {"MatMul", "Gemm", "Gather"}
+    gemms = [n for n in fp32.graph.node if n.op_type == "Gemm"]
+    assert len(encoder) == 12 and len(gemms) == 2  # 2 layers x 6; MLM dense and tied projection
+    assert ops["DynamicQuantizeMatMul"] == 2 * len(encoder) + len(gemms)  # position 0 apart in the encoder
+    assert ops["Gemm"] == 0 and ops["Concat"] >= len(encoder)
+    vocab = sum(1 for _ in open(tiny_checkpoint / "vocab.txt", encoding="utf-8"))
+    tables = [t for t in int8.graph.initializer if vocab in t.dims and len(t.dims) == 2]
+    assert len(tables) == 1 and tables[0].data_type == onnx.TensorProto.INT8
+    assert not any(t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2 and t.dims[0] >= 64 for t in int8.graph.initializer)
+
+
+@pytest.mark.parametrize("target, qmax", [("avx2", 63), ("vnni", 127)])
+def test_weight_range_per_target(tiny_bundle, tmp_path, target, qmax):
+    recipe = quantize_int8(tiny_bundle / "model.fp32.onnx", tmp_path / "q.onnx", target=target)
+    assert recipe["built_for"] == target
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    int8 = [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert int8 and max(int(np.abs(w).max()) for w in int8) == qmax
+
+
+def test_split_first_keeps_outlier_token_from_spoiling_the_rest(minilm_bundle, sentences, tmp_path):
+    """On real weights, quantizing position 0 apart is what brings INT8 close to FP32."""
+    fp32 = minilm_bundle / "model.fp32.onnx"
+    quantize_int8(fp32, tmp_path / "plain.onnx", split_first=False)
+    import onnxruntime as ort
+
+    from flare_onnx.tokenization import pad_batch
+
+    model = flare_onnx.load(minilm_bundle, precision="fp32")
+    windows = model.tokenizer.windows(model.tokenizer.encode(sentences), sliding=False, stride=0)
+    ids, mask = pad_batch([w.ids for w in windows], model.manifest.special.pad_id)
+
+    def pooled(path: Path) -> np.ndarray:
+        s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        h = s.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        e = (h * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+        return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+    ref = pooled(fp32)
+    plain = (pooled(tmp_path / "plain.onnx") * ref).sum(1).mean()
+    split = (pooled(minilm_bundle / "model.int8.onnx") * ref).sum(1).mean()
+    assert split > plain
+    assert split >= 0.995
+
+
+def test_manifest_records_int8_fidelity(minilm_bundle):
+    manifest = json.loads((minilm_bundle / "manifest.json").read_text())
+    figures = manifest["verification"]["int8"]
+    assert figures["embedding_cosine_mean"] >= 0.995 and figures["embedding_cosine_min"] >= 0.98
+    assert manifest["quantization"]["fidelity_target"] == 0.995
+
+
+def test_guard_keeps_sensitive_groups_in_fp32(tiny_checkpoint, tmp_path):
+    out = export_bundle(str(tiny_checkpoint), tmp_path / "b", fidelity_target=0.9999999, log=_quiet)
+    manifest = json.loads((out / "manifest.json").read_text())
+    quant = manifest["quantization"]
+    assert quant["fp32_groups"] and quant["fp32_nodes"]
+    assert manifest["verification"]["int8"]["embedding_cosine_mean"] >= 0.9999999
+    assert flare_onnx.load(out).embed(["ciao"]).shape == (1, 32)
+
+
+def test_guard_fails_loudly_when_the_target_is_out_of_reach(tiny_checkpoint, tmp_path):
+    with pytest.raises(ExportError, match="cannot reach the fidelity target 1.5"):
+        export_bundle(str(tiny_checkpoint), tmp_path / "b", fidelity_target=1.5, log=_quiet)
+    assert not (tmp_path / "b").exists()
