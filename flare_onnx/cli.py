@@ -57,6 +57,23 @@ def _run_task(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_job(args: argparse.Namespace) -> int:
+    from .batch import JobConfig, run_job
+
+    extra: dict[str, Any] = {}
+    if args.command_task == "embed":
+        extra = {"pooling": args.pooling, "normalize": not args.no_normalize, "window": args.window}
+    elif args.command_task == "tag":
+        extra = {"window": args.window, "aggregation": args.aggregation}
+    cfg = JobConfig(
+        task=args.command_task, bundle=args.bundle, input=args.input, output=args.output,
+        text_field=args.text_field, input_format=args.format, errors=args.errors, npy=args.npy,
+        precision=args.precision, workers=args.workers, threads=args.threads, chunk=args.chunk,
+        top_k=args.top_k, progress=False if args.no_progress else None, resume=not args.restart, extra=extra,
+    )
+    return run_job(cfg)
+
+
 def _info(args: argparse.Namespace) -> int:
     from .bundle import open_bundle
 
@@ -176,6 +193,28 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "tag":
             p.add_argument("--aggregation", choices=["first", "average", "max"], default="first")
         p.set_defaults(func=_run_task)
+
+    p = sub.add_parser("run", help="streaming, resumable batch job over a JSONL or text file")
+    p.add_argument("command_task", metavar="TASK", choices=list(TASK_VERBS))
+    p.add_argument("bundle")
+    p.add_argument("--input", "-i", required=True, help="JSONL or text file, one record per line; - for stdin")
+    p.add_argument("--output", "-o", required=True, help="JSONL results in input order; - for stdout")
+    p.add_argument("--text-field", default="text", help="JSONL field holding the text (default: text)")
+    p.add_argument("--format", choices=["auto", "jsonl", "text"], default="auto")
+    p.add_argument("--errors", help="bad records go here (default: OUTPUT.errors.jsonl)")
+    p.add_argument("--npy", help="embed: write vectors to this .npy; records carry their row")
+    p.add_argument("--precision", choices=["int8", "fp32"])
+    p.add_argument("--workers", type=int, default=1, help="processes, each with its own session")
+    p.add_argument("--threads", type=int, help="threads per worker (default: CPUs / workers)")
+    p.add_argument("--chunk", type=int, default=256, help="records per checkpoint")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--pooling", choices=["mean", "cls"], default="mean")
+    p.add_argument("--no-normalize", action="store_true")
+    p.add_argument("--window", choices=["truncate", "sliding"], default="truncate")
+    p.add_argument("--aggregation", choices=["first", "average", "max"], default="first")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--restart", action="store_true", help="ignore a previous run's checkpoint")
+    p.set_defaults(func=_run_job)
 
     p = sub.add_parser("info", help="verify a bundle and print its manifest summary")
     p.add_argument("bundle")

@@ -1,0 +1,162 @@
+"""flare-onnx run: streaming batch jobs, bad records, resume after kill -9, workers, memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flare_onnx.batch import EXIT_RECORD_ERRORS, JobConfig, parse_record, run_job
+
+
+def _write_jsonl(path: Path, n: int, *, bad: bool = False) -> None:
+    words = ["Roma", "città", "perché", "l'uomo", "d'Italia", "il", "gatto", "dorme", "piove", "Milano"]
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n):
+            text = " ".join(words[(i * 7 + k) % len(words)] for k in range(3 + i % 12))
+            f.write(json.dumps({"id": i, "text": text}, ensure_ascii=False) + "\n")
+        if bad:
+            f.write("{not json\n")
+            f.write(json.dumps({"id": "no text"}) + "\n")
+            f.write(json.dumps({"text": 42}) + "\n")
+            f.write(json.dumps({"text": "   "}) + "\n")
+    if bad:
+        with open(path, "ab") as f:
+            f.write(b'{"text": "caff\xe8 latin-1"}\n')
+
+
+def test_jsonl_job_keeps_order_fields_and_reports_bad_records(tiny_bundle, tmp_path):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    _write_jsonl(src, 300, bad=True)
+    code = run_job(JobConfig(task="embed", bundle=str(tiny_bundle), input=str(src), output=str(out), chunk=64, progress=False))
+    assert code == EXIT_RECORD_ERRORS
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in rows] == list(range(300)) and [r["line"] for r in rows] == list(range(1, 301))
+    assert len(rows[0]["embedding"]) == 32
+    errors = [json.loads(line) for line in (tmp_path / "out.jsonl.errors.jsonl").read_text().splitlines()]
+    assert [e["line"] for e in errors] == [301, 302, 303, 304, 305]
+    reasons = " | ".join(e["error"] for e in errors)
+    for reason in ("invalid JSON", "missing field 'text'", "is int, not a string", "empty text", "invalid UTF-8"):
+        assert reason in reasons
+    assert not (tmp_path / "out.jsonl.partial").exists() and not (tmp_path / "out.jsonl.state").exists()
+
+
+def test_embeddings_to_npy(tiny_bundle, tmp_path):
+    src, out, npy = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "emb.npy"
+    _write_jsonl(src, 150)
+    assert run_job(JobConfig(task="embed", bundle=str(tiny_bundle), input=str(src), output=str(out), npy=str(npy),
+                             chunk=40, progress=False, precision="fp32")) == 0
+    matrix = np.load(npy)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert matrix.shape == (150, 32) and [r["row"] for r in rows] == list(range(150))
+    import flare_onnx
+
+    # FP32: identical whatever the batch (INT8 activation scales depend on the batch's range)
+    direct = flare_onnx.load(tiny_bundle, precision="fp32").embed([rows[7]["text"]])[0]
+    np.testing.assert_allclose(matrix[7], direct, atol=1e-5)
+
+
+def test_plain_text_through_stdin_and_stdout(tiny_tagger):
+    proc = subprocess.run(
+        [sys.executable, "-m", "flare_onnx", "run", "tag", str(tiny_tagger), "-i", "-", "-o", "-", "--format", "text"],
+        input="Mario vive a Roma.\n\nLuisa lavora a Milano.\n", capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == EXIT_RECORD_ERRORS  # the blank line is an error record
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["line"] for r in rows] == [1, 3] and rows[1]["text"] == "Luisa lavora a Milano."
+    assert '"line": 2' in proc.stderr and "empty text" in proc.stderr
+
+
+def test_missing_task_fails_before_reading(tiny_bundle, tmp_path):
+    from flare_onnx import TaskNotAvailableError
+
+    with pytest.raises(TaskNotAvailableError):
+        run_job(JobConfig(task="tag", bundle=str(tiny_bundle), input="/nonexistent", output=str(tmp_path / "o")))
+
+
+def _cmd(bundle: Path, src: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "flare_onnx", "run", "embed", str(bundle), "-i", str(src), "-o", str(out),
+            "--chunk", "50", "--no-progress", *extra]
+
+
+def test_kill_9_and_resume_gives_every_record_exactly_once(tiny_bundle, tmp_path):
+    src = tmp_path / "in.jsonl"
+    _write_jsonl(src, 6000)
+    clean = tmp_path / "clean.jsonl"
+    assert subprocess.run(_cmd(tiny_bundle, src, clean), timeout=300).returncode == 0
+    out = tmp_path / "out.jsonl"
+    state = tmp_path / "out.jsonl.state"
+    kills = 0
+    for wait_lines in (600, 2500):  # kill twice, at different depths
+        proc = subprocess.Popen(_cmd(tiny_bundle, src, out))
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if json.loads(state.read_text())["line"] >= wait_lines:
+                    break
+            except (FileNotFoundError, json.JSONDecodeError, KeyError):
+                pass
+            time.sleep(0.01)
+        time.sleep(0.05)  # land somewhere inside a chunk
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            kills += 1
+        assert not out.exists()  # the final file appears only when the job is done
+    assert kills >= 1
+    assert subprocess.run(_cmd(tiny_bundle, src, out), timeout=300).returncode == 0
+    assert out.read_bytes() == clean.read_bytes()  # every record exactly once, in order
+    assert not state.exists()
+
+
+def test_two_workers_match_one(tiny_bundle, tmp_path):
+    src = tmp_path / "in.jsonl"
+    _write_jsonl(src, 400)
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    assert subprocess.run(_cmd(tiny_bundle, src, one), timeout=300).returncode == 0
+    assert subprocess.run(_cmd(tiny_bundle, src, two, "--workers", "2"), timeout=300).returncode == 0
+    a = [json.loads(line) for line in one.read_text().splitlines()]
+    b = [json.loads(line) for line in two.read_text().splitlines()]
+    assert [r["line"] for r in a] == [r["line"] for r in b]
+    np.testing.assert_allclose([r["embedding"] for r in a], [r["embedding"] for r in b], atol=1e-5)
+
+
+PEAK = """
+import sys
+from flare_onnx.batch import JobConfig, run_job
+run_job(JobConfig(task="embed", bundle=sys.argv[1], input=sys.argv[2], output=sys.argv[3], chunk=256, progress=False))
+print([l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1])
+"""
+
+
+@pytest.mark.slow
+def test_memory_does_not_grow_with_file_size(tiny_bundle, tmp_path):
+    small, big = tmp_path / "small.jsonl", tmp_path / "big.jsonl"
+    _write_jsonl(small, 5_000)
+    _write_jsonl(big, 100_000)
+    peaks = []
+    for src in (small, big):
+        proc = subprocess.run([sys.executable, "-c", PEAK, str(tiny_bundle), str(src), str(tmp_path / "o.jsonl")],
+                              capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr
+        peaks.append(int(proc.stdout.split()[-1]) / 1024)
+    assert sum(1 for _ in open(tmp_path / "o.jsonl")) == 100_000
+    assert peaks[1] - peaks[0] < 25, peaks  # MB: bounded by the chunk, not the file
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.sampled_from(["jsonl", "text"]))
+def test_fuzz_record_parser_never_raises(raw, fmt):
+    text, carried, error = parse_record(raw, line=1, fmt=fmt, text_field="text")
+    assert (text is None) != (error is None)
+    if text is not None:
+        assert isinstance(text, str) and text.strip()
