@@ -74,6 +74,18 @@ def _run_job(args: argparse.Namespace) -> int:
     return run_job(cfg)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .serve import ServeConfig, serve
+
+    cfg = ServeConfig(
+        max_body_bytes=args.max_body_bytes, max_texts=args.max_texts, max_chars=args.max_chars,
+        queue_size=args.queue_size, max_batch_texts=args.max_batch_texts, max_wait_ms=args.max_wait_ms,
+        deadline_s=args.deadline, api_key=args.api_key,
+    )
+    serve(args.bundle, host=args.host, port=args.port, precision=args.precision, threads=args.threads, cfg=cfg)
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from .bundle import open_bundle
 
@@ -215,6 +227,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--restart", action="store_true", help="ignore a previous run's checkpoint")
     p.set_defaults(func=_run_job)
+
+    p = sub.add_parser("serve", help="HTTP JSON service with micro-batching (needs flare-onnx[serve])")
+    p.add_argument("bundle")
+    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--precision", choices=["int8", "fp32"])
+    p.add_argument("--threads", type=int)
+    p.add_argument("--api-key", help="require this key (X-API-Key or Bearer); default $FLARE_ONNX_API_KEY")
+    p.add_argument("--max-body-bytes", type=int, default=1_000_000)
+    p.add_argument("--max-texts", type=int, default=64, help="texts per request")
+    p.add_argument("--max-chars", type=int, default=10_000, help="characters per text")
+    p.add_argument("--queue-size", type=int, default=256, help="texts waiting before 503")
+    p.add_argument("--max-batch-texts", type=int, default=64)
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for company")
+    p.add_argument("--deadline", type=float, default=30.0, help="seconds per request before 504")
+    p.set_defaults(func=_serve)
 
     p = sub.add_parser("info", help="verify a bundle and print its manifest summary")
     p.add_argument("bundle")

@@ -1,0 +1,229 @@
+"""The HTTP service: endpoints, limits, micro-batching, a loopback load test, graceful shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import flare_onnx
+from flare_onnx.serve import ServeConfig, create_app
+
+httpx = pytest.importorskip("httpx")
+from starlette.testclient import TestClient  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model(tiny_bundle):
+    return flare_onnx.load(tiny_bundle, precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def client(model):
+    cfg = ServeConfig(max_body_bytes=20_000, max_texts=8, max_chars=500)
+    with TestClient(create_app(model, cfg)) as c:
+        yield c
+
+
+def test_health_ready_openapi(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    ready = client.get("/ready").json()
+    assert ready["status"] == "ready" and ready["tasks"] == ["fill_mask", "embed"]
+    spec = client.get("/openapi.json").json()
+    assert set(spec["paths"]) == {"/v1/fill-mask", "/v1/embed", "/health", "/ready"}
+
+
+def test_embed_and_fill_mask_match_the_library(client, model):
+    texts = ["Il gatto dorme.", "Piove a Milano da tre giorni."]
+    r = client.post("/v1/embed", json={"texts": texts, "normalize": True})
+    assert r.status_code == 200
+    np.testing.assert_allclose(r.json()["embeddings"], model.embed(texts), atol=1e-5)
+    r = client.post("/v1/fill-mask", json={"texts": ["Roma è la <mask>."], "top_k": 3})
+    masks = r.json()["masks"]
+    assert [p["token_id"] for p in masks[0][0]] == [p.token_id for p in model.fill_mask(["Roma è la <mask>."], top_k=3)[0][0]]
+
+
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ({"texts": []}, 422, "non-empty list"),
+        ({"texts": "ciao"}, 422, "non-empty list"),
+        ({"texts": ["a"] * 9}, 422, "at most 8 per request"),
+        ({"texts": ["a" * 501]}, 422, "at most 500"),
+        ({"texts": [1]}, 422, "texts[0] is int"),
+        ({"texts": ["  "]}, 422, "texts[0] is empty"),
+        ({"texts": ["ok"], "bogus": 1}, 422, "unknown option 'bogus'"),
+        ({"texts": ["ok"], "top_k": "3"}, 422, "wrong type"),
+        ({"texts": ["senza maschera"]}, 422, "has no <mask>"),
+        ([1, 2], 422, "must be a JSON object"),
+    ],
+)
+def test_bad_requests(client, body, status, message):
+    r = client.post("/v1/fill-mask", json=body)
+    assert r.status_code == status and message in r.json()["error"]
+
+
+def test_body_limits_and_types(client):
+    r = client.post("/v1/embed", content=b"x" * 30_000, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    def chunks():  # no Content-Length: refused while reading
+        for _ in range(30):
+            yield b" " * 1000
+    r = client.post("/v1/embed", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert client.post("/v1/embed", content=b"{oops", headers={"content-type": "application/json"}).status_code == 400
+    assert client.post("/v1/embed", content=b"{}", headers={"content-type": "text/plain"}).status_code == 415
+
+
+def test_missing_task_is_404(client):
+    r = client.post("/v1/tag", json={"texts": ["ciao"]})
+    assert r.status_code == 404 and "does not offer tag" in r.json()["error"]
+
+
+def test_api_key(model):
+    with TestClient(create_app(model, ServeConfig(api_key="s3cret"))) as c:
+        assert c.post("/v1/embed", json={"texts": ["x"]}).status_code == 401
+        assert c.post("/v1/embed", json={"texts": ["x"]}, headers={"x-api-key": "s3cret"}).status_code == 200
+        assert c.post("/v1/embed", json={"texts": ["x"]}, headers={"authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_non_finite_output_is_an_error(tiny_bundle):
+    m = flare_onnx.load(tiny_bundle, precision="fp32")
+    real = m._session
+
+    class NaN:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def run(self, names, feeds):
+            out = real.run(names, feeds)
+            out[0][...] = np.inf
+            return out
+
+    m._session = NaN()
+    with TestClient(create_app(m)) as c:
+        r = c.post("/v1/embed", json={"texts": ["ciao"]})
+    assert r.status_code == 500 and "non-finite" in r.json()["error"]
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(st.binary(max_size=300), st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=30),
+                                                       lambda c: st.lists(c, max_size=5) | st.dictionaries(st.text(max_size=8), c, max_size=5),
+                                                       max_leaves=20).map(lambda v: json.dumps(v).encode())))
+def test_fuzz_request_bodies_never_500(client, body):
+    r = client.post("/v1/fill-mask", content=body, headers={"content-type": "application/json"})
+    assert r.status_code in (200, 400, 413, 422), (body, r.text)
+
+
+# -- a real server on loopback --------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM; uvicorn shuts down gracefully, then re-raises the signal (exit status -15)."""
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    assert "Traceback" not in proc.stderr.read()
+
+
+def _start(bundle: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "flare_onnx", "serve", str(bundle), "--port", str(port), "--precision", "fp32", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if httpx.get(url + "/ready", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("server did not become ready: " + proc.stderr.read())
+
+
+def _load(url: str, texts: list[str], clients: int, per_client: int) -> tuple[list[float], list[int], list[tuple[str, list]]]:
+    latencies: list[float] = []
+    statuses: list[int] = []
+    answers: list[tuple[str, list]] = []
+    lock = threading.Lock()
+
+    def worker(k: int) -> None:
+        with httpx.Client(timeout=30) as c:
+            for i in range(per_client):
+                text = texts[(k * per_client + i) % len(texts)]
+                t0 = time.perf_counter()
+                r = c.post(url + "/v1/embed", json={"texts": [text]})
+                with lock:
+                    latencies.append(time.perf_counter() - t0)
+                    statuses.append(r.status_code)
+                    if r.status_code == 200:
+                        answers.append((text, r.json()["embeddings"][0]))
+                    elif r.status_code == 503:
+                        assert r.headers.get("retry-after") == "1"
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return latencies, statuses, answers
+
+
+def test_load_32_clients_all_correct_then_overload_sheds_503(tiny_bundle, sentences, model):
+    proc, url = _start(tiny_bundle)
+    try:
+        t0 = time.perf_counter()
+        lat, statuses, answers = _load(url, sentences, clients=32, per_client=8)
+        wall = time.perf_counter() - t0
+        assert statuses == [200] * 256
+        expected = {t: e for t, e in zip(sentences, model.embed(sentences))}
+        for text, emb in answers:
+            np.testing.assert_allclose(emb, expected[text], atol=1e-4)
+        lat.sort()
+        print(f"\n32 clients x 8 requests: p50 {statistics.median(lat) * 1e3:.1f} ms, "
+              f"p99 {lat[int(0.99 * len(lat))] * 1e3:.1f} ms, {len(lat) / wall:.0f} req/s")
+    finally:
+        _stop(proc)
+    # overload: a queue of 4 texts and a slow batch window
+    proc, url = _start(tiny_bundle, "--queue-size", "4", "--max-wait-ms", "200")
+    try:
+        _, statuses, _ = _load(url, sentences, clients=32, per_client=2)
+        assert 503 in statuses and 200 in statuses
+        assert set(statuses) <= {200, 503}
+        assert httpx.get(url + "/health").status_code == 200  # still alive
+    finally:
+        _stop(proc)
+
+
+def test_sigterm_finishes_in_flight_requests(tiny_bundle, sentences):
+    proc, url = _start(tiny_bundle, "--max-wait-ms", "1500")  # requests wait 1.5 s for company
+    results: list[int] = []
+
+    def call() -> None:
+        results.append(httpx.post(url + "/v1/embed", json={"texts": sentences[:2]}, timeout=30).status_code)
+
+    t = threading.Thread(target=call)
+    t.start()
+    time.sleep(0.5)  # the request is queued, not answered yet
+    proc.send_signal(signal.SIGTERM)
+    t.join(timeout=30)
+    assert results == [200]
+    assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
