@@ -88,6 +88,8 @@ class FlareModel:
         self.precision = bundle.graph.precision
         self.max_batch_tokens = _positive_int(max_batch_tokens, "max_batch_tokens")
         self.max_batch_size = _positive_int(max_batch_size, "max_batch_size")
+        # attention scores are batch × heads × length² floats: two full-length rows at most
+        self.max_batch_cells = 2 * bundle.manifest.max_length**2
         self._session = create_session(bundle.graph_bytes, threads=threads, arena=arena)
         inputs = tuple(i.name for i in self._session.get_inputs())
         outputs = tuple(o.name for o in self._session.get_outputs())
@@ -117,7 +119,9 @@ class FlareModel:
     ) -> Iterator[tuple[list[int], dict[str, np.ndarray], np.ndarray]]:
         """Run windows through the session in length batches; yield (window indices, outputs, mask)."""
         lengths = [len(w.ids) for w in windows]
-        for idx in plan_batches(lengths, max_tokens=self.max_batch_tokens, max_batch=self.max_batch_size):
+        for idx in plan_batches(
+            lengths, max_tokens=self.max_batch_tokens, max_batch=self.max_batch_size, max_cells=self.max_batch_cells
+        ):
             ids, attention = pad_batch([windows[i].ids for i in idx], self._encoder.special.pad_id)
             feeds = {"input_ids": ids, "attention_mask": attention}
             if "mask_positions" in self._inputs:

@@ -123,20 +123,24 @@ class TextEncoder:
 
 
 def plan_batches(
-    lengths: Sequence[int], *, max_tokens: int, max_batch: int
+    lengths: Sequence[int], *, max_tokens: int, max_batch: int, max_cells: int | None = None
 ) -> Iterator[list[int]]:
-    """Group indices into length-sorted batches with ``len(batch) × max_len ≤ max_tokens``.
+    """Group indices into length-sorted batches with ``len(batch) × max_len ≤ max_tokens``
+    and, when given, ``len(batch) × max_len² ≤ max_cells`` (attention scores grow with the
+    square of the length, so long texts get smaller batches).
 
-    A single sequence longer than ``max_tokens`` still gets a batch of its own.
+    A single sequence over the budgets still gets a batch of its own.
     """
     if max_tokens < 1 or max_batch < 1:
         raise InputError("max_tokens and max_batch must be positive")
+    cells = max_cells if max_cells is not None else float("inf")
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     batch: list[int] = []
     longest = 0
     for i in order:
         longest_if = max(longest, lengths[i])
-        if batch and (len(batch) + 1 > max_batch or (len(batch) + 1) * longest_if > max_tokens):
+        size = len(batch) + 1
+        if batch and (size > max_batch or size * longest_if > max_tokens or size * longest_if**2 > cells):
             yield batch
             batch, longest_if = [], lengths[i]
         batch.append(i)
