@@ -120,7 +120,7 @@ def run_section(
     log(f"  throughput: {len(texts)} texts ({tokens:,} tokens), batches of {args.batch}, {args.repeats} interleaved passes")
     batches = workloads.sorted_batches(texts, lengths, args.batch)
     thr, outputs = workloads.throughput(contenders, task, batches, tokens, repeats=args.repeats)
-    fid = workloads.fidelity(task, outputs)
+    fid = workloads.fidelity(task, outputs, batches)
     rows: dict[str, Any] = {
         k: {"latency": lat[k], "throughput": thr[k], "fidelity": fid.get(k, {}), "size_bytes": contenders[k].size_bytes()}
         for k in keys

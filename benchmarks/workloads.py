@@ -90,8 +90,11 @@ def throughput(
     return out, call_outputs
 
 
-def fidelity(task: str, outputs: dict[str, list[Outputs]]) -> dict[str, Any]:
-    """Agreement of every contender with the PyTorch FP32 baseline on the same batches."""
+def fidelity(task: str, outputs: dict[str, list[Outputs]], batches: list[list[str]]) -> dict[str, Any]:
+    """Agreement of every contender with the PyTorch FP32 baseline on the same batches.
+
+    Embedding figures use each distinct text once: a repeated text would be its own nearest
+    neighbour and make the agreement trivially perfect."""
     if BASELINE not in outputs:
         return {}
     res: dict[str, Any] = {}
@@ -104,12 +107,14 @@ def fidelity(task: str, outputs: dict[str, list[Outputs]]) -> dict[str, Any]:
             overlap = np.mean([len(set(g) & set(b)) / len(b) for g, b in zip(got, base)])
             res[key] = {"masks": len(base), "top1_agreement": float(top1), "top1_in_top5": float(in5), "top5_overlap": float(overlap)}
     else:
-        base = np.concatenate(outputs[BASELINE])
+        flat = [t for batch in batches for t in batch]
+        first = sorted({t: i for i, t in reversed(list(enumerate(flat)))}.values())
+        base = np.concatenate(outputs[BASELINE])[first]
         sim_base = base @ base.T
         np.fill_diagonal(sim_base, -np.inf)
         nn_base = sim_base.argmax(1)
         for key, outs in outputs.items():
-            got = np.concatenate(outs)
+            got = np.concatenate(outs)[first]
             cos = (got * base).sum(1)
             sim = got @ got.T
             np.fill_diagonal(sim, -np.inf)

@@ -25,6 +25,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from ._json import to_jsonable
 from .errors import InputError
 
 __all__ = ["JobConfig", "run_job", "parse_record", "EXIT_OK", "EXIT_RECORD_ERRORS"]
@@ -98,16 +99,6 @@ def _init_worker(bundle: str, precision: str | None, threads: int | None) -> Non
     from .model import load
 
     _MODEL = load(bundle, precision=precision, threads=threads)
-
-
-def _jsonable(value: Any) -> Any:
-    import dataclasses
-
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def _call(verb: str, texts: list[str], options: dict[str, Any]) -> list[Any]:
@@ -318,7 +309,7 @@ def _finish(item: Any, verb: str, out_f: IO[bytes], err_f: IO[bytes] | None, npy
             record["row"] = state["rows"] + len(vectors)
             vectors.append(np.asarray(value, dtype=np.float32))
         else:
-            record[RESULT_KEY[verb]] = value.tolist() if verb == "embed" else _jsonable(value)
+            record[RESULT_KEY[verb]] = value.tolist() if verb == "embed" else to_jsonable(value)
         out_lines.append(json.dumps(record, ensure_ascii=False))
     out_bytes = "".join(line + "\n" for line in out_lines).encode("utf-8")
     out_f.write(out_bytes)

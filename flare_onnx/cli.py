@@ -7,12 +7,12 @@ export extra (``pip install "flare-onnx[export]"``) when they run.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ._json import to_jsonable
 from .errors import FlareOnnxError, InputError
 
 TASK_VERBS = {"fill-mask": "fill_mask", "embed": "embed", "tag": "tag", "classify": "classify"}
@@ -22,16 +22,6 @@ def _texts(args: argparse.Namespace) -> list[str]:
     if args.texts:
         return list(args.texts)
     return [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
-
-
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return value
 
 
 def _run_task(args: argparse.Namespace) -> int:
@@ -51,7 +41,7 @@ def _run_task(args: argparse.Namespace) -> int:
     else:
         results = model.classify(texts, top_k=args.top_k)
     key = {"fill_mask": "masks", "embed": "embedding", "tag": "result", "classify": "labels"}[verb]
-    out = [{"text": t, key: _jsonable(r)} for t, r in zip(texts, results)]
+    out = [{"text": t, key: to_jsonable(r)} for t, r in zip(texts, results)]
     json.dump(out, sys.stdout, ensure_ascii=False, indent=2 if sys.stdout.isatty() else None)
     sys.stdout.write("\n")
     return 0
@@ -65,6 +55,16 @@ def _run_job(args: argparse.Namespace) -> int:
         extra = {"pooling": args.pooling, "normalize": not args.no_normalize, "window": args.window}
     elif args.command_task == "tag":
         extra = {"window": args.window, "aggregation": args.aggregation}
+    if args.engine == "ray":
+        from .ray_data import run_ray_job
+
+        if args.top_k is not None:
+            extra["top_k"] = args.top_k
+        return run_ray_job(
+            args.command_task, args.bundle, args.input, args.output, address=args.address, actors=args.actors,
+            threads=args.threads or 1, batch_size=args.chunk, text_column=args.text_field,
+            precision=args.precision, options=extra,
+        )
     cfg = JobConfig(
         task=args.command_task, bundle=args.bundle, input=args.input, output=args.output,
         text_field=args.text_field, input_format=args.format, errors=args.errors, npy=args.npy,
@@ -226,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aggregation", choices=["first", "average", "max"], default="first")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--restart", action="store_true", help="ignore a previous run's checkpoint")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="ray: Ray Data reads, predicts and writes (OUTPUT is a directory; .jsonl name: JSON files, else Parquet)")
+    p.add_argument("--address", help="Ray cluster address (default: start or join a local one)")
+    p.add_argument("--actors", type=int, help="Ray actors (default: cluster CPUs / threads)")
     p.set_defaults(func=_run_job)
 
     p = sub.add_parser("serve", help="HTTP JSON service with micro-batching (needs flare-onnx[serve])")

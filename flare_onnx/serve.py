@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -24,8 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
+from ._json import to_jsonable
 from .errors import FlareOnnxError, InferenceError, InputError, TaskNotAvailableError
 from .model import FlareModel, load
 
@@ -57,16 +55,6 @@ class HTTPError(Exception):
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers or {}
-
-
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
 
 
 @dataclass
@@ -273,7 +261,7 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
             except ValueError:
                 return error(400, "invalid Content-Length")
             key = {"fill_mask": "masks", "embed": "embeddings", "tag": "results", "classify": "labels"}[verb]
-            return JSONResponse({key: _jsonable(results), "model": model.manifest.task, "precision": model.precision})
+            return JSONResponse({key: to_jsonable(results), "model": model.manifest.task, "precision": model.precision})
 
         return handle
 

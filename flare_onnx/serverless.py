@@ -11,13 +11,11 @@ quota), not the host's. Import cost is the runtime's: onnxruntime, tokenizers, n
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import os
 from typing import Any
 
-import numpy as np
-
+from ._json import to_jsonable
 from .errors import FlareOnnxError, InputError
 from .model import FlareModel, load
 
@@ -39,16 +37,6 @@ def get_model() -> FlareModel:
     return _MODEL
 
 
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
-
-
 def handle(payload: dict[str, Any]) -> dict[str, Any]:
     """``{"task": "embed", "texts": [...], ...options}`` -> ``{"results": [...]}``.
 
@@ -66,7 +54,7 @@ def handle(payload: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise InputError(f"unknown option(s) {', '.join(sorted(unknown))} for {task}")
     results = getattr(get_model(), verb)(payload.get("texts"), **options)
-    return {"task": task, "results": _jsonable(results)}
+    return {"task": task, "results": to_jsonable(results)}
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:

@@ -1,0 +1,109 @@
+"""Ray Data: the map_batches classes, a 20,000-record job against the local batch job, and a
+worker node killed mid-job on a multi-node cluster of this one machine (loopback only)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+import flare_onnx.ray_data as frd  # noqa: E402
+from flare_onnx.batch import JobConfig, run_job  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def _records(n: int) -> list[dict]:
+    words = ["Roma", "città", "perché", "l'uomo", "d'Italia", "il", "gatto", "dorme", "piove", "Milano", "è", "bella"]
+    return [{"id": i, "text": " ".join(words[(i * 5 + k) % len(words)] for k in range(2 + i % 9)), "lang": "it"} for i in range(n)]
+
+
+@pytest.mark.parametrize("fmt", ["numpy", "pandas", "pyarrow"])
+def test_predictor_keeps_columns_in_every_batch_format(tiny_bundle, tiny_tagger, fmt):
+    import pandas as pd
+    import pyarrow as pa
+
+    rows = _records(5)
+    frame = pd.DataFrame(rows)
+    batch = {"numpy": {k: np.array(frame[k].tolist(), dtype=object if k != "id" else None) for k in frame},
+             "pandas": frame, "pyarrow": pa.Table.from_pandas(frame)}[fmt]
+    out = frd.Embed(str(tiny_bundle), precision="fp32")(batch)
+    cols = list(out.keys()) if isinstance(out, dict) else list(out.column_names if hasattr(out, "column_names") else out.columns)
+    assert cols == ["id", "text", "lang", "embedding"]
+    emb = np.array(out["embedding"].to_pylist() if hasattr(out["embedding"], "to_pylist") else list(out["embedding"]), dtype=np.float32)
+    assert emb.shape == (5, 32)
+    tagged = frd.Tag(str(tiny_tagger))(batch)
+    first = tagged["result"][0] if not hasattr(tagged["result"], "to_pylist") else tagged["result"].to_pylist()[0]
+    assert json.loads(first)["words"][0]["word"] == rows[0]["text"].split()[0]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    yield
+    ray.shutdown()
+
+
+def test_20000_records_match_the_local_batch_job(local_ray, tiny_bundle, tmp_path):
+    rows = _records(20_000)
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    local = tmp_path / "local.jsonl"
+    assert run_job(JobConfig(task="embed", bundle=str(tiny_bundle), input=str(src), output=str(local),
+                             precision="fp32", progress=False, chunk=512)) == 0
+    expected = {r["id"]: r["embedding"] for r in map(json.loads, local.read_text().splitlines())}
+    ds = ray.data.read_json(str(src), ray_remote_args={"num_cpus": 0}).map_batches(
+        frd.Embed, fn_constructor_kwargs={"bundle": frd.share_bundle(tiny_bundle), "precision": "fp32", "threads": 1},
+        concurrency=2, num_cpus=1, batch_size=512,
+    )
+    got = ds.to_pandas()
+    assert len(got) == 20_000 and sorted(got["id"]) == list(range(20_000))
+    assert set(got["lang"]) == {"it"}
+    for i, emb in zip(got["id"], got["embedding"]):
+        np.testing.assert_allclose(emb, expected[i], atol=1e-5)
+
+
+def test_cli_engine_ray(tiny_bundle, tmp_path):
+    from flare_onnx.cli import main
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in _records(300)))
+    assert main(["run", "embed", str(tiny_bundle), "-i", str(src), "-o", str(tmp_path / "emb"), "--engine", "ray", "--actors", "2"]) == 0
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "emb")
+    assert table.num_rows == 300 and set(table.column_names) >= {"id", "text", "embedding"}
+
+
+def test_worker_node_killed_mid_job(reference_bundle, tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        rows = _records(5000)  # the full-size model: long enough a job to kill a node under it
+        ds = ray.data.from_items(rows, override_num_blocks=50).map_batches(
+            frd.Embed, fn_constructor_kwargs={"bundle": frd.share_bundle(reference_bundle), "threads": 1},
+            concurrency=2, num_cpus=1, batch_size=50,
+        )
+        killed = []
+        killer = threading.Timer(4.0, lambda: (killed.append(time.time()), cluster.remove_node(workers[1])))
+        cluster.add_node(num_cpus=1)  # a spare node for the restarted actor
+        killer.start()
+        t0 = time.time()
+        got = ds.to_pandas()
+        finished = time.time()
+        killer.join()
+        assert killed and t0 < killed[0] < finished  # the node died while the job ran
+        assert sorted(got["id"]) == list(range(5000))  # every record exactly once
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
