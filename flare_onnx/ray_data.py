@@ -10,7 +10,7 @@ and the first actor on each node writes it to a node-local cache that later acto
 node reuse, so no node fetches it twice and no shared filesystem is needed.
 
     import ray, flare_onnx.ray_data as frd
-    ds = ray.data.read_json("s3://bucket/news/", ray_remote_args={"num_cpus": 0})
+    ds = ray.data.read_json("s3://bucket/news/", num_cpus=0)
     ref = frd.share_bundle("flare-it-onnx")
     ds = ds.map_batches(frd.Embed, fn_constructor_kwargs={"bundle": ref, "threads": 1},
                         concurrency=8, num_cpus=1, batch_size=256)
@@ -180,11 +180,11 @@ def run_ray_job(
         # hold every CPU and the reads could never be scheduled (a deadlock seen on 2 CPUs).
         io = {"num_cpus": 0}
         if input_path.endswith(".parquet") or (Path(input_path).is_dir() and any(Path(input_path).glob("*.parquet"))):
-            ds = ray.data.read_parquet(input_path, ray_remote_args=io)
+            ds = ray.data.read_parquet(input_path, **io)
         elif input_path.endswith((".jsonl", ".json", ".ndjson")):
-            ds = ray.data.read_json(input_path, ray_remote_args=io)
+            ds = ray.data.read_json(input_path, **io)
         else:
-            ds = ray.data.read_text(input_path, ray_remote_args=io)
+            ds = ray.data.read_text(input_path, **io)
             if text_column != "text":
                 ds = ds.rename_columns({"text": text_column})
         cpus = int(ray.cluster_resources().get("CPU", 1))

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import flare_onnx
 from flare_onnx import InferenceError, InputError, TaskNotAvailableError
 
-from .conftest import NER_LABELS, SENTIMENT
+from .conftest import NER_LABELS, SENTIMENT, poison_outputs
 
 
 @pytest.fixture(scope="module")
@@ -251,18 +251,7 @@ def test_bad_options_at_load(tiny_bundle):
 
 def test_non_finite_outputs_fail_loudly(tiny_bundle):
     model = flare_onnx.load(tiny_bundle, precision="fp32")
-    real = model._session
-
-    class NaNSession:
-        def __getattr__(self, name):
-            return getattr(real, name)
-
-        def run(self, names, feeds):
-            out = real.run(names, feeds)
-            out[0][...] = np.nan
-            return out
-
-    model._session = NaNSession()
+    poison_outputs(model, np.nan)
     with pytest.raises(InferenceError, match="non-finite values in 'last_hidden_state'"):
         model.embed(["ciao"])
 

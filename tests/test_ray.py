@@ -58,7 +58,7 @@ def test_20000_records_match_the_local_batch_job(local_ray, tiny_bundle, tmp_pat
     assert run_job(JobConfig(task="embed", bundle=str(tiny_bundle), input=str(src), output=str(local),
                              precision="fp32", progress=False, chunk=512)) == 0
     expected = {r["id"]: r["embedding"] for r in map(json.loads, local.read_text().splitlines())}
-    ds = ray.data.read_json(str(src), ray_remote_args={"num_cpus": 0}).map_batches(
+    ds = ray.data.read_json(str(src), num_cpus=0).map_batches(
         frd.Embed, fn_constructor_kwargs={"bundle": frd.share_bundle(tiny_bundle), "precision": "fp32", "threads": 1},
         concurrency=2, num_cpus=1, batch_size=512,
     )

@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 import flare_onnx
 from flare_onnx.serve import ServeConfig, create_app
 
+from .conftest import poison_outputs
+
 httpx = pytest.importorskip("httpx")
 from starlette.testclient import TestClient  # noqa: E402
 
@@ -101,18 +103,7 @@ def test_api_key(model):
 
 def test_non_finite_output_is_an_error(tiny_bundle):
     m = flare_onnx.load(tiny_bundle, precision="fp32")
-    real = m._session
-
-    class NaN:
-        def __getattr__(self, name):
-            return getattr(real, name)
-
-        def run(self, names, feeds):
-            out = real.run(names, feeds)
-            out[0][...] = np.inf
-            return out
-
-    m._session = NaN()
+    poison_outputs(m, np.inf)
     with TestClient(create_app(m)) as c:
         r = c.post("/v1/embed", json={"texts": ["ciao"]})
     assert r.status_code == 500 and "non-finite" in r.json()["error"]
