@@ -69,3 +69,10 @@ def test_export_offline_hub_error(monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["export", "flare-onnx-tests/absent", "-o", "/tmp/never-written"]) == 1
     assert "could not fetch 'flare-onnx-tests/absent'" in capsys.readouterr().err
+
+
+def test_demo_main_job(tiny_checkpoint, tmp_path, capsys):
+    assert main(["demo", "--work-dir", str(tmp_path), "--model", str(tiny_checkpoint)]) == 0
+    out = capsys.readouterr().out
+    assert "fill-mask (INT8):" in out and "| flare-onnx int8 |" in out
+    assert "| flare-onnx fp32 |" in out and "100.0%" in out  # FP32 top-1 agrees with PyTorch
