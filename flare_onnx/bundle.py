@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import BundleError, TaskNotAvailableError
+from .errors import BundleError, InputError, TaskNotAvailableError
 
 __all__ = [
     "MANIFEST_NAME",
@@ -136,7 +136,11 @@ def parse_manifest(raw: Mapping[str, Any]) -> Manifest:
         mask_id=mask[1] if mask else None,
         mask_token=mask[0] if mask else None,
     )
+    if task == "fill-mask" and spec.mask_id is None:
+        raise BundleError("manifest.json: a fill-mask bundle must record its mask token; re-export the bundle")
     labels = model.get("labels")
+    if task in ("token-classification", "text-classification") and not labels:
+        raise BundleError(f"manifest.json: a {task} bundle must list its labels; re-export the bundle")
     graphs: dict[str, GraphSpec] = {}
     for precision, g in _get(raw, "graphs", dict, "manifest").items():
         if precision not in PRECISIONS:
@@ -233,8 +237,6 @@ def open_bundle(directory: str | Path, *, precision: str | None = None) -> Verif
         BundleError: the directory is not a bundle, or a file is missing or altered.
         InputError: ``precision`` is not one of the bundle's precisions.
     """
-    from .errors import InputError
-
     root = Path(directory)
     manifest = read_manifest(root)
     if precision is None:

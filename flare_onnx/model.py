@@ -170,8 +170,7 @@ class FlareModel:
         self.manifest.require("fill_mask")
         texts = check_texts(texts, verb="fill_mask")
         k = _positive_int(top_k, "top_k")
-        special = self.manifest.special
-        assert special.mask_id is not None  # fill-mask bundles always record a mask token
+        special = self.manifest.special  # a fill-mask manifest always has a mask (checked at load)
         encodings, windows = self._windows(texts, window="truncate", stride=0)
         mask_rows: list[np.ndarray] = []
         for i, (enc, w) in enumerate(zip(encodings, windows)):

@@ -92,36 +92,36 @@ def tiny_feature_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPath
     )
 
 
-@pytest.fixture(scope="session")
-def tiny_tagger_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _labelled(factory: pytest.TempPathFactory, name: str, task: str, labels: list[str]) -> Path:
     from flare_onnx_export import write_reference
 
-    return write_reference(
-        tmp_path_factory.mktemp("ckpt") / "tagger", tiny=True, task="token-classification", labels=NER_LABELS
-    )
+    return write_reference(factory.mktemp("ckpt") / name, tiny=True, task=task, labels=labels)
+
+
+def _export(checkpoint: Path, factory: pytest.TempPathFactory, name: str) -> Path:
+    from flare_onnx_export import export_bundle
+
+    return export_bundle(str(checkpoint), factory.mktemp("b") / name, log=_quiet)
+
+
+@pytest.fixture(scope="session")
+def tiny_tagger_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _labelled(tmp_path_factory, "tagger", "token-classification", NER_LABELS)
 
 
 @pytest.fixture(scope="session")
 def tiny_tagger(tiny_tagger_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from flare_onnx_export import export_bundle
-
-    return export_bundle(str(tiny_tagger_checkpoint), tmp_path_factory.mktemp("b") / "tagger", log=_quiet)
+    return _export(tiny_tagger_checkpoint, tmp_path_factory, "tagger")
 
 
 @pytest.fixture(scope="session")
 def tiny_classifier_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from flare_onnx_export import write_reference
-
-    return write_reference(
-        tmp_path_factory.mktemp("ckpt") / "cls", tiny=True, task="text-classification", labels=SENTIMENT
-    )
+    return _labelled(tmp_path_factory, "cls", "text-classification", SENTIMENT)
 
 
 @pytest.fixture(scope="session")
 def tiny_classifier(tiny_classifier_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from flare_onnx_export import export_bundle
-
-    return export_bundle(str(tiny_classifier_checkpoint), tmp_path_factory.mktemp("b") / "cls", log=_quiet)
+    return _export(tiny_classifier_checkpoint, tmp_path_factory, "cls")
 
 
 @pytest.fixture(scope="session")

@@ -127,3 +127,11 @@ def test_garbage_graph_is_refused(bundle):
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="(not a valid model file|could not load)"):
         flare_onnx.load(bundle, precision="fp32")
+
+
+def test_fill_mask_manifest_without_mask_token_is_refused(bundle):
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    del manifest["model"]["special_tokens"]["mask"]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="a fill-mask bundle must record its mask token"):
+        flare_onnx.load(bundle)
