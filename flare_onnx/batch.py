@@ -239,8 +239,7 @@ def run_job(cfg: JobConfig) -> int:
 
     cpus = available_cpus()
     threads = cfg.threads or max(1, cpus // cfg.workers)
-    total = _count_lines(cfg.input) if cfg.progress is not False else None
-    progress = _progress(cfg.progress, total, state["line"])
+    progress = _progress(cfg.progress, cfg.input, state["line"])
     pool = None
     if cfg.workers > 1:
         import multiprocessing
@@ -352,12 +351,13 @@ def _finalize_npy(raw: Path, dest: Path, rows: int, dim: int) -> None:
     raw.unlink()
 
 
-def _progress(enabled: bool | None, total: int | None, done: int) -> Any:
+def _progress(enabled: bool | None, path: str, done: int) -> Any:
     if enabled is False or (enabled is None and not sys.stderr.isatty()):
         return None
     try:
         from tqdm import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, initial=done, unit="rec", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+    # counting lines reads the file once more: only worth it when a bar shows the ETA
+    return tqdm(total=_count_lines(path), initial=done, unit="rec", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
 

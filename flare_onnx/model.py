@@ -99,6 +99,7 @@ class FlareModel:
                 f"{bundle.graph.inputs}/{bundle.graph.outputs}; re-export the bundle"
             )
         self._inputs = inputs
+        self._outputs = outputs
         self._encoder = TextEncoder(
             bundle.tokenizer_json, bundle.manifest.special, max_length=bundle.manifest.max_length
         )
@@ -137,7 +138,7 @@ class FlareModel:
                 values = self._session.run(None, feeds)
             except Exception as exc:  # onnxruntime raises its own untyped exceptions
                 raise InferenceError(f"onnxruntime failed on a batch of {len(idx)} texts: {exc}") from None
-            outputs = dict(zip((o.name for o in self._session.get_outputs()), values))
+            outputs = dict(zip(self._outputs, values))
             for name, value in outputs.items():
                 if value.size and not np.isfinite(value).all():
                     raise InferenceError(

@@ -75,11 +75,10 @@ def materialize(bundle: Any) -> str:
     return str(target)
 
 
-def _texts(batch: Any, column: str) -> list[str]:
+def _texts(batch: Any, column: str) -> list[Any]:
+    # no str() here: a missing text must reach the model's check (InputError), not become "None"
     values = batch[column]
-    if hasattr(values, "to_pylist"):  # pyarrow
-        return [str(v) for v in values.to_pylist()]
-    return [str(v) for v in list(values)]
+    return values.to_pylist() if hasattr(values, "to_pylist") else list(values)
 
 
 class _Predictor:

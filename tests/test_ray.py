@@ -107,3 +107,10 @@ def test_worker_node_killed_mid_job(reference_bundle, tmp_path):
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_missing_text_is_an_input_error_not_the_string_none(tiny_bundle):
+    from flare_onnx import InputError
+
+    with pytest.raises(InputError, match="text 1 is NoneType, not str"):
+        frd.Embed(str(tiny_bundle))({"text": np.array(["ciao", None], dtype=object)})
