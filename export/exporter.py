@@ -25,6 +25,8 @@ from .verify import compare, make_batches, onnx_outputs, torch_outputs
 __all__ = ["export_bundle", "TOKENIZER_PROBES", "FP32_TOLERANCE"]
 
 FP32_TOLERANCE = 1e-4
+#: sentences of --calibration used (each goes through PyTorch and every guard attempt)
+CALIBRATION_LIMIT = 1000
 GRAPH_FILES = {"fp32": "model.fp32.onnx", "int8": "model.int8.onnx"}
 
 #: Texts that exercise the tokenizer's corner cases on top of the calibration sentences.
@@ -82,7 +84,7 @@ def export_bundle(
             ``text-classification``; by default the task of the checkpoint's architecture.
         precisions: graphs to write (``fp32``, ``int8``).
         calibration: Italian text (one sentence per line, or CoNLL-U) for verification and
-            INT8 checks; by default the sample shipped with flare-onnx.
+            INT8 checks, its first 1,000 sentences; by default the sample shipped with flare-onnx.
         overwrite: replace an existing bundle at ``output``.
         fidelity_target: the INT8 graph's least mean cosine with PyTorch FP32 (mean-pooled
             hidden states on the calibration text); sensitive nodes stay FP32 until it is met.
@@ -108,7 +110,7 @@ def export_bundle(
     tokens = special_tokens(source_dir)
     fast = build_tokenizer(source_dir, pair_type_id=0 if config.type_vocab_size == 1 else 1)
     slow = load_reference_tokenizer(source_dir)
-    texts = read_corpus(calibration) if calibration else italian_sentences()
+    texts = read_corpus(calibration, limit=CALIBRATION_LIMIT) if calibration else italian_sentences()
     if not texts:
         raise ExportError(f"the calibration text {calibration} holds no sentences")
     check = compare_tokenizers(fast, slow, texts + TOKENIZER_PROBES)
@@ -131,7 +133,7 @@ def export_bundle(
         inputs, outputs = GRAPH_IO[ckpt.task]
         fp32_path = work / GRAPH_FILES["fp32"]
         log(f"exporting the {ckpt.task} graph (opset {OPSET})")
-        export_graph(ckpt.task, ckpt.model, fp32_path, pad_id=ids["pad"], mask_id=mask_id)
+        export_graph(ckpt.task, ckpt.model, fp32_path, pad_id=ids["pad"])
         verification: dict[str, Any] = {"texts": len(verify_texts), "calibration": str(calibration or "shipped sample")}
         graphs: dict[str, Any] = {}
         quantization = None

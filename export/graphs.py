@@ -69,7 +69,7 @@ def _wrapper(task: str, model: Any) -> Any:
     return module.eval()
 
 
-def export_graph(task: str, model: Any, path: Path, *, pad_id: int, mask_id: int | None) -> None:
+def export_graph(task: str, model: Any, path: Path, *, pad_id: int) -> None:
     """Write the task's FP32 graph to ``path`` as one self-contained ONNX file."""
     torch = require("torch")
     module = _wrapper(task, model)
