@@ -11,13 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flare_onnx.bundle import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, TASK_CAPABILITIES, file_record
+from flare_onnx.bundle import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, file_record
+from flare_onnx.tasks import EXPORT_TASKS
 from flare_onnx.errors import ExportError
 
 from ._deps import require
 from .checkpoint import DEFAULT_MODEL, load_checkpoint, resolve_checkpoint
 from .graphs import GRAPH_IO, OPSET, export_graph
 from .guard import DEFAULT_TARGET, quantize_guarded
+from .quantize import TARGETS
 from .sample import italian_sentences, mask_sentences, read_corpus
 from .tokenizer import build_tokenizer, compare_tokenizers, load_reference_tokenizer, special_tokens
 from .verify import compare, make_batches, onnx_outputs, torch_outputs
@@ -102,6 +104,13 @@ def export_bundle(
     bad = [p for p in precisions if p not in GRAPH_FILES]
     if bad or not precisions:
         raise ExportError(f"precisions must be among {', '.join(GRAPH_FILES)}, not {precisions}")
+    # every option is checked before the expensive work (loading, tracing, PyTorch runs)
+    if target_cpu not in TARGETS:
+        raise ExportError(f"target_cpu must be one of {', '.join(TARGETS)}, not {target_cpu!r}")
+    if task is not None and task not in EXPORT_TASKS:
+        raise ExportError(f"task must be one of {', '.join(EXPORT_TASKS)}, not {task!r}")
+    if not 0.0 < fidelity_target <= 1.0:
+        raise ExportError(f"fidelity_target must be in (0, 1], not {fidelity_target!r}")
 
     source_dir = resolve_checkpoint(model, revision=revision)
     log(f"loading {model} from {source_dir}")
@@ -168,7 +177,7 @@ def export_bundle(
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
             "task": ckpt.task,
-            "capabilities": list(TASK_CAPABILITIES[ckpt.task]),
+            "tasks": list(EXPORT_TASKS[ckpt.task]),
             "source": {"model": model, "revision": revision, "architectures": config.architectures},
             "model": {
                 "model_type": config.model_type,

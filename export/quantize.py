@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from flare_onnx.errors import ExportError
+
 from ._deps import require
 
 __all__ = ["quantize_int8", "cpu_has_vnni", "quantizable_nodes", "TARGETS"]
@@ -46,7 +48,7 @@ def cpu_has_vnni() -> bool:
 
 def _qmax(target: str) -> tuple[int, str]:
     if target not in TARGETS:
-        raise ValueError(f"target must be one of {', '.join(TARGETS)}, not {target!r}")
+        raise ExportError(f"target_cpu must be one of {', '.join(TARGETS)}, not {target!r}")
     if target == "auto":
         target = "vnni" if cpu_has_vnni() else "avx2"
     return (127 if target == "vnni" else 63), target

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BundleError, InputError, TaskNotAvailableError
+from .tasks import EXPORT_TASKS, TaskSpec, get_task
 
 __all__ = [
     "MANIFEST_NAME",
     "FORMAT_VERSION",
     "PRECISIONS",
-    "TASK_CAPABILITIES",
     "Manifest",
     "GraphSpec",
     "SpecialTokens",
@@ -36,13 +36,6 @@ FORMAT_NAME = "flare-onnx-bundle"
 FORMAT_VERSION = 1
 PRECISIONS = ("int8", "fp32")
 
-#: Export task -> the runtime verbs a bundle of that task offers.
-TASK_CAPABILITIES: Mapping[str, tuple[str, ...]] = {
-    "fill-mask": ("fill_mask", "embed"),
-    "feature-extraction": ("embed",),
-    "token-classification": ("tag",),
-    "text-classification": ("classify",),
-}
 
 
 def file_record(data: bytes) -> dict[str, Any]:
@@ -77,7 +70,7 @@ class Manifest:
     """The parsed, structurally checked ``manifest.json``."""
 
     task: str
-    capabilities: tuple[str, ...]
+    tasks: tuple[str, ...]  # the registry tasks this bundle offers (flare_onnx.tasks)
     model_type: str
     hidden_size: int
     max_length: int
@@ -87,20 +80,17 @@ class Manifest:
     files: Mapping[str, Mapping[str, Any]]
     raw: Mapping[str, Any]
 
-    def require(self, capability: str) -> None:
-        """Raise :class:`TaskNotAvailableError` unless the bundle offers ``capability``."""
-        if capability not in self.capabilities:
-            offered = ", ".join(self.capabilities)
+    def require(self, task: str) -> TaskSpec:
+        """The spec of ``task`` (a name, verb or alias), or :class:`TaskNotAvailableError`
+        when this bundle does not offer it."""
+        spec = get_task(task)
+        if spec.name not in self.tasks:
+            exports = " or ".join(f"--task {t}" for t, offered in EXPORT_TASKS.items() if spec.name in offered)
             raise TaskNotAvailableError(
-                f"this bundle was exported for task {self.task!r}, which offers {offered}; "
-                f"{capability}() needs a bundle exported with "
-                f"{_task_for(capability)}"
+                f"this bundle was exported for {self.task!r}, which offers {', '.join(self.tasks)}; "
+                f"{spec.name} needs a bundle exported with {exports}"
             )
-
-
-def _task_for(capability: str) -> str:
-    tasks = [t for t, caps in TASK_CAPABILITIES.items() if capability in caps]
-    return " or ".join(f"--task {t}" for t in tasks)
+        return spec
 
 
 def _get(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -123,8 +113,8 @@ def parse_manifest(raw: Mapping[str, Any]) -> Manifest:
             f"(it reads version {FORMAT_VERSION}); re-export the bundle with this version"
         )
     task = _get(raw, "task", str, "manifest")
-    if task not in TASK_CAPABILITIES:
-        raise BundleError(f"manifest.json: unknown task {task!r}")
+    if task not in EXPORT_TASKS:
+        raise BundleError(f"manifest.json: unknown task {task!r}; this flare-onnx reads {', '.join(EXPORT_TASKS)}")
     model = _get(raw, "model", dict, "manifest")
     special = _get(model, "special_tokens", dict, "model")
     mask = special.get("mask")
@@ -156,7 +146,7 @@ def parse_manifest(raw: Mapping[str, Any]) -> Manifest:
     files = _get(raw, "files", dict, "manifest")
     return Manifest(
         task=task,
-        capabilities=TASK_CAPABILITIES[task],
+        tasks=EXPORT_TASKS[task],
         model_type=_get(model, "model_type", str, "model"),
         hidden_size=_get(model, "hidden_size", int, "model"),
         max_length=_get(model, "max_length", int, "model"),

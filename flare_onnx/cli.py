@@ -1,7 +1,11 @@
-"""The ``flare-onnx`` command: export, reference, the four task verbs, info and demo.
+"""The ``flare-onnx`` command: export, reference, the task verbs, run, serve, info and demo.
+
+The task verbs and their flags are built from the task registry (:mod:`flare_onnx.tasks`),
+so the command line takes the same options, with the same defaults and limits, as Python,
+the file job, HTTP, serverless and Ray. Options may come before or after the texts.
 
 Runtime verbs import only the runtime; ``export``, ``reference`` and ``demo`` import the
-export extra (``pip install "flare-onnx[export]"``) when they run.
+export extra when they run.
 """
 
 from __future__ import annotations
@@ -9,67 +13,106 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ._json import to_jsonable
 from .errors import FlareOnnxError, InputError
+from .tasks import LOAD_OPTIONS, TASKS, Option
 
-TASK_VERBS = {"fill-mask": "fill_mask", "embed": "embed", "tag": "tag", "classify": "classify"}
+INSTALL_EXPORT = 'pip install ".[export]"  (from a clone of flare-onnx; torch==2.13.0 CPU build first)'
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _nullable_int(text: str) -> int | None:
+    if text.lower() in ("all", "none"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'all', not {text!r}") from None
+
+
+def _add_option(parser: argparse.ArgumentParser, opt: Option, *, show_default: bool = True) -> None:
+    """Add ``opt`` as a flag whose value is left out of the namespace unless given."""
+    default = f" (default: {opt.default})" if show_default and opt.default not in (None, "") else ""
+    kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": opt.help + default, "dest": opt.name}
+    if opt.kind is bool:
+        parser.add_argument(opt.flag, action=argparse.BooleanOptionalAction, **kwargs)
+        return
+    if opt.choices is not None:
+        kwargs["choices"] = opt.choices
+    elif opt.kind is int:
+        kwargs["type"] = _nullable_int if opt.nullable else int
+    elif opt.kind is float:
+        kwargs["type"] = float
+    parser.add_argument(opt.flag, **kwargs)
+
+
+def _given(args: argparse.Namespace, options: Iterable[Option]) -> dict[str, Any]:
+    return {o.name: getattr(args, o.name) for o in options if hasattr(args, o.name)}
 
 
 def _texts(args: argparse.Namespace) -> list[str]:
     if args.texts:
         return list(args.texts)
-    return [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+    # stdin: undecodable bytes become U+FFFD (one text per line), never a crash
+    stream = open(sys.stdin.fileno(), encoding="utf-8-sig", errors="replace", closefd=False)
+    texts = [line.rstrip("\r\n") for line in stream if line.strip()]
+    if not texts:
+        raise InputError("no texts: give them as arguments, or one per line on standard input")
+    return texts
 
 
 def _run_task(args: argparse.Namespace) -> int:
     from .model import load
 
-    model = load(args.bundle, precision=args.precision, threads=args.threads)
+    spec = TASKS[args.command]
+    model = load(args.bundle, **_given(args, LOAD_OPTIONS))
+    options = spec.parse_options(_given(args, spec.options))
     texts = _texts(args)
-    verb = TASK_VERBS[args.command]
-    if verb == "fill_mask":
-        results: Any = model.fill_mask(texts, top_k=args.top_k)
-    elif verb == "embed":
-        results = model.embed(
-            texts, pooling=args.pooling, normalize=not args.no_normalize, window=args.window
-        )
-    elif verb == "tag":
-        results = model.tag(texts, aggregation=args.aggregation, window=args.window)
-    else:
-        results = model.classify(texts, top_k=args.top_k)
-    key = {"fill_mask": "masks", "embed": "embedding", "tag": "result", "classify": "labels"}[verb]
-    out = [{"text": t, key: to_jsonable(r)} for t, r in zip(texts, results)]
+    results = model.predict(spec.name, texts, options)
+    out = [{"text": t, **spec.record(r)} for t, r in zip(texts, results)]
     json.dump(out, sys.stdout, ensure_ascii=False, indent=2 if sys.stdout.isatty() else None)
     sys.stdout.write("\n")
     return 0
 
 
+def _job_options() -> list[Option]:
+    """Every task option once (by name), for ``run``, whose task is an argument."""
+    seen: dict[str, Option] = {}
+    for spec in TASKS.values():
+        for o in spec.options:
+            seen.setdefault(o.name, o)
+    return list(seen.values())
+
+
 def _run_job(args: argparse.Namespace) -> int:
-    from .batch import JobConfig, run_job
+    from .tasks import get_task
 
-    extra: dict[str, Any] = {}
-    if args.command_task == "embed":
-        extra = {"pooling": args.pooling, "normalize": not args.no_normalize, "window": args.window}
-    elif args.command_task == "tag":
-        extra = {"window": args.window, "aggregation": args.aggregation}
+    spec = get_task(args.task)
+    options = spec.parse_options(_given(args, _job_options()))
+    model_options = _given(args, LOAD_OPTIONS)
     if args.engine == "ray":
-        from .ray_data import run_ray_job
-
-        if args.top_k is not None:
-            extra["top_k"] = args.top_k
+        try:
+            from .ray_data import run_ray_job
+        except ImportError as exc:
+            raise ImportError(f'--engine ray needs Ray Data: pip install ".[ray]" ({exc})') from exc
         return run_ray_job(
-            args.command_task, args.bundle, args.input, args.output, address=args.address, actors=args.actors,
-            threads=args.threads or 1, batch_size=args.chunk, text_column=args.text_field,
-            precision=args.precision, options=extra,
+            spec.name, args.bundle, args.input, args.output, address=args.address, actors=args.actors,
+            batch_size=args.chunk, text_column=args.text_field, options=options, model_options=model_options,
         )
+    from .job import JobConfig, run_job
+
     cfg = JobConfig(
-        task=args.command_task, bundle=args.bundle, input=args.input, output=args.output,
-        text_field=args.text_field, input_format=args.format, errors=args.errors, npy=args.npy,
-        precision=args.precision, workers=args.workers, threads=args.threads, chunk=args.chunk,
-        top_k=args.top_k, progress=False if args.no_progress else None, resume=not args.restart, extra=extra,
+        task=spec.name, bundle=args.bundle, input=args.input, output=args.output, options=options,
+        model_options=model_options, text_field=args.text_field, input_format=args.format, errors=args.errors,
+        npy=args.npy, workers=args.workers, chunk=args.chunk,
+        progress=False if args.no_progress else None, resume=not args.restart,
     )
     return run_job(cfg)
 
@@ -80,27 +123,36 @@ def _serve(args: argparse.Namespace) -> int:
     cfg = ServeConfig(
         max_body_bytes=args.max_body_bytes, max_texts=args.max_texts, max_chars=args.max_chars,
         queue_size=args.queue_size, max_batch_texts=args.max_batch_texts, max_wait_ms=args.max_wait_ms,
-        deadline_s=args.deadline, api_key=args.api_key,
+        deadline_s=args.deadline, api_key=_api_key(args.api_key_file),
     )
-    serve(args.bundle, host=args.host, port=args.port, precision=args.precision, threads=args.threads, cfg=cfg)
+    serve(args.bundle, host=args.host, port=args.port, cfg=cfg, model_options=_given(args, LOAD_OPTIONS))
     return 0
 
 
-def _info(args: argparse.Namespace) -> int:
-    from .bundle import open_bundle
+def _api_key(path: str | None) -> str | None:
+    """The API key from a file (first line), so it never shows in the process list."""
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            key = f.readline().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read the API key file {path!r}: {exc}") from exc
+    if not key:
+        raise InputError(f"the API key file {path!r} is empty")
+    return key
 
-    for precision in ("fp32", "int8"):
-        try:
-            open_bundle(args.bundle, precision=precision)
-        except InputError:
-            continue
-    from .bundle import read_manifest
+
+def _info(args: argparse.Namespace) -> int:
+    from .bundle import open_bundle, read_manifest
 
     manifest = read_manifest(args.bundle)
+    for precision in manifest.graphs:
+        open_bundle(args.bundle, precision=precision)  # verifies every graph's hash and size
     raw = dict(manifest.raw)
     summary = {
         "task": manifest.task,
-        "capabilities": list(manifest.capabilities),
+        "tasks": list(manifest.tasks),
         "source": raw.get("source"),
         "graphs": {p: {**g.__dict__, **raw["files"][g.file]} for p, g in manifest.graphs.items()},
         "verification": raw.get("verification"),
@@ -112,13 +164,21 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_api() -> Any:
+    try:
+        import flare_onnx_export
+    except ImportError as exc:
+        raise ImportError(f"exporting needs the export extra: {INSTALL_EXPORT} ({exc})") from exc
+    return flare_onnx_export
+
+
 def _export(args: argparse.Namespace) -> int:
-    from flare_onnx_export import export_bundle
+    api = _export_api()
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr)
 
-    export_bundle(
+    api.export_bundle(
         args.model,
         args.output,
         task=args.task,
@@ -134,27 +194,33 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _reference(args: argparse.Namespace) -> int:
-    from flare_onnx_export import write_reference
-
+    api = _export_api()
     labels = args.labels.split(",") if args.labels else None
-    out = write_reference(args.output, task=args.task, labels=labels, tiny=args.tiny, seed=args.seed)
+    out = api.write_reference(args.output, task=args.task, labels=labels, tiny=args.tiny, seed=args.seed)
     print(f"wrote a Flare-IT-shaped reference checkpoint (random weights) to {out}", file=sys.stderr)
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
+    _export_api()
     from flare_onnx_export.demo import run_demo
 
-    return run_demo(args.work_dir, model=args.model)
+    return int(run_demo(args.work_dir, model=args.model))
+
+
+def _add_load_options(p: argparse.ArgumentParser) -> None:
+    for opt in LOAD_OPTIONS:
+        _add_option(p, opt)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flare-onnx", description="Export osiria/flare-it to INT8 ONNX and run it without torch."
     )
+    parser.add_argument("--version", action="version", version=f"flare-onnx {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("export", help="export a checkpoint to a bundle (needs flare-onnx[export])")
+    p = sub.add_parser("export", help="export a checkpoint to a bundle (needs the export extra)")
     p.add_argument("model", nargs="?", default="osiria/flare-it", help="Hub id or local directory")
     p.add_argument("-o", "--output", required=True, help="bundle directory to write")
     p.add_argument(
@@ -184,30 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_reference)
 
-    for name, help_text in [
-        ("fill-mask", "top-k tokens for each <mask>"),
-        ("embed", "sentence embeddings"),
-        ("tag", "word labels and entities"),
-        ("classify", "text labels"),
-    ]:
-        p = sub.add_parser(name, help=help_text + " (texts from arguments, or stdin one per line)")
+    for spec in TASKS.values():
+        p = sub.add_parser(spec.name, help=f"{spec.summary} (texts as arguments, or stdin one per line)")
         p.add_argument("bundle")
         p.add_argument("texts", nargs="*")
-        p.add_argument("--precision", choices=["int8", "fp32"], help="default: int8 when present")
-        p.add_argument("--threads", type=int, help="default: the CPUs this process may use")
-        if name in ("fill-mask", "classify"):
-            p.add_argument("--top-k", type=int, default=5 if name == "fill-mask" else 1)
-        if name == "embed":
-            p.add_argument("--pooling", choices=["mean", "cls"], default="mean")
-            p.add_argument("--no-normalize", action="store_true")
-        if name in ("embed", "tag"):
-            p.add_argument("--window", choices=["truncate", "sliding"], default="truncate")
-        if name == "tag":
-            p.add_argument("--aggregation", choices=["first", "average", "max"], default="first")
+        for opt in spec.options:
+            _add_option(p, opt)
+        _add_load_options(p)
         p.set_defaults(func=_run_task)
 
     p = sub.add_parser("run", help="streaming, resumable batch job over a JSONL or text file")
-    p.add_argument("command_task", metavar="TASK", choices=list(TASK_VERBS))
+    p.add_argument("task", metavar="TASK", choices=list(TASKS))
     p.add_argument("bundle")
     p.add_argument("--input", "-i", required=True, help="JSONL or text file, one record per line; - for stdin")
     p.add_argument("--output", "-o", required=True, help="JSONL results in input order; - for stdout")
@@ -215,30 +268,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["auto", "jsonl", "text"], default="auto")
     p.add_argument("--errors", help="bad records go here (default: OUTPUT.errors.jsonl)")
     p.add_argument("--npy", help="embed: write vectors to this .npy; records carry their row")
-    p.add_argument("--precision", choices=["int8", "fp32"])
     p.add_argument("--workers", type=int, default=1, help="processes, each with its own session")
-    p.add_argument("--threads", type=int, help="threads per worker (default: CPUs / workers)")
     p.add_argument("--chunk", type=int, default=256, help="records per checkpoint")
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--pooling", choices=["mean", "cls"], default="mean")
-    p.add_argument("--no-normalize", action="store_true")
-    p.add_argument("--window", choices=["truncate", "sliding"], default="truncate")
-    p.add_argument("--aggregation", choices=["first", "average", "max"], default="first")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--restart", action="store_true", help="ignore a previous run's checkpoint")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="ray: Ray Data reads, predicts and writes (OUTPUT is a directory; .jsonl name: JSON files, else Parquet)")
     p.add_argument("--address", help="Ray cluster address (default: start or join a local one)")
     p.add_argument("--actors", type=int, help="Ray actors (default: cluster CPUs / threads)")
+    for opt in _job_options():
+        _add_option(p, opt, show_default=False)
+    _add_load_options(p)
     p.set_defaults(func=_run_job)
 
-    p = sub.add_parser("serve", help="HTTP JSON service with micro-batching (needs flare-onnx[serve])")
+    p = sub.add_parser("serve", help="HTTP JSON service with micro-batching (needs the serve extra)")
     p.add_argument("bundle")
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--precision", choices=["int8", "fp32"])
-    p.add_argument("--threads", type=int)
-    p.add_argument("--api-key", help="require this key (X-API-Key or Bearer); default $FLARE_ONNX_API_KEY")
+    p.add_argument("--api-key-file", help="require the key on this file's first line (or set $FLARE_ONNX_API_KEY)")
     p.add_argument("--max-body-bytes", type=int, default=1_000_000)
     p.add_argument("--max-texts", type=int, default=64, help="texts per request")
     p.add_argument("--max-chars", type=int, default=10_000, help="characters per text")
@@ -246,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-texts", type=int, default=64)
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for company")
     p.add_argument("--deadline", type=float, default=30.0, help="seconds per request before 504")
+    _add_load_options(p)
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("info", help="verify a bundle and print its manifest summary")
@@ -259,19 +307,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse a command line; a command's options may stand before or after its texts."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if not argv or argv[0] not in sub.choices:
+        return parser.parse_args(argv)  # --help, --version, or an error naming the commands
+    # argparse cannot intermix options and positionals through subparsers: the command's own
+    # parser takes everything after the command name, in intermixed mode.
+    args: argparse.Namespace = sub.choices[argv[0]].parse_intermixed_args(argv[1:])
+    args.command = argv[0]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return int(args.func(args))
-    except InputError as exc:
-        print(f"flare-onnx: error: {exc}", file=sys.stderr)
-        return 2
     except FlareOnnxError as exc:
         print(f"flare-onnx: error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except ImportError as exc:
         print(f"flare-onnx: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a file the user named cannot be read or written
+        print(f"flare-onnx: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("flare-onnx: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""The package's exceptions: one base class, one subclass per kind of failure."""
+"""The package's exceptions: one base class, one subclass per kind of failure.
+
+Each class says how every surface reports it: ``http_status`` for the HTTP service and the
+serverless handler, ``exit_code`` for the command line. Surfaces read these attributes
+rather than keeping their own tables.
+"""
 
 from __future__ import annotations
 
@@ -15,22 +20,40 @@ __all__ = [
 class FlareOnnxError(Exception):
     """Base class of every error flare-onnx raises on purpose."""
 
+    http_status = 500
+    exit_code = 1
+
 
 class BundleError(FlareOnnxError):
     """A bundle directory is missing, malformed, altered or unsafe to load."""
+
+    http_status = 500  # the server's bundle is broken: not the client's fault
+    exit_code = 1
 
 
 class InputError(FlareOnnxError, ValueError):
     """Input texts or options that the model cannot take, with the reason and the fix."""
 
+    http_status = 422
+    exit_code = 2
+
 
 class TaskNotAvailableError(FlareOnnxError):
     """The bundle was not exported for the task that was asked of it."""
+
+    http_status = 404
+    exit_code = 2
 
 
 class InferenceError(FlareOnnxError):
     """The ONNX session failed or produced non-finite numbers."""
 
+    http_status = 500
+    exit_code = 1
+
 
 class ExportError(FlareOnnxError):
     """Exporting a checkpoint to a bundle failed (raised by ``flare_onnx_export``)."""
+
+    http_status = 500
+    exit_code = 1

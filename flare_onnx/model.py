@@ -1,33 +1,31 @@
-"""The model object: one onnxruntime session and one tokenizer, and the four task verbs."""
+"""The model object: one onnxruntime session and one tokenizer, and the four task verbs.
+
+The engine is thin: it tokenizes, cuts windows, batches, runs the session and hands the raw
+outputs to the pure functions of :mod:`flare_onnx.postprocess`. What a task is (its options,
+defaults and limits) lives in :mod:`flare_onnx.tasks`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from tokenizers import Encoding
 
 from .bundle import VerifiedBundle, open_bundle
 from .errors import BundleError, InferenceError, InputError
-from .postprocess import (
-    AGGREGATIONS,
-    Entity,
-    WordLabel,
-    aggregate_words,
-    group_entities,
-    l2_normalize,
-    mean_pool,
-    softmax,
-)
+from .postprocess import Entity, WindowPool, WordLabel, aggregate_words, group_entities, l2_normalize, softmax
 from .postprocess import top_k as _top_k
 from .session import create_session
+from .tasks import LOAD_OPTIONS, TASKS, parse_load_options
 from .tokenization import TextEncoder, Window, check_texts, pad_batch, plan_batches
 
 __all__ = ["FlareModel", "MaskPrediction", "Label", "TagResult", "load"]
 
-POOLINGS = ("mean", "cls")
-WINDOWS = ("truncate", "sliding")
+_DEFAULTS = {o.name: o.default for o in LOAD_OPTIONS}
 
 
 @dataclass(frozen=True)
@@ -55,16 +53,29 @@ class TagResult:
     entities: list[Entity]
 
 
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{name} must be a positive integer, not {value!r}")
-    return value
-
-
-def _choice(value: object, name: str, options: tuple[str, ...]) -> str:
-    if value not in options:
-        raise InputError(f"{name} must be one of {', '.join(map(repr, options))}, not {value!r}")
-    return str(value)
+def _check_graph(bundle: VerifiedBundle, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> None:
+    """The graph must match the manifest and give every output the bundle's tasks need."""
+    if set(inputs) != set(bundle.graph.inputs) or set(outputs) != set(bundle.graph.outputs):
+        raise BundleError(
+            f"the graph's inputs/outputs {inputs}/{outputs} differ from the manifest's "
+            f"{bundle.graph.inputs}/{bundle.graph.outputs}; re-export the bundle"
+        )
+    specs = [TASKS[t] for t in bundle.manifest.tasks]
+    allowed = {name for spec in specs for name in spec.graph_inputs}
+    for spec in specs:
+        missing = [o for o in spec.graph_outputs if o not in outputs]
+        if missing:
+            raise BundleError(
+                f"manifest.json says the bundle offers {spec.name}, but its graph has no "
+                f"{', '.join(missing)} output; the manifest does not belong to this graph "
+                f"(re-export the bundle)"
+            )
+    odd = [i for i in inputs if i not in allowed] + [i for i in ("input_ids", "attention_mask") if i not in inputs]
+    if odd:
+        raise BundleError(
+            f"the graph's inputs {inputs} do not fit the tasks {', '.join(bundle.manifest.tasks)}; "
+            f"re-export the bundle"
+        )
 
 
 class FlareModel:
@@ -79,27 +90,25 @@ class FlareModel:
         bundle: VerifiedBundle,
         *,
         threads: int | None = None,
-        max_batch_tokens: int = 4096,
-        max_batch_size: int = 64,
+        max_batch_tokens: int = _DEFAULTS["max_batch_tokens"],
+        max_batch_size: int = _DEFAULTS["max_batch_size"],
+        spin: bool = _DEFAULTS["spin"],
         arena: bool = True,
     ) -> None:
+        opts = parse_load_options(
+            {"threads": threads, "max_batch_tokens": max_batch_tokens, "max_batch_size": max_batch_size, "spin": spin}
+        )
         self.manifest = bundle.manifest
         self.path = bundle.path
         self.precision = bundle.graph.precision
-        self.max_batch_tokens = _positive_int(max_batch_tokens, "max_batch_tokens")
-        self.max_batch_size = _positive_int(max_batch_size, "max_batch_size")
+        self.max_batch_tokens: int = opts["max_batch_tokens"]
+        self.max_batch_size: int = opts["max_batch_size"]
         # attention scores are batch × heads × length² floats: two full-length rows at most
         self.max_batch_cells = 2 * bundle.manifest.max_length**2
-        self._session = create_session(bundle.graph_bytes, threads=threads, arena=arena)
-        inputs = tuple(i.name for i in self._session.get_inputs())
-        outputs = tuple(o.name for o in self._session.get_outputs())
-        if set(inputs) != set(bundle.graph.inputs) or set(outputs) != set(bundle.graph.outputs):
-            raise BundleError(
-                f"the graph's inputs/outputs {inputs}/{outputs} differ from the manifest's "
-                f"{bundle.graph.inputs}/{bundle.graph.outputs}; re-export the bundle"
-            )
-        self._inputs = inputs
-        self._outputs = outputs
+        self._session = create_session(bundle.graph_bytes, threads=opts["threads"], arena=arena, spin=opts["spin"])
+        self._inputs = tuple(i.name for i in self._session.get_inputs())
+        self._outputs = tuple(o.name for o in self._session.get_outputs())
+        _check_graph(bundle, self._inputs, self._outputs)
         self._encoder = TextEncoder(
             bundle.tokenizer_json, bundle.manifest.special, max_length=bundle.manifest.max_length
         )
@@ -108,17 +117,29 @@ class FlareModel:
 
     @property
     def tasks(self) -> tuple[str, ...]:
-        """The verbs this bundle offers (for example ``("fill_mask", "embed")``)."""
-        return self.manifest.capabilities
+        """The tasks this bundle offers, by registry name (for example ``("fill-mask", "embed")``)."""
+        return self.manifest.tasks
 
     @property
     def tokenizer(self) -> TextEncoder:
         return self._encoder
 
+    def predict(self, task: str, texts: Sequence[str], options: Mapping[str, Any] | None = None) -> list[Any]:
+        """Run ``task`` (a registry name or alias) with ``options`` given by name; one result per text.
+
+        This is what every surface calls: the options are checked against the registry
+        (unknown names and wrong types raise :class:`InputError`).
+        """
+        spec = self.manifest.require(task)
+        opts = spec.parse_options(options)
+        verbs = {"fill_mask": self.fill_mask, "embed": self.embed, "tag": self.tag, "classify": self.classify}
+        result = verbs[spec.verb](texts, **opts)  # type: ignore[operator]
+        return list(result)
+
     def _batches(
         self, windows: list[Window], mask_rows: list[np.ndarray] | None = None
-    ) -> Iterator[tuple[list[int], dict[str, np.ndarray], np.ndarray]]:
-        """Run windows through the session in length batches; yield (window indices, outputs, mask)."""
+    ) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
+        """Run windows through the session in length batches; yield (window indices, outputs)."""
         lengths = [len(w.ids) for w in windows]
         for idx in plan_batches(
             lengths, max_tokens=self.max_batch_tokens, max_batch=self.max_batch_size, max_cells=self.max_batch_cells
@@ -127,17 +148,12 @@ class FlareModel:
             feeds = {"input_ids": ids, "attention_mask": attention}
             if "mask_positions" in self._inputs:
                 width = ids.shape[1]
-                if mask_rows is None:
-                    flat = np.zeros(0, dtype=np.int64)
-                else:
-                    flat = np.concatenate(
-                        [row * width + mask_rows[i] for row, i in enumerate(idx)]
-                    ).astype(np.int64)
-                feeds["mask_positions"] = flat
+                rows = [row * width + mask_rows[i] for row, i in enumerate(idx)] if mask_rows else []
+                feeds["mask_positions"] = np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)
             try:
                 values = self._session.run(None, feeds)
             except Exception as exc:  # onnxruntime raises its own untyped exceptions
-                raise InferenceError(f"onnxruntime failed on a batch of {len(idx)} texts: {exc}") from None
+                raise InferenceError(f"onnxruntime failed on a batch of {len(idx)} texts: {exc}") from exc
             outputs = dict(zip(self._outputs, values))
             for name, value in outputs.items():
                 if value.size and not np.isfinite(value).all():
@@ -145,9 +161,9 @@ class FlareModel:
                         f"the model produced non-finite values in {name!r}; the graph or its "
                         f"quantization is broken for this input (try precision='fp32')"
                     )
-            yield idx, outputs, attention
+            yield idx, outputs
 
-    def _windows(self, texts: list[str], *, window: str, stride: int | None) -> tuple[list, list[Window]]:
+    def _windows(self, texts: list[str], *, window: str, stride: int | None) -> tuple[list[Encoding], list[Window]]:
         if stride is None:
             stride = self.manifest.max_length // 4
         encodings = self._encoder.encode(texts)
@@ -162,15 +178,16 @@ class FlareModel:
             ``result[i][m]`` is the list of predictions for the ``m``-th mask of text ``i``.
 
         Raises:
-            InputError: a text has no mask, or a mask lies past the ``max_length`` tokens kept.
+            InputError: a text has no mask, a mask lies past the ``max_length`` tokens kept,
+                or ``top_k`` is not an integer from 1 to 100.
 
         Example:
             >>> model.fill_mask(["Roma è la <mask> d'Italia."])[0][0][0].token
             'capitale'
         """
-        self.manifest.require("fill_mask")
+        spec = self.manifest.require("fill-mask")
+        k = spec.parse_options({"top_k": top_k})["top_k"]
         texts = check_texts(texts, verb="fill_mask")
-        k = _positive_int(top_k, "top_k")
         special = self.manifest.special  # a fill-mask manifest always has a mask (checked at load)
         encodings, windows = self._windows(texts, window="truncate", stride=0)
         mask_rows: list[np.ndarray] = []
@@ -186,9 +203,8 @@ class FlareModel:
                 )
             mask_rows.append(positions + 1)  # +1 for <s>
         results: list[list[list[MaskPrediction]]] = [[] for _ in texts]
-        for idx, out, _ in self._batches(windows, mask_rows):
-            probs = softmax(out["mask_logits"])
-            ids, scores = _top_k(probs, k)
+        for idx, out in self._batches(windows, mask_rows):
+            ids, scores = _top_k(softmax(out["mask_logits"]), k)
             row = 0
             for i in idx:
                 for _ in range(len(mask_rows[i])):
@@ -207,6 +223,7 @@ class FlareModel:
         *,
         pooling: str = "mean",
         normalize: bool = True,
+        prefix: str = "",
         window: str = "truncate",
         stride: int | None = None,
     ) -> np.ndarray:
@@ -216,6 +233,7 @@ class FlareModel:
             pooling: ``"mean"`` over all tokens (``<s>``/``</s>`` included, as
                 sentence-transformers does) or ``"cls"`` (the ``<s>`` vector).
             normalize: scale each embedding to unit L2 norm.
+            prefix: put before every text (E5 models expect ``"query: "`` or ``"passage: "``).
             window: ``"truncate"`` reads the first ``max_length`` tokens; ``"sliding"``
                 covers the whole text with overlapping windows and pools over all of it.
             stride: tokens shared by consecutive windows (default: a quarter of ``max_length``).
@@ -224,40 +242,21 @@ class FlareModel:
             >>> model.embed(["Il gatto dorme.", "Piove a Milano."]).shape
             (2, 384)
         """
-        self.manifest.require("embed")
+        spec = self.manifest.require("embed")
+        opts = spec.parse_options(
+            {"pooling": pooling, "normalize": normalize, "prefix": prefix, "window": window, "stride": stride}
+        )
         texts = check_texts(texts, verb="embed")
-        _choice(pooling, "pooling", POOLINGS)
-        _choice(window, "window", WINDOWS)
-        hidden_size = self.manifest.hidden_size
+        if prefix:
+            texts = [prefix + t for t in texts]
         _, windows = self._windows(texts, window=window, stride=stride)
-        sums = np.zeros((len(texts), hidden_size), dtype=np.float64)
-        counts = np.zeros(len(texts), dtype=np.int64)
-        cls_sum = np.zeros((len(texts), hidden_size), dtype=np.float64)
-        n_windows = np.zeros(len(texts), dtype=np.int64)
-        for idx, out, attention in self._batches(windows):
+        pool = WindowPool(len(texts), self.manifest.hidden_size)
+        for idx, out in self._batches(windows):
             hidden = out["last_hidden_state"]
             for row, wi in enumerate(idx):
                 w = windows[wi]
-                t = w.text_index
-                n = len(w.ids)
-                lo, hi = w.keep
-                first, last = lo == 0, hi == n - 2
-                # Content tokens this window owns, plus <s> of the first and </s> of the last.
-                sel = hidden[row, 1 + lo : 1 + hi]
-                sums[t] += sel.sum(axis=0, dtype=np.float64)
-                counts[t] += hi - lo
-                if first:
-                    sums[t] += hidden[row, 0]
-                    counts[t] += 1
-                if last:
-                    sums[t] += hidden[row, n - 1]
-                    counts[t] += 1
-                cls_sum[t] += hidden[row, 0]
-                n_windows[t] += 1
-        if pooling == "mean":
-            emb = (sums / counts[:, None]).astype(np.float32)
-        else:
-            emb = (cls_sum / n_windows[:, None]).astype(np.float32)
+                pool.add(w.text_index, hidden[row, : len(w.ids)], w.keep)
+        emb = pool.result(opts["pooling"])
         return l2_normalize(emb) if normalize else emb
 
     def tag(
@@ -282,17 +281,14 @@ class FlareModel:
             >>> model.tag(["Mario Rossi vive a Roma."])[0].entities[0].text
             'Mario Rossi'
         """
-        self.manifest.require("tag")
+        spec = self.manifest.require("tag")
+        spec.parse_options({"aggregation": aggregation, "window": window, "stride": stride})
         texts = check_texts(texts, verb="tag")
-        _choice(aggregation, "aggregation", AGGREGATIONS)
-        _choice(window, "window", WINDOWS)
         labels = self.manifest.labels or ()
         encodings, windows = self._windows(texts, window=window, stride=stride)
-        probs_per_text = [
-            np.zeros((len(enc.ids), len(labels)), dtype=np.float32) for enc in encodings
-        ]
+        probs_per_text = [np.zeros((len(enc.ids), len(labels)), dtype=np.float32) for enc in encodings]
         covered = [0] * len(texts)
-        for idx, out, _ in self._batches(windows):
+        for idx, out in self._batches(windows):
             probs = softmax(out["logits"])
             for row, wi in enumerate(idx):
                 w = windows[wi]
@@ -317,14 +313,15 @@ class FlareModel:
             >>> model.classify(["Che bella giornata!"])[0][0].label
             'positive'
         """
-        self.manifest.require("classify")
+        spec = self.manifest.require("classify")
+        spec.parse_options({"top_k": top_k})
         texts = check_texts(texts, verb="classify")
         labels = self.manifest.labels or ()
-        k = len(labels) if top_k is None else _positive_int(top_k, "top_k")
+        k = len(labels) if top_k is None else top_k
         multi = self.manifest.raw["model"].get("problem_type") == "multi_label_classification"
         _, windows = self._windows(texts, window="truncate", stride=0)
         results: list[list[Label]] = [[] for _ in texts]
-        for idx, out, _ in self._batches(windows):
+        for idx, out in self._batches(windows):
             logits = out["logits"]
             probs = 1.0 / (1.0 + np.exp(-logits)) if multi else softmax(logits)
             ids, scores = _top_k(probs, k)
@@ -341,14 +338,14 @@ class FlareModel:
         )
 
 
-
 def load(
     path: str | Path,
     *,
     precision: str | None = None,
     threads: int | None = None,
-    max_batch_tokens: int = 4096,
-    max_batch_size: int = 64,
+    max_batch_tokens: int = _DEFAULTS["max_batch_tokens"],
+    max_batch_size: int = _DEFAULTS["max_batch_size"],
+    spin: bool = _DEFAULTS["spin"],
     arena: bool = True,
 ) -> FlareModel:
     """Open a bundle directory, verify every file it uses, and create the session.
@@ -360,6 +357,8 @@ def load(
             (affinity and cgroup quota, so a container's limit rather than the host's cores).
         max_batch_tokens: token budget of one batch (``batch × padded length``); bounds memory.
         max_batch_size: most texts in one batch.
+        spin: idle worker threads spin-wait between calls (fastest on a dedicated machine);
+            pass ``False`` on shared machines, in containers and in serverless functions.
         arena: keep onnxruntime's memory arena (faster; off keeps RSS flat as shapes vary).
 
     Raises:
@@ -371,11 +370,13 @@ def load(
         >>> model = flare_onnx.load("flare-it-onnx")
         >>> model.fill_mask(["Roma è la <mask> d'Italia."])
     """
+    parse_load_options({"precision": precision})
     bundle = open_bundle(path, precision=precision)
     return FlareModel(
         bundle,
         threads=threads,
         max_batch_tokens=max_batch_tokens,
         max_batch_size=max_batch_size,
+        spin=spin,
         arena=arena,
     )

@@ -13,7 +13,7 @@ import numpy as np
 __all__ = [
     "softmax",
     "top_k",
-    "mean_pool",
+    "WindowPool",
     "l2_normalize",
     "aggregate_words",
     "group_entities",
@@ -43,18 +43,49 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(part, order, axis=-1), np.take_along_axis(vals, order, axis=-1)
 
 
-def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Mean of ``hidden[b, t]`` over the positions where ``mask[b, t]`` is 1."""
-    m = mask.astype(np.float32)[..., None]
-    total = (hidden * m).sum(axis=-2)
-    count = np.maximum(m.sum(axis=-2), 1e-9)
-    return (total / count).astype(np.float32)
+class WindowPool:
+    """Pools hidden states into one vector per text, over one or more windows per text.
+
+    Mean pooling averages every token of the text exactly once (``<s>``/``</s>`` included,
+    as sentence-transformers does): each window contributes the content tokens it owns
+    (``keep``, where overlapping windows split their shared tokens) plus ``<s>`` if it is the
+    text's first window and ``</s>`` if it is the last. CLS pooling averages the windows'
+    ``<s>`` vectors.
+    """
+
+    def __init__(self, texts: int, hidden_size: int) -> None:
+        self._sums = np.zeros((texts, hidden_size), dtype=np.float64)
+        self._counts = np.zeros(texts, dtype=np.int64)
+        self._cls = np.zeros((texts, hidden_size), dtype=np.float64)
+        self._windows = np.zeros(texts, dtype=np.int64)
+
+    def add(self, text: int, hidden: np.ndarray, keep: tuple[int, int]) -> None:
+        """Add one window: ``hidden`` is its ``[length, hidden_size]`` states, specials included."""
+        n = hidden.shape[0]
+        lo, hi = keep
+        self._sums[text] += hidden[1 + lo : 1 + hi].sum(axis=0, dtype=np.float64)
+        self._counts[text] += hi - lo
+        if lo == 0:
+            self._sums[text] += hidden[0]
+            self._counts[text] += 1
+        if hi == n - 2:
+            self._sums[text] += hidden[n - 1]
+            self._counts[text] += 1
+        self._cls[text] += hidden[0]
+        self._windows[text] += 1
+
+    def result(self, pooling: str) -> np.ndarray:
+        """``float32 [texts, hidden_size]``: ``"mean"`` or ``"cls"`` pooled vectors."""
+        if pooling == "mean":
+            return (self._sums / np.maximum(self._counts, 1)[:, None]).astype(np.float32)
+        return (self._cls / np.maximum(self._windows, 1)[:, None]).astype(np.float32)
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     """Rows scaled to unit L2 norm (zero rows stay zero)."""
     norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return (x / np.maximum(norm, eps)).astype(np.float32)
+    out: np.ndarray = (x / np.maximum(norm, eps)).astype(np.float32)
+    return out
 
 
 @dataclass(frozen=True)

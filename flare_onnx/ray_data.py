@@ -35,6 +35,7 @@ from ._json import to_jsonable
 from .bundle import MANIFEST_NAME, read_manifest
 from .errors import BundleError, InputError
 from .model import load
+from .tasks import get_task, parse_load_options
 
 __all__ = ["FillMask", "Embed", "Tag", "Classify", "share_bundle", "materialize", "PREDICTORS"]
 
@@ -82,8 +83,7 @@ def _texts(batch: Any, column: str) -> list[Any]:
 
 
 class _Predictor:
-    verb = ""
-    output_column = ""
+    task = ""
 
     def __init__(
         self,
@@ -91,20 +91,29 @@ class _Predictor:
         *,
         text_column: str = "text",
         output_column: str | None = None,
-        precision: str | None = None,
         threads: int = 1,
         options: dict[str, Any] | None = None,
+        model_options: dict[str, Any] | None = None,
     ) -> None:
-        self.model = load(materialize(bundle), precision=precision, threads=threads)
-        self.model.manifest.require(self.verb)
+        """Load the bundle once per actor.
+
+        Args:
+            options: the task's options (registry names, as on every surface).
+            model_options: :func:`flare_onnx.load`'s (precision, spin, batch budgets);
+                ``threads`` defaults to 1 per actor, Ray's unit of CPU.
+        """
+        spec = get_task(self.task)
+        self.options = spec.parse_options(options)
+        model_opts = parse_load_options({"threads": threads, **(model_options or {})})
+        self.model = load(materialize(bundle), **model_opts)
+        self.spec = self.model.manifest.require(spec.name)
         self.text_column = text_column
-        self.output = output_column or self.output_column
-        self.options = dict(options or {})
+        self.output = output_column or spec.result_key
 
     def _results(self, texts: list[str]) -> Any:
-        out = getattr(self.model, self.verb)(texts, **self.options)
-        if self.verb == "embed":
-            return out
+        out = self.model.predict(self.spec.name, texts, self.options)
+        if self.spec.name == "embed":
+            return np.stack(out)
         return np.array([json.dumps(to_jsonable(r), ensure_ascii=False) for r in out], dtype=object)
 
     def __call__(self, batch: Any) -> Any:
@@ -119,7 +128,7 @@ class _Predictor:
         if hasattr(batch, "append_column"):  # pyarrow.Table
             import pyarrow as pa
 
-            column = pa.array(list(results)) if self.verb == "embed" else pa.array(list(results), type=pa.string())
+            column = pa.array(list(results)) if self.spec.name == "embed" else pa.array(list(results), type=pa.string())
             return batch.append_column(self.output, column)
         frame = batch.copy()  # pandas.DataFrame
         frame[self.output] = list(results)
@@ -127,30 +136,30 @@ class _Predictor:
 
 
 class FillMask(_Predictor):
-    """``map_batches`` class: top-k candidates for each ``<mask>`` (JSON per row)."""
+    """``map_batches`` class: top-k candidates for each ``<mask>`` (JSON per row, column ``masks``)."""
 
-    verb, output_column = "fill_mask", "masks"
+    task = "fill-mask"
 
 
 class Embed(_Predictor):
-    """``map_batches`` class: float32 sentence embeddings."""
+    """``map_batches`` class: float32 sentence embeddings (column ``embedding``)."""
 
-    verb, output_column = "embed", "embedding"
+    task = "embed"
 
 
 class Tag(_Predictor):
-    """``map_batches`` class: word labels and entities (JSON per row)."""
+    """``map_batches`` class: word labels and entities (JSON per row, column ``tags``)."""
 
-    verb, output_column = "tag", "result"
+    task = "tag"
 
 
 class Classify(_Predictor):
-    """``map_batches`` class: text labels (JSON per row)."""
+    """``map_batches`` class: text labels (JSON per row, column ``labels``)."""
 
-    verb, output_column = "classify", "labels"
+    task = "classify"
 
 
-PREDICTORS = {"fill-mask": FillMask, "embed": Embed, "tag": Tag, "classify": Classify}
+PREDICTORS: dict[str, type[_Predictor]] = {cls.task: cls for cls in (FillMask, Embed, Tag, Classify)}
 
 
 def run_ray_job(
@@ -161,37 +170,38 @@ def run_ray_job(
     *,
     address: str | None = None,
     actors: int | None = None,
-    threads: int = 1,
     batch_size: int = 256,
     text_column: str = "text",
-    precision: str | None = None,
     options: dict[str, Any] | None = None,
+    model_options: dict[str, Any] | None = None,
 ) -> int:
     """``flare-onnx run ... --engine ray``: read, predict and write with Ray Data."""
     import ray
 
-    if task not in PREDICTORS:
-        raise InputError(f"task must be one of {', '.join(PREDICTORS)}, not {task!r}")
-    read_manifest(bundle).require(PREDICTORS[task].verb)
+    spec = get_task(task)
+    options = spec.parse_options(options)
+    model_options = parse_load_options(dict(model_options or {}))
+    threads = model_options.pop("threads", None) or 1
+    read_manifest(bundle).require(spec.name)
     ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
     try:
         # Reads and writes are I/O: they take no CPU slot, or on a small node the actors would
         # hold every CPU and the reads could never be scheduled (a deadlock seen on 2 CPUs).
-        io = {"num_cpus": 0}
+        io: dict[str, Any] = {"num_cpus": 0}
         if input_path.endswith(".parquet") or (Path(input_path).is_dir() and any(Path(input_path).glob("*.parquet"))):
-            ds = ray.data.read_parquet(input_path, **io)
+            ds = ray.data.read_parquet(input_path, num_cpus=0)
         elif input_path.endswith((".jsonl", ".json", ".ndjson")):
-            ds = ray.data.read_json(input_path, **io)
+            ds = ray.data.read_json(input_path, num_cpus=0)
         else:
-            ds = ray.data.read_text(input_path, **io)
+            ds = ray.data.read_text(input_path, num_cpus=0)
             if text_column != "text":
                 ds = ds.rename_columns({"text": text_column})
-        cpus = int(ray.cluster_resources().get("CPU", 1))
+        cpus = int(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
         n = actors or max(1, cpus // threads)
         ds = ds.map_batches(
-            PREDICTORS[task],
+            PREDICTORS[spec.name],
             fn_constructor_kwargs={"bundle": share_bundle(bundle), "text_column": text_column, "threads": threads,
-                                   "precision": precision, "options": options or {}},
+                                   "options": options, "model_options": model_options},
             concurrency=n,
             num_cpus=threads,
             batch_size=batch_size,

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import math
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -23,20 +25,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._json import to_jsonable
-from .errors import FlareOnnxError, InferenceError, InputError, TaskNotAvailableError
+from .errors import FlareOnnxError, InputError
 from .model import FlareModel, load
+from .tasks import TASKS, TaskSpec
 
 __all__ = ["ServeConfig", "create_app", "serve"]
-
-ROUTES = {"fill-mask": "fill_mask", "embed": "embed", "tag": "tag", "classify": "classify"}
-#: options each verb accepts from the JSON body, with their types
-OPTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "fill_mask": {"top_k": int},
-    "embed": {"pooling": str, "normalize": bool, "window": str},
-    "tag": {"aggregation": str, "window": str},
-    "classify": {"top_k": (int, type(None))},
-}
 
 
 @dataclass
@@ -49,6 +42,7 @@ class ServeConfig:
     max_wait_ms: float = 5.0
     deadline_s: float = 30.0
     api_key: str | None = None
+    max_connections: int = 512  # open connections before uvicorn answers 503
 
 
 class HTTPError(Exception):
@@ -59,10 +53,10 @@ class HTTPError(Exception):
 
 @dataclass
 class _Job:
-    verb: str
+    task: str
     options: dict[str, Any]
     texts: list[str]
-    future: asyncio.Future
+    future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
     enqueued: float
 
@@ -80,7 +74,7 @@ class MicroBatcher:
         self.batches = 0
         self._thread.start()
 
-    def submit(self, verb: str, options: dict[str, Any], texts: list[str]) -> asyncio.Future:
+    def submit(self, task: str, options: dict[str, Any], texts: list[str]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         with self._cond:
@@ -88,10 +82,14 @@ class MicroBatcher:
                 raise HTTPError(503, "the server is shutting down", {"Retry-After": "1"})
             if self._queued_texts + len(texts) > self.cfg.queue_size:
                 raise HTTPError(503, "the queue is full; retry shortly", {"Retry-After": "1"})
-            self._queue.append(_Job(verb, options, texts, fut, loop, time.monotonic()))
+            self._queue.append(_Job(task, options, texts, fut, loop, time.monotonic()))
             self._queued_texts += len(texts)
             self._cond.notify()
         return fut
+
+    @property
+    def queued_texts(self) -> int:
+        return self._queued_texts
 
     def stop(self) -> None:
         with self._cond:
@@ -110,10 +108,12 @@ class MicroBatcher:
             deadline = first.enqueued + self.cfg.max_wait_ms / 1000
             while time.monotonic() < deadline and self._count(first) < self.cfg.max_batch_texts and not self._stop:
                 self._cond.wait(timeout=max(0.0, deadline - time.monotonic()))
-            batch, n, rest = [], 0, deque()
+            batch: list[_Job] = []
+            rest: deque[_Job] = deque()
+            n = 0
             while self._queue:
                 job = self._queue.popleft()
-                same = job.verb == first.verb and job.options == first.options
+                same = job.task == first.task and job.options == first.options
                 if same and (not batch or n + len(job.texts) <= self.cfg.max_batch_texts):
                     batch.append(job)
                     n += len(job.texts)
@@ -124,7 +124,7 @@ class MicroBatcher:
             return batch
 
     def _count(self, first: _Job) -> int:
-        return sum(len(j.texts) for j in self._queue if j.verb == first.verb and j.options == first.options)
+        return sum(len(j.texts) for j in self._queue if j.task == first.task and j.options == first.options)
 
     def _run(self) -> None:
         while (batch := self._take()) is not None:
@@ -133,14 +133,14 @@ class MicroBatcher:
                 continue
             texts = [t for j in live for t in j.texts]
             try:
-                results = getattr(self.model, live[0].verb)(texts, **live[0].options)
+                results = self.model.predict(live[0].task, texts, live[0].options)
                 errors: list[BaseException | None] = [None] * len(live)
             except InputError:
                 # one request's text was refused: run each request alone so the others succeed
                 results, errors = [], []
                 for j in live:
                     try:
-                        results.extend(getattr(self.model, j.verb)(j.texts, **j.options))
+                        results.extend(self.model.predict(j.task, j.texts, j.options))
                         errors.append(None)
                     except BaseException as exc:  # noqa: BLE001 - handed to the request
                         results.extend([None] * len(j.texts))
@@ -155,7 +155,7 @@ class MicroBatcher:
                 job.loop.call_soon_threadsafe(_resolve, job.future, part, err)
 
 
-def _resolve(fut: asyncio.Future, value: Any, err: BaseException | None) -> None:
+def _resolve(fut: asyncio.Future[Any], value: Any, err: BaseException | None) -> None:
     if fut.done():
         return
     if err is not None:
@@ -174,7 +174,7 @@ async def _read_body(receive_stream: Any, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _validate(verb: str, payload: Any, cfg: ServeConfig) -> tuple[list[str], dict[str, Any]]:
+def _validate(spec: TaskSpec, payload: Any, cfg: ServeConfig) -> tuple[list[str], dict[str, Any]]:
     if not isinstance(payload, dict):
         raise HTTPError(422, 'the body must be a JSON object like {"texts": ["..."]}')
     texts = payload.get("texts")
@@ -189,17 +189,7 @@ def _validate(verb: str, payload: Any, cfg: ServeConfig) -> tuple[list[str], dic
             raise HTTPError(422, f"texts[{i}] has {len(t)} characters; at most {cfg.max_chars}")
         if not t.strip():
             raise HTTPError(422, f"texts[{i}] is empty")
-    allowed = OPTIONS[verb]
-    options = {}
-    for key, value in payload.items():
-        if key == "texts":
-            continue
-        if key not in allowed:
-            raise HTTPError(422, f"unknown option {key!r}; {verb} takes {', '.join(allowed) or 'no options'}")
-        kind = allowed[key]
-        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
-            raise HTTPError(422, f"option {key!r} has the wrong type")
-        options[key] = value
+    options = spec.parse_options({k: v for k, v in payload.items() if k != "texts"})
     return texts, options
 
 
@@ -220,18 +210,16 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
         if not cfg.api_key:
             return True
         given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        import hmac
+        # Starlette decodes header bytes as latin-1: take the bytes back, so a key with any
+        # characters (sent as UTF-8) compares equal to the configured one
+        return hmac.compare_digest(given.encode("latin-1", "replace"), cfg.api_key.encode("utf-8"))
 
-        return hmac.compare_digest(given.encode(), cfg.api_key.encode())
-
-    def endpoint(route: str) -> Callable[[Request], Awaitable[JSONResponse]]:
-        verb = ROUTES[route]
-
+    def endpoint(spec: TaskSpec) -> Callable[[Request], Awaitable[JSONResponse]]:
         async def handle(request: Request) -> JSONResponse:
             if not authorized(request):
                 return error(401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)")
-            if verb not in model.tasks:
-                return error(404, f"this bundle does not offer {route}; it offers {', '.join(model.tasks)}")
+            if spec.name not in model.tasks:
+                return error(404, f"this bundle does not offer {spec.name}; it offers {', '.join(model.tasks)}")
             length = request.headers.get("content-length")
             try:
                 if length is not None and int(length) > cfg.max_body_bytes:
@@ -243,25 +231,24 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
                     payload = json.loads(body)
                 except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
                     return error(400, "the body is not valid JSON")
-                texts, options = _validate(verb, payload, cfg)
+                texts, options = _validate(spec, payload, cfg)
                 batcher = state["batcher"]
                 if batcher is None:
                     return error(503, "the model is not ready", {"Retry-After": "1"})
-                fut = batcher.submit(verb, options, texts)
+                fut = batcher.submit(spec.name, options, texts)
                 try:
                     results = await asyncio.wait_for(fut, timeout=cfg.deadline_s)
                 except asyncio.TimeoutError:
                     return error(504, f"the request did not finish within {cfg.deadline_s} s")
             except HTTPError as exc:
                 return error(exc.status, exc.message, exc.headers)
-            except (InputError, TaskNotAvailableError) as exc:
-                return error(422, str(exc))
-            except InferenceError as exc:
-                return error(500, str(exc))
+            except FlareOnnxError as exc:
+                return error(exc.http_status, str(exc))
             except ValueError:
                 return error(400, "invalid Content-Length")
-            key = {"fill_mask": "masks", "embed": "embeddings", "tag": "results", "classify": "labels"}[verb]
-            return JSONResponse({key: to_jsonable(results), "model": model.manifest.task, "precision": model.precision})
+            return JSONResponse(
+                {"task": spec.name, "precision": model.precision, "results": [spec.record(r) for r in results]}
+            )
 
         return handle
 
@@ -271,7 +258,10 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
     async def ready(request: Request) -> JSONResponse:
         if state["batcher"] is None:
             return error(503, "loading")
-        return JSONResponse({"status": "ready", "tasks": list(model.tasks), "precision": model.precision})
+        batcher = state["batcher"]
+        return JSONResponse(
+            {"status": "ready", "tasks": list(model.tasks), "precision": model.precision, "queued_texts": batcher.queued_texts}
+        )
 
     async def openapi(request: Request) -> JSONResponse:
         return JSONResponse(openapi_spec(model, cfg))
@@ -283,28 +273,27 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
         batcher, state["batcher"] = state["batcher"], None
         await asyncio.get_running_loop().run_in_executor(None, batcher.stop)
 
-    routes = [Route(f"/v1/{r}", endpoint(r), methods=["POST"]) for r in ROUTES]
+    routes = [Route(f"/v1/{spec.name}", endpoint(spec), methods=["POST"]) for spec in TASKS.values()]
     routes += [Route("/health", health), Route("/ready", ready), Route("/openapi.json", openapi)]
     return Starlette(routes=routes, lifespan=lifespan)
 
 
 def openapi_spec(model: FlareModel, cfg: ServeConfig) -> dict[str, Any]:
-    def op(verb: str) -> dict[str, Any]:
+    def op(spec: TaskSpec) -> dict[str, Any]:
         props: dict[str, Any] = {
             "texts": {"type": "array", "items": {"type": "string", "maxLength": cfg.max_chars}, "minItems": 1, "maxItems": cfg.max_texts}
         }
-        kinds = {int: "integer", str: "string", bool: "boolean"}
-        for name, kind in OPTIONS[verb].items():
-            props[name] = {"type": kinds.get(kind, "integer") if not isinstance(kind, tuple) else "integer", "nullable": isinstance(kind, tuple)}
+        for opt in spec.options:
+            props[opt.name] = opt.json_schema()
         return {
             "post": {
-                "summary": verb.replace("_", "-"),
+                "summary": spec.summary,
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "required": ["texts"], "properties": props}}}},
                 "responses": {str(c): {"description": d} for c, d in [(200, "results"), (401, "API key"), (404, "task not in bundle"), (413, "body too large"), (422, "invalid input"), (503, "queue full, retry after"), (504, "deadline")]},
             }
         }
 
-    paths = {f"/v1/{r}": op(v) for r, v in ROUTES.items() if v in model.tasks}
+    paths = {f"/v1/{spec.name}": op(spec) for spec in TASKS.values() if spec.name in model.tasks}
     paths["/health"] = {"get": {"summary": "process alive", "responses": {"200": {"description": "ok"}}}}
     paths["/ready"] = {"get": {"summary": "model loaded", "responses": {"200": {"description": "ready"}, "503": {"description": "loading"}}}}
     return {"openapi": "3.0.3", "info": {"title": "flare-onnx", "version": "1"}, "paths": paths}
@@ -315,17 +304,30 @@ def serve(
     *,
     host: str = "127.0.0.1",
     port: int = 8080,
-    precision: str | None = None,
-    threads: int | None = None,
     cfg: ServeConfig | None = None,
+    model_options: dict[str, Any] | None = None,
 ) -> None:
-    """Load the bundle, then serve it with uvicorn until SIGTERM/SIGINT (graceful)."""
+    """Load the bundle, then serve it with uvicorn until SIGTERM/SIGINT (graceful).
+
+    ``model_options`` are :func:`flare_onnx.load`'s (precision, threads, spin, batch budgets).
+    """
     try:
         import uvicorn
     except ImportError as exc:
-        raise ImportError('serving needs uvicorn and starlette: pip install "flare-onnx[serve]"') from exc
-    model = load(bundle, precision=precision, threads=threads)
+        raise ImportError('serving needs uvicorn and starlette: pip install ".[serve]"') from exc
+    model = load(bundle, **(model_options or {}))
     cfg = cfg or ServeConfig()
     if cfg.api_key is None:
         cfg.api_key = os.environ.get("FLARE_ONNX_API_KEY") or None
-    uvicorn.run(create_app(model, cfg), host=host, port=port, log_level="warning", timeout_graceful_shutdown=math.ceil(cfg.deadline_s), access_log=False)
+    where = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    print(
+        f"flare-onnx: serving {bundle} ({model.precision}, tasks: {', '.join(model.tasks)}) at {where}/ "
+        f"- API at {where}/v1/..., OpenAPI at {where}/openapi.json"
+        + (", API key required" if cfg.api_key else ""),
+        file=sys.stderr, flush=True,
+    )
+    uvicorn.run(
+        create_app(model, cfg), host=host, port=port, log_level="warning", access_log=False,
+        timeout_graceful_shutdown=math.ceil(cfg.deadline_s),
+        timeout_keep_alive=5, limit_concurrency=cfg.max_connections,
+    )

@@ -15,15 +15,13 @@ import json
 import os
 from typing import Any
 
-from ._json import to_jsonable
-from .errors import FlareOnnxError, InputError
+from .errors import BundleError, FlareOnnxError, InputError
 from .model import FlareModel, load
+from .tasks import get_task
 
 __all__ = ["handle", "handler", "get_model"]
 
-_MODEL: FlareModel | None = None
-VERBS = {"fill-mask": "fill_mask", "fill_mask": "fill_mask", "embed": "embed", "tag": "tag", "classify": "classify"}
-OPTIONS = {"fill_mask": {"top_k"}, "embed": {"pooling", "normalize", "window"}, "tag": {"aggregation", "window"}, "classify": {"top_k"}}
+_MODEL: FlareModel | None = None  # one per container, kept between invocations on purpose
 
 
 def get_model() -> FlareModel:
@@ -32,29 +30,27 @@ def get_model() -> FlareModel:
     if _MODEL is None:
         path = os.environ.get("FLARE_ONNX_BUNDLE")
         if not path:
-            raise InputError("set FLARE_ONNX_BUNDLE to the bundle directory shipped with the function")
-        _MODEL = load(path, precision=os.environ.get("FLARE_ONNX_PRECISION") or None)
+            raise BundleError("set FLARE_ONNX_BUNDLE to the bundle directory shipped with the function")
+        # a function shares its host: idle threads must not spin between invocations
+        _MODEL = load(path, precision=os.environ.get("FLARE_ONNX_PRECISION") or None, spin=False)
     return _MODEL
 
 
 def handle(payload: dict[str, Any]) -> dict[str, Any]:
-    """``{"task": "embed", "texts": [...], ...options}`` -> ``{"results": [...]}``.
+    """``{"task": "embed", "texts": [...], ...options}`` -> the same answer as the HTTP
+    service: ``{"task", "precision", "results": [{"embedding": [...]}, ...]}``.
 
     Raises:
         InputError: an unknown task or option, or texts the model refuses.
+        TaskNotAvailableError: the bundle does not offer the task.
     """
     if not isinstance(payload, dict):
         raise InputError('the payload must be an object like {"task": "embed", "texts": ["..."]}')
-    task = payload.get("task")
-    verb = VERBS.get(task) if isinstance(task, str) else None
-    if verb is None:
-        raise InputError(f"task must be one of fill-mask, embed, tag, classify, not {task!r}")
-    options = {k: v for k, v in payload.items() if k not in ("task", "texts")}
-    unknown = set(options) - OPTIONS[verb]
-    if unknown:
-        raise InputError(f"unknown option(s) {', '.join(sorted(unknown))} for {task}")
-    results = getattr(get_model(), verb)(payload.get("texts"), **options)
-    return {"task": task, "results": to_jsonable(results)}
+    spec = get_task(payload.get("task"))
+    options = spec.parse_options({k: v for k, v in payload.items() if k not in ("task", "texts")})
+    model = get_model()
+    results = model.predict(spec.name, payload.get("texts"), options)  # type: ignore[arg-type]
+    return {"task": spec.name, "precision": model.precision, "results": [spec.record(r) for r in results]}
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
@@ -67,8 +63,15 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
             payload = json.loads(body)
         else:
             payload = event
-        return {"statusCode": 200, "headers": {"content-type": "application/json"}, "body": json.dumps(handle(payload), ensure_ascii=False)}
-    except (InputError, json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
-        return {"statusCode": 400, "headers": {"content-type": "application/json"}, "body": json.dumps({"error": str(exc)})}
+    except (ValueError, TypeError, RecursionError) as exc:  # bad JSON, base64 or UTF-8
+        return _answer(400, {"error": f"the request body is not valid JSON: {exc}"})
+    try:
+        return _answer(200, handle(payload))
     except FlareOnnxError as exc:
-        return {"statusCode": 500, "headers": {"content-type": "application/json"}, "body": json.dumps({"error": str(exc)})}
+        return _answer(exc.http_status, {"error": str(exc)})
+    except RecursionError:
+        return _answer(400, {"error": "the request is nested too deeply"})
+
+
+def _answer(status: int, body: dict[str, Any]) -> dict[str, Any]:
+    return {"statusCode": status, "headers": {"content-type": "application/json"}, "body": json.dumps(body, ensure_ascii=False)}

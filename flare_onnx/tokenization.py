@@ -82,7 +82,8 @@ class TextEncoder:
     def encode(self, texts: list[str]) -> list[Encoding]:
         """Encodings of ``texts`` without special tokens, offsets into the original strings."""
         try:
-            return self._tokenizer.encode_batch(texts, add_special_tokens=False)
+            encodings: list[Encoding] = self._tokenizer.encode_batch(texts, add_special_tokens=False)
+            return encodings
         except Exception as exc:  # the Rust tokenizer raises untyped exceptions
             raise InputError(f"the tokenizer could not encode the input: {exc}") from None
 

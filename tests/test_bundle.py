@@ -91,7 +91,7 @@ def test_symlinked_file_is_refused(bundle, tmp_path):
 
 
 def test_unknown_precision(bundle):
-    with pytest.raises(InputError, match="precision must be one of int8, fp32, not 'fp16'"):
+    with pytest.raises(InputError, match="precision must be one of 'int8', 'fp32', not 'fp16'"):
         flare_onnx.load(bundle, precision="fp16")
 
 

@@ -31,7 +31,7 @@ def test_embed_reads_stdin(tiny_bundle):
 
 def test_tag_and_classify(tiny_tagger, tiny_classifier, capsys):
     assert main(["tag", str(tiny_tagger), "Mario Rossi vive a Roma."]) == 0
-    words = json.loads(capsys.readouterr().out)[0]["result"]["words"]
+    words = json.loads(capsys.readouterr().out)[0]["tags"]["words"]
     assert [w["word"] for w in words] == ["Mario", "Rossi", "vive", "a", "Roma", "."]
     assert main(["classify", str(tiny_classifier), "Che bella giornata!", "--top-k", "2"]) == 0
     assert len(json.loads(capsys.readouterr().out)[0]["labels"]) == 2
@@ -41,7 +41,7 @@ def test_tag_and_classify(tiny_tagger, tiny_classifier, capsys):
     "argv, code, message",
     [
         (["fill-mask", "{b}", "nessuna maschera"], 2, "text 0 has no <mask> token to fill"),
-        (["tag", "{b}", "testo"], 1, "tag() needs a bundle exported with --task token-classification"),
+        (["tag", "{b}", "testo"], 2, "tag needs a bundle exported with --task token-classification"),
         (["embed", "/nonexistent/bundle", "x"], 1, "does not exist"),
     ],
 )

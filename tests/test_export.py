@@ -22,7 +22,7 @@ def _quiet(msg: str) -> None:
 def test_manifest_records_files_io_and_verification(tiny_bundle):
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
     assert manifest["task"] == "fill-mask"
-    assert manifest["capabilities"] == ["fill_mask", "embed"]
+    assert manifest["tasks"] == ["fill-mask", "embed"]
     assert set(manifest["files"]) == {"model.fp32.onnx", "model.int8.onnx", "tokenizer.json", "config.json"}
     assert manifest["graphs"]["fp32"]["inputs"] == ["input_ids", "attention_mask", "mask_positions"]
     assert manifest["graphs"]["int8"]["outputs"] == ["last_hidden_state", "mask_logits"]

@@ -10,7 +10,7 @@ from flare_onnx.postprocess import (
     aggregate_words,
     group_entities,
     l2_normalize,
-    mean_pool,
+    WindowPool,
     softmax,
     top_k,
 )
@@ -34,12 +34,26 @@ def test_top_k_orders_and_clips():
     assert idx.shape == (2, 4)
 
 
-def test_mean_pool_ignores_padding():
-    hidden = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)
-    mask = np.array([[1, 1, 0], [1, 1, 1]])
-    pooled = mean_pool(hidden, mask)
-    np.testing.assert_allclose(pooled[0], hidden[0, :2].mean(0))
-    np.testing.assert_allclose(pooled[1], hidden[1].mean(0))
+def test_window_pool_one_window_is_the_plain_mean():
+    hidden = np.arange(5 * 2, dtype=np.float32).reshape(5, 2)  # <s> a b c </s>
+    pool = WindowPool(1, 2)
+    pool.add(0, hidden, (0, 3))
+    np.testing.assert_allclose(pool.result("mean")[0], hidden.mean(0))
+    np.testing.assert_allclose(pool.result("cls")[0], hidden[0])
+
+
+def test_window_pool_counts_overlapping_tokens_once():
+    # text tokens t0..t5; window A holds t0..t3 and owns t0,t1,t2; window B holds t2..t5 and owns t3..t5
+    tokens = np.array([[10.0], [11.0], [12.0], [13.0], [14.0], [15.0]])
+    cls, sep = np.array([[1.0]]), np.array([[2.0]])
+    a = np.vstack([cls, tokens[0:4], sep])
+    b = np.vstack([cls * 3, tokens[2:6], sep])
+    pool = WindowPool(1, 1)
+    pool.add(0, a, (0, 3))
+    pool.add(0, b, (1, 4))
+    expected = (1.0 + tokens.sum() + 2.0) / 8  # <s>, six tokens once each, </s>
+    np.testing.assert_allclose(pool.result("mean")[0, 0], expected)
+    np.testing.assert_allclose(pool.result("cls")[0, 0], 2.0)  # mean of the windows' <s>
 
 
 def test_l2_normalize_keeps_zero_rows():

@@ -14,7 +14,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 import flare_onnx.ray_data as frd  # noqa: E402
-from flare_onnx.batch import JobConfig, run_job  # noqa: E402
+from flare_onnx.job import JobConfig, run_job  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -33,13 +33,13 @@ def test_predictor_keeps_columns_in_every_batch_format(tiny_bundle, tiny_tagger,
     frame = pd.DataFrame(rows)
     batch = {"numpy": {k: np.array(frame[k].tolist(), dtype=object if k != "id" else None) for k in frame},
              "pandas": frame, "pyarrow": pa.Table.from_pandas(frame)}[fmt]
-    out = frd.Embed(str(tiny_bundle), precision="fp32")(batch)
+    out = frd.Embed(str(tiny_bundle), model_options={"precision": "fp32"})(batch)
     cols = list(out.keys()) if isinstance(out, dict) else list(out.column_names if hasattr(out, "column_names") else out.columns)
     assert cols == ["id", "text", "lang", "embedding"]
     emb = np.array(out["embedding"].to_pylist() if hasattr(out["embedding"], "to_pylist") else list(out["embedding"]), dtype=np.float32)
     assert emb.shape == (5, 32)
     tagged = frd.Tag(str(tiny_tagger))(batch)
-    first = tagged["result"][0] if not hasattr(tagged["result"], "to_pylist") else tagged["result"].to_pylist()[0]
+    first = tagged["tags"][0] if not hasattr(tagged["tags"], "to_pylist") else tagged["tags"].to_pylist()[0]
     assert json.loads(first)["words"][0]["word"] == rows[0]["text"].split()[0]
 
 
@@ -56,7 +56,7 @@ def test_20000_records_match_the_local_batch_job(local_ray, tiny_bundle, tmp_pat
     src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     local = tmp_path / "local.jsonl"
     assert run_job(JobConfig(task="embed", bundle=str(tiny_bundle), input=str(src), output=str(local),
-                             precision="fp32", progress=False, chunk=512)) == 0
+                             model_options={"precision": "fp32"}, progress=False, chunk=512)) == 0
     expected = {r["id"]: r["embedding"] for r in map(json.loads, local.read_text().splitlines())}
     ds = ray.data.read_json(str(src), num_cpus=0).map_batches(
         frd.Embed, fn_constructor_kwargs={"bundle": frd.share_bundle(tiny_bundle), "precision": "fp32", "threads": 1},

@@ -42,7 +42,7 @@ def client(model):
 def test_health_ready_openapi(client):
     assert client.get("/health").json() == {"status": "ok"}
     ready = client.get("/ready").json()
-    assert ready["status"] == "ready" and ready["tasks"] == ["fill_mask", "embed"]
+    assert ready["status"] == "ready" and ready["tasks"] == ["fill-mask", "embed"]
     spec = client.get("/openapi.json").json()
     assert set(spec["paths"]) == {"/v1/fill-mask", "/v1/embed", "/health", "/ready"}
 
@@ -51,9 +51,10 @@ def test_embed_and_fill_mask_match_the_library(client, model):
     texts = ["Il gatto dorme.", "Piove a Milano da tre giorni."]
     r = client.post("/v1/embed", json={"texts": texts, "normalize": True})
     assert r.status_code == 200
-    np.testing.assert_allclose(r.json()["embeddings"], model.embed(texts), atol=1e-5)
+    assert r.json()["task"] == "embed" and r.json()["precision"] == "fp32"
+    np.testing.assert_allclose([x["embedding"] for x in r.json()["results"]], model.embed(texts), atol=1e-5)
     r = client.post("/v1/fill-mask", json={"texts": ["Roma è la <mask>."], "top_k": 3})
-    masks = r.json()["masks"]
+    masks = [x["masks"] for x in r.json()["results"]]
     assert [p["token_id"] for p in masks[0][0]] == [p.token_id for p in model.fill_mask(["Roma è la <mask>."], top_k=3)[0][0]]
 
 
@@ -66,8 +67,9 @@ def test_embed_and_fill_mask_match_the_library(client, model):
         ({"texts": ["a" * 501]}, 422, "at most 500"),
         ({"texts": [1]}, 422, "texts[0] is int"),
         ({"texts": ["  "]}, 422, "texts[0] is empty"),
-        ({"texts": ["ok"], "bogus": 1}, 422, "unknown option 'bogus'"),
-        ({"texts": ["ok"], "top_k": "3"}, 422, "wrong type"),
+        ({"texts": ["ok"], "bogus": 1}, 422, "fill-mask has no option 'bogus'"),
+        ({"texts": ["ok"], "top_k": "3"}, 422, "option top_k must be an integer, not '3'"),
+        ({"texts": ["ok <mask>"], "top_k": 14610}, 422, "top_k must be at most 100"),
         ({"texts": ["senza maschera"]}, 422, "has no <mask>"),
         ([1, 2], 422, "must be a JSON object"),
     ],
@@ -166,7 +168,7 @@ def _load(url: str, texts: list[str], clients: int, per_client: int) -> tuple[li
                     latencies.append(time.perf_counter() - t0)
                     statuses.append(r.status_code)
                     if r.status_code == 200:
-                        answers.append((text, r.json()["embeddings"][0]))
+                        answers.append((text, r.json()["results"][0]["embedding"]))
                     elif r.status_code == 503:
                         assert r.headers.get("retry-after") == "1"
 
@@ -213,7 +215,9 @@ def test_sigterm_finishes_in_flight_requests(tiny_bundle, sentences):
 
     t = threading.Thread(target=call)
     t.start()
-    time.sleep(0.5)  # the request is queued, not answered yet
+    deadline = time.time() + 30
+    while httpx.get(url + "/ready", timeout=5).json()["queued_texts"] == 0:  # wait until it is queued
+        assert time.time() < deadline, "the request never reached the queue"
     proc.send_signal(signal.SIGTERM)
     t.join(timeout=30)
     assert results == [200]

@@ -18,7 +18,7 @@ def bundle_env(tiny_bundle, monkeypatch):
 
 def test_handle_and_model_loaded_once():
     out = sl.handle({"task": "embed", "texts": ["ciao", "buongiorno"], "normalize": False})
-    assert len(out["results"]) == 2 and len(out["results"][0]) == 32
+    assert out["task"] == "embed" and len(out["results"]) == 2 and len(out["results"][0]["embedding"]) == 32
     first = sl.get_model()
     sl.handle({"task": "fill-mask", "texts": ["Roma è la <mask>."], "top_k": 2})
     assert sl.get_model() is first
@@ -27,28 +27,32 @@ def test_handle_and_model_loaded_once():
 def test_lambda_events():
     body = json.dumps({"task": "fill-mask", "texts": ["Roma è la <mask>."]})
     r = sl.handler({"body": body})
-    assert r["statusCode"] == 200 and len(json.loads(r["body"])["results"][0][0]) == 5
+    assert r["statusCode"] == 200 and len(json.loads(r["body"])["results"][0]["masks"][0]) == 5
     r = sl.handler({"body": base64.b64encode(body.encode()).decode(), "isBase64Encoded": True})
     assert r["statusCode"] == 200
     assert sl.handler({"task": "embed", "texts": ["diretto"]})["statusCode"] == 200
 
 
 @pytest.mark.parametrize(
-    "event, message",
+    "event, status, message",
     [
-        ({"task": "dance", "texts": ["x"]}, "task must be one of"),
-        ({"task": "embed", "texts": []}, "empty list"),
-        ({"task": "embed", "texts": ["x"], "colour": "red"}, "unknown option"),
-        ({"body": "{not json"}, "Expecting"),
-        ({"task": "tag", "texts": ["x"]}, "token-classification"),
+        ({"task": "dance", "texts": ["x"]}, 422, "task must be one of"),
+        ({"task": "embed", "texts": []}, 422, "empty list"),
+        ({"task": "embed"}, 422, "not NoneType"),
+        ({"task": "embed", "texts": ["x"], "colour": "red"}, 422, "embed has no option 'colour'"),
+        ({"task": "embed", "texts": ["x"], "normalize": "no"}, 422, "option normalize must be true or false"),
+        ({"task": "fill-mask", "texts": ["<mask>"], "top_k": 100000}, 422, "top_k must be at most 100"),
+        ({"body": "{not json"}, 400, "not valid JSON"),
+        ({"body": "[" * 100000 + "]" * 100000}, 400, "not valid JSON"),
+        ({"task": "tag", "texts": ["x"]}, 404, "token-classification"),
     ],
 )
-def test_errors_are_400_or_500_with_a_message(event, message):
+def test_errors_carry_the_status_of_their_kind(event, status, message):
     r = sl.handler(event)
-    assert r["statusCode"] in (400, 500) and message in json.loads(r["body"])["error"]
+    assert r["statusCode"] == status and message in json.loads(r["body"])["error"]
 
 
 def test_missing_bundle_env(monkeypatch):
     monkeypatch.delenv("FLARE_ONNX_BUNDLE")
     r = sl.handler({"task": "embed", "texts": ["x"]})
-    assert r["statusCode"] == 400 and "FLARE_ONNX_BUNDLE" in json.loads(r["body"])["error"]
+    assert r["statusCode"] == 500 and "FLARE_ONNX_BUNDLE" in json.loads(r["body"])["error"]
