@@ -92,13 +92,15 @@ def quantize_int8(
     *,
     target: str = "auto",
     keep_fp32: Iterable[str] = (),
-    split_first: bool = True,
+    split_first: bool | Iterable[str] = True,
+    pack_shared: bool = True,
 ) -> dict[str, Any]:
     """Write the INT8 graph of ``fp32`` to ``out``; return the recipe for the manifest."""
     onnx = require("onnx")
     helper, numpy_helper = onnx.helper, onnx.numpy_helper
     qmax, target = _qmax(target)
     keep = set(keep_fp32)
+    split_set = set() if isinstance(split_first, bool) else set(split_first)
     model = onnx.load(str(fp32))
     graph = model.graph
     ranks = _ranks(model)
@@ -117,6 +119,9 @@ def quantize_int8(
             new_inits.append(numpy_helper.from_array(value, name))
             consts[name] = name
         return name
+
+    def new_init(name: str) -> Any:
+        return next(t for t in new_inits if t.name == name)
 
     def per_column(name: str, transposed: bool = False) -> tuple[str, str]:
         if f"{name}_int8" not in consts:
@@ -143,6 +148,84 @@ def quantize_int8(
     nodes: list[Any] = []
     quantized: list[str] = []
     split: list[str] = []
+    # A MatMul whose only consumer adds a bias vector: the bias goes into the quantized
+    # MatMul (one pass less over the output, and ORT can then fuse the residual Add and
+    # LayerNorm, and use Gelu instead of BiasGelu).
+    consumers: dict[str, list[Any]] = defaultdict(list)
+    for n in graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+    outputs = {o.name for o in graph.output}
+    # the exporter shares identical tensors (a model's zero biases) through Identity nodes
+    aliases = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity" and n.input[0] in inits}
+
+    def eligible(n: Any) -> bool:
+        return n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2 and n.name not in keep
+
+    bias_of: dict[str, tuple[str, str]] = {}  # MatMul name -> (bias initializer, output name)
+    fused_adds: set[str] = set()
+    for n in graph.node:
+        if not eligible(n) or n.output[0] in outputs or len(consumers[n.output[0]]) != 1:
+            continue
+        add = consumers[n.output[0]][0]
+        other = [aliases.get(i, i) for i in add.input if i != n.output[0]]
+        if add.op_type == "Add" and len(other) == 1 and other[0] in inits and list(inits[other[0]].dims) == [inits[n.input[1]].dims[1]]:
+            bias_of[n.name] = (other[0], add.output[0])
+            fused_adds.add(add.name)
+    # MatMuls that read the same activation (an attention block's Q, K and V) become one
+    # MatMul over the concatenated weights: the activation is quantized once, one GEMM runs.
+    by_input: dict[str, list[Any]] = defaultdict(list)
+    for n in graph.node:
+        if eligible(n):
+            by_input[n.input[0]].append(n)
+    packs: dict[str, list[Any]] = {}
+    for group in by_input.values():
+        if pack_shared and len(group) > 1 and all(g.name in bias_of for g in group):
+            for g in group:
+                packs[g.name] = group
+        else:
+            for g in group:
+                packs[g.name] = [g]
+
+    def _matmul(members: list[Any]) -> list[Any]:
+        """DynamicQuantizeMatMul node(s) for MatMuls sharing one input (bias fused when known)."""
+        a = members[0].input[0]
+        base = unique(members[0].name.strip("/").replace("/", "_") or "mm")
+        if len(members) == 1:
+            q, sc = per_column(members[0].input[1])
+            bias = bias_of.get(members[0].name, ("", members[0].output[0]))
+            outs = [bias[1]]
+            bias_name = bias[0]
+        else:
+            qs = [per_column(m.input[1]) for m in members]
+            q = const(f"{base}_packed_int8", np.concatenate([numpy_helper.to_array(new_init(x)) for x, _ in qs], axis=1))
+            sc = const(f"{base}_packed_scale", np.concatenate([numpy_helper.to_array(new_init(x)) for _, x in qs]))
+            bias_name = const(f"{base}_packed_bias", np.concatenate(
+                [numpy_helper.to_array(inits[bias_of[m.name][0]]).astype(np.float32) for m in members]))
+            outs = [bias_of[m.name][1] for m in members]
+        y = outs[0] if len(outs) == 1 else f"{base}_packed"
+        made: list[Any] = []
+        if (split_first is True or (split_first and any(m.name in split_set for m in members))) and ranks.get(a) == 3:
+            starts0 = const("slice_0", np.array([0], np.int64))
+            starts1 = const("slice_1", np.array([1], np.int64))
+            end = const("slice_end", np.array([_INT64_MAX], np.int64))
+            axis = const("slice_axis1", np.array([1], np.int64))
+            made += [
+                helper.make_node("Slice", [a, starts0, starts1, axis], [f"{base}_a0"], name=f"{base}_slice0"),
+                helper.make_node("Slice", [a, starts1, end, axis], [f"{base}_a1"], name=f"{base}_slice1"),
+                helper.make_node("DynamicQuantizeMatMul", [f"{base}_a0", q, sc, "", bias_name], [f"{base}_y0"], domain="com.microsoft", name=f"{base}_dqmm0"),
+                helper.make_node("DynamicQuantizeMatMul", [f"{base}_a1", q, sc, "", bias_name], [f"{base}_y1"], domain="com.microsoft", name=f"{base}_dqmm1"),
+                helper.make_node("Concat", [f"{base}_y0", f"{base}_y1"], [y], axis=1, name=f"{base}_concat"),
+            ]
+            split.extend(m.name for m in members)
+        else:
+            made.append(helper.make_node("DynamicQuantizeMatMul", [a, q, sc, "", bias_name], [y], domain="com.microsoft", name=f"{base}_dqmm"))
+        if len(outs) > 1:
+            sizes = const(f"{base}_split_sizes", np.array([inits[m.input[1]].dims[1] for m in members], np.int64))
+            made.append(helper.make_node("Split", [y, sizes], outs, axis=-1, name=f"{base}_split"))
+        quantized.extend(m.name for m in members)
+        return made
+
     for node in graph.node:
         if node.op_type == "Gather" and node.input[0] in tables:
             # INT8 rows, dequantized after the lookup: rows * scale[id]
@@ -191,26 +274,13 @@ def quantize_int8(
             nodes.append(helper.make_node("DynamicQuantizeMatMul", [node.input[0], q, s, "", bias], [node.output[0]], domain="com.microsoft", name=f"{base}_dqmm"))
             quantized.append(node.name)
             continue
-        if node.op_type == "MatMul" and node.input[1] in inits and len(inits[node.input[1]].dims) == 2 and node.name not in keep:
-            q, s = per_column(node.input[1])
-            a, y = node.input[0], node.output[0]
-            base = unique(node.name.strip("/").replace("/", "_") or "mm")
-            if split_first and ranks.get(a) == 3:
-                starts0 = const("slice_0", np.array([0], np.int64))
-                starts1 = const("slice_1", np.array([1], np.int64))
-                end = const("slice_end", np.array([_INT64_MAX], np.int64))
-                axis = const("slice_axis1", np.array([1], np.int64))
-                nodes += [
-                    helper.make_node("Slice", [a, starts0, starts1, axis], [f"{base}_a0"], name=f"{base}_slice0"),
-                    helper.make_node("Slice", [a, starts1, end, axis], [f"{base}_a1"], name=f"{base}_slice1"),
-                    helper.make_node("DynamicQuantizeMatMul", [f"{base}_a0", q, s], [f"{base}_y0"], domain="com.microsoft", name=f"{base}_dqmm0"),
-                    helper.make_node("DynamicQuantizeMatMul", [f"{base}_a1", q, s], [f"{base}_y1"], domain="com.microsoft", name=f"{base}_dqmm1"),
-                    helper.make_node("Concat", [f"{base}_y0", f"{base}_y1"], [y], axis=1, name=f"{base}_concat"),
-                ]
-                split.append(node.name)
-            else:
-                nodes.append(helper.make_node("DynamicQuantizeMatMul", [a, q, s], [y], domain="com.microsoft", name=f"{base}_dqmm"))
-            quantized.append(node.name)
+        if node.name in fused_adds:
+            continue  # its bias went into the DynamicQuantizeMatMul above it
+        if node.name in packs:
+            members = packs[node.name]
+            if node.name != members[0].name:
+                continue  # produced by the first member's packed MatMul
+            nodes += _matmul(members)
             continue
         nodes.append(node)
 
@@ -232,5 +302,7 @@ def quantize_int8(
         "embeddings": "int8 per row" + (", the word table shared with the MLM projection" if emb_q is not None else "") if tables else None,
         "quantized_nodes": len(quantized),
         "split_first_nodes": len(split),
+        "packed_matmuls": len({group[0].name for group in packs.values() if len(group) > 1}),
+        "fused_biases": len(fused_adds),
         "fp32_nodes": sorted(keep),
     }

@@ -30,8 +30,13 @@ def test_int8_graph_structure(tiny_bundle, tiny_checkpoint):
     assert {n.op_type for n in fp32.graph.node if n.name in names} == {"MatMul", "Gemm", "Gather"}
     gemms = [n for n in fp32.graph.node if n.op_type == "Gemm"]
     assert len(encoder) == 12 and len(gemms) == 2  # 2 layers x 6; MLM dense and tied projection
-    assert ops["DynamicQuantizeMatMul"] == 2 * len(encoder) + len(gemms)  # position 0 apart in the encoder
-    assert ops["Gemm"] == 0 and ops["Concat"] >= len(encoder)
+    # Q, K and V of each of the 2 layers are packed into one MatMul, split back after it
+    groups = len(encoder) - 2 * 2
+    assert ops["DynamicQuantizeMatMul"] == 2 * groups + len(gemms)  # position 0 apart in the encoder
+    assert ops["Split"] == 2 and ops["Gemm"] == 0 and ops["Concat"] >= groups
+    # every encoder bias is inside its DynamicQuantizeMatMul: no Add reads a bias vector any more
+    biases = {t.name for t in int8.graph.initializer if len(t.dims) == 1 and t.name.endswith("bias")}
+    assert not any(n.op_type == "Add" and set(n.input) & biases for n in int8.graph.node)
     vocab = sum(1 for _ in open(tiny_checkpoint / "vocab.txt", encoding="utf-8"))
     tables = [t for t in int8.graph.initializer if vocab in t.dims and len(t.dims) == 2]
     assert len(tables) == 1 and tables[0].data_type == onnx.TensorProto.INT8
@@ -89,6 +94,8 @@ def test_guard_keeps_sensitive_groups_in_fp32(tiny_checkpoint, tmp_path):
 
 
 def test_guard_fails_loudly_when_the_target_is_out_of_reach(tiny_checkpoint, tmp_path):
-    with pytest.raises(ExportError, match="cannot reach the fidelity target 1.5"):
+    with pytest.raises(ExportError, match=r"fidelity_target must be in \(0, 1\], not 1.5"):
         export_bundle(str(tiny_checkpoint), tmp_path / "b", fidelity_target=1.5, log=_quiet)
+    with pytest.raises(ExportError, match="cannot reach the fidelity target 1.0"):
+        export_bundle(str(tiny_checkpoint), tmp_path / "b", fidelity_target=1.0, log=_quiet)
     assert not (tmp_path / "b").exists()
