@@ -75,6 +75,7 @@ def export_bundle(
     overwrite: bool = False,
     fidelity_target: float = DEFAULT_TARGET,
     target_cpu: str = "auto",
+    openvino: bool = False,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Export a checkpoint to a verified bundle directory.
@@ -92,6 +93,8 @@ def export_bundle(
             hidden states on the calibration text); sensitive nodes stay FP32 until it is met.
         target_cpu: ``auto`` (this machine), ``vnni`` or ``avx2`` (7-bit weights, no
             saturation on CPUs without VNNI).
+        openvino: also write an OpenVINO INT8 IR (NNCF, calibrated on the same text and held
+            to the same fidelity target) for ``flare_onnx.load(..., backend="openvino")``.
 
     Raises:
         ExportError: the checkpoint cannot be found or loaded, the tokenizer differs from
@@ -165,6 +168,16 @@ def export_bundle(
                     f"(more than {FP32_TOLERANCE}); the export is wrong"
                 )
             graphs[precision] = {"file": GRAPH_FILES[precision], "inputs": list(inputs), "outputs": list(outputs)}
+        openvino_graphs: dict[str, Any] = {}
+        if openvino:
+            from .openvino_ir import IR_FILES, write_openvino_int8
+
+            recipe, figures = write_openvino_int8(fp32_path, work, batches, reference, target=fidelity_target, log=log)
+            verification["openvino-int8"] = figures
+            log("openvino int8: " + ", ".join(f"{k}={v:.6g}" for k, v in figures.items()))
+            xml, weights = IR_FILES["int8"]
+            openvino_graphs["int8"] = {"file": xml, "weights": weights, "inputs": list(inputs),
+                                       "outputs": list(outputs), "recipe": recipe}
         if "fp32" not in precisions:
             fp32_path.unlink()
             del graphs["fp32"]
@@ -189,6 +202,7 @@ def export_bundle(
                 "special_tokens": {k: [tokens[k], ids[k]] for k in tokens},
             },
             "graphs": graphs,
+            "openvino": openvino_graphs or None,
             "opset": OPSET,
             "quantization": quantization,
             "tokenizer_check": check,

@@ -63,6 +63,8 @@ class GraphSpec:
     file: str
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    backend: str = "onnxruntime"
+    weights: str | None = None  # OpenVINO IR: the .bin beside the .xml
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class Manifest:
     labels: tuple[str, ...] | None
     special: SpecialTokens
     graphs: Mapping[str, GraphSpec]
+    openvino: Mapping[str, GraphSpec]  # precision -> OpenVINO IR, when exported with --openvino
     files: Mapping[str, Mapping[str, Any]]
     raw: Mapping[str, Any]
 
@@ -143,6 +146,18 @@ def parse_manifest(raw: Mapping[str, Any]) -> Manifest:
         )
     if not graphs:
         raise BundleError("manifest.json lists no ONNX graph")
+    openvino: dict[str, GraphSpec] = {}
+    for precision, g in (raw.get("openvino") or {}).items():
+        if precision not in PRECISIONS or not isinstance(g, dict):
+            raise BundleError(f"manifest.json: unknown OpenVINO precision {precision!r}")
+        openvino[precision] = GraphSpec(
+            precision=precision,
+            file=_get(g, "file", str, f"openvino.{precision}"),
+            inputs=tuple(_get(g, "inputs", list, f"openvino.{precision}")),
+            outputs=tuple(_get(g, "outputs", list, f"openvino.{precision}")),
+            backend="openvino",
+            weights=_get(g, "weights", str, f"openvino.{precision}"),
+        )
     files = _get(raw, "files", dict, "manifest")
     return Manifest(
         task=task,
@@ -153,6 +168,7 @@ def parse_manifest(raw: Mapping[str, Any]) -> Manifest:
         labels=tuple(labels) if labels else None,
         special=spec,
         graphs=graphs,
+        openvino=openvino,
         files=files,
         raw=raw,
     )
@@ -214,40 +230,56 @@ class VerifiedBundle:
     graph: GraphSpec
     graph_bytes: bytes
     tokenizer_json: str
+    weights_bytes: bytes | None = None  # the OpenVINO IR's .bin
 
 
-def open_bundle(directory: str | Path, *, precision: str | None = None) -> VerifiedBundle:
+BACKENDS = ("onnxruntime", "openvino")
+
+
+def open_bundle(directory: str | Path, *, precision: str | None = None, backend: str = "onnxruntime") -> VerifiedBundle:
     """Read a bundle and verify the files a session needs against the manifest.
 
     Args:
         directory: the bundle directory.
         precision: ``"int8"`` or ``"fp32"``; ``None`` takes INT8 when the bundle has it.
+        backend: ``"onnxruntime"`` (the ONNX graphs) or ``"openvino"`` (the OpenVINO IR a
+            bundle exported with ``--openvino`` carries).
 
     Raises:
         BundleError: the directory is not a bundle, or a file is missing or altered.
-        InputError: ``precision`` is not one of the bundle's precisions.
+        InputError: ``precision`` or ``backend`` is not one the bundle has.
     """
     root = Path(directory)
     manifest = read_manifest(root)
+    if backend not in BACKENDS:
+        raise InputError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    graphs = manifest.graphs if backend == "onnxruntime" else manifest.openvino
+    if not graphs:
+        raise InputError(
+            f"this bundle has no OpenVINO IR; export it with `flare-onnx export ... --openvino` "
+            f"(or load it with backend='onnxruntime')"
+        )
     if precision is None:
-        precision = next(p for p in PRECISIONS if p in manifest.graphs)
-    if precision not in manifest.graphs:
+        precision = next(p for p in PRECISIONS if p in graphs)
+    if precision not in graphs:
         if precision in PRECISIONS:
             raise InputError(
-                f"this bundle has no {precision} graph; it has {', '.join(manifest.graphs)}"
+                f"this bundle has no {precision} graph for {backend}; it has {', '.join(graphs)}"
             )
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    graph = manifest.graphs[precision]
-    needed = [graph.file, "tokenizer.json"]
+    graph = graphs[precision]
+    needed = [graph.file, "tokenizer.json"] + ([graph.weights] if graph.weights else [])
     for name in needed:
         if name not in manifest.files:
             raise BundleError(f"manifest.json has no checksum for {name}; re-export the bundle")
     graph_bytes = _read_verified(root, graph.file, manifest.files[graph.file])
     tokenizer = _read_verified(root, "tokenizer.json", manifest.files["tokenizer.json"])
+    weights = _read_verified(root, graph.weights, manifest.files[graph.weights]) if graph.weights else None
     return VerifiedBundle(
         path=root,
         manifest=manifest,
         graph=graph,
         graph_bytes=graph_bytes,
         tokenizer_json=tokenizer.decode("utf-8"),
+        weights_bytes=weights,
     )

@@ -259,6 +259,11 @@ def get_task(name: object) -> TaskSpec:
 #: Options of the model itself (how it runs), the same on every surface.
 LOAD_OPTIONS: tuple[Option, ...] = (
     Option("precision", str, None, "'int8' or 'fp32' (default: int8 when the bundle has it)", choices=("int8", "fp32"), nullable=True),
+    Option(
+        "backend", str, "onnxruntime",
+        "'onnxruntime' (lean, the default) or 'openvino' (the bundle's OpenVINO IR; export with --openvino)",
+        choices=("onnxruntime", "openvino"),
+    ),
     Option("threads", int, None, "onnxruntime threads (default: the CPUs this process may use)", minimum=1, maximum=1024, nullable=True),
     Option("max_batch_tokens", int, 4096, "tokens in one batch (batch x padded length); bounds memory", minimum=16, maximum=1 << 20),
     Option("max_batch_size", int, 64, "texts in one batch", minimum=1, maximum=4096),

