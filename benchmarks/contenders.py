@@ -8,7 +8,7 @@ imported in ``load()``, so a fresh process measures only what its contender need
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ class Artifacts:
     optimum: dict[str, str]  # task -> optimum avx2 dynamic INT8 directory
     mask_token: str | None
     label: str  # which model this is, for the report
+    peers: dict[str, str] = field(default_factory=dict)  # "ort-dynamic" / "nncf": graphs made from the bundle's FP32 graph
 
     def dump(self) -> str:
         return json.dumps(asdict(self))
@@ -201,29 +202,50 @@ class FlareInt8Contender(FlareContender):
     precision = "int8"
 
 
-class OpenVinoContender(Contender):
-    """OpenVINO compiling flare-onnx's FP32 graph for the CPU (same tokenizer and batching)."""
-
-    key, name = "openvino-fp32", "OpenVINO FP32"
+class FlareLeanContender(FlareInt8Contender):
+    key, name = "flare-int8-lean", "flare-onnx INT8, lean=True"
 
     def load(self) -> None:
-        import openvino as ov
+        import flare_onnx
 
+        self.model = flare_onnx.load(self.art.bundle, precision="int8", threads=self.threads, lean=True)
+
+
+class FlareOpenVinoContender(FlareContender):
+    key, name = "flare-openvino", "flare-onnx OpenVINO INT8 (backend)"
+
+    def load(self) -> None:
+        import flare_onnx
+
+        self.model = flare_onnx.load(self.art.bundle, backend="openvino", threads=self.threads)
+
+    def size_bytes(self) -> int | None:
+        manifest = json.loads((Path(self.art.bundle) / "manifest.json").read_text())
+        ir = manifest["openvino"]["int8"]
+        return sum(manifest["files"][ir[k]]["size"] for k in ("file", "weights"))
+
+
+class GraphContender(Contender):
+    """A peer running a graph made from flare-onnx's FP32 graph, with flare-onnx's tokenizer and
+    padding, so every contender sees the same token ids."""
+
+    def load(self) -> None:
         from flare_onnx.bundle import read_manifest
         from flare_onnx.tokenization import TextEncoder
 
-        # flare-onnx's tokenizer only: no onnxruntime session in this process, so the memory
-        # and cold start measured are OpenVINO's own
+        # flare-onnx's tokenizer only: no flare-onnx session in this process, so the memory
+        # and cold start measured are the peer's own
         manifest = read_manifest(self.art.bundle)
         tokenizer_json = (Path(self.art.bundle) / "tokenizer.json").read_text(encoding="utf-8")
         self.encoder = TextEncoder(tokenizer_json, manifest.special, max_length=manifest.max_length)
-        core = ov.Core()
-        path = Path(self.art.bundle) / "model.fp32.onnx"
-        config = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY"}
-        self.compiled = core.compile_model(str(path), "CPU", config)
-        self.request = self.compiled.create_infer_request()
         self.special = manifest.special
-        self.has_masks = any(i.get_any_name() == "mask_positions" for i in self.compiled.inputs)
+        self.compile()
+
+    def compile(self) -> None:
+        raise NotImplementedError
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
 
     def _run(self, texts: list[str], masks: bool) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
         from flare_onnx.tokenization import pad_batch
@@ -235,8 +257,7 @@ class OpenVinoContender(Contender):
         if self.has_masks:
             positions = np.flatnonzero(ids.reshape(-1) == self.special.mask_id) if masks else np.zeros(0, np.int64)
             feeds["mask_positions"] = positions.astype(np.int64)
-        result = self.request.infer(feeds)
-        return {k.get_any_name(): v for k, v in result.items()}, ids, attention
+        return self.infer(feeds), ids, attention
 
     def fill_mask(self, texts: list[str]) -> list[list[list[int]]]:
         out, ids, _ = self._run(texts, masks=True)
@@ -246,13 +267,115 @@ class OpenVinoContender(Contender):
         out, _, attention = self._run(texts, masks=False)
         return _normalize(_mean_pool(out["last_hidden_state"], attention))
 
+
+class OpenVinoContender(GraphContender):
+    """OpenVINO compiling flare-onnx's FP32 graph. Its default inference precision on a CPU
+    with AVX-512 BF16 (or AMX) is bf16, so this row runs in BF16 there."""
+
+    key, name = "openvino-fp32", "OpenVINO, FP32 graph (default hint: BF16 here)"
+    hint: dict[str, str] = {}
+    graph = "model.fp32.onnx"
+
+    def path(self) -> str:
+        return str(Path(self.art.bundle) / self.graph)
+
+    def compile(self) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        config = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY", **self.hint}
+        self.compiled = core.compile_model(self.path(), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.has_masks = any(i.get_any_name() == "mask_positions" for i in self.compiled.inputs)
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k.get_any_name(): v for k, v in self.request.infer(feeds).items()}
+
     def size_bytes(self) -> int | None:
-        return (Path(self.art.bundle) / "model.fp32.onnx").stat().st_size
+        path = Path(self.path())
+        return path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
+
+
+class OpenVinoF32Contender(OpenVinoContender):
+    key, name = "openvino-f32", "OpenVINO, FP32 graph, f32 hint"
+    hint = {"INFERENCE_PRECISION_HINT": "f32"}
+
+
+class NncfContender(OpenVinoContender):
+    """NNCF static INT8 (transformer preset, calibrated on Italian text that is not measured)."""
+
+    key, name = "nncf-latency", "OpenVINO + NNCF INT8, LATENCY hint"
+
+    def path(self) -> str:
+        return self.art.peers["nncf"]
+
+
+class NncfThroughputContender(NncfContender):
+    """The THROUGHPUT hint as a user drives it: a batch split over the compiled model's
+    optimal number of infer requests, run asynchronously."""
+
+    key, name = "nncf-throughput", "OpenVINO + NNCF INT8, THROUGHPUT hint"
+
+    def compile(self) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        config = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "THROUGHPUT"}
+        self.compiled = core.compile_model(self.path(), "CPU", config)
+        self.requests = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self.queue = ov.AsyncInferQueue(self.compiled, self.requests)
+        self.has_masks = any(i.get_any_name() == "mask_positions" for i in self.compiled.inputs)
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows, width = feeds["input_ids"].shape
+        parts = np.array_split(np.arange(rows), min(self.requests, rows))
+        results: list[Any] = [None] * len(parts)
+
+        def done(request: Any, i: int) -> None:
+            results[i] = {k.get_any_name(): np.array(v.data) for k, v in zip(self.compiled.outputs, request.output_tensors)}
+
+        self.queue.set_callback(done)
+        for i, idx in enumerate(parts):
+            sub = {k: v[idx] for k, v in feeds.items() if k != "mask_positions"}
+            if self.has_masks:  # flat positions into this part's rows
+                flat = feeds["mask_positions"]
+                mine = flat[(flat // width >= idx[0]) & (flat // width <= idx[-1])]
+                sub["mask_positions"] = (mine - idx[0] * width).astype(np.int64)
+            self.queue.start_async(sub, i)
+        self.queue.wait_all()
+        return {name: np.concatenate([r[name] for r in results]) for name in results[0]}
+
+
+class OrtDynamicContender(GraphContender):
+    """onnxruntime ``quantize_dynamic`` (per-channel) of flare-onnx's FP32 graph: what a
+    fastembed-style user gets."""
+
+    key, name = "ort-dynamic", "onnxruntime quantize_dynamic per-channel"
+
+    def compile(self) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(self.art.peers["ort-dynamic"], opts, providers=["CPUExecutionProvider"])
+        self.names = [o.name for o in self.session.get_outputs()]
+        self.has_masks = any(i.name == "mask_positions" for i in self.session.get_inputs())
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.names, self.session.run(None, feeds)))
+
+    def size_bytes(self) -> int | None:
+        return Path(self.art.peers["ort-dynamic"]).stat().st_size
 
 
 CONTENDERS: dict[str, type[Contender]] = {
     c.key: c
-    for c in (TorchContender, TorchInt8Contender, OptimumContender, FlareContender, FlareInt8Contender, OpenVinoContender)
+    for c in (
+        TorchContender, TorchInt8Contender, OptimumContender, OrtDynamicContender, OpenVinoContender,
+        OpenVinoF32Contender, NncfContender, NncfThroughputContender, FlareContender, FlareInt8Contender,
+        FlareLeanContender, FlareOpenVinoContender,
+    )
 }
 BASELINE = "torch-fp32"
 
@@ -261,5 +384,6 @@ def available(keys: list[str]) -> list[str]:
     """The contenders whose libraries are installed."""
     import importlib.util
 
-    needs = {"optimum-int8": "optimum", "openvino-fp32": "openvino"}
+    needs = {"optimum-int8": "optimum", "openvino-fp32": "openvino", "openvino-f32": "openvino",
+             "nncf-latency": "nncf", "nncf-throughput": "nncf", "flare-openvino": "nncf"}
     return [k for k in keys if k not in needs or importlib.util.find_spec(needs[k]) is not None]

@@ -22,10 +22,20 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(section["note"])
         lines.append("")
         fid_cols = section["fidelity_columns"]
-        head = "| contender | batch-1 p50 | p95 | × PyTorch | tokens/s | × PyTorch | peak RSS | cold start | file |"
+        roof = section.get("ceiling")
+        if roof:
+            lines.append(
+                f"INT8 ceiling on this machine: MatMulInteger at {roof['int8_gemm_gops']:.0f} GOP/s "
+                f"→ {roof['tokens_per_s']:,.0f} tokens/s for this encoder's GEMMs alone."
+            )
+            lines.append("")
+        rows = section["rows"]
+        nncf = [rows[k]["throughput"]["tokens_per_s"] for k in ("nncf-latency", "nncf-throughput") if k in rows]
+        best_nncf = max(nncf) if nncf else None
+        head = "| contender | batch-1 p50 | p95 | × PyTorch | tokens/s | × PyTorch | × NNCF | of ceiling | peak RSS | cold start | file |"
         head += "".join(f" {c} |" for c in fid_cols)
         lines.append(head)
-        lines.append("|" + "---|" * (9 + len(fid_cols)))
+        lines.append("|" + "---|" * (11 + len(fid_cols)))
         for key, row in section["rows"].items():
             lat, thr = row.get("latency", {}), row.get("throughput", {})
             fid = row.get("fidelity", {})
@@ -36,6 +46,8 @@ def markdown(results: dict[str, Any]) -> str:
                 _fmt(lat.get("speedup_vs_baseline"), ".2f", "×"),
                 _fmt(thr.get("tokens_per_s"), ",.0f"),
                 _fmt(thr.get("speedup_vs_baseline"), ".2f", "×"),
+                _fmt(thr["tokens_per_s"] / best_nncf if best_nncf and thr.get("tokens_per_s") else None, ".2f", "×"),
+                _fmt(100 * thr["fraction_of_int8_ceiling"] if thr.get("fraction_of_int8_ceiling") else None, ".0f", "%"),
                 _fmt(row.get("peak_rss_mb"), ",.0f", " MB"),
                 _fmt(row.get("cold_start_s"), ".2f", " s"),
                 _fmt(row["size_bytes"] / 1e6 if row.get("size_bytes") else None, ".1f", " MB"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-INSTALL_HINT = 'pip install "flare-onnx[export]"'
+INSTALL_HINT = 'pip install ".[export]" from a clone of flare-onnx'
 
 
 def require(module: str) -> ModuleType:

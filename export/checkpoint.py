@@ -70,10 +70,10 @@ def resolve_checkpoint(model: str, *, revision: str | None = None) -> Path:
         return Path(hub.snapshot_download(model, revision=revision, allow_patterns=HUB_FILES))
     except Exception as exc:  # offline, unknown repo, gated, rate limited...
         raise ExportError(
-            f"could not fetch {model!r} from the Hugging Face Hub ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:160]}). If this machine is offline, pass a local "
-            f"checkpoint directory instead, or build a Flare-IT-shaped test checkpoint with "
-            f"`flare-onnx reference DIR`."
+            f"there is no directory {model!r}, and it could not be fetched from the Hugging Face "
+            f"Hub ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}). If this machine is "
+            f"offline, pass a local checkpoint directory instead, or build a Flare-IT-shaped test "
+            f"checkpoint with `flare-onnx reference DIR`."
         ) from None
 
 

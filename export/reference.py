@@ -86,8 +86,10 @@ def _train_vocab(sentences: list[str], size: int) -> list[str]:
     tok.pre_tokenizer = tk.pre_tokenizers.BertPreTokenizer()
     trainer = tk.trainers.WordPieceTrainer(vocab_size=size, special_tokens=SPECIAL_TOKENS, min_frequency=1)
     tok.train_from_iterator(sentences, trainer=trainer)
-    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
-    tokens = [t for t, _ in vocab][:size]
+    # The trainer numbers tokens of equal frequency in hash order, which changes from run to
+    # run: order them by (whole words before ##pieces, text) so the file is the same bytes.
+    learned = sorted((t for t in tok.get_vocab() if t not in SPECIAL_TOKENS), key=lambda t: (t.startswith("##"), t))
+    tokens = (list(SPECIAL_TOKENS) + learned)[:size]
     tokens += [f"[unused{i}]" for i in range(size - len(tokens))]
     return tokens
 

@@ -256,8 +256,8 @@ def open_bundle(directory: str | Path, *, precision: str | None = None, backend:
     graphs = manifest.graphs if backend == "onnxruntime" else manifest.openvino
     if not graphs:
         raise InputError(
-            f"this bundle has no OpenVINO IR; export it with `flare-onnx export ... --openvino` "
-            f"(or load it with backend='onnxruntime')"
+            "this bundle has no OpenVINO IR; export it with `flare-onnx export ... --openvino` "
+            "(or load it with backend='onnxruntime')"
         )
     if precision is None:
         precision = next(p for p in PRECISIONS if p in graphs)

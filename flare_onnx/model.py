@@ -93,10 +93,12 @@ class FlareModel:
         max_batch_tokens: int = _DEFAULTS["max_batch_tokens"],
         max_batch_size: int = _DEFAULTS["max_batch_size"],
         spin: bool = _DEFAULTS["spin"],
+        lean: bool = _DEFAULTS["lean"],
         arena: bool = True,
     ) -> None:
         opts = parse_load_options(
-            {"threads": threads, "max_batch_tokens": max_batch_tokens, "max_batch_size": max_batch_size, "spin": spin}
+            {"threads": threads, "max_batch_tokens": max_batch_tokens, "max_batch_size": max_batch_size,
+             "spin": spin, "lean": lean}
         )
         self.manifest = bundle.manifest
         self.path = bundle.path
@@ -113,7 +115,9 @@ class FlareModel:
             assert bundle.weights_bytes is not None  # open_bundle reads the IR's weights
             self._session = create_openvino_session(bundle.graph_bytes, bundle.weights_bytes, threads=opts["threads"])
         else:
-            self._session = create_session(bundle.graph_bytes, threads=opts["threads"], arena=arena, spin=opts["spin"])
+            self._session = create_session(
+                bundle.graph_bytes, threads=opts["threads"], arena=arena, spin=opts["spin"], lean=opts["lean"]
+            )
         self._inputs = tuple(i.name for i in self._session.get_inputs())
         self._outputs = tuple(o.name for o in self._session.get_outputs())
         _check_graph(bundle, self._inputs, self._outputs)
@@ -149,19 +153,31 @@ class FlareModel:
     ) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
         """Run windows through the session in length batches; yield (window indices, outputs)."""
         lengths = [len(w.ids) for w in windows]
-        for idx in plan_batches(
+        plans = list(plan_batches(
             lengths, max_tokens=self.max_batch_tokens, max_batch=self.max_batch_size, max_cells=self.max_batch_cells
-        ):
+        ))
+        streams = int(getattr(self._session, "streams", 1))
+        if len(plans) < streams:  # OpenVINO: give every CPU stream a part of a lone batch
+            plans = [list(part) for idx in plans for part in np.array_split(idx, min(streams, len(idx))) if len(part)]
+
+        def feeds_of(idx: list[int]) -> dict[str, np.ndarray]:
             ids, attention = pad_batch([windows[i].ids for i in idx], self._encoder.special.pad_id)
             feeds = {"input_ids": ids, "attention_mask": attention}
             if "mask_positions" in self._inputs:
                 width = ids.shape[1]
                 rows = [row * width + mask_rows[i] for row, i in enumerate(idx)] if mask_rows else []
                 feeds["mask_positions"] = np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)
+            return feeds
+
+        if len(plans) > 1 and hasattr(self._session, "run_many"):  # OpenVINO: every stream busy
+            results: Iterator[list[np.ndarray]] = self._session.run_many(feeds_of(idx) for idx in plans)
+        else:
+            results = (self._session.run(None, feeds_of(idx)) for idx in plans)
+        for idx in plans:
             try:
-                values = self._session.run(None, feeds)
-            except Exception as exc:  # onnxruntime raises its own untyped exceptions
-                raise InferenceError(f"onnxruntime failed on a batch of {len(idx)} texts: {exc}") from exc
+                values = next(results)
+            except Exception as exc:  # onnxruntime and OpenVINO raise their own untyped exceptions
+                raise InferenceError(f"the {self.backend} session failed on a batch of {len(idx)} texts: {exc}") from exc
             outputs = dict(zip(self._outputs, values))
             for name, value in outputs.items():
                 if value.size and not np.isfinite(value).all():
@@ -354,6 +370,7 @@ def load(
     max_batch_tokens: int = _DEFAULTS["max_batch_tokens"],
     max_batch_size: int = _DEFAULTS["max_batch_size"],
     spin: bool = _DEFAULTS["spin"],
+    lean: bool = _DEFAULTS["lean"],
     backend: str = _DEFAULTS["backend"],
     arena: bool = True,
 ) -> FlareModel:
@@ -368,6 +385,7 @@ def load(
         max_batch_size: most texts in one batch.
         spin: idle worker threads spin-wait between calls (fastest on a dedicated machine);
             pass ``False`` on shared machines, in containers and in serverless functions.
+        lean: the smallest memory (no prepacked weights, no arena) at some speed.
         backend: ``"onnxruntime"`` (the default: lean, fast start) or ``"openvino"`` (the
             NNCF INT8 IR of a bundle exported with ``--openvino``: the fastest on x86 servers).
         arena: keep onnxruntime's memory arena (faster; off keeps RSS flat as shapes vary).
@@ -389,5 +407,6 @@ def load(
         max_batch_tokens=max_batch_tokens,
         max_batch_size=max_batch_size,
         spin=spin,
+        lean=lean,
         arena=arena,
     )

@@ -39,7 +39,9 @@ from .tasks import get_task, parse_load_options
 
 __all__ = ["FillMask", "Embed", "Tag", "Classify", "share_bundle", "materialize", "PREDICTORS"]
 
-CACHE = Path(os.environ.get("FLARE_ONNX_CACHE", Path(tempfile.gettempdir()) / "flare-onnx-bundles"))
+def _cache() -> Path:
+    """The node-local bundle cache: ``$FLARE_ONNX_CACHE``, else a folder in the temp directory."""
+    return Path(os.environ.get("FLARE_ONNX_CACHE") or Path(tempfile.gettempdir()) / "flare-onnx-bundles")
 
 
 def share_bundle(path: str | Path) -> Any:
@@ -62,12 +64,13 @@ def materialize(bundle: Any) -> str:
         bundle = ray.get(bundle)
     if not isinstance(bundle, dict) or "files" not in bundle:
         raise InputError("bundle must be a path or the result of share_bundle()")
-    target = CACHE / bundle["digest"]
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / f"{bundle['digest']}.lock", "w") as lock:
+    cache = _cache()
+    target = cache / bundle["digest"]
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f"{bundle['digest']}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one actor per node writes; the others wait, then reuse
         if not (target / MANIFEST_NAME).exists():
-            tmp = Path(tempfile.mkdtemp(dir=CACHE))
+            tmp = Path(tempfile.mkdtemp(dir=cache))
             for name, data in bundle["files"].items():
                 if Path(name).name != name:
                     raise BundleError(f"unsafe file name in a shared bundle: {name!r}")

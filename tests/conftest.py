@@ -7,6 +7,7 @@ reference and the real all-MiniLM-L6-v2 weights are exported once per session.
 from __future__ import annotations
 
 import importlib.util
+import os
 import random
 from pathlib import Path
 
@@ -48,6 +49,13 @@ def poison_outputs(model, value: float) -> None:
             return out
 
     model._session = Poisoned()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_bundle_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Ray actors cache bundles under $FLARE_ONNX_CACHE: keep the tests' copies in pytest's
+    temporary tree (set before any Ray instance starts, so its workers inherit it)."""
+    os.environ["FLARE_ONNX_CACHE"] = str(tmp_path_factory.mktemp("bundle-cache"))
 
 
 @pytest.fixture(scope="session")

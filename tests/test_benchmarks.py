@@ -20,7 +20,8 @@ def test_harness_on_a_tiny_model(tiny_checkpoint, tmp_path, monkeypatch):
     from benchmarks.__main__ import main
 
     out = tmp_path / "out"
-    args = ["--model", str(tiny_checkpoint), "--contenders", "torch-fp32", "flare-fp32", "flare-int8",
+    keys = ["torch-fp32", "flare-fp32", "flare-int8", "ort-dynamic", "nncf-throughput", "flare-openvino"]
+    args = ["--model", str(tiny_checkpoint), "--contenders", *keys,
             "--texts", "40", "--latency-texts", "10", "--repeats", "1", "--cold", "1", "--batch", "8",
             "--threads", "1", "--out", str(out), "--work", str(tmp_path / "work"), "--no-real-weights"]
     assert main(args) == 0
@@ -28,16 +29,19 @@ def test_harness_on_a_tiny_model(tiny_checkpoint, tmp_path, monkeypatch):
     assert results["machine"]["cpu"] and "avx2" in results["machine"]["isa"]
     assert [s["task"] for s in results["sections"]] == ["fill-mask", "embed"]
     for section in results["sections"]:
-        assert set(section["rows"]) == {"torch-fp32", "flare-fp32", "flare-int8"}
+        assert set(section["rows"]) == set(keys)
+        assert section["ceiling"]["int8_gemm_gops"] > 1 and section["ceiling"]["tokens_per_s"] > 0
         for key, row in section["rows"].items():
             assert row["latency"]["p50_ms"] > 0 and row["latency"]["n"] == 10
             assert row["throughput"]["tokens_per_s"] > 0 and len(row["throughput"]["runs"]) == 1
+            assert row["throughput"]["fraction_of_int8_ceiling"] > 0
             assert row["peak_rss_mb"] > 10 and row["cold_start_s"] > 0
         assert section["rows"]["torch-fp32"]["throughput"]["speedup_vs_baseline"] == pytest.approx(1.0)
         fid = section["rows"]["flare-fp32"]["fidelity"]
         assert fid.get("top1_agreement", fid.get("cosine_mean")) > 0.99
     table = (out / "results.md").read_text()
-    assert "| flare-onnx INT8 |" in table and "Machine:" in table
+    assert "| flare-onnx INT8 |" in table and "Machine:" in table and "INT8 ceiling on this machine" in table
+    assert "| OpenVINO + NNCF INT8, THROUGHPUT hint |" in table
     assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert results["footprint"]["runtime_mb"] < results["footprint"]["torch_mb"]
 

@@ -68,7 +68,7 @@ def test_tied_embedding_is_stored_once(tiny_bundle, tiny_checkpoint):
 
 def test_unreachable_hub_fails_fast_and_clearly(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ExportError, match=r"could not fetch 'flare-onnx-tests/absent' from the Hugging Face Hub.*flare-onnx reference DIR"):
+    with pytest.raises(ExportError, match=r"there is no directory 'flare-onnx-tests/absent', and it could not be fetched from the Hugging Face Hub.*flare-onnx reference DIR"):
         resolve_checkpoint("flare-onnx-tests/absent")
 
 

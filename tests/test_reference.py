@@ -66,3 +66,20 @@ def test_verbs_run_on_the_full_size_bundle(reference_bundle, sentences):
     long = " ".join(sentences)  # thousands of tokens
     assert model.embed([long], window="sliding").shape == (1, 384)
     assert len(model.fill_mask(["Roma è la <mask> d'Italia."], top_k=3)[0][0]) == 3
+
+
+def test_reference_checkpoint_is_the_same_bytes_every_time(tmp_path):
+    """Two writes give identical files (the vocabulary once came out in hash order)."""
+    import hashlib
+
+    from flare_onnx_export import write_reference
+
+    digests = []
+    for name in ("a", "b"):
+        out = write_reference(tmp_path / name)
+        digests.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())})
+    assert digests[0] == digests[1]
+    vocab = (tmp_path / "a" / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    learned = [t for t in vocab[5:] if not t.startswith("[unused")]
+    assert learned == sorted(learned, key=lambda t: (t.startswith("##"), t))
+    assert digests[0]["vocab.txt"] == VOCAB_SHA256  # pinned: a change here changes every reference bundle

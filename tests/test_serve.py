@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import statistics
@@ -96,6 +95,13 @@ def test_missing_task_is_404(client):
     assert r.status_code == 404 and "does not offer tag" in r.json()["error"]
 
 
+def test_api_key_with_any_characters(model):
+    key = "chiave-già-segreta-€"
+    with TestClient(create_app(model, ServeConfig(api_key=key))) as c:
+        assert c.post("/v1/embed", json={"texts": ["x"]}).status_code == 401
+        assert c.post("/v1/embed", json={"texts": ["x"]}, headers={"x-api-key": key.encode("utf-8")}).status_code == 200
+
+
 def test_api_key(model):
     with TestClient(create_app(model, ServeConfig(api_key="s3cret"))) as c:
         assert c.post("/v1/embed", json={"texts": ["x"]}).status_code == 401
@@ -183,6 +189,9 @@ def _load(url: str, texts: list[str], clients: int, per_client: int) -> tuple[li
 def test_load_32_clients_all_correct_then_overload_sheds_503(tiny_bundle, sentences, model):
     proc, url = _start(tiny_bundle)
     try:
+        banner = proc.stderr.readline()  # printed before the server starts listening
+        assert banner.startswith(f"flare-onnx: serving {tiny_bundle} (fp32, tasks: fill-mask, embed) at {url}/")
+        assert "OpenAPI at" in banner
         t0 = time.perf_counter()
         lat, statuses, answers = _load(url, sentences, clients=32, per_client=8)
         wall = time.perf_counter() - t0
