@@ -127,8 +127,8 @@ def export_bundle(
         raise ExportError(f"the calibration text {calibration} holds no sentences")
     check = compare_tokenizers(fast, slow, texts + TOKENIZER_PROBES)
     if check["mismatches"]:
-        raise ExportError(f"tokenizer.json disagrees with transformers' BertTokenizer: {check['first_mismatch']}")
-    log(f"tokenizer matches BertTokenizer on {check['texts']} texts and {check['pairs']} pairs")
+        raise ExportError(f"tokenizer.json disagrees with transformers' {type(slow).__name__}: {check['first_mismatch']}")
+    log(f"tokenizer matches transformers' {type(slow).__name__} on {check['texts']} texts and {check['pairs']} pairs")
 
     ids = {name: fast.token_to_id(tok) for name, tok in tokens.items()}
     if ids["pad"] != config.pad_token_id:

@@ -22,6 +22,8 @@ from .sample import italian_sentences
 __all__ = ["write_reference", "FLARE_IT_CONFIG", "SPECIAL_TOKENS", "TINY"]
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+#: the full-size reference's vocabulary: the WordPiece trainer run once on the shipped sample
+SHIPPED_VOCAB = Path(__file__).with_name("data") / "reference-vocab.txt"
 
 #: osiria/flare-it's config.json
 FLARE_IT_CONFIG: dict[str, Any] = {
@@ -110,7 +112,8 @@ def write_reference(
             ``token-classification`` / ``text-classification`` (needs ``labels``).
         labels: label names, written to ``id2label``.
         tiny: a 2-layer, 32-wide model with a small vocabulary, for fast tests.
-        corpus: sentences to train the vocabulary on (default: the shipped sample).
+        corpus: sentences to train the vocabulary on (default: the vocabulary trained once on
+            the shipped sample, shipped beside it, so the checkpoint is the same bytes on every run).
     """
     torch = require("torch")
     transformers = require("transformers")
@@ -126,6 +129,11 @@ def write_reference(
         cfg.update(TINY)
         vocab = _train_vocab(sentences, 1000)
         cfg["vocab_size"] = len(vocab)
+    elif corpus is None:
+        # tokenizers' WordPiece trainer breaks ties in a per-process hash order, so the same
+        # sample trains a different vocabulary on every run: the full-size reference uses the
+        # one trained once and shipped, and is the same bytes everywhere
+        vocab = SHIPPED_VOCAB.read_text(encoding="utf-8").splitlines()
     else:
         vocab = _train_vocab(sentences, cfg["vocab_size"])
     arch, class_name = _ARCH[task]

@@ -120,11 +120,14 @@ def build_tokenizer(directory: Path, *, pair_type_id: int = 1) -> Any:
     cfg = _settings(directory)
     vocab_file = directory / "vocab.txt"
     cls_name = cfg.get("tokenizer_class") or "BertTokenizer"
+    if cls_name not in _BERT_CLASSES and (directory / "tokenizer.json").exists():
+        return _sentencepiece_tokenizer(directory, cls_name)
     if cls_name not in _BERT_CLASSES or not vocab_file.exists():
         raise ExportError(
             f"the checkpoint's tokenizer is {cls_name} "
             f"{'with' if vocab_file.exists() else 'without'} vocab.txt; flare-onnx supports "
-            f"WordPiece BertTokenizer checkpoints such as osiria/flare-it"
+            f"WordPiece BertTokenizer checkpoints such as osiria/flare-it, and SentencePiece "
+            f"(Unigram) checkpoints with a tokenizer.json such as XLM-R's"
         )
     tokens = special_tokens(directory)
     # Read exactly as transformers' load_vocab does (universal newlines, last duplicate wins).
@@ -171,9 +174,33 @@ def build_tokenizer(directory: Path, *, pair_type_id: int = 1) -> Any:
     return tok
 
 
+def _sentencepiece_tokenizer(directory: Path, cls_name: str) -> Any:
+    """The checkpoint's own ``tokenizer.json`` (a SentencePiece Unigram model, as XLM-R's),
+    without padding or truncation: the runtime windows and pads by itself."""
+    tk = require("tokenizers")
+    try:
+        tok = tk.Tokenizer.from_file(str(directory / "tokenizer.json"))
+    except Exception as exc:  # the Rust tokenizer raises untyped exceptions
+        raise ExportError(f"{directory / 'tokenizer.json'} cannot be read: {exc}") from exc
+    kind = read_json(directory / "tokenizer.json").get("model", {}).get("type")
+    if kind != "Unigram":
+        raise ExportError(
+            f"the checkpoint's tokenizer is {cls_name} with a {kind} tokenizer.json; flare-onnx supports "
+            f"WordPiece BertTokenizer checkpoints and SentencePiece (Unigram) ones"
+        )
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+
 def load_reference_tokenizer(directory: Path) -> Any:
-    """transformers' slow BertTokenizer for the checkpoint: the ground truth."""
+    """transformers' tokenizer for the checkpoint, the ground truth: the slow BertTokenizer for
+    WordPiece checkpoints, ``AutoTokenizer`` (the SentencePiece model when the checkpoint has
+    one) otherwise."""
     transformers = require("transformers")
+    cls_name = _settings(directory).get("tokenizer_class") or "BertTokenizer"
+    if cls_name not in _BERT_CLASSES and (directory / "tokenizer.json").exists():
+        return transformers.AutoTokenizer.from_pretrained(str(directory))
     return transformers.BertTokenizer.from_pretrained(str(directory))
 
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +108,54 @@ def _get(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: s
     return value
 
 
+def _special_id(special: Mapping[str, Any], key: str) -> int:
+    entry = _special(special, key)
+    if entry is None:
+        raise BundleError(f"manifest.json: model.special_tokens has no {key!r}; re-export the bundle")
+    return entry[1]
+
+
+def _special(special: Mapping[str, Any], key: str) -> tuple[str, int] | None:
+    """A special-token entry ``[token, id]`` with a non-negative id, or None when absent."""
+    entry = special.get(key)
+    if entry is None:
+        return None
+    if (
+        not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[0], str)
+        or not isinstance(entry[1], int) or isinstance(entry[1], bool) or entry[1] < 0
+    ):
+        raise BundleError(f"manifest.json: model.special_tokens.{key} must be [token, id], not {entry!r}; re-export the bundle")
+    return entry[0], entry[1]
+
+
+def _bounded(value: int, name: str, low: int, high: int) -> int:
+    if not low <= value <= high:
+        raise BundleError(f"manifest.json: {name} is {value}, outside {low}..{high}; re-export the bundle")
+    return value
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _files(raw: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    files: dict[str, Mapping[str, Any]] = _get(raw, "files", dict, "manifest")
+    for name, record in files.items():
+        if (
+            not isinstance(record, dict) or not isinstance(record.get("sha256"), str)
+            or not _SHA256.fullmatch(record["sha256"]) or not isinstance(record.get("size"), int)
+            or isinstance(record.get("size"), bool) or record["size"] < 0
+        ):
+            raise BundleError(f"manifest.json: files.{name} must be {{sha256, size}}; re-export the bundle")
+    return files
+
+
+def _names(g: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
+    value = _get(g, key, list, where)
+    if not value or not all(isinstance(v, str) for v in value):
+        raise BundleError(f"manifest.json: {where}.{key} must be a list of names; re-export the bundle")
+    return tuple(value)
+
+
 def parse_manifest(raw: Mapping[str, Any]) -> Manifest:
     """Check the manifest's structure and return it parsed."""
     if raw.get("format") != FORMAT_NAME:
@@ -120,12 +171,12 @@ def parse_manifest(raw: Mapping[str, Any]) -> Manifest:
         raise BundleError(f"manifest.json: unknown task {task!r}; this flare-onnx reads {', '.join(EXPORT_TASKS)}")
     model = _get(raw, "model", dict, "manifest")
     special = _get(model, "special_tokens", dict, "model")
-    mask = special.get("mask")
+    mask = _special(special, "mask")
     spec = SpecialTokens(
-        cls_id=_get(special, "cls", list, "model.special_tokens")[1],
-        sep_id=_get(special, "sep", list, "model.special_tokens")[1],
-        pad_id=_get(special, "pad", list, "model.special_tokens")[1],
-        unk_id=_get(special, "unk", list, "model.special_tokens")[1],
+        cls_id=_special_id(special, "cls"),
+        sep_id=_special_id(special, "sep"),
+        pad_id=_special_id(special, "pad"),
+        unk_id=_special_id(special, "unk"),
         mask_id=mask[1] if mask else None,
         mask_token=mask[0] if mask else None,
     )
@@ -134,15 +185,17 @@ def parse_manifest(raw: Mapping[str, Any]) -> Manifest:
     labels = model.get("labels")
     if task in ("token-classification", "text-classification") and not labels:
         raise BundleError(f"manifest.json: a {task} bundle must list its labels; re-export the bundle")
+    if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)):
+        raise BundleError("manifest.json: model.labels must be a list of strings; re-export the bundle")
     graphs: dict[str, GraphSpec] = {}
     for precision, g in _get(raw, "graphs", dict, "manifest").items():
-        if precision not in PRECISIONS:
-            raise BundleError(f"manifest.json: unknown precision {precision!r}")
+        if precision not in PRECISIONS or not isinstance(g, dict):
+            raise BundleError(f"manifest.json: graphs.{precision} is not a graph of a known precision; re-export the bundle")
         graphs[precision] = GraphSpec(
             precision=precision,
             file=_get(g, "file", str, f"graphs.{precision}"),
-            inputs=tuple(_get(g, "inputs", list, f"graphs.{precision}")),
-            outputs=tuple(_get(g, "outputs", list, f"graphs.{precision}")),
+            inputs=_names(g, "inputs", f"graphs.{precision}"),
+            outputs=_names(g, "outputs", f"graphs.{precision}"),
         )
     if not graphs:
         raise BundleError("manifest.json lists no ONNX graph")
@@ -153,18 +206,18 @@ def parse_manifest(raw: Mapping[str, Any]) -> Manifest:
         openvino[precision] = GraphSpec(
             precision=precision,
             file=_get(g, "file", str, f"openvino.{precision}"),
-            inputs=tuple(_get(g, "inputs", list, f"openvino.{precision}")),
-            outputs=tuple(_get(g, "outputs", list, f"openvino.{precision}")),
+            inputs=_names(g, "inputs", f"openvino.{precision}"),
+            outputs=_names(g, "outputs", f"openvino.{precision}"),
             backend="openvino",
             weights=_get(g, "weights", str, f"openvino.{precision}"),
         )
-    files = _get(raw, "files", dict, "manifest")
+    files = _files(raw)
     return Manifest(
         task=task,
         tasks=EXPORT_TASKS[task],
         model_type=_get(model, "model_type", str, "model"),
-        hidden_size=_get(model, "hidden_size", int, "model"),
-        max_length=_get(model, "max_length", int, "model"),
+        hidden_size=_bounded(_get(model, "hidden_size", int, "model"), "model.hidden_size", 1, 1 << 16),
+        max_length=_bounded(_get(model, "max_length", int, "model"), "model.max_length", 8, 1 << 16),
         labels=tuple(labels) if labels else None,
         special=spec,
         graphs=graphs,
@@ -172,6 +225,35 @@ def parse_manifest(raw: Mapping[str, Any]) -> Manifest:
         files=files,
         raw=raw,
     )
+
+
+#: the manifest is small; anything larger is not one
+MAX_MANIFEST_BYTES = 1 << 20
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """A regular file's bytes, at most ``limit`` of them. A symbolic link, a FIFO, a device or
+    a directory is refused without being opened for reading (a FIFO would block forever, a
+    device would be read without end)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise  # the callers say which file is missing and why it matters
+    except OSError as exc:
+        if path.is_symlink():
+            raise BundleError(f"{path.name} in the bundle is a symbolic link; bundles hold plain files only") from exc
+        raise BundleError(f"{path} cannot be read: {exc.strerror}") from exc
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise BundleError(f"{path.name} in the bundle is not a regular file; re-export the bundle")
+    with os.fdopen(fd, "rb") as f:
+        if st.st_size > limit:
+            raise BundleError(f"{path.name} has {st.st_size} bytes, more than the {limit} expected; re-export the bundle")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise BundleError(f"{path.name} grew while it was read; re-export the bundle")
+    return data
 
 
 def read_manifest(directory: str | Path) -> Manifest:
@@ -183,14 +265,14 @@ def read_manifest(directory: str | Path) -> Manifest:
             f"`flare-onnx export MODEL -o {path}`"
         )
     try:
-        raw = json.loads((path / MANIFEST_NAME).read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        raw = json.loads(_read_regular(path / MANIFEST_NAME, MAX_MANIFEST_BYTES).decode("utf-8"))
+    except FileNotFoundError as exc:
         raise BundleError(
             f"{str(path)!r} has no {MANIFEST_NAME}: it is not a flare-onnx bundle "
             f"(create one with `flare-onnx export MODEL -o DIR`)"
-        ) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path / MANIFEST_NAME} is not valid JSON: {exc}") from None
+        ) from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise BundleError(f"{path / MANIFEST_NAME} is not valid JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise BundleError(f"{path / MANIFEST_NAME} is not a JSON object")
     return parse_manifest(raw)
@@ -200,13 +282,11 @@ def _read_verified(root: Path, name: str, record: Mapping[str, Any]) -> bytes:
     if Path(name).name != name:
         raise BundleError(f"manifest.json names {name!r}, which is not a plain file name")
     path = root / name
-    if path.is_symlink():
-        raise BundleError(f"{name} in the bundle is a symbolic link; bundles hold plain files only")
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise BundleError(f"bundle file {name} is missing from {str(root)!r}; re-export the bundle") from None
     expected = record.get("size"), record.get("sha256")
+    try:
+        data = _read_regular(path, record["size"])  # never more than the manifest says
+    except FileNotFoundError as exc:
+        raise BundleError(f"bundle file {name} is missing from {str(root)!r}; re-export the bundle") from exc
     actual = file_record(data)
     if actual["size"] != expected[0]:
         raise BundleError(

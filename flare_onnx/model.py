@@ -78,6 +78,25 @@ def _check_graph(bundle: VerifiedBundle, inputs: tuple[str, ...], outputs: tuple
         )
 
 
+def _check_sizes(bundle: VerifiedBundle, vocab_size: int, outputs: Sequence[Any]) -> None:
+    """Special ids within the tokenizer's vocabulary; the hidden size the graph says."""
+    special = bundle.manifest.special
+    ids = {"cls": special.cls_id, "sep": special.sep_id, "pad": special.pad_id, "unk": special.unk_id, "mask": special.mask_id}
+    bad = {k: v for k, v in ids.items() if v is not None and v >= vocab_size}
+    if bad:
+        raise BundleError(
+            f"manifest.json: special token ids {bad} are outside the tokenizer's {vocab_size} tokens; "
+            f"the manifest does not belong to this tokenizer (re-export the bundle)"
+        )
+    for port in outputs:
+        shape = getattr(port, "shape", None)
+        if port.name == "last_hidden_state" and shape and isinstance(shape[-1], int) and shape[-1] != bundle.manifest.hidden_size:
+            raise BundleError(
+                f"manifest.json: model.hidden_size is {bundle.manifest.hidden_size} but the graph's "
+                f"hidden states have {shape[-1]}; re-export the bundle"
+            )
+
+
 class FlareModel:
     """A loaded bundle. Create it with :func:`load`.
 
@@ -93,12 +112,10 @@ class FlareModel:
         max_batch_tokens: int = _DEFAULTS["max_batch_tokens"],
         max_batch_size: int = _DEFAULTS["max_batch_size"],
         spin: bool = _DEFAULTS["spin"],
-        lean: bool = _DEFAULTS["lean"],
         arena: bool = True,
     ) -> None:
         opts = parse_load_options(
-            {"threads": threads, "max_batch_tokens": max_batch_tokens, "max_batch_size": max_batch_size,
-             "spin": spin, "lean": lean}
+            {"threads": threads, "max_batch_tokens": max_batch_tokens, "max_batch_size": max_batch_size, "spin": spin}
         )
         self.manifest = bundle.manifest
         self.path = bundle.path
@@ -115,15 +132,14 @@ class FlareModel:
             assert bundle.weights_bytes is not None  # open_bundle reads the IR's weights
             self._session = create_openvino_session(bundle.graph_bytes, bundle.weights_bytes, threads=opts["threads"])
         else:
-            self._session = create_session(
-                bundle.graph_bytes, threads=opts["threads"], arena=arena, spin=opts["spin"], lean=opts["lean"]
-            )
+            self._session = create_session(bundle.graph_bytes, threads=opts["threads"], arena=arena, spin=opts["spin"])
         self._inputs = tuple(i.name for i in self._session.get_inputs())
         self._outputs = tuple(o.name for o in self._session.get_outputs())
         _check_graph(bundle, self._inputs, self._outputs)
         self._encoder = TextEncoder(
             bundle.tokenizer_json, bundle.manifest.special, max_length=bundle.manifest.max_length
         )
+        _check_sizes(bundle, self._encoder.tokenizer.get_vocab_size(), self._session.get_outputs())
 
     # -- shared machinery -------------------------------------------------------------
 
@@ -370,7 +386,6 @@ def load(
     max_batch_tokens: int = _DEFAULTS["max_batch_tokens"],
     max_batch_size: int = _DEFAULTS["max_batch_size"],
     spin: bool = _DEFAULTS["spin"],
-    lean: bool = _DEFAULTS["lean"],
     backend: str = _DEFAULTS["backend"],
     arena: bool = True,
 ) -> FlareModel:
@@ -385,7 +400,6 @@ def load(
         max_batch_size: most texts in one batch.
         spin: idle worker threads spin-wait between calls (fastest on a dedicated machine);
             pass ``False`` on shared machines, in containers and in serverless functions.
-        lean: the smallest memory (no prepacked weights, no arena) at some speed.
         backend: ``"onnxruntime"`` (the default: lean, fast start) or ``"openvino"`` (the
             NNCF INT8 IR of a bundle exported with ``--openvino``: the fastest on x86 servers).
         arena: keep onnxruntime's memory arena (faster; off keeps RSS flat as shapes vary).
@@ -407,6 +421,5 @@ def load(
         max_batch_tokens=max_batch_tokens,
         max_batch_size=max_batch_size,
         spin=spin,
-        lean=lean,
         arena=arena,
     )

@@ -16,7 +16,7 @@ node reuse, so no node fetches it twice and no shared filesystem is needed.
                         concurrency=8, num_cpus=1, batch_size=256)
     ds.write_parquet("s3://bucket/news-embeddings/")
 
-Needs ``pip install "flare-onnx[ray]"``.
+Needs ``pip install ".[ray]"`` (from a clone).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ one call (the model sorts it into length batches under its token budget) and ans
 request with its own slice. The event loop never runs inference. Limits are checked before
 any tokenization: body size (413, from Content-Length or while reading, before buffering the
 whole body), texts per request and characters per text (422), a full queue (503 with
-Retry-After), and a per-request deadline (504). Needs ``pip install "flare-onnx[serve]"``.
+Retry-After), and a per-request deadline (504). Needs ``pip install ".[serve]"`` (from a clone).
 """
 
 from __future__ import annotations

@@ -17,11 +17,27 @@ from typing import Any
 
 from .errors import BundleError, FlareOnnxError, InputError
 from .model import FlareModel, load
-from .tasks import get_task
+from .tasks import LOAD_OPTIONS, get_task
 
-__all__ = ["handle", "handler", "get_model"]
+__all__ = ["handle", "handler", "get_model", "model_options_from_env"]
 
 _MODEL: FlareModel | None = None  # one per container, kept between invocations on purpose
+
+
+def model_options_from_env() -> dict[str, Any]:
+    """The model options of the registry from ``FLARE_ONNX_<OPTION>`` variables
+    (``FLARE_ONNX_THREADS=1``, ``FLARE_ONNX_PRECISION=fp32``...). ``spin`` defaults to false
+    here: a function shares its host, and idle threads must not spin between invocations."""
+    options: dict[str, Any] = {"spin": False}
+    for opt in LOAD_OPTIONS:
+        raw = os.environ.get(f"FLARE_ONNX_{opt.name.upper()}")
+        if raw is None or not raw.strip():
+            continue
+        try:
+            options[opt.name] = opt.parse_text(raw)
+        except InputError as exc:  # the deployment is misconfigured, not the request
+            raise FlareOnnxError(f"FLARE_ONNX_{opt.name.upper()}: {exc}") from exc
+    return options
 
 
 def get_model() -> FlareModel:
@@ -31,8 +47,7 @@ def get_model() -> FlareModel:
         path = os.environ.get("FLARE_ONNX_BUNDLE")
         if not path:
             raise BundleError("set FLARE_ONNX_BUNDLE to the bundle directory shipped with the function")
-        # a function shares its host: idle threads must not spin between invocations
-        _MODEL = load(path, precision=os.environ.get("FLARE_ONNX_PRECISION") or None, spin=False)
+        _MODEL = load(path, **model_options_from_env())
     return _MODEL
 
 

@@ -55,7 +55,6 @@ def create_session(
     threads: int | None = None,
     arena: bool = True,
     spin: bool = True,
-    lean: bool = False,
 ) -> ort.InferenceSession:
     """An onnxruntime CPU session for verified model bytes.
 
@@ -63,8 +62,6 @@ def create_session(
         model: the serialized single-file ONNX model.
         threads: intra-op threads; ``None`` uses :func:`available_cpus`.
         arena: keep onnxruntime's CPU memory arena (faster; RSS keeps its high-water mark).
-        lean: the smallest memory: onnxruntime keeps no prepacked copy of the weights and no
-            memory arena (each costs RSS; both buy speed).
         spin: let idle worker threads spin-wait for the next piece of work. Fastest on a
             dedicated machine; on a shared one the spinning threads steal CPU from everything
             else (and from this model's own next call), so turn it off there.
@@ -80,7 +77,7 @@ def create_session(
     try:
         external = has_external_data(model)
     except MalformedModel as exc:
-        raise BundleError(f"the ONNX graph is not a valid model file ({exc}); re-export the bundle") from None
+        raise BundleError(f"the ONNX graph is not a valid model file ({exc}); re-export the bundle") from exc
     if external:
         raise BundleError(
             "the ONNX graph references external data files; flare-onnx loads single-file "
@@ -91,9 +88,7 @@ def create_session(
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.enable_cpu_mem_arena = arena and not lean
-    if lean:
-        options.add_session_config_entry("session.disable_prepacking", "1")
+    options.enable_cpu_mem_arena = arena
     # Shapes change from batch to batch; memory patterns only pay off for repeated shapes.
     options.enable_mem_pattern = False
     options.log_severity_level = 3
@@ -102,4 +97,4 @@ def create_session(
     try:
         return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own untyped exceptions
-        raise BundleError(f"onnxruntime could not load the graph: {exc}") from None
+        raise BundleError(f"onnxruntime could not load the graph: {exc}") from exc

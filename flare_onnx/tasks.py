@@ -85,6 +85,24 @@ class Option:
             raise InputError(f"option {self.name} must be at most {self.maximum}, not {value!r}")
         return value
 
+    def parse_text(self, raw: str) -> Any:
+        """Check a value given as text (an environment variable): ``"2"``, ``"false"``, ``"none"``."""
+        text = raw.strip()
+        if self.nullable and text.lower() in ("", "none", "null"):
+            return None
+        value: Any = text
+        if self.kind is bool:
+            truth = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+            if text.lower() not in truth:
+                raise InputError(f"option {self.name} must be true or false, not {raw!r}")
+            value = truth[text.lower()]
+        elif self.kind in (int, float):
+            try:
+                value = self.kind(text)
+            except ValueError as exc:
+                raise InputError(f"option {self.name} must be {_kind_name(self.kind)}, not {raw!r}") from exc
+        return self.parse(value)
+
     def json_schema(self) -> dict[str, Any]:
         """The option as an OpenAPI 3.0 schema."""
         schema: dict[str, Any] = {"type": _JSON_TYPES[self.kind], "description": self.help}
@@ -265,10 +283,6 @@ LOAD_OPTIONS: tuple[Option, ...] = (
         choices=("onnxruntime", "openvino"),
     ),
     Option("threads", int, None, "onnxruntime threads (default: the CPUs this process may use)", minimum=1, maximum=1024, nullable=True),
-    Option(
-        "lean", bool, False,
-        "smallest memory: no prepacked weight copies and no memory arena (slower; measured in the README)",
-    ),
     Option("max_batch_tokens", int, 4096, "tokens in one batch (batch x padded length); bounds memory", minimum=16, maximum=1 << 20),
     Option("max_batch_size", int, 64, "texts in one batch", minimum=1, maximum=4096),
     Option(

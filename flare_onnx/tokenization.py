@@ -42,7 +42,7 @@ def check_texts(texts: object, *, verb: str) -> list[str]:
         except UnicodeEncodeError as exc:
             raise InputError(
                 f"text {i} is not valid Unicode: {exc.reason} at character {exc.start}"
-            ) from None
+            ) from exc
     return out
 
 
@@ -85,7 +85,7 @@ class TextEncoder:
             encodings: list[Encoding] = self._tokenizer.encode_batch(texts, add_special_tokens=False)
             return encodings
         except Exception as exc:  # the Rust tokenizer raises untyped exceptions
-            raise InputError(f"the tokenizer could not encode the input: {exc}") from None
+            raise InputError(f"the tokenizer could not encode the input: {exc}") from exc
 
     def windows(
         self, encodings: list[Encoding], *, sliding: bool, stride: int

@@ -26,7 +26,8 @@ def test_harness_on_a_tiny_model(tiny_checkpoint, tmp_path, monkeypatch):
             "--threads", "1", "--out", str(out), "--work", str(tmp_path / "work"), "--no-real-weights"]
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["machine"]["cpu"] and "avx2" in results["machine"]["isa"]
+    flags = open("/proc/cpuinfo", encoding="ascii").read().split()
+    assert results["machine"]["cpu"] and all((f in flags) == on for f, on in results["machine"]["isa"].items())
     assert [s["task"] for s in results["sections"]] == ["fill-mask", "embed"]
     for section in results["sections"]:
         assert set(section["rows"]) == set(keys)
@@ -36,7 +37,10 @@ def test_harness_on_a_tiny_model(tiny_checkpoint, tmp_path, monkeypatch):
             assert row["throughput"]["tokens_per_s"] > 0 and len(row["throughput"]["runs"]) == 1
             assert row["throughput"]["fraction_of_int8_ceiling"] > 0
             assert row["peak_rss_mb"] > 10 and row["cold_start_s"] > 0
-        assert section["rows"]["torch-fp32"]["throughput"]["speedup_vs_baseline"] == pytest.approx(1.0)
+        base = section["rows"]["torch-fp32"]["throughput"]["runs"]
+        for row in section["rows"].values():  # ratios are taken pass by pass against PyTorch
+            ratios = [r / b for r, b in zip(row["throughput"]["runs"], base)]
+            assert row["throughput"]["speedup_vs_baseline"] == pytest.approx(sorted(ratios)[len(ratios) // 2])
         fid = section["rows"]["flare-fp32"]["fidelity"]
         assert fid.get("top1_agreement", fid.get("cosine_mean")) > 0.99
     table = (out / "results.md").read_text()

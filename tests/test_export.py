@@ -139,5 +139,5 @@ def test_base_checkpoint_cannot_pose_as_a_tagger(tiny_checkpoint, tmp_path):
 def test_export_extra_missing_gives_install_hint():
     from flare_onnx_export._deps import require
 
-    with pytest.raises(ImportError, match=r'pip install "flare-onnx\[export\]"'):
+    with pytest.raises(ImportError, match=r'pip install "\.\[export\]" from a clone of flare-onnx'):
         require("a_module_that_is_not_installed")

@@ -18,7 +18,9 @@ def test_export_matches_pytorch_within_1e4(minilm_bundle):
     assert manifest["tokenizer_check"]["mismatches"] == 0
     assert manifest["verification"]["fp32"]["max_abs_diff"] <= 1e-4
     int8 = manifest["verification"]["int8"]
-    assert set(int8) >= {"embedding_cosine_mean", "embedding_cosine_min", "max_abs_diff"}
+    # the accuracy guard's target on trained weights, and the recipe that meets it
+    assert int8["embedding_cosine_mean"] >= 0.995 and int8["embedding_cosine_min"] >= 0.98
+    assert manifest["quantization"]["split_first_nodes"] > 0
 
 
 def test_runtime_embeddings_match_sentence_transformers_pooling(minilm_bundle, minilm_dir, sentences):

@@ -12,6 +12,9 @@ from flare_onnx_export.reference import FLARE_IT_CONFIG
 
 pytestmark = pytest.mark.slow
 
+#: sha256 of the full-size reference checkpoint's vocab.txt (tokenizers' WordPiece trainer on the shipped sample)
+VOCAB_SHA256 = "42ea4e21c6196c00c4c40c66f67066c325c4c5d147a620ac409c41e1e70b6891"
+
 
 def test_reference_has_flare_it_shape_and_files(reference_checkpoint):
     import torch
@@ -83,3 +86,29 @@ def test_reference_checkpoint_is_the_same_bytes_every_time(tmp_path):
     learned = [t for t in vocab[5:] if not t.startswith("[unused")]
     assert learned == sorted(learned, key=lambda t: (t.startswith("##"), t))
     assert digests[0]["vocab.txt"] == VOCAB_SHA256  # pinned: a change here changes every reference bundle
+
+
+GOLDEN_TEXT = "Roma è la capitale d'Italia."
+GOLDEN_IDS = [0, 1257, 1579, 765, 267, 406, 5, 751, 8, 2]
+#: last_hidden_state[0, 1, :6] and [0, -1, :6] of PyTorch FP32 on the reference checkpoint (seed 0)
+GOLDEN = [[-1.28945, -0.88362, 0.71404, -0.00408, 0.87224, 0.82495], [-0.72211, -1.08309, 0.25416, 0.38401, -0.52124, -0.537]]
+
+
+def test_golden_slice_pins_pytorch_and_onnx_together(reference_checkpoint, reference_bundle):
+    """A change that moved PyTorch and the ONNX graph together (weights, vocabulary, position
+    ids) would pass every agreement test; this stored slice catches it."""
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModel
+
+    ids = flare_onnx.load(reference_bundle, precision="fp32").tokenizer.tokenizer.encode(GOLDEN_TEXT).ids
+    assert ids == GOLDEN_IDS
+    model = AutoModel.from_pretrained(str(reference_checkpoint)).eval()
+    with torch.inference_mode():
+        hidden = model(input_ids=torch.tensor([ids])).last_hidden_state[0].numpy()
+    session = ort.InferenceSession(str(reference_bundle / "model.fp32.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {"input_ids": np.array([ids]), "attention_mask": np.ones((1, len(ids)), dtype=np.int64),
+             "mask_positions": np.zeros(0, dtype=np.int64)}
+    onnx_hidden = session.run(["last_hidden_state"], feeds)[0][0]
+    for got in (hidden, onnx_hidden):
+        np.testing.assert_allclose([got[1, :6], got[-1, :6]], GOLDEN, atol=1e-4)

@@ -56,3 +56,15 @@ def test_missing_bundle_env(monkeypatch):
     monkeypatch.delenv("FLARE_ONNX_BUNDLE")
     r = sl.handler({"task": "embed", "texts": ["x"]})
     assert r["statusCode"] == 500 and "FLARE_ONNX_BUNDLE" in json.loads(r["body"])["error"]
+
+
+def test_model_options_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("FLARE_ONNX_THREADS", "1")
+    monkeypatch.setenv("FLARE_ONNX_PRECISION", "fp32")
+    monkeypatch.setenv("FLARE_ONNX_MAX_BATCH_TOKENS", "512")
+    assert sl.model_options_from_env() == {"spin": False, "threads": 1, "precision": "fp32", "max_batch_tokens": 512}
+    assert sl.get_model().precision == "fp32" and sl.get_model().max_batch_tokens == 512
+    monkeypatch.setenv("FLARE_ONNX_SPIN", "perhaps")
+    monkeypatch.setattr(sl, "_MODEL", None)
+    r = sl.handler({"task": "embed", "texts": ["x"]})
+    assert r["statusCode"] == 500 and "FLARE_ONNX_SPIN: option spin must be true or false, not 'perhaps'" in json.loads(r["body"])["error"]

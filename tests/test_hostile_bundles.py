@@ -1,0 +1,114 @@
+"""Bundles that try to hang, lie or crash the loader: only a loaded model or a BundleError."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import flare_onnx
+from flare_onnx import BundleError, InputError
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _manifest(bundle: Path) -> dict[str, Any]:
+    return json.loads((bundle / "manifest.json").read_text())
+
+
+def _write(bundle: Path, manifest: dict[str, Any]) -> None:
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "tokenizer.json", "model.int8.onnx"])
+def test_a_fifo_is_refused_not_waited_on(tiny_bundle, tmp_path, name):
+    bundle = _copy(tiny_bundle, tmp_path / "b")
+    (bundle / name).unlink()
+    os.mkfifo(bundle / name)  # opening a FIFO to read would block until a writer comes
+    with pytest.raises(BundleError, match=f"{name} in the bundle is not a regular file"):
+        flare_onnx.load(bundle)
+
+
+def test_a_directory_or_symlink_is_refused(tiny_bundle, tmp_path):
+    bundle = _copy(tiny_bundle, tmp_path / "b")
+    (bundle / "model.int8.onnx").unlink()
+    (bundle / "model.int8.onnx").mkdir()
+    with pytest.raises(BundleError, match="model.int8.onnx in the bundle is not a regular file"):
+        flare_onnx.load(bundle)
+    other = _copy(tiny_bundle, tmp_path / "c")
+    (other / "manifest.json").rename(tmp_path / "real-manifest.json")
+    (other / "manifest.json").symlink_to(tmp_path / "real-manifest.json")
+    with pytest.raises(BundleError, match="manifest.json in the bundle is a symbolic link"):
+        flare_onnx.load(other)
+
+
+def test_a_character_device_is_not_read_without_end(tiny_bundle, tmp_path):
+    bundle = _copy(tiny_bundle, tmp_path / "b")
+    (bundle / "tokenizer.json").unlink()
+    try:
+        os.mknod(bundle / "tokenizer.json", 0o644 | stat.S_IFCHR, os.makedev(1, 5))  # /dev/zero
+    except PermissionError:
+        pytest.skip("creating a device node needs root (CI runs as root)")
+    with pytest.raises(BundleError, match="tokenizer.json in the bundle is not a regular file"):
+        flare_onnx.load(bundle)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m["graphs"].update(int8=5), "graphs.int8 is not a graph"),
+        (lambda m: m["model"].update(max_length=0), "model.max_length is 0, outside 8..65536"),
+        (lambda m: m["model"].update(hidden_size=999), "hidden_size is 999 but the graph's hidden states have 32"),
+        (lambda m: m["model"]["special_tokens"].update(cls=[]), r"special_tokens.cls must be \[token, id\]"),
+        (lambda m: m["model"]["special_tokens"].update(mask=["<mask>", 10**6]), "outside the tokenizer's"),
+        (lambda m: m["files"]["tokenizer.json"].update(size=-1), "files.tokenizer.json must be"),
+        (lambda m: m["graphs"]["int8"].update(outputs=[]), "graphs.int8.outputs must be a list of names"),
+        (lambda m: m.update(task="summarization"), "unknown task 'summarization'"),
+    ],
+)
+def test_lying_manifests_are_bundle_errors(tiny_bundle, tmp_path, edit, message):
+    bundle = _copy(tiny_bundle, tmp_path / "b")
+    manifest = _manifest(bundle)
+    edit(manifest)
+    _write(bundle, manifest)
+    with pytest.raises(BundleError, match=message):
+        flare_onnx.load(bundle)
+
+
+def _mutate(value: Any, data: st.DataObject, depth: int = 0) -> Any:
+    """Replace one randomly chosen node of a JSON tree by a random JSON value."""
+    if isinstance(value, dict) and value and depth < 4 and data.draw(st.booleans()):
+        key = data.draw(st.sampled_from(sorted(value)))
+        out = dict(value)
+        out[key] = _mutate(value[key], data, depth + 1)
+        return out
+    if isinstance(value, list) and value and depth < 4 and data.draw(st.booleans()):
+        i = data.draw(st.integers(0, len(value) - 1))
+        out = list(value)
+        out[i] = _mutate(value[i], data, depth + 1)
+        return out
+    leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(allow_nan=True), st.text(max_size=8))
+    return data.draw(st.recursive(leaf, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3), max_leaves=5))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_manifests_load_or_raise_bundle_error(tiny_bundle, tmp_path_factory, data):
+    bundle = _copy(tiny_bundle, tmp_path_factory.mktemp("h") / "b")
+    manifest = _mutate(copy.deepcopy(_manifest(bundle)), data)
+    (bundle / "manifest.json").write_text(json.dumps(manifest) if data.draw(st.booleans()) else json.dumps(manifest)[: data.draw(st.integers(0, 200))])
+    try:
+        flare_onnx.load(bundle, precision=data.draw(st.sampled_from([None, "fp32", "int8"])))
+    except (BundleError, InputError):
+        pass  # InputError: the precision asked for is not one this manifest lists
