@@ -334,27 +334,26 @@ class NncfThroughputContender(NncfContender):
         core = ov.Core()
         config = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "THROUGHPUT"}
         self.compiled = core.compile_model(self.path(), "CPU", config)
-        self.requests = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-        self.queue = ov.AsyncInferQueue(self.compiled, self.requests)
+        self.requests = [self.compiled.create_infer_request()
+                         for _ in range(max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))))]
         self.has_masks = any(i.get_any_name() == "mask_positions" for i in self.compiled.inputs)
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows, width = feeds["input_ids"].shape
-        parts = np.array_split(np.arange(rows), min(self.requests, rows))
-        results: list[Any] = [None] * len(parts)
-
-        def done(request: Any, i: int) -> None:
-            results[i] = {k.get_any_name(): np.array(v.data) for k, v in zip(self.compiled.outputs, request.output_tensors)}
-
-        self.queue.set_callback(done)
-        for i, idx in enumerate(parts):
+        parts = np.array_split(np.arange(rows), min(len(self.requests), rows))
+        started = []
+        for request, idx in zip(self.requests, parts):
             sub = {k: v[idx] for k, v in feeds.items() if k != "mask_positions"}
             if self.has_masks:  # flat positions into this part's rows
                 flat = feeds["mask_positions"]
                 mine = flat[(flat // width >= idx[0]) & (flat // width <= idx[-1])]
                 sub["mask_positions"] = (mine - idx[0] * width).astype(np.int64)
-            self.queue.start_async(sub, i)
-        self.queue.wait_all()
+            request.start_async(sub)
+            started.append(request)
+        results = []
+        for request in started:
+            request.wait()
+            results.append({p.get_any_name(): np.array(request.get_tensor(p).data) for p in self.compiled.outputs})
         return {name: np.concatenate([r[name] for r in results]) for name in results[0]}
 
 

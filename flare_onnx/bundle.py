@@ -156,6 +156,23 @@ def _names(g: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _graphs(section: Mapping[str, Any], where: str, *, backend: str) -> dict[str, GraphSpec]:
+    """The graphs of one backend by precision (an OpenVINO IR also names its weights file)."""
+    out: dict[str, GraphSpec] = {}
+    for precision, g in section.items():
+        if precision not in PRECISIONS or not isinstance(g, dict):
+            raise BundleError(f"manifest.json: {where}.{precision} is not a graph of a known precision; re-export the bundle")
+        out[precision] = GraphSpec(
+            precision=precision,
+            file=_get(g, "file", str, f"{where}.{precision}"),
+            inputs=_names(g, "inputs", f"{where}.{precision}"),
+            outputs=_names(g, "outputs", f"{where}.{precision}"),
+            backend=backend,
+            weights=_get(g, "weights", str, f"{where}.{precision}") if backend == "openvino" else None,
+        )
+    return out
+
+
 def parse_manifest(raw: Mapping[str, Any]) -> Manifest:
     """Check the manifest's structure and return it parsed."""
     if raw.get("format") != FORMAT_NAME:
@@ -187,30 +204,12 @@ def parse_manifest(raw: Mapping[str, Any]) -> Manifest:
         raise BundleError(f"manifest.json: a {task} bundle must list its labels; re-export the bundle")
     if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)):
         raise BundleError("manifest.json: model.labels must be a list of strings; re-export the bundle")
-    graphs: dict[str, GraphSpec] = {}
-    for precision, g in _get(raw, "graphs", dict, "manifest").items():
-        if precision not in PRECISIONS or not isinstance(g, dict):
-            raise BundleError(f"manifest.json: graphs.{precision} is not a graph of a known precision; re-export the bundle")
-        graphs[precision] = GraphSpec(
-            precision=precision,
-            file=_get(g, "file", str, f"graphs.{precision}"),
-            inputs=_names(g, "inputs", f"graphs.{precision}"),
-            outputs=_names(g, "outputs", f"graphs.{precision}"),
-        )
+    graphs = _graphs(_get(raw, "graphs", dict, "manifest"), "graphs", backend="onnxruntime")
     if not graphs:
         raise BundleError("manifest.json lists no ONNX graph")
-    openvino: dict[str, GraphSpec] = {}
-    for precision, g in (raw.get("openvino") or {}).items():
-        if precision not in PRECISIONS or not isinstance(g, dict):
-            raise BundleError(f"manifest.json: unknown OpenVINO precision {precision!r}")
-        openvino[precision] = GraphSpec(
-            precision=precision,
-            file=_get(g, "file", str, f"openvino.{precision}"),
-            inputs=_names(g, "inputs", f"openvino.{precision}"),
-            outputs=_names(g, "outputs", f"openvino.{precision}"),
-            backend="openvino",
-            weights=_get(g, "weights", str, f"openvino.{precision}"),
-        )
+    openvino = raw.get("openvino") or {}
+    if not isinstance(openvino, dict):
+        raise BundleError("manifest.json: openvino must be an object; re-export the bundle")
     files = _files(raw)
     return Manifest(
         task=task,
@@ -221,7 +220,7 @@ def parse_manifest(raw: Mapping[str, Any]) -> Manifest:
         labels=tuple(labels) if labels else None,
         special=spec,
         graphs=graphs,
-        openvino=openvino,
+        openvino=_graphs(openvino, "openvino", backend="openvino"),
         files=files,
         raw=raw,
     )

@@ -10,6 +10,7 @@ memory. Needs ``pip install ".[openvino]"``; imported only when ``backend="openv
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,14 +31,12 @@ class OpenVINOSession:
     over a sequence of batches (OpenVINO's THROUGHPUT mode: one stream per request)."""
 
     def __init__(self, compiled: Any) -> None:
-        import openvino as ov
-
         self._compiled = compiled
         self._request = compiled.create_infer_request()
         self._inputs = [_Port(p.get_any_name()) for p in compiled.inputs]
         self._outputs = [_Port(p.get_any_name()) for p in compiled.outputs]
         self.streams = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-        self._queue = ov.AsyncInferQueue(compiled, self.streams) if self.streams > 1 else None
+        self._requests = [compiled.create_infer_request() for _ in range(self.streams)] if self.streams > 1 else []
 
     def get_inputs(self) -> list[_Port]:
         return list(self._inputs)
@@ -53,30 +52,37 @@ class OpenVINOSession:
         return [np.array(by_name[n]) for n in wanted]
 
     def run_many(self, batches: Iterator[dict[str, np.ndarray]]) -> Iterator[list[np.ndarray]]:
-        """Outputs of each batch, in order, with up to ``streams`` batches in flight."""
-        if self._queue is None:
+        """Outputs of each batch, in order, with up to ``streams`` batches in flight.
+
+        Plain infer requests, started and awaited in turn (no Python callback runs on
+        OpenVINO's threads, so nothing is left to call back when a model is collected).
+        """
+        if self.streams == 1:
             for feeds in batches:
                 yield self.run(None, feeds)
             return
-        done: dict[int, list[np.ndarray]] = {}
         ports = list(self._compiled.outputs)
+        free = list(self._requests)
+        flight: deque[Any] = deque()
 
-        def collect(request: Any, index: int) -> None:
-            done[index] = [np.array(request.get_tensor(port).data) for port in ports]
+        def finish() -> list[np.ndarray]:
+            request = flight.popleft()
+            request.wait()
+            free.append(request)
+            return [np.array(request.get_tensor(port).data) for port in ports]
 
-        self._queue.set_callback(collect)
-        submitted = taken = 0
-        for feeds in batches:
-            self._queue.start_async(feeds, submitted)  # waits while every request is busy
-            submitted += 1
-            while taken in done:
-                yield done.pop(taken)
-                taken += 1
-        self._queue.wait_all()
-        while taken < submitted:
-            yield done.pop(taken)
-            taken += 1
-
+        try:
+            for feeds in batches:
+                if not free:
+                    yield finish()
+                request = free.pop()
+                request.start_async(feeds)
+                flight.append(request)
+            while flight:
+                yield finish()
+        finally:
+            for request in flight:  # a consumer that stopped early: let running requests end
+                request.wait()
 
 def create_openvino_session(xml: bytes, weights: bytes, *, threads: int | None, hint: str = "THROUGHPUT") -> OpenVINOSession:
     """Compile a verified IR for this machine's CPU.

@@ -29,6 +29,23 @@ def test_embed_reads_stdin(tiny_bundle):
     assert len(out[0]["embedding"]) == 32
 
 
+def test_stdin_that_is_not_utf8_is_decoded_not_a_crash(tiny_bundle):
+    """Latin-1 bytes and a byte-order mark on standard input: U+FFFD for what is not UTF-8."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "flare_onnx", "embed", str(tiny_bundle)],
+        input=b"\xef\xbb\xbfcaff\xe8 al bar\nUn bel caff\xc3\xa8\n", capture_output=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    texts = [r["text"] for r in json.loads(proc.stdout)]
+    assert texts == ["caff\ufffd al bar", "Un bel caffè"]
+
+
+def test_no_texts_at_all_is_a_clear_error(tiny_bundle):
+    proc = subprocess.run([sys.executable, "-m", "flare_onnx", "embed", str(tiny_bundle)], input=b"\n  \n",
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 2 and b"no texts: give them as arguments" in proc.stderr and b"Traceback" not in proc.stderr
+
+
 def test_tag_and_classify(tiny_tagger, tiny_classifier, capsys):
     assert main(["tag", str(tiny_tagger), "Mario Rossi vive a Roma."]) == 0
     words = json.loads(capsys.readouterr().out)[0]["tags"]["words"]

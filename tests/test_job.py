@@ -113,7 +113,8 @@ def test_kill_9_and_resume_gives_every_record_exactly_once(tiny_bundle, tmp_path
             kills += 1
         assert not out.exists()  # the final file appears only when the job is done
     assert kills >= 1
-    assert subprocess.run(_cmd(tiny_bundle, src, out), timeout=300).returncode == 0
+    rerun = subprocess.run(_cmd(tiny_bundle, src, out), timeout=300, capture_output=True, text=True)
+    assert rerun.returncode == 0 and f"flare-onnx: resuming {out} after input line" in rerun.stderr
     assert out.read_bytes() == clean.read_bytes()  # every record exactly once, in order
     assert not state.exists()
 
