@@ -43,6 +43,8 @@ class ServeConfig:
     deadline_s: float = 30.0
     api_key: str | None = None
     max_connections: int = 512  # open connections before uvicorn answers 503
+    max_tokens: int = 32_768  # tokens one request may hold (all its texts, whole texts for sliding windows)
+    max_candidates: int = 10_000  # fill-mask: masks x top_k one request may ask for
 
 
 class HTTPError(Exception):
@@ -193,6 +195,22 @@ def _validate(spec: TaskSpec, payload: Any, cfg: ServeConfig) -> tuple[list[str]
     return texts, options
 
 
+def _check_work(model: FlareModel, spec: TaskSpec, texts: list[str], options: dict[str, Any], cfg: ServeConfig) -> None:
+    """Refuse a request whose work (tokens, fill-mask candidates) is over the limits (413)."""
+    encodings = model.tokenizer.encode(texts)
+    tokens = sum(len(e.ids) + 2 for e in encodings)
+    if tokens > cfg.max_tokens:
+        raise HTTPError(413, f"the request holds {tokens} tokens; at most {cfg.max_tokens} per request: split it")
+    if spec.name == "fill-mask":
+        mask_id = model.manifest.special.mask_id
+        masks = sum(e.ids.count(mask_id) for e in encodings)
+        asked = masks * int(options.get("top_k", spec.defaults()["top_k"]))
+        if asked > cfg.max_candidates:
+            raise HTTPError(
+                413, f"the request asks for {asked} candidates ({masks} masks x top_k); at most {cfg.max_candidates}"
+            )
+
+
 def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
     """The Starlette application serving ``model`` (already loaded and verified)."""
     from starlette.applications import Starlette
@@ -232,6 +250,8 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
                 except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
                     return error(400, "the body is not valid JSON")
                 texts, options = _validate(spec, payload, cfg)
+                # work is measured in tokens, off the event loop, before anything is queued
+                await asyncio.get_running_loop().run_in_executor(None, _check_work, model, spec, texts, options, cfg)
                 batcher = state["batcher"]
                 if batcher is None:
                     return error(503, "the model is not ready", {"Retry-After": "1"})

@@ -231,3 +231,14 @@ def test_sigterm_finishes_in_flight_requests(tiny_bundle, sentences):
     t.join(timeout=30)
     assert results == [200]
     assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+
+
+def test_work_is_bounded_in_tokens_and_candidates(model):
+    cfg = ServeConfig(max_tokens=60, max_candidates=20)
+    with TestClient(create_app(model, cfg)) as c:
+        long = "Roma è la capitale d'Italia. " * 10
+        r = c.post("/v1/embed", json={"texts": [long, long]})
+        assert r.status_code == 413 and "tokens; at most 60 per request: split it" in r.json()["error"]
+        r = c.post("/v1/fill-mask", json={"texts": ["<mask> " * 5], "top_k": 5})
+        assert r.status_code == 413 and "25 candidates (5 masks x top_k); at most 20" in r.json()["error"]
+        assert c.post("/v1/fill-mask", json={"texts": ["<mask> <mask>"], "top_k": 5}).status_code == 200
