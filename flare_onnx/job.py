@@ -214,6 +214,8 @@ class Outputs:
             self.out = self._reopen(self._partial(self.out_path), state["output_bytes"])
         if self.errors_path and state["errors_bytes"]:
             self.err = self._reopen(self._partial(self.errors_path), state["errors_bytes"])
+        elif self.errors_path:  # a partial errors file of an earlier, abandoned run
+            self._partial(self.errors_path).unlink(missing_ok=True)
         if self.npy_path:
             self.npy = self._reopen(self._raw(self.npy_path), state["rows"] * 4 * (state["dim"] or 0))
 
@@ -290,6 +292,8 @@ class Outputs:
         for path in (self.out_path, self.errors_path):
             if path is not None and self._partial(path).exists():
                 os.replace(self._partial(path), path)
+        if self.errors_path is not None and not self.state["errors_bytes"]:
+            self.errors_path.unlink(missing_ok=True)  # an earlier run's errors are not this run's
 
 
 def _finalize_npy(raw: Path, dest: Path, rows: int, dim: int) -> None:
@@ -419,16 +423,15 @@ def run_job(cfg: JobConfig) -> int:
     read = hashlib.sha256()
     if not streaming:
         checkpoint = Checkpoint(Path(cfg.output + ".state"), _signature(cfg, spec, fmt))
-        state = checkpoint.state
         if cfg.resume and checkpoint.load():
-            state = checkpoint.state
-            read = _prefix_hash(cfg.input, state["input_offset"])
-            if read.hexdigest() != state["input_sha256"]:
+            read = _prefix_hash(cfg.input, checkpoint.state["input_offset"])
+            if read.hexdigest() != checkpoint.state["input_sha256"]:
                 raise InputError(
                     f"the input {cfg.input!r} changed since the checkpoint in {checkpoint.path}; "
                     f"run again with --restart to start over"
                 )
-            print(f"flare-onnx: resuming {cfg.output} after input line {state['line']}", file=sys.stderr)
+            print(f"flare-onnx: resuming {cfg.output} after input line {checkpoint.state['line']}", file=sys.stderr)
+        state = checkpoint.state
     outputs = Outputs(cfg, state)
     if not state["finishing"]:
         outputs.open()

@@ -279,3 +279,13 @@ def test_bom_keeps_the_first_record(tiny_bundle, tmp_path):
     assert run_job(JobConfig(task="embed", bundle=str(tiny_bundle), input=str(src), output=str(out), progress=False)) == 0
     assert [json.loads(line)["text"] for line in out.read_text().splitlines()] == ["Prima riga.", "Seconda."]
     assert not (tmp_path / "out.jsonl.errors.jsonl").exists()  # no errors, no errors file
+
+
+def test_a_clean_rerun_leaves_no_stale_errors_file(tiny_bundle, tmp_path):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    _write_jsonl(src, 20, bad=True)
+    assert run_job(JobConfig(task="embed", bundle=str(tiny_bundle), input=str(src), output=str(out), progress=False)) == EXIT_RECORD_ERRORS
+    assert (tmp_path / "out.jsonl.errors.jsonl").exists()
+    _write_jsonl(src, 20)  # fixed input
+    assert run_job(JobConfig(task="embed", bundle=str(tiny_bundle), input=str(src), output=str(out), progress=False)) == 0
+    assert not (tmp_path / "out.jsonl.errors.jsonl").exists()
