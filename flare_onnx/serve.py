@@ -214,8 +214,8 @@ def _check_work(model: FlareModel, spec: TaskSpec, texts: list[str], options: di
 def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
     """The Starlette application serving ``model`` (already loaded and verified)."""
     from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse
+    from starlette.requests import ClientDisconnect, Request
+    from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
     cfg = cfg or ServeConfig()
@@ -232,8 +232,8 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
         # characters (sent as UTF-8) compares equal to the configured one
         return hmac.compare_digest(given.encode("latin-1", "replace"), cfg.api_key.encode("utf-8"))
 
-    def endpoint(spec: TaskSpec) -> Callable[[Request], Awaitable[JSONResponse]]:
-        async def handle(request: Request) -> JSONResponse:
+    def endpoint(spec: TaskSpec) -> Callable[[Request], Awaitable[Response]]:
+        async def handle(request: Request) -> Response:
             if not authorized(request):
                 return error(401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)")
             if spec.name not in model.tasks:
@@ -260,6 +260,8 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
                     results = await asyncio.wait_for(fut, timeout=cfg.deadline_s)
                 except asyncio.TimeoutError:
                     return error(504, f"the request did not finish within {cfg.deadline_s} s")
+            except ClientDisconnect:  # the client went away mid-body: nothing to answer, nothing to log
+                return Response(status_code=499)
             except HTTPError as exc:
                 return error(exc.status, exc.message, exc.headers)
             except FlareOnnxError as exc:

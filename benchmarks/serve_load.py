@@ -1,0 +1,120 @@
+"""The HTTP service under load: ``python -m benchmarks.serve_load BUNDLE [--corpus FILE]``.
+
+64 concurrent clients on 127.0.0.1, each sending one text per request over a kept-alive
+connection (a raw asyncio HTTP/1.1 client, light enough to leave the CPUs to the server), for
+each micro-batching setting; tokens/s served as a fraction of the same model's offline batch
+throughput on the same texts, and p50/p99 request latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _client(port: int, bodies: list[bytes], latencies: list[float], statuses: list[int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for body in bodies:
+            head = (f"POST /v1/embed HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                    f"content-length: {len(body)}\r\n\r\n").encode()
+            t0 = time.perf_counter()
+            writer.write(head + body)
+            await writer.drain()
+            status_line = await reader.readline()
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - t0)
+            statuses.append(int(status_line.split()[1]))
+    finally:
+        writer.close()
+
+
+async def _load(port: int, texts: list[str], clients: int) -> tuple[float, list[float], list[int]]:
+    bodies = [json.dumps({"texts": [t]}, ensure_ascii=False).encode() for t in texts]
+    shares = [bodies[i::clients] for i in range(clients)]
+    latencies: list[float] = []
+    statuses: list[int] = []
+    t0 = time.perf_counter()
+    await asyncio.gather(*(_client(port, share, latencies, statuses) for share in shares))
+    return time.perf_counter() - t0, latencies, statuses
+
+
+def _serve(bundle: str, port: int, extra: list[str]) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "flare_onnx", "serve", bundle, "--port", str(port), "--queue-size", "4096", *extra],
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    proc.stderr.readline()  # the start-up line: the model is loaded
+    for _ in range(200):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return proc
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("the server did not start")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import flare_onnx
+    from flare_onnx_export import italian_sentences, read_corpus
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.serve_load", description=__doc__.splitlines()[0])
+    p.add_argument("bundle")
+    p.add_argument("--corpus")
+    p.add_argument("--texts", type=int, default=2000)
+    p.add_argument("--clients", type=int, default=64)
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    texts = [t for t in (read_corpus(args.corpus) if args.corpus else italian_sentences()) if t.strip()]
+    texts = (texts * (args.texts // max(1, len(texts)) + 1))[: args.texts]
+    model = flare_onnx.load(args.bundle)
+    tokens = sum(len(e.ids) + 2 for e in model.tokenizer.encode(texts))
+    model.embed(texts[:64])
+    t0 = time.perf_counter()
+    model.embed(texts)
+    offline = tokens / (time.perf_counter() - t0)
+    del model
+    results: dict[str, Any] = {"texts": len(texts), "tokens": tokens, "clients": args.clients, "offline_tokens_per_s": offline, "runs": []}
+    print(f"offline: {offline:,.0f} tokens/s ({len(texts)} texts, {tokens:,} tokens)")
+    settings = [(2, 64, []), (5, 64, []), (10, 64, []), (5, 32, []), (2, 64, ["--no-spin"]), (5, 64, ["--no-spin"])]
+    for wait_ms, batch, extra in settings:
+        port = _free_port()
+        proc = _serve(args.bundle, port, ["--max-wait-ms", str(wait_ms), "--max-batch-texts", str(batch), *extra])
+        try:
+            asyncio.run(_load(port, texts[:128], args.clients))  # warm-up
+            wall, lat, statuses = asyncio.run(_load(port, texts, args.clients))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        lat.sort()
+        row = {"max_wait_ms": wait_ms, "max_batch_texts": batch, "flags": extra, "tokens_per_s": tokens / wall,
+               "fraction_of_offline": tokens / wall / offline, "p50_ms": 1e3 * statistics.median(lat),
+               "p99_ms": 1e3 * lat[int(0.99 * (len(lat) - 1))], "non_200": sum(s != 200 for s in statuses)}
+        results["runs"].append(row)
+        print(f"max_wait_ms={wait_ms:>2} max_batch_texts={batch} {' '.join(extra) or 'spin'}: {row['tokens_per_s']:,.0f} tokens/s "
+              f"({row['fraction_of_offline']:.0%} of offline), p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms, "
+              f"{row['non_200']} not 200")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
