@@ -17,12 +17,16 @@ from .errors import (
 )
 from .model import FlareModel, Label, MaskPrediction, TagResult, load
 from .postprocess import Entity, WordLabel
+from .tasks import TASKS, TaskSpec, get_task
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "load",
     "FlareModel",
+    "TASKS",
+    "TaskSpec",
+    "get_task",
     "MaskPrediction",
     "Label",
     "TagResult",
