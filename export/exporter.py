@@ -114,6 +114,10 @@ def export_bundle(
         raise ExportError(f"task must be one of {', '.join(EXPORT_TASKS)}, not {task!r}")
     if not 0.0 < fidelity_target <= 1.0:
         raise ExportError(f"fidelity_target must be in (0, 1], not {fidelity_target!r}")
+    if openvino:
+        from .openvino_ir import require_openvino
+
+        require_openvino()  # a missing NNCF is said now, not after the FP32 export
 
     source_dir = resolve_checkpoint(model, revision=revision)
     log(f"loading {model} from {source_dir}")

@@ -15,10 +15,11 @@ from flare_onnx.errors import ExportError
 from .guard import MIN_COSINE, _meets, _score
 from .verify import compare
 
-__all__ = ["write_openvino_int8", "IR_FILES"]
+__all__ = ["write_openvino_int8", "require_openvino", "IR_FILES"]
 
 IR_FILES = {"int8": ("model.int8.xml", "model.int8.bin")}
-def _require() -> tuple[Any, Any]:
+def require_openvino() -> tuple[Any, Any]:
+    """OpenVINO and NNCF, or an ExportError that says how to install them."""
     try:
         import nncf
         import openvino as ov
@@ -51,7 +52,7 @@ def write_openvino_int8(
     log: Callable[[str], None] = print,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Write ``model.int8.xml``/``.bin`` into ``directory``; return (recipe, figures)."""
-    ov, nncf = _require()
+    ov, nncf = require_openvino()
     core = ov.Core()
     model = core.read_model(str(fp32))
     inputs = {p.get_any_name() for p in model.inputs}

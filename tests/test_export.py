@@ -141,3 +141,12 @@ def test_export_extra_missing_gives_install_hint():
 
     with pytest.raises(ImportError, match=r'pip install "\.\[export\]" from a clone of flare-onnx'):
         require("a_module_that_is_not_installed")
+
+
+def test_openvino_export_without_nncf_fails_before_any_work(tiny_checkpoint, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "nncf", None)  # import nncf now raises ImportError
+    with pytest.raises(ExportError, match=r'--openvino needs OpenVINO and NNCF at export time: pip install "\.\[openvino-export\]"'):
+        export_bundle(str(tiny_checkpoint), tmp_path / "b", openvino=True)
+    assert not any(tmp_path.iterdir())  # nothing was started, nothing left behind
