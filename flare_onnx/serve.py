@@ -12,6 +12,7 @@ Retry-After), and a per-request deadline (504). Needs ``pip install ".[serve]"``
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hmac
 import json
@@ -24,6 +25,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from .errors import FlareOnnxError, InputError
 from .model import FlareModel, load
@@ -176,6 +179,32 @@ async def _read_body(receive_stream: Any, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _openai_input(payload: Any, cfg: ServeConfig) -> tuple[list[str], str]:
+    """Texts and encoding of an OpenAI embeddings request, within the service's limits."""
+    if not isinstance(payload, dict):
+        raise HTTPError(400, 'the body must be a JSON object like {"input": "...", "model": "..."}')
+    unknown = set(payload) - {"input", "model", "encoding_format", "user", "dimensions"}
+    if unknown:
+        raise HTTPError(400, f"unknown field(s) {', '.join(sorted(unknown))}")
+    if payload.get("dimensions") is not None:
+        raise HTTPError(400, "dimensions is not supported: this model's embeddings have a fixed size")
+    encoding = payload.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise HTTPError(400, f"encoding_format must be 'float' or 'base64', not {encoding!r}")
+    raw = payload.get("input")
+    texts = [raw] if isinstance(raw, str) else raw
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise HTTPError(400, "input must be a string or a non-empty list of strings (token arrays are not supported)")
+    if len(texts) > cfg.max_texts:
+        raise HTTPError(400, f"input has {len(texts)} items; at most {cfg.max_texts} per request")
+    for i, t in enumerate(texts):
+        if len(t) > cfg.max_chars:
+            raise HTTPError(400, f"input[{i}] has {len(t)} characters; at most {cfg.max_chars}")
+        if not t.strip():
+            raise HTTPError(400, f"input[{i}] is empty")
+    return texts, encoding
+
+
 def _validate(spec: TaskSpec, payload: Any, cfg: ServeConfig) -> tuple[list[str], dict[str, Any]]:
     if not isinstance(payload, dict):
         raise HTTPError(422, 'the body must be a JSON object like {"texts": ["..."]}')
@@ -232,47 +261,90 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
         # characters (sent as UTF-8) compares equal to the configured one
         return hmac.compare_digest(given.encode("latin-1", "replace"), cfg.api_key.encode("utf-8"))
 
-    def endpoint(spec: TaskSpec) -> Callable[[Request], Awaitable[Response]]:
-        async def handle(request: Request) -> Response:
+    async def read_json(request: Request) -> Any:
+        """The request's JSON body, within the size limit (HTTPError otherwise)."""
+        length = request.headers.get("content-length")
+        try:
+            too_long = length is not None and int(length) > cfg.max_body_bytes
+        except ValueError as exc:
+            raise HTTPError(400, "invalid Content-Length") from exc
+        if too_long:
+            raise HTTPError(413, f"the request body is larger than {cfg.max_body_bytes} bytes")
+        if "json" not in request.headers.get("content-type", "application/json"):
+            raise HTTPError(415, "send the body as application/json")
+        body = await _read_body(request.stream(), cfg.max_body_bytes)
+        try:
+            return json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise HTTPError(400, "the body is not valid JSON") from exc
+
+    async def infer(spec: TaskSpec, texts: list[str], options: dict[str, Any]) -> list[Any]:
+        """Check the work, queue it for the inference thread, and wait within the deadline."""
+        if spec.name not in model.tasks:
+            raise HTTPError(404, f"this bundle does not offer {spec.name}; it offers {', '.join(model.tasks)}")
+        # work is measured in tokens, off the event loop, before anything is queued
+        await asyncio.get_running_loop().run_in_executor(None, _check_work, model, spec, texts, options, cfg)
+        batcher = state["batcher"]
+        if batcher is None:
+            raise HTTPError(503, "the model is not ready", {"Retry-After": "1"})
+        fut = batcher.submit(spec.name, options, texts)
+        try:
+            results: list[Any] = await asyncio.wait_for(fut, timeout=cfg.deadline_s)
+        except asyncio.TimeoutError as exc:
+            raise HTTPError(504, f"the request did not finish within {cfg.deadline_s} s") from exc
+        return results
+
+    def answered(handler: Callable[[Request], Awaitable[Response]], fail: Callable[[int, str, dict[str, str] | None], Response]) -> Callable[[Request], Awaitable[Response]]:
+        """Auth, then the handler; every deliberate failure becomes ``fail(status, message)``."""
+
+        async def run(request: Request) -> Response:
             if not authorized(request):
-                return error(401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)")
-            if spec.name not in model.tasks:
-                return error(404, f"this bundle does not offer {spec.name}; it offers {', '.join(model.tasks)}")
-            length = request.headers.get("content-length")
+                return fail(401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)", None)
             try:
-                if length is not None and int(length) > cfg.max_body_bytes:
-                    return error(413, f"the request body is larger than {cfg.max_body_bytes} bytes")
-                if "json" not in request.headers.get("content-type", "application/json"):
-                    return error(415, "send the body as application/json")
-                body = await _read_body(request.stream(), cfg.max_body_bytes)
-                try:
-                    payload = json.loads(body)
-                except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-                    return error(400, "the body is not valid JSON")
-                texts, options = _validate(spec, payload, cfg)
-                # work is measured in tokens, off the event loop, before anything is queued
-                await asyncio.get_running_loop().run_in_executor(None, _check_work, model, spec, texts, options, cfg)
-                batcher = state["batcher"]
-                if batcher is None:
-                    return error(503, "the model is not ready", {"Retry-After": "1"})
-                fut = batcher.submit(spec.name, options, texts)
-                try:
-                    results = await asyncio.wait_for(fut, timeout=cfg.deadline_s)
-                except asyncio.TimeoutError:
-                    return error(504, f"the request did not finish within {cfg.deadline_s} s")
+                return await handler(request)
             except ClientDisconnect:  # the client went away mid-body: nothing to answer, nothing to log
                 return Response(status_code=499)
             except HTTPError as exc:
-                return error(exc.status, exc.message, exc.headers)
+                return fail(exc.status, exc.message, exc.headers)
             except FlareOnnxError as exc:
-                return error(exc.http_status, str(exc))
-            except ValueError:
-                return error(400, "invalid Content-Length")
+                return fail(exc.http_status, str(exc), None)
+
+        return run
+
+    def endpoint(spec: TaskSpec) -> Callable[[Request], Awaitable[Response]]:
+        async def handle(request: Request) -> Response:
+            texts, options = _validate(spec, await read_json(request), cfg)
+            results = await infer(spec, texts, options)
             return JSONResponse(
                 {"task": spec.name, "precision": model.precision, "results": [spec.record(r) for r in results]}
             )
 
-        return handle
+        return answered(handle, error)
+
+    def openai_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        code = {401: "invalid_api_key", 404: "model_not_found", 413: "request_too_large", 429: "rate_limit_exceeded"}.get(status)
+        return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": code}},
+                            status_code=status, headers=headers)
+
+    async def openai_embeddings(request: Request) -> Response:
+        """``POST /v1/embeddings`` as OpenAI, TEI and vLLM answer it: the embed task with its
+        defaults (mean pooling, unit length), float or base64 encoding, usage in tokens."""
+        spec = TASKS["embed"]
+        payload = await read_json(request)
+        texts, encoding = _openai_input(payload, cfg)
+        results = await infer(spec, texts, {})
+        tokens = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: sum(len(e.ids) + 2 for e in model.tokenizer.encode(texts))
+        )
+        data = []
+        for i, vector in enumerate(results):
+            array = np.asarray(vector, dtype="<f4")
+            value: Any = base64.b64encode(array.tobytes()).decode("ascii") if encoding == "base64" else array.tolist()
+            data.append({"object": "embedding", "index": i, "embedding": value})
+        name = payload.get("model") if isinstance(payload.get("model"), str) else str(model.path.name)
+        return JSONResponse({"object": "list", "data": data, "model": name,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -296,6 +368,7 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
         await asyncio.get_running_loop().run_in_executor(None, batcher.stop)
 
     routes = [Route(f"/v1/{spec.name}", endpoint(spec), methods=["POST"]) for spec in TASKS.values()]
+    routes.append(Route("/v1/embeddings", answered(openai_embeddings, openai_error), methods=["POST"]))
     routes += [Route("/health", health), Route("/ready", ready), Route("/openapi.json", openapi)]
     return Starlette(routes=routes, lifespan=lifespan)
 
@@ -316,6 +389,17 @@ def openapi_spec(model: FlareModel, cfg: ServeConfig) -> dict[str, Any]:
         }
 
     paths = {f"/v1/{spec.name}": op(spec) for spec in TASKS.values() if spec.name in model.tasks}
+    if "embed" in model.tasks:
+        paths["/v1/embeddings"] = {"post": {
+            "summary": "OpenAI-compatible embeddings",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["input"],
+                "properties": {"input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": cfg.max_texts}]},
+                               "model": {"type": "string"}, "encoding_format": {"type": "string", "enum": ["float", "base64"]}},
+            }}}},
+            "responses": {"200": {"description": "{object: list, data: [{object: embedding, index, embedding}], model, usage}"},
+                          "400": {"description": "invalid input (OpenAI error shape)"}, "401": {"description": "API key"}},
+        }}
     paths["/health"] = {"get": {"summary": "process alive", "responses": {"200": {"description": "ok"}}}}
     paths["/ready"] = {"get": {"summary": "model loaded", "responses": {"200": {"description": "ready"}, "503": {"description": "loading"}}}}
     return {"openapi": "3.0.3", "info": {"title": "flare-onnx", "version": "1"}, "paths": paths}

@@ -43,7 +43,7 @@ def test_health_ready_openapi(client):
     ready = client.get("/ready").json()
     assert ready["status"] == "ready" and ready["tasks"] == ["fill-mask", "embed"]
     spec = client.get("/openapi.json").json()
-    assert set(spec["paths"]) == {"/v1/fill-mask", "/v1/embed", "/health", "/ready"}
+    assert set(spec["paths"]) == {"/v1/fill-mask", "/v1/embed", "/v1/embeddings", "/health", "/ready"}
 
 
 def test_embed_and_fill_mask_match_the_library(client, model):
@@ -242,3 +242,28 @@ def test_work_is_bounded_in_tokens_and_candidates(model):
         r = c.post("/v1/fill-mask", json={"texts": ["<mask> " * 5], "top_k": 5})
         assert r.status_code == 413 and "25 candidates (5 masks x top_k); at most 20" in r.json()["error"]
         assert c.post("/v1/fill-mask", json={"texts": ["<mask> <mask>"], "top_k": 5}).status_code == 200
+
+
+def test_openai_client_gets_the_same_embeddings(tiny_bundle, model, sentences, tmp_path):
+    """The official openai client, pointed at a real flare-onnx serve on loopback."""
+    openai = pytest.importorskip("openai")
+    key_file = tmp_path / "key"
+    key_file.write_text("chiave-segreta\n")
+    proc, url = _start(tiny_bundle, "--api-key-file", str(key_file))
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="chiave-segreta", max_retries=0)
+        texts = sentences[:3]
+        expected = model.embed(texts)
+        got = client.embeddings.create(model="flare-it", input=texts)  # the client asks for base64
+        assert [d.index for d in got.data] == [0, 1, 2] and got.model == "flare-it"
+        np.testing.assert_allclose([d.embedding for d in got.data], expected, atol=1e-5)
+        tokens = sum(len(e.ids) + 2 for e in model.tokenizer.encode(texts))
+        assert got.usage.prompt_tokens == got.usage.total_tokens == tokens
+        single = client.embeddings.create(model="flare-it", input=texts[0], encoding_format="float")
+        np.testing.assert_allclose(single.data[0].embedding, expected[0], atol=1e-5)
+        with pytest.raises(openai.BadRequestError, match="input\\[0\\] is empty"):
+            client.embeddings.create(model="flare-it", input=[" "])
+        with pytest.raises(openai.AuthenticationError, match="missing or wrong API key"):
+            openai.OpenAI(base_url=url + "/v1", api_key="sbagliata", max_retries=0).embeddings.create(model="x", input="ciao")
+    finally:
+        _stop(proc)
