@@ -16,6 +16,7 @@ import base64
 import contextlib
 import hmac
 import json
+import logging
 import math
 import os
 import sys
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .errors import FlareOnnxError, InputError
+from .metrics import ServiceMetrics, access_log
 from .model import FlareModel, load
 from .tasks import TASKS, TaskSpec
 
@@ -69,8 +71,8 @@ class _Job:
 class MicroBatcher:
     """A bounded queue and one inference thread that merges compatible requests."""
 
-    def __init__(self, model: FlareModel, cfg: ServeConfig) -> None:
-        self.model, self.cfg = model, cfg
+    def __init__(self, model: FlareModel, cfg: ServeConfig, metrics: ServiceMetrics | None = None) -> None:
+        self.model, self.cfg, self.metrics = model, cfg, metrics
         self._queue: deque[_Job] = deque()
         self._queued_texts = 0
         self._cond = threading.Condition()
@@ -137,6 +139,11 @@ class MicroBatcher:
             if not live:
                 continue
             texts = [t for j in live for t in j.texts]
+            started = time.monotonic()
+            if self.metrics is not None:
+                self.metrics.batch_texts.observe(len(texts))
+                for j in live:
+                    self.metrics.queue_wait.observe(started - j.enqueued)
             try:
                 results = self.model.predict(live[0].task, texts, live[0].options)
                 errors: list[BaseException | None] = [None] * len(live)
@@ -153,6 +160,8 @@ class MicroBatcher:
             except BaseException as exc:  # noqa: BLE001
                 results, errors = [None] * len(texts), [exc] * len(live)
             self.batches += 1
+            if self.metrics is not None:
+                self.metrics.inference.observe(time.monotonic() - started)
             pos = 0
             for job, err in zip(live, errors):
                 part = results[pos : pos + len(job.texts)]
@@ -224,8 +233,8 @@ def _validate(spec: TaskSpec, payload: Any, cfg: ServeConfig) -> tuple[list[str]
     return texts, options
 
 
-def _check_work(model: FlareModel, spec: TaskSpec, texts: list[str], options: dict[str, Any], cfg: ServeConfig) -> None:
-    """Refuse a request whose work (tokens, fill-mask candidates) is over the limits (413)."""
+def _check_work(model: FlareModel, spec: TaskSpec, texts: list[str], options: dict[str, Any], cfg: ServeConfig) -> int:
+    """The request's tokens; refuse it when its work (tokens, fill-mask candidates) is over the limits (413)."""
     encodings = model.tokenizer.encode(texts)
     tokens = sum(len(e.ids) + 2 for e in encodings)
     if tokens > cfg.max_tokens:
@@ -238,6 +247,7 @@ def _check_work(model: FlareModel, spec: TaskSpec, texts: list[str], options: di
             raise HTTPError(
                 413, f"the request asks for {asked} candidates ({masks} masks x top_k); at most {cfg.max_candidates}"
             )
+    return tokens
 
 
 def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
@@ -249,6 +259,7 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
 
     cfg = cfg or ServeConfig()
     state: dict[str, Any] = {"batcher": None}
+    metrics = ServiceMetrics(model, lambda: state["batcher"].queued_texts if state["batcher"] else 0)
 
     def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
@@ -283,7 +294,8 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
         if spec.name not in model.tasks:
             raise HTTPError(404, f"this bundle does not offer {spec.name}; it offers {', '.join(model.tasks)}")
         # work is measured in tokens, off the event loop, before anything is queued
-        await asyncio.get_running_loop().run_in_executor(None, _check_work, model, spec, texts, options, cfg)
+        tokens = await asyncio.get_running_loop().run_in_executor(None, _check_work, model, spec, texts, options, cfg)
+        metrics.tokens.inc(tokens)
         batcher = state["batcher"]
         if batcher is None:
             raise HTTPError(503, "the model is not ready", {"Retry-After": "1"})
@@ -298,11 +310,17 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
         """Auth, then the handler; every deliberate failure becomes ``fail(status, message)``."""
 
         async def run(request: Request) -> Response:
+            started = time.perf_counter()
+            response = await attempt(request)
+            metrics.observe_request(request.url.path, response.status_code, started, getattr(request.state, "texts", None))
+            return response
+
+        async def attempt(request: Request) -> Response:
             if not authorized(request):
                 return fail(401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)", None)
             try:
                 return await handler(request)
-            except ClientDisconnect:  # the client went away mid-body: nothing to answer, nothing to log
+            except ClientDisconnect:  # the client went away mid-body: nothing to answer
                 return Response(status_code=499)
             except HTTPError as exc:
                 return fail(exc.status, exc.message, exc.headers)
@@ -314,6 +332,7 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
     def endpoint(spec: TaskSpec) -> Callable[[Request], Awaitable[Response]]:
         async def handle(request: Request) -> Response:
             texts, options = _validate(spec, await read_json(request), cfg)
+            request.state.texts = len(texts)
             results = await infer(spec, texts, options)
             return JSONResponse(
                 {"task": spec.name, "precision": model.precision, "results": [spec.record(r) for r in results]}
@@ -333,6 +352,7 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
         spec = TASKS["embed"]
         payload = await read_json(request)
         texts, encoding = _openai_input(payload, cfg)
+        request.state.texts = len(texts)
         results = await infer(spec, texts, {})
         tokens = await asyncio.get_running_loop().run_in_executor(
             None, lambda: sum(len(e.ids) + 2 for e in model.tokenizer.encode(texts))
@@ -360,16 +380,23 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
     async def openapi(request: Request) -> JSONResponse:
         return JSONResponse(openapi_spec(model, cfg))
 
+    async def prometheus(request: Request) -> Response:
+        # with an API key, the metrics need it too (they tell what the service does)
+        if not authorized(request):
+            return error(401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)")
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
-        state["batcher"] = MicroBatcher(model, cfg)
+        state["batcher"] = MicroBatcher(model, cfg, metrics)
         yield
         batcher, state["batcher"] = state["batcher"], None
         await asyncio.get_running_loop().run_in_executor(None, batcher.stop)
 
     routes = [Route(f"/v1/{spec.name}", endpoint(spec), methods=["POST"]) for spec in TASKS.values()]
     routes.append(Route("/v1/embeddings", answered(openai_embeddings, openai_error), methods=["POST"]))
-    routes += [Route("/health", health), Route("/ready", ready), Route("/openapi.json", openapi)]
+    routes += [Route("/health", health), Route("/ready", ready), Route("/openapi.json", openapi), Route("/metrics", prometheus)]
     return Starlette(routes=routes, lifespan=lifespan)
 
 
@@ -425,6 +452,12 @@ def serve(
     cfg = cfg or ServeConfig()
     if cfg.api_key is None:
         cfg.api_key = os.environ.get("FLARE_ONNX_API_KEY") or None
+    if not access_log.handlers:  # one JSON line per request on stderr, without texts or keys
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access_log.addHandler(handler)
+        access_log.setLevel(logging.INFO)
+        access_log.propagate = False
     where = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     print(
         f"flare-onnx: serving {bundle} ({model.precision}, tasks: {', '.join(model.tasks)}) at {where}/ "

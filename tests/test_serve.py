@@ -267,3 +267,29 @@ def test_openai_client_gets_the_same_embeddings(tiny_bundle, model, sentences, t
             openai.OpenAI(base_url=url + "/v1", api_key="sbagliata", max_retries=0).embeddings.create(model="x", input="ciao")
     finally:
         _stop(proc)
+
+
+def test_metrics_and_access_log(model, caplog):
+    import logging
+
+    with TestClient(create_app(model)) as c, caplog.at_level(logging.INFO, logger="flare_onnx.access"):
+        assert c.post("/v1/embed", json={"texts": ["Il gatto dorme.", "Piove."]}).status_code == 200
+        assert c.post("/v1/embed", json={"texts": []}).status_code == 422
+        page = c.get("/metrics")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/plain")
+    text = page.text
+    assert 'flare_onnx_requests_total{route="/v1/embed",status="200"} 1.0' in text
+    assert 'flare_onnx_requests_total{route="/v1/embed",status="422"} 1.0' in text
+    assert "flare_onnx_batch_texts_count 1.0" in text and "flare_onnx_inference_seconds_count 1.0" in text
+    tokens = sum(len(e.ids) + 2 for e in model.tokenizer.encode(["Il gatto dorme.", "Piove."]))
+    assert f"flare_onnx_tokens_total {float(tokens)}" in text and "flare_onnx_queue_texts 0.0" in text
+    assert 'flare_onnx_model_info{' in text and 'precision="fp32"' in text
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "flare_onnx.access"]
+    assert [(x["route"], x["status"], x["texts"]) for x in lines] == [("/v1/embed", 200, 2), ("/v1/embed", 422, None)]
+    assert all("Il gatto" not in r.getMessage() for r in caplog.records)  # no texts in the log
+
+
+def test_metrics_need_the_api_key_when_there_is_one(model):
+    with TestClient(create_app(model, ServeConfig(api_key="k"))) as c:
+        assert c.get("/metrics").status_code == 401
+        assert c.get("/metrics", headers={"x-api-key": "k"}).status_code == 200
