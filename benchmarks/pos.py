@@ -121,13 +121,12 @@ def fine_tune(encoder_dir: str | Path, train: list[Sentence], out_dir: Path, *, 
 def evaluate(model_dir: Path, bundle: Path, test: list[Sentence], *, threads: int) -> dict[str, Any]:
     """Macro P/R/F1 of PyTorch FP32, flare-onnx FP32 and INT8 on the same words."""
     import torch
-    from transformers import AutoModelForTokenClassification, AutoTokenizer
+    from transformers import AutoModelForTokenClassification
 
     import flare_onnx
     from flare_onnx.postprocess import aggregate_words, softmax
 
     torch.set_num_threads(threads)
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForTokenClassification.from_pretrained(str(model_dir)).eval()
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     gold = [t for _, _, tags in test for t in tags]

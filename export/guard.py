@@ -32,11 +32,11 @@ def _groups(nodes: list[str]) -> dict[str, list[str]]:
     return out
 
 
-def _score(figures: dict[str, Any]) -> float:
+def score(figures: dict[str, Any]) -> float:
     return figures["embedding_cosine_mean"] if "embedding_cosine_mean" in figures else figures.get("label_agreement", 1.0)
 
 
-def _meets(figures: dict[str, Any], target: float) -> bool:
+def meets(figures: dict[str, Any], target: float) -> bool:
     if "embedding_cosine_mean" in figures:
         return figures["embedding_cosine_mean"] >= target and figures["embedding_cosine_min"] >= MIN_COSINE
     return figures.get("label_agreement", 1.0) >= LABEL_AGREEMENT
@@ -62,26 +62,26 @@ def quantize_guarded(
         return recipe, compare(batches, reference, onnx_outputs(session, batches))
 
     recipe, figures = attempt([])
-    if _meets(figures, target):
+    if meets(figures, target):
         recipe["fidelity_target"] = target
         return recipe, figures
     groups = _groups(quantizable_nodes(onnx.load(str(fp32), load_external_data=False)))
-    log(f"int8 misses the fidelity target ({_score(figures):.5f} < {target}); ranking {len(groups)} groups of nodes")
+    log(f"int8 misses the fidelity target ({score(figures):.5f} < {target}); ranking {len(groups)} groups of nodes")
     gains = {}
     for name, nodes in groups.items():  # leave one group in FP32 at a time
-        gains[name] = _score(attempt(nodes)[1])
+        gains[name] = score(attempt(nodes)[1])
     ranked = sorted(groups, key=lambda g: -gains[g])
     keep: list[str] = []
     for count, name in enumerate(ranked, 1):
         keep += groups[name]
         recipe, figures = attempt(keep)
-        log(f"  {count} group(s) in FP32 (last: {name}): {_score(figures):.5f}")
-        if _meets(figures, target):
+        log(f"  {count} group(s) in FP32 (last: {name}): {score(figures):.5f}")
+        if meets(figures, target):
             recipe["fidelity_target"] = target
             recipe["fp32_groups"] = ranked[:count]
             return recipe, figures
     raise ExportError(
         f"the INT8 graph cannot reach the fidelity target {target} on the calibration text even "
-        f"with every quantized node in FP32 ({_score(figures):.5f}); lower --fidelity-target or "
+        f"with every quantized node in FP32 ({score(figures):.5f}); lower --fidelity-target or "
         f"export --precision fp32"
     )

@@ -12,7 +12,7 @@ import numpy as np
 
 from flare_onnx.errors import ExportError
 
-from .guard import MIN_COSINE, _meets, _score
+from .guard import MIN_COSINE, meets, score
 from .verify import compare
 
 __all__ = ["write_openvino_int8", "require_openvino", "IR_FILES"]
@@ -71,10 +71,10 @@ def write_openvino_int8(
     ov.save_model(quantized, str(directory / xml_name))
     compiled = core.compile_model(str(directory / xml_name), "CPU", {"INFERENCE_NUM_THREADS": 2})
     figures = compare(batches, reference, _outputs(compiled, batches))
-    if not _meets(figures, target):
+    if not meets(figures, target):
         raise ExportError(
             f"the OpenVINO INT8 IR misses the fidelity target {target} (worst sentence {MIN_COSINE}) "
-            f"on the calibration text ({_score(figures):.5f}); lower --fidelity-target or export "
+            f"on the calibration text ({score(figures):.5f}); lower --fidelity-target or export "
             f"without --openvino"
         )
     recipe = {

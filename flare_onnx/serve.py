@@ -289,8 +289,9 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise HTTPError(400, "the body is not valid JSON") from exc
 
-    async def infer(spec: TaskSpec, texts: list[str], options: dict[str, Any]) -> list[Any]:
-        """Check the work, queue it for the inference thread, and wait within the deadline."""
+    async def infer(spec: TaskSpec, texts: list[str], options: dict[str, Any]) -> tuple[list[Any], int]:
+        """Check the work, queue it for the inference thread, and wait within the deadline;
+        the results, and the request's tokens (counted once, for the limits, metrics and usage)."""
         if spec.name not in model.tasks:
             raise HTTPError(404, f"this bundle does not offer {spec.name}; it offers {', '.join(model.tasks)}")
         # work is measured in tokens, off the event loop, before anything is queued
@@ -304,7 +305,7 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
             results: list[Any] = await asyncio.wait_for(fut, timeout=cfg.deadline_s)
         except asyncio.TimeoutError as exc:
             raise HTTPError(504, f"the request did not finish within {cfg.deadline_s} s") from exc
-        return results
+        return results, tokens
 
     def answered(handler: Callable[[Request], Awaitable[Response]], fail: Callable[[int, str, dict[str, str] | None], Response]) -> Callable[[Request], Awaitable[Response]]:
         """Auth, then the handler; every deliberate failure becomes ``fail(status, message)``."""
@@ -333,7 +334,7 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
         async def handle(request: Request) -> Response:
             texts, options = _validate(spec, await read_json(request), cfg)
             request.state.texts = len(texts)
-            results = await infer(spec, texts, options)
+            results, _ = await infer(spec, texts, options)
             return JSONResponse(
                 {"task": spec.name, "precision": model.precision, "results": [spec.record(r) for r in results]}
             )
@@ -353,10 +354,7 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
         payload = await read_json(request)
         texts, encoding = _openai_input(payload, cfg)
         request.state.texts = len(texts)
-        results = await infer(spec, texts, {})
-        tokens = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: sum(len(e.ids) + 2 for e in model.tokenizer.encode(texts))
-        )
+        results, tokens = await infer(spec, texts, {})
         data = []
         for i, vector in enumerate(results):
             array = np.asarray(vector, dtype="<f4")
