@@ -204,6 +204,9 @@ def export_bundle(
                 "labels": labels,
                 "problem_type": getattr(config, "problem_type", None),
                 "special_tokens": {k: [tokens[k], ids[k]] for k in tokens},
+                # transformers' decode() tidies " ." into "." when the checkpoint asks for it;
+                # flare_onnx.pipeline decodes the same way
+                "clean_up_tokenization_spaces": bool(getattr(slow, "clean_up_tokenization_spaces", False)),
             },
             "graphs": graphs,
             "openvino": openvino_graphs or None,

@@ -16,6 +16,7 @@ from .errors import (
     TaskNotAvailableError,
 )
 from .model import FlareModel, Label, MaskPrediction, TagResult, load
+from .pipelines import pipeline
 from .postprocess import Entity, WordLabel
 from .tasks import TASKS, TaskSpec, get_task
 
@@ -23,6 +24,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "load",
+    "pipeline",
     "FlareModel",
     "TASKS",
     "TaskSpec",

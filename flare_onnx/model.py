@@ -17,7 +17,16 @@ from tokenizers import Encoding
 
 from .bundle import VerifiedBundle, open_bundle
 from .errors import BundleError, InferenceError, InputError
-from .postprocess import Entity, WindowPool, WordLabel, aggregate_words, group_entities, l2_normalize, softmax
+from .postprocess import (
+    Entity,
+    WindowPool,
+    WordLabel,
+    aggregate_words,
+    class_scores,
+    group_entities,
+    l2_normalize,
+    softmax,
+)
 from .postprocess import top_k as _top_k
 from .session import create_session
 from .tasks import LOAD_OPTIONS, TASKS, parse_load_options
@@ -227,7 +236,25 @@ class FlareModel:
         """
         spec = self.manifest.require("fill-mask")
         k = spec.parse_options({"top_k": top_k})["top_k"]
-        texts = check_texts(texts, verb="fill_mask")
+        windows, mask_rows = self._mask_windows(check_texts(texts, verb="fill_mask"))
+        results: list[list[list[MaskPrediction]]] = [[] for _ in windows]
+        for idx, probs in self._mask_probabilities(windows, mask_rows):
+            ids, scores = _top_k(probs, k)
+            row = 0
+            for i in idx:
+                for _ in range(len(mask_rows[i])):
+                    results[i].append(
+                        [
+                            MaskPrediction(self._encoder.id_to_token(int(t)), int(t), float(s))
+                            for t, s in zip(ids[row], scores[row])
+                        ]
+                    )
+                    row += 1
+        return results
+
+    def _mask_windows(self, texts: list[str]) -> tuple[list[Window], list[np.ndarray]]:
+        """Each text's window and the positions of its masks in it (checked: one at least,
+        none past what the model reads)."""
         special = self.manifest.special  # a fill-mask manifest always has a mask (checked at load)
         encodings, windows = self._windows(texts, window="truncate", stride=0)
         mask_rows: list[np.ndarray] = []
@@ -242,20 +269,14 @@ class FlareModel:
                     f"{kept} tokens the model reads; shorten the text around the mask"
                 )
             mask_rows.append(positions + 1)  # +1 for <s>
-        results: list[list[list[MaskPrediction]]] = [[] for _ in texts]
+        return windows, mask_rows
+
+    def _mask_probabilities(
+        self, windows: list[Window], mask_rows: list[np.ndarray]
+    ) -> Iterator[tuple[list[int], np.ndarray]]:
+        """Per batch: the window indices and the vocabulary probabilities of their masks, in order."""
         for idx, out in self._batches(windows, mask_rows):
-            ids, scores = _top_k(softmax(out["mask_logits"]), k)
-            row = 0
-            for i in idx:
-                for _ in range(len(mask_rows[i])):
-                    results[i].append(
-                        [
-                            MaskPrediction(self._encoder.id_to_token(int(t)), int(t), float(s))
-                            for t, s in zip(ids[row], scores[row])
-                        ]
-                    )
-                    row += 1
-        return results
+            yield idx, softmax(out["mask_logits"])
 
     def embed(
         self,
@@ -325,6 +346,21 @@ class FlareModel:
         spec.parse_options({"aggregation": aggregation, "window": window, "stride": stride})
         texts = check_texts(texts, verb="tag")
         labels = self.manifest.labels or ()
+        results = []
+        for text, (enc, probs) in zip(texts, self._label_probabilities(texts, window=window, stride=stride)):
+            n = len(probs)
+            words = aggregate_words(
+                text, probs, enc.word_ids[:n], enc.offsets[:n], labels, aggregation=aggregation
+            )
+            results.append(TagResult(words=words, entities=group_entities(text, words)))
+        return results
+
+    def _label_probabilities(
+        self, texts: list[str], *, window: str, stride: int | None
+    ) -> list[tuple[Encoding, np.ndarray]]:
+        """Each text's encoding (no special tokens) and the label probabilities of the
+        tokens the windows cover, ``[covered, labels]``."""
+        labels = self.manifest.labels or ()
         encodings, windows = self._windows(texts, window=window, stride=stride)
         probs_per_text = [np.zeros((len(enc.ids), len(labels)), dtype=np.float32) for enc in encodings]
         covered = [0] * len(texts)
@@ -335,13 +371,7 @@ class FlareModel:
                 lo, hi = w.keep
                 probs_per_text[w.text_index][w.start + lo : w.start + hi] = probs[row, 1 + lo : 1 + hi]
                 covered[w.text_index] = max(covered[w.text_index], w.start + hi)
-        results = []
-        for text, enc, probs, n in zip(texts, encodings, probs_per_text, covered):
-            words = aggregate_words(
-                text, probs[:n], enc.word_ids[:n], enc.offsets[:n], labels, aggregation=aggregation
-            )
-            results.append(TagResult(words=words, entities=group_entities(text, words)))
-        return results
+        return [(enc, probs[:n]) for enc, probs, n in zip(encodings, probs_per_text, covered)]
 
     def classify(self, texts: list[str], *, top_k: int | None = 1) -> list[list[Label]]:
         """Text classification: the ``top_k`` labels of each text (all labels when ``None``).
@@ -358,18 +388,48 @@ class FlareModel:
         texts = check_texts(texts, verb="classify")
         labels = self.manifest.labels or ()
         k = len(labels) if top_k is None else top_k
-        multi = self.manifest.raw["model"].get("problem_type") == "multi_label_classification"
+        logits = self._class_logits(texts)
+        ids, scores = _top_k(class_scores(logits, self.class_function), k)
+        return [[Label(labels[int(j)], float(s)) for j, s in zip(i_row, s_row)] for i_row, s_row in zip(ids, scores)]
+
+    @property
+    def class_function(self) -> str:
+        """How :meth:`classify` turns logits into scores, as transformers' text-classification
+        pipeline does: ``"sigmoid"`` for multi-label models and single-logit models,
+        ``"none"`` for regression, ``"softmax"`` otherwise."""
+        problem = self.manifest.raw["model"].get("problem_type")
+        if problem == "regression":
+            return "none"
+        if problem == "multi_label_classification" or len(self.manifest.labels or ()) == 1:
+            return "sigmoid"
+        return "softmax"
+
+    def _class_logits(self, texts: list[str]) -> np.ndarray:
+        """``float32 [texts, labels]``: the classification logits of each text (first window)."""
         _, windows = self._windows(texts, window="truncate", stride=0)
-        results: list[list[Label]] = [[] for _ in texts]
+        logits = np.zeros((len(texts), len(self.manifest.labels or ())), dtype=np.float32)
         for idx, out in self._batches(windows):
-            logits = out["logits"]
-            probs = 1.0 / (1.0 + np.exp(-logits)) if multi else softmax(logits)
-            ids, scores = _top_k(probs, k)
+            logits[[windows[wi].text_index for wi in idx]] = out["logits"]
+        return logits
+
+    def hidden_states(self, texts: list[str]) -> list[np.ndarray]:
+        """The last hidden state of every token the model reads: ``float32 [tokens, hidden_size]``
+        per text, ``<s>`` and ``</s>`` included, the text truncated to ``max_length`` tokens.
+
+        This is what transformers' feature-extraction pipeline returns; :meth:`embed` pools it.
+
+        Example:
+            >>> model.hidden_states(["Il gatto dorme."])[0].shape
+            (6, 384)
+        """
+        self.manifest.require("embed")
+        texts = check_texts(texts, verb="hidden_states")
+        _, windows = self._windows(texts, window="truncate", stride=0)
+        states: list[np.ndarray] = [np.zeros(0, np.float32)] * len(texts)
+        for idx, out in self._batches(windows):
             for row, wi in enumerate(idx):
-                results[windows[wi].text_index] = [
-                    Label(labels[int(j)], float(s)) for j, s in zip(ids[row], scores[row])
-                ]
-        return results
+                states[windows[wi].text_index] = out["last_hidden_state"][row, : len(windows[wi].ids)].copy()
+        return states
 
     def __repr__(self) -> str:
         return (

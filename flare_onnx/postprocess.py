@@ -12,6 +12,7 @@ import numpy as np
 
 __all__ = [
     "softmax",
+    "class_scores",
     "top_k",
     "WindowPool",
     "l2_normalize",
@@ -32,6 +33,17 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     np.exp(x, out=x)
     x /= x.sum(axis=axis, keepdims=True)
     return x
+
+
+def class_scores(logits: np.ndarray, function: str) -> np.ndarray:
+    """Logits to scores: ``"softmax"`` over labels, ``"sigmoid"`` per label, or ``"none"``."""
+    if function == "softmax":
+        return softmax(logits)
+    if function == "sigmoid":
+        x = logits.astype(np.float32)
+        out: np.ndarray = (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)  # no overflow
+        return out
+    return logits.astype(np.float32)
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
