@@ -167,3 +167,16 @@ def test_bad_pipelines_are_clear_errors(tiny_bundle, tiny_classifier):
     clf = flare_onnx.pipeline("text-classification", tiny_classifier)
     with pytest.raises(InputError, match="function_to_apply must be one of"):
         clf("Che bella giornata!", function_to_apply="tanh")
+
+
+def test_a_single_logit_classifier_scores_with_a_sigmoid_like_transformers(tmp_path):
+    from flare_onnx_export import export_bundle, write_reference
+
+    checkpoint = write_reference(tmp_path / "ckpt", tiny=True, task="text-classification", labels=["acceptable"])
+    bundle = export_bundle(str(checkpoint), tmp_path / "bundle", log=lambda _: None)
+    theirs = _hf("text-classification", checkpoint)(PLAIN)
+    ours = flare_onnx.pipeline("text-classification", bundle, precision="fp32")(PLAIN)
+    _same(ours, theirs)
+    assert len({round(r["score"], 6) for r in ours}) > 1  # not a softmax of one logit (always 1.0)
+    model = flare_onnx.load(bundle, precision="fp32")
+    assert [r[0].score for r in model.classify(PLAIN)] == pytest.approx([r["score"] for r in ours], abs=1e-6)
