@@ -164,6 +164,12 @@ def aggregate_words(
             best = int(span[row].argmax())
             score = float(span[row, best])
         start, end = offsets[t][0], offsets[u - 1][1]
+        # SentencePiece tokens carry the space before them ("▁di" spans " di"): a word's span
+        # is its text alone, so that it slices the original text exactly
+        while start < end and text[start].isspace():
+            start += 1
+        while end > start and text[end - 1].isspace():
+            end -= 1
         words.append(WordLabel(word=text[start:end], label=labels[best], score=score, start=start, end=end))
         t = u
     return words

@@ -90,3 +90,57 @@ def test_export_and_int8_fidelity_on_real_italian_weights(e5_bundle, sentences):
     p = int8.embed(["L'Etna è il vulcano attivo più alto d'Europa.", "Il treno per Firenze parte alle otto.",
                     "Napoli è conosciuta per la pizza."], prefix="passage: ")
     assert int((p @ q.T).argmax()) == 0
+
+
+@pytest.fixture(scope="module")
+def e5_tagger(e5_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """e5-small with a seeded random NER head: a SentencePiece token classifier (checkpoint, bundle)."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForTokenClassification
+
+    from flare_onnx_export import export_bundle
+
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
+    torch.manual_seed(0)
+    model = AutoModelForTokenClassification.from_pretrained(
+        str(e5_checkpoint), num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)}
+    )
+    with torch.no_grad():  # a confident head, so words get distinct labels and entities form
+        model.classifier.weight.mul_(40.0)
+    ckpt = tmp_path_factory.mktemp("e5ner") / "ckpt"
+    model.save_pretrained(str(ckpt))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(e5_checkpoint / name, ckpt / name)
+    bundle = export_bundle(str(ckpt), tmp_path_factory.mktemp("e5nerb") / "b", precisions=("fp32",), log=print)
+    return ckpt, bundle
+
+
+def test_sentencepiece_entities_slice_the_original_italian_text(e5_tagger):
+    _, bundle = e5_tagger
+    tagger = flare_onnx.load(bundle)
+    texts = ITALIAN[:-1] + ["Il  prof.  Dell'Orto   incontrò Élise all'Università  Ca' Foscari."]
+    results = tagger.tag(texts)
+    assert sum(len(r.entities) for r in results) >= 5
+    for text, r in zip(texts, results):
+        for w in r.words:
+            assert w.word == text[w.start : w.end] and w.word.strip() == w.word and w.word
+        for e in r.entities:
+            assert e.text == text[e.start : e.end] and e.text.strip() == e.text
+        assert [w.start for w in r.words] == sorted(w.start for w in r.words)
+
+
+@pytest.mark.parametrize("strategy", ["none", "simple", "first", "max"])
+def test_sentencepiece_pipeline_matches_transformers(e5_tagger, strategy):
+    """The subword heuristic transformers uses for tokenizers without a ## prefix, and the
+    Metaspace decoding of words, on real Italian text."""
+    import transformers
+
+    from .test_pipelines import _same
+
+    ckpt, bundle = e5_tagger
+    theirs = transformers.pipeline("token-classification", model=str(ckpt), device="cpu")
+    ours = flare_onnx.pipeline("ner", bundle)
+    texts = ITALIAN[:-1]
+    _same(ours(texts, aggregation_strategy=strategy, ignore_labels=[]), theirs(texts, aggregation_strategy=strategy, ignore_labels=[]))

@@ -89,6 +89,16 @@ def test_aggregate_words_first_average_max():
     assert avg[1].label == "I-LOC"  # mean: I-PER 0.45, I-LOC 0.475
 
 
+def test_word_spans_leave_out_the_space_sentencepiece_tokens_carry():
+    text = "Roma  è la  capitale"
+    # SentencePiece: "▁è" spans "  è"'s last space and "è"; a lone "▁" piece spans a space
+    word_ids = [0, 1, 2, 3, 3]
+    offsets = [(0, 4), (5, 7), (7, 10), (10, 12), (12, 20)]
+    words = aggregate_words(text, _probs([3, 0, 0, 0, 0]), word_ids, offsets, LABELS)
+    assert [(w.word, w.start, w.end) for w in words] == [("Roma", 0, 4), ("è", 6, 7), ("la", 8, 10), ("capitale", 12, 20)]
+    assert all(text[w.start : w.end] == w.word for w in words)
+
+
 def _w(label: str, start: int, end: int, score: float = 0.9) -> WordLabel:
     return WordLabel(word="", label=label, score=score, start=start, end=end)
 
