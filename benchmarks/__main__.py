@@ -246,19 +246,19 @@ def main(argv: list[str] | None = None) -> int:
 def run_pos(args: argparse.Namespace, arts: dict[str, Artifacts], work: Path) -> dict[str, Any]:
     from flare_onnx_export import export_bundle
 
-    from . import pos
+    from . import tagging
 
     speed = arts["speed"]
     if "reference" in speed.label and "minilm" in arts:
         encoder, name = arts["minilm"].checkpoint, "all-MiniLM-L6-v2 (osiria/flare-it unreachable)"
     else:
         encoder, name = speed.checkpoint, args.model
-    train, test = pos.read_conllu(args.ud_train), pos.read_conllu(args.ud_test)
+    train, test = tagging.read_conllu(args.ud_train), tagging.read_conllu(args.ud_test)
     epochs = args.pos_epochs or (2 if args.quick else 6)
     log(f"== PoS: fine-tuning {name} on {len(train)} sentences for {epochs} epochs")
-    model_dir = pos.fine_tune(encoder, train, work / "pos-model", epochs=epochs, threads=args.threads, log=log)
+    model_dir = tagging.fine_tune(encoder, train, work / "pos-model", epochs=epochs, threads=args.threads, log=log)
     bundle = export_bundle(str(model_dir), work / "pos-bundle", overwrite=True, calibration=args.ud_train, log=_quiet)
-    result = pos.evaluate(model_dir, bundle, test, threads=args.threads)
+    result = tagging.evaluate(model_dir, bundle, test, scheme="upos", threads=args.threads)
     result["encoder"] = name
     result["epochs"] = epochs
     result["train_sentences"] = len(train)

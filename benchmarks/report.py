@@ -63,10 +63,10 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("")
         lines.append("| | precision | recall | F1 | accuracy | = PyTorch |")
         lines.append("|---|---|---|---|---|---|")
-        for key in ("torch-fp32", "flare-fp32", "flare-int8"):
-            m = pos[key]
+        for key, field in (("torch-fp32", "pytorch_fp32"), ("flare-fp32", "flare_fp32"), ("flare-int8", "flare_int8")):
+            m = pos[field]
             lines.append(
-                f"| {CONTENDERS[key].name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['accuracy']:.4f} | {m['agreement_with_torch']:.2%} |"
+                f"| {CONTENDERS[key].name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['accuracy']:.4f} | {m['agreement_with_pytorch_fp32']:.2%} |"
             )
         lines.append("")
     if results.get("footprint"):

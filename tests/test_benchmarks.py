@@ -50,9 +50,9 @@ def test_harness_on_a_tiny_model(tiny_checkpoint, tmp_path, monkeypatch):
     assert results["footprint"]["runtime_mb"] < results["footprint"]["torch_mb"]
 
 
-def test_pos_metric_helpers(tmp_path):
+def test_tagging_metric_helpers(tmp_path):
     sys.path.insert(0, str(ROOT))
-    from benchmarks.pos import macro_prf, read_conllu
+    from benchmarks.tagging import entity_prf, first_token_labels, macro_prf, read_conll_ner, read_conllu, split
 
     conllu = tmp_path / "x.conllu"
     conllu.write_text(
@@ -65,3 +65,15 @@ def test_pos_metric_helpers(tmp_path):
     m = macro_prf(["A", "A", "B", "C"], ["A", "B", "B", "C"], ["A", "B", "C"])
     assert m["accuracy"] == 0.75
     assert m["precision"] == pytest.approx((1 + 0.5 + 1) / 3) and m["recall"] == pytest.approx((0.5 + 1 + 1) / 3)
+    ner = tmp_path / "x.conll"
+    ner.write_text("0\tMario\tB-PER\n1\tvive\tO\n2\ta\tO\n3\tSan\tB-LOC\n4\tSevero\tI-LOC\n\n0\tCiao\tO\n\n")
+    first, second = read_conll_ner(ner)
+    assert first[0] == "Mario vive a San Severo" and first[2][3:] == ["B-LOC", "I-LOC"] and second[2] == ["O"]
+    train, test = split([first, second] * 5, 0.2, seed=0)
+    assert len(train) == 8 and len(test) == 2
+    # the first token of each word is labelled, even when its span starts on the space before it
+    assert first_token_labels([(0, 0), (0, 3), (3, 5), (5, 10), (0, 0)], [(0, 5), (6, 10)], [1, 2]) == [-100, 1, -100, 2, -100]
+    gold = [["B-PER", "I-PER", "O", "B-LOC"]]
+    e = entity_prf(gold, [["B-PER", "O", "O", "B-LOC"]])
+    assert e["entity_precision"] == 0.5 and e["entity_recall"] == 0.5  # a span cut short is wrong
+    assert entity_prf(gold, [["B-PER", "I-PER", "X", "B-LOC"]])["entity_f1"] == 1.0
