@@ -378,6 +378,20 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
     async def openapi(request: Request) -> JSONResponse:
         return JSONResponse(openapi_spec(model, cfg))
 
+    async def info(request: Request) -> JSONResponse:
+        # what the page shows; with an API key it needs the key, like every /v1 route
+        if not authorized(request):
+            return error(401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)")
+        return JSONResponse(bundle_info(model))
+
+    page, page_csp = _page()
+
+    async def index(request: Request) -> Response:
+        return Response(page, media_type="text/html; charset=utf-8", headers={
+            "content-security-policy": page_csp, "x-content-type-options": "nosniff",
+            "referrer-policy": "no-referrer", "cache-control": "no-cache",
+        })
+
     async def prometheus(request: Request) -> Response:
         # with an API key, the metrics need it too (they tell what the service does)
         if not authorized(request):
@@ -394,8 +408,58 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
 
     routes = [Route(f"/v1/{spec.name}", endpoint(spec), methods=["POST"]) for spec in TASKS.values()]
     routes.append(Route("/v1/embeddings", answered(openai_embeddings, openai_error), methods=["POST"]))
+    routes += [Route("/", index), Route("/v1/info", info)]
     routes += [Route("/health", health), Route("/ready", ready), Route("/openapi.json", openapi), Route("/metrics", prometheus)]
     return Starlette(routes=routes, lifespan=lifespan)
+
+
+def bundle_info(model: FlareModel) -> dict[str, Any]:
+    """The bundle's facts for people: model, tasks, precision, graph size, the export's checks."""
+    from . import __version__
+
+    manifest = model.manifest
+    graphs = manifest.openvino if model.backend == "openvino" else manifest.graphs
+    graph = graphs[model.precision]
+    files = [graph.file] + ([graph.weights] if graph.weights else [])
+    verification = manifest.raw.get("verification") or {}
+    fidelity = verification.get(model.precision) if isinstance(verification, dict) else None
+    return {
+        "model": str((manifest.raw.get("source") or {}).get("model") or model.path.name),
+        "bundle": model.path.name,
+        "task": manifest.task,
+        "tasks": list(manifest.tasks),
+        "precision": model.precision,
+        "backend": model.backend,
+        "graph_bytes": sum(int(manifest.files[f]["size"]) for f in files if f in manifest.files),
+        "max_length": manifest.max_length,
+        "hidden_size": manifest.hidden_size,
+        "labels": list(manifest.labels) if manifest.labels else None,
+        "mask_token": manifest.special.mask_token,
+        "fidelity": {k: v for k, v in fidelity.items() if isinstance(v, (int, float, str))} if isinstance(fidelity, dict) else {},
+        "flare_onnx": __version__,
+    }
+
+
+def _page() -> tuple[bytes, str]:
+    """The try-it page, and a Content-Security-Policy that allows its own inline script and
+    style (by hash) and requests to this origin, nothing else."""
+    import hashlib
+    import re
+    from importlib.resources import files
+
+    html = files("flare_onnx").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    def digest(tag: str) -> str:
+        body = re.search(rf"<{tag}>(.*?)</{tag}>", html, re.S)
+        if body is None:
+            raise RuntimeError(f"flare_onnx/static/index.html has no <{tag}>: the installed package is broken")
+        return "'sha256-" + base64.b64encode(hashlib.sha256(body.group(1).encode("utf-8")).digest()).decode() + "'"
+
+    csp = (
+        f"default-src 'none'; script-src {digest('script')}; style-src {digest('style')}; "
+        "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+    return html.encode("utf-8"), csp
 
 
 def openapi_spec(model: FlareModel, cfg: ServeConfig) -> dict[str, Any]:
@@ -425,6 +489,9 @@ def openapi_spec(model: FlareModel, cfg: ServeConfig) -> dict[str, Any]:
             "responses": {"200": {"description": "{object: list, data: [{object: embedding, index, embedding}], model, usage}"},
                           "400": {"description": "invalid input (OpenAI error shape)"}, "401": {"description": "API key"}},
         }}
+    paths["/v1/info"] = {"get": {"summary": "the bundle's facts (model, tasks, precision, graph size, export checks)",
+                                 "responses": {"200": {"description": "facts"}, "401": {"description": "API key"}}}}
+    paths["/"] = {"get": {"summary": "a page to try the bundle in a browser", "responses": {"200": {"description": "HTML"}}}}
     paths["/health"] = {"get": {"summary": "process alive", "responses": {"200": {"description": "ok"}}}}
     paths["/ready"] = {"get": {"summary": "model loaded", "responses": {"200": {"description": "ready"}, "503": {"description": "loading"}}}}
     return {"openapi": "3.0.3", "info": {"title": "flare-onnx", "version": "1"}, "paths": paths}
