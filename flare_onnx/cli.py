@@ -124,9 +124,22 @@ def _serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes, max_texts=args.max_texts, max_chars=args.max_chars,
         queue_size=args.queue_size, max_batch_texts=args.max_batch_texts, max_wait_ms=args.max_wait_ms,
         deadline_s=args.deadline, api_key=_api_key(args.api_key_file),
+        header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+        max_connections_per_ip=max(0, args.max_connections_per_ip),
     )
     serve(args.bundle, host=args.host, port=args.port, cfg=cfg, model_options=_given(args, LOAD_OPTIONS))
     return 0
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 86_400:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text!r}")
+    return value
 
 
 def _api_key(path: str | None) -> str | None:
@@ -298,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-texts", type=int, default=64)
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for company")
     p.add_argument("--deadline", type=float, default=30.0, help="seconds per request before 504")
+    p.add_argument("--max-connections-per-ip", type=int, default=128, help="open connections from one client address (0: no cap, e.g. behind a proxy)")
+    p.add_argument("--header-timeout", type=_seconds, default=10.0, help="seconds for a request's head to arrive (slow clients are cut off)")
+    p.add_argument("--body-timeout", type=_seconds, default=10.0, help="seconds for a request's body to arrive, then 408")
     _add_load_options(p)
     p.set_defaults(func=_serve)
 

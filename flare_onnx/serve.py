@@ -50,6 +50,9 @@ class ServeConfig:
     max_connections: int = 512  # open connections before uvicorn answers 503
     max_tokens: int = 32_768  # tokens one request may hold (all its texts, whole texts for sliding windows)
     max_candidates: int = 10_000  # fill-mask: masks x top_k one request may ask for
+    max_connections_per_ip: int = 128  # open connections from one client address (0: no cap, e.g. behind a proxy)
+    header_timeout_s: float = 10.0  # a request head (line and headers) must arrive within this
+    body_timeout_s: float = 10.0  # and its body within this, once the head is in
 
 
 class HTTPError(Exception):
@@ -178,14 +181,98 @@ def _resolve(fut: asyncio.Future[Any], value: Any, err: BaseException | None) ->
         fut.set_result(value)
 
 
-async def _read_body(receive_stream: Any, limit: int) -> bytes:
+async def _read_body(receive_stream: Any, limit: int, timeout_s: float) -> bytes:
     chunks, size = [], 0
-    async for chunk in receive_stream:
-        size += len(chunk)
-        if size > limit:
-            raise HTTPError(413, f"the request body is larger than {limit} bytes")
-        chunks.append(chunk)
+
+    async def read() -> None:
+        nonlocal size
+        async for chunk in receive_stream:
+            size += len(chunk)
+            if size > limit:
+                raise HTTPError(413, f"the request body is larger than {limit} bytes")
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(read(), timeout=timeout_s)
+    except asyncio.TimeoutError as exc:  # a slow body holds a connection and a concurrency slot
+        raise HTTPError(408, f"the request body did not arrive within {timeout_s:g} s") from exc
     return b"".join(chunks)
+
+
+_BUSY_BODY = b"too many connections from this address\n"
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nconnection: close\r\n"
+    b"content-length: " + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY
+)
+
+
+def _guarded_protocol(header_timeout_s: float, max_per_ip: int) -> type:
+    """uvicorn's h11 protocol with a deadline on every request head and a cap per address.
+
+    uvicorn only times connections out between requests, after a response, so a client that
+    opens a connection and sends its head a byte at a time (slowloris) holds it, and a slot
+    of ``limit_concurrency``, for ever. Here the head of each request — the first on a
+    connection, and each next one on a kept-alive connection — must be complete within
+    ``header_timeout_s`` or the connection is closed; and one client address may hold at most
+    ``max_per_ip`` connections (0: no cap), so one slow client cannot take every slot.
+    """
+    from collections import Counter
+
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    per_ip: Counter[str] = Counter()
+
+    class GuardedH11Protocol(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+        _seen_cycle: Any = None
+        _ip: str | None = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._head_timer = self.loop.call_later(header_timeout_s, self._head_timeout)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timeout(self) -> None:
+            self._head_timer = None
+            in_flight = self.cycle is not None and not self.cycle.response_complete
+            if not in_flight and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if self.client:
+                self._ip = str(self.client[0])
+                per_ip[self._ip] += 1
+                if max_per_ip and per_ip[self._ip] > max_per_ip:
+                    transport.write(_BUSY)
+                    transport.close()
+                    return
+            self._arm()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not None and self.cycle is not self._seen_cycle:  # a head arrived
+                self._seen_cycle = self.cycle
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            self._arm()  # the next request's head on a kept-alive connection (before a pipelined one is read)
+            super().on_response_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            if self._ip is not None:
+                per_ip[self._ip] -= 1
+                if per_ip[self._ip] <= 0:
+                    del per_ip[self._ip]
+                self._ip = None
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol
 
 
 def _openai_input(payload: Any, cfg: ServeConfig) -> tuple[list[str], str]:
@@ -283,7 +370,7 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
             raise HTTPError(413, f"the request body is larger than {cfg.max_body_bytes} bytes")
         if "json" not in request.headers.get("content-type", "application/json"):
             raise HTTPError(415, "send the body as application/json")
-        body = await _read_body(request.stream(), cfg.max_body_bytes)
+        body = await _read_body(request.stream(), cfg.max_body_bytes, cfg.body_timeout_s)
         try:
             return json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
@@ -534,4 +621,5 @@ def serve(
         create_app(model, cfg), host=host, port=port, log_level="warning", access_log=False,
         timeout_graceful_shutdown=math.ceil(cfg.deadline_s),
         timeout_keep_alive=5, limit_concurrency=cfg.max_connections,
+        http=_guarded_protocol(cfg.header_timeout_s, cfg.max_connections_per_ip),
     )

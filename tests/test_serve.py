@@ -293,3 +293,45 @@ def test_metrics_need_the_api_key_when_there_is_one(model):
     with TestClient(create_app(model, ServeConfig(api_key="k"))) as c:
         assert c.get("/metrics").status_code == 401
         assert c.get("/metrics", headers={"x-api-key": "k"}).status_code == 200
+
+
+def _closed_by_server(sock: socket.socket, limit_s: float = 20.0) -> bytes:
+    """Everything the server sends until it closes the connection (recv gives b""); b"RST"
+    when it resets it (closed with the client's bytes unread: a refused connection)."""
+    sock.settimeout(limit_s)
+    data = b""
+    try:
+        while chunk := sock.recv(4096):
+            data += chunk
+    except ConnectionResetError:
+        return data or b"RST"
+    return data
+
+
+def test_slow_clients_are_cut_off_and_real_ones_still_answered(tiny_bundle):
+    """slowloris from one address: past --max-connections-per-ip its connections get 503 at
+    once, the rest are closed when --header-timeout passes without a complete request head,
+    and meanwhile a client from another address is answered; a stalled body gets 408."""
+    proc, url = _start(tiny_bundle, "--header-timeout", "3", "--body-timeout", "1", "--max-connections-per-ip", "100")
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        slow = []
+        for i in range(600):  # more than the 512 connections uvicorn admits in all
+            s = socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0))
+            s.sendall(b"POST /v1/embed HTTP/1.1\r\nHost: x\r\n" if i % 2 else b"")
+            slow.append(s)
+        # the slow address holds at most 100 connections: another client is served meanwhile
+        assert httpx.post(url + "/v1/embed", json={"texts": ["Il gatto dorme."]}, timeout=30).status_code == 200
+        answers = [_closed_by_server(s) for s in slow]
+        for s in slow:
+            s.close()
+        refused = [a for a in answers if a]
+        assert all(a == b"RST" or a.startswith(b"HTTP/1.1 503") and a.endswith(b"too many connections from this address\n") for a in refused)
+        assert 0 < len(refused) < 600 and answers.count(b"") == 600 - len(refused)  # the others: cut off, no answer owed
+        with socket.create_connection(("127.0.0.1", port)) as s:  # a body that stalls: 408, then closed
+            s.sendall(b"POST /v1/embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"texts\"")
+            assert _closed_by_server(s).startswith(b"HTTP/1.1 408")
+        with httpx.Client(timeout=30) as c:  # a kept-alive connection serves several requests
+            assert [c.post(url + "/v1/embed", json={"texts": [t]}).status_code for t in ("a", "b", "c")] == [200] * 3
+    finally:
+        _stop(proc)
