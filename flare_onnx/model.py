@@ -120,17 +120,20 @@ class FlareModel:
         threads: int | None = None,
         max_batch_tokens: int = _DEFAULTS["max_batch_tokens"],
         max_batch_size: int = _DEFAULTS["max_batch_size"],
+        max_text_tokens: int | None = _DEFAULTS["max_text_tokens"],
         spin: bool = _DEFAULTS["spin"],
         arena: bool = True,
     ) -> None:
-        opts = parse_load_options(
-            {"threads": threads, "max_batch_tokens": max_batch_tokens, "max_batch_size": max_batch_size, "spin": spin}
-        )
+        opts = parse_load_options({
+            "threads": threads, "max_batch_tokens": max_batch_tokens, "max_batch_size": max_batch_size,
+            "max_text_tokens": max_text_tokens, "spin": spin,
+        })
         self.manifest = bundle.manifest
         self.path = bundle.path
         self.precision = bundle.graph.precision
         self.max_batch_tokens: int = opts["max_batch_tokens"]
         self.max_batch_size: int = opts["max_batch_size"]
+        self.max_text_tokens: int | None = opts["max_text_tokens"]
         # attention scores are batch × heads × length² floats: two full-length rows at most
         self.max_batch_cells = 2 * bundle.manifest.max_length**2
         self.backend = bundle.graph.backend
@@ -216,6 +219,14 @@ class FlareModel:
         if stride is None:
             stride = self.manifest.max_length // 4
         encodings = self._encoder.encode(texts)
+        if window == "sliding" and self.max_text_tokens is not None:
+            for i, enc in enumerate(encodings):
+                if len(enc.ids) > self.max_text_tokens:
+                    raise InputError(
+                        f"text {i} holds {len(enc.ids)} tokens; sliding windows read at most "
+                        f"{self.max_text_tokens} per text (the model option max_text_tokens; "
+                        f"None lifts the cap for trusted batch jobs)"
+                    )
         return encodings, self._encoder.windows(encodings, sliding=window == "sliding", stride=stride)
 
     # -- tasks --------------------------------------------------------------------------
@@ -445,6 +456,7 @@ def load(
     threads: int | None = None,
     max_batch_tokens: int = _DEFAULTS["max_batch_tokens"],
     max_batch_size: int = _DEFAULTS["max_batch_size"],
+    max_text_tokens: int | None = _DEFAULTS["max_text_tokens"],
     spin: bool = _DEFAULTS["spin"],
     backend: str = _DEFAULTS["backend"],
     arena: bool = True,
@@ -458,6 +470,8 @@ def load(
             (affinity and cgroup quota, so a container's limit rather than the host's cores).
         max_batch_tokens: token budget of one batch (``batch × padded length``); bounds memory.
         max_batch_size: most texts in one batch.
+        max_text_tokens: most tokens one text may hold when read in sliding windows (bounds the
+            work of one text); ``None`` lifts the cap, for trusted batch jobs.
         spin: idle worker threads spin-wait between calls (fastest on a dedicated machine);
             pass ``False`` on shared machines, in containers and in serverless functions.
         backend: ``"onnxruntime"`` (the default: lean, fast start) or ``"openvino"`` (the
@@ -480,6 +494,7 @@ def load(
         threads=threads,
         max_batch_tokens=max_batch_tokens,
         max_batch_size=max_batch_size,
+        max_text_tokens=max_text_tokens,
         spin=spin,
         arena=arena,
     )

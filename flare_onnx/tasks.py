@@ -286,6 +286,11 @@ LOAD_OPTIONS: tuple[Option, ...] = (
     Option("max_batch_tokens", int, 4096, "tokens in one batch (batch x padded length); bounds memory", minimum=16, maximum=1 << 20),
     Option("max_batch_size", int, 64, "texts in one batch", minimum=1, maximum=4096),
     Option(
+        "max_text_tokens", int, 65_536,
+        "tokens one text may hold, read in sliding windows (null: no cap, for trusted batch jobs)",
+        minimum=16, maximum=1 << 26, nullable=True,
+    ),
+    Option(
         "spin", bool, True,
         "let idle onnxruntime threads spin between calls (fastest on a dedicated machine; "
         "turn off on shared machines, containers and serverless)",

@@ -185,3 +185,34 @@ def test_manifest_task_must_match_the_graph(tiny_feature_bundle, tmp_path):
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(flare_onnx.BundleError, match="offers fill-mask, but its graph has no mask_logits output"):
         flare_onnx.load(bundle)
+
+
+def test_a_text_over_the_token_cap_is_refused_everywhere_and_only_that_text(tiny_bundle, tmp_path, capsys, monkeypatch):
+    """max_text_tokens bounds the sliding-window work of one text, on every surface; a file job
+    sends the one long record to its errors file and finishes the others; None lifts the cap."""
+    long = " ".join(PLAIN * 40)  # a few hundred tokens
+    message = "sliding windows read at most 64 per text"
+    model = flare_onnx.load(tiny_bundle, max_text_tokens=64)
+    with pytest.raises(InputError, match=message):
+        model.embed([PLAIN[0], long], window="sliding")
+    assert model.embed([long]).shape[0] == 1  # truncation reads max_length tokens: no cap needed
+    assert flare_onnx.load(tiny_bundle, max_text_tokens=None).embed([long], window="sliding").shape[0] == 1
+    argv = ["embed", str(tiny_bundle), "--window", "sliding", "--max-text-tokens", "64"]
+    assert _exit_code([*argv, long]) == 2 and message in capsys.readouterr().err
+    src = tmp_path / "in.txt"
+    src.write_text(f"{PLAIN[0]}\n{long}\n{PLAIN[1]}\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    assert _exit_code(["run", "embed", str(tiny_bundle), "-i", str(src), "-o", str(out), "--window", "sliding",
+                       "--max-text-tokens", "64", "--no-progress"]) == 3
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    errors = [json.loads(line) for line in (tmp_path / "out.jsonl.errors.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rows] == [1, 3] and all(len(r["embedding"]) == 32 for r in rows)
+    assert len(errors) == 1 and errors[0]["line"] == 2 and message in errors[0]["error"]
+    monkeypatch.setenv("FLARE_ONNX_BUNDLE", str(tiny_bundle))
+    monkeypatch.setenv("FLARE_ONNX_MAX_TEXT_TOKENS", "64")
+    monkeypatch.setattr(sl, "_MODEL", None)
+    r = sl.handler({"task": "embed", "texts": [long], "window": "sliding"})
+    assert r["statusCode"] == 422 and message in json.loads(r["body"])["error"]
+    with TestClient(create_app(model)) as client:
+        r = client.post("/v1/embed", json={"texts": [long], "window": "sliding"})
+        assert r.status_code == 422 and message in r.json()["error"]
