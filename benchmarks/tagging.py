@@ -143,10 +143,12 @@ def fine_tune(
 ) -> Path:
     """Fine-tune a token-classification head (and the encoder, embeddings frozen by default)."""
     import torch
+    import transformers
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
+    transformers.logging.set_verbosity_error()  # the new head's "newly initialized" note is the point here
     labels = sorted({t for _, _, tags in train for t in tags})
     label_ids = {t: i for i, t in enumerate(labels)}
     tok = AutoTokenizer.from_pretrained(str(encoder_dir))
