@@ -125,7 +125,7 @@ def _serve(args: argparse.Namespace) -> int:
         queue_size=args.queue_size, max_batch_texts=args.max_batch_texts, max_wait_ms=args.max_wait_ms,
         deadline_s=args.deadline, api_key=_api_key(args.api_key_file),
         header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
-        max_connections_per_ip=max(0, args.max_connections_per_ip),
+        max_connections_per_ip=max(0, args.max_connections_per_ip), http=args.http, loop=args.loop,
     )
     serve(args.bundle, host=args.host, port=args.port, cfg=cfg, model_options=_given(args, LOAD_OPTIONS))
     return 0
@@ -311,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-texts", type=int, default=64)
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for company")
     p.add_argument("--deadline", type=float, default=30.0, help="seconds per request before 504")
+    p.add_argument("--http", choices=["auto", "httptools", "h11"], default="auto", help="HTTP parser (auto: httptools where installed)")
+    p.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto", help="event loop (auto: uvloop where installed)")
     p.add_argument("--max-connections-per-ip", type=int, default=128, help="open connections from one client address (0: no cap, e.g. behind a proxy)")
     p.add_argument("--header-timeout", type=_seconds, default=10.0, help="seconds for a request's head to arrive (slow clients are cut off)")
     p.add_argument("--body-timeout", type=_seconds, default=10.0, help="seconds for a request's body to arrive, then 408")

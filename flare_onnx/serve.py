@@ -15,6 +15,7 @@ import asyncio
 import base64
 import contextlib
 import hmac
+import importlib.util
 import json
 import logging
 import math
@@ -25,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -50,6 +51,8 @@ class ServeConfig:
     max_connections: int = 512  # open connections before uvicorn answers 503
     max_tokens: int = 32_768  # tokens one request may hold (all its texts, whole texts for sliding windows)
     max_candidates: int = 10_000  # fill-mask: masks x top_k one request may ask for
+    http: str = "auto"  # uvicorn's HTTP parser: "httptools" (C, where installed), "h11", or "auto"
+    loop: str = "auto"  # event loop: "uvloop" (where installed), "asyncio", or "auto"
     max_connections_per_ip: int = 128  # open connections from one client address (0: no cap, e.g. behind a proxy)
     header_timeout_s: float = 10.0  # a request head (line and headers) must arrive within this
     body_timeout_s: float = 10.0  # and its body within this, once the head is in
@@ -206,8 +209,9 @@ _BUSY = (
 )
 
 
-def _guarded_protocol(header_timeout_s: float, max_per_ip: int) -> type:
-    """uvicorn's h11 protocol with a deadline on every request head and a cap per address.
+def _guarded_protocol(header_timeout_s: float, max_per_ip: int, http: str = "auto") -> type:
+    """uvicorn's HTTP protocol (httptools where installed, else h11) with a deadline on every
+    request head and a cap per client address.
 
     uvicorn only times connections out between requests, after a response, so a client that
     opens a connection and sends its head a byte at a time (slowloris) holds it, and a slot
@@ -218,11 +222,18 @@ def _guarded_protocol(header_timeout_s: float, max_per_ip: int) -> type:
     """
     from collections import Counter
 
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+    base: type[Any]
+    if http == "httptools" or (http == "auto" and importlib.util.find_spec("httptools") is not None):
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+        base = HttpToolsProtocol
+    else:
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        base = H11Protocol
     per_ip: Counter[str] = Counter()
 
-    class GuardedH11Protocol(H11Protocol):
+    class GuardedProtocol(base):  # type: ignore[misc]
         _head_timer: asyncio.TimerHandle | None = None
         _seen_cycle: Any = None
         _ip: str | None = None
@@ -242,7 +253,13 @@ def _guarded_protocol(header_timeout_s: float, max_per_ip: int) -> type:
             if not in_flight and not self.transport.is_closing():
                 self.transport.close()
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        def _note_head(self) -> None:
+            # both parsers start a new request cycle the moment a request head is complete
+            if self.cycle is not None and self.cycle is not self._seen_cycle:
+                self._seen_cycle = self.cycle
+                self._disarm()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
             if self.client:
                 self._ip = str(self.client[0])
@@ -253,15 +270,14 @@ def _guarded_protocol(header_timeout_s: float, max_per_ip: int) -> type:
                     return
             self._arm()
 
-        def handle_events(self) -> None:
-            super().handle_events()
-            if self.cycle is not None and self.cycle is not self._seen_cycle:  # a head arrived
-                self._seen_cycle = self.cycle
-                self._disarm()
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._note_head()
 
         def on_response_complete(self) -> None:
             self._arm()  # the next request's head on a kept-alive connection (before a pipelined one is read)
             super().on_response_complete()
+            self._note_head()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
@@ -272,7 +288,7 @@ def _guarded_protocol(header_timeout_s: float, max_per_ip: int) -> type:
                 self._ip = None
             super().connection_lost(exc)
 
-    return GuardedH11Protocol
+    return GuardedProtocol
 
 
 def _openai_input(payload: Any, cfg: ServeConfig) -> tuple[list[str], str]:
@@ -337,6 +353,24 @@ def _check_work(model: FlareModel, spec: TaskSpec, texts: list[str], options: di
     return tokens
 
 
+_R = TypeVar("_R")
+
+
+def _json_response_class(base: type[_R]) -> type[_R]:
+    """Starlette's JSONResponse, rendered by orjson where it is installed (results are mostly
+    floats, which the standard library writes several times slower)."""
+    try:
+        import orjson
+    except ImportError:
+        return base
+
+    class ORJSONResponse(base):  # type: ignore[valid-type,misc]
+        def render(self, content: Any) -> bytes:
+            return orjson.dumps(content)
+
+    return ORJSONResponse
+
+
 def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
     """The Starlette application serving ``model`` (already loaded and verified)."""
     from starlette.applications import Starlette
@@ -346,6 +380,7 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
 
     cfg = cfg or ServeConfig()
     state: dict[str, Any] = {"batcher": None}
+    Answer = _json_response_class(JSONResponse)
     metrics = ServiceMetrics(model, lambda: state["batcher"].queued_texts if state["batcher"] else 0)
 
     def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -422,7 +457,7 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
             texts, options = _validate(spec, await read_json(request), cfg)
             request.state.texts = len(texts)
             results, _ = await infer(spec, texts, options)
-            return JSONResponse(
+            return Answer(
                 {"task": spec.name, "precision": model.precision, "results": [spec.record(r) for r in results]}
             )
 
@@ -448,7 +483,7 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
             value: Any = base64.b64encode(array.tobytes()).decode("ascii") if encoding == "base64" else array.tolist()
             data.append({"object": "embedding", "index": i, "embedding": value})
         name = payload.get("model") if isinstance(payload.get("model"), str) else str(model.path.name)
-        return JSONResponse({"object": "list", "data": data, "model": name,
+        return Answer({"object": "list", "data": data, "model": name,
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     async def health(request: Request) -> JSONResponse:
@@ -621,5 +656,5 @@ def serve(
         create_app(model, cfg), host=host, port=port, log_level="warning", access_log=False,
         timeout_graceful_shutdown=math.ceil(cfg.deadline_s),
         timeout_keep_alive=5, limit_concurrency=cfg.max_connections,
-        http=_guarded_protocol(cfg.header_timeout_s, cfg.max_connections_per_ip),
+        http=_guarded_protocol(cfg.header_timeout_s, cfg.max_connections_per_ip, cfg.http), loop=cfg.loop,
     )

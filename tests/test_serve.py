@@ -43,7 +43,7 @@ def test_health_ready_openapi(client):
     ready = client.get("/ready").json()
     assert ready["status"] == "ready" and ready["tasks"] == ["fill-mask", "embed"]
     spec = client.get("/openapi.json").json()
-    assert set(spec["paths"]) == {"/v1/fill-mask", "/v1/embed", "/v1/embeddings", "/health", "/ready"}
+    assert set(spec["paths"]) == {"/v1/fill-mask", "/v1/embed", "/v1/embeddings", "/v1/info", "/", "/health", "/ready"}
 
 
 def test_embed_and_fill_mask_match_the_library(client, model):
@@ -308,11 +308,13 @@ def _closed_by_server(sock: socket.socket, limit_s: float = 20.0) -> bytes:
     return data
 
 
-def test_slow_clients_are_cut_off_and_real_ones_still_answered(tiny_bundle):
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_slow_clients_are_cut_off_and_real_ones_still_answered(tiny_bundle, parser):
     """slowloris from one address: past --max-connections-per-ip its connections get 503 at
     once, the rest are closed when --header-timeout passes without a complete request head,
     and meanwhile a client from another address is answered; a stalled body gets 408."""
-    proc, url = _start(tiny_bundle, "--header-timeout", "3", "--body-timeout", "1", "--max-connections-per-ip", "100")
+    pytest.importorskip(parser)
+    proc, url = _start(tiny_bundle, "--http", parser, "--header-timeout", "3", "--body-timeout", "1", "--max-connections-per-ip", "100")
     port = int(url.rsplit(":", 1)[1])
     try:
         slow = []
