@@ -160,6 +160,43 @@ def test_plan_batches_respects_budget_and_sorts():
     assert flat == sorted(flat)
 
 
+def _greedy(lengths: list[int], max_tokens: int, max_batch: int) -> list[list[int]]:
+    """The obvious plan: fill each batch in length order until a budget would break."""
+    out: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if out and len(out[-1]) < max_batch and (len(out[-1]) + 1) * lengths[i] <= max_tokens:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
+def _cost(lengths: list[int], batches: list[list[int]]) -> int:
+    from flare_onnx.tokenization import BATCH_OVERHEAD_TOKENS
+
+    return sum(len(b) * max(lengths[i] for i in b) + BATCH_OVERHEAD_TOKENS for b in batches)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 512), min_size=1, max_size=150),
+    max_tokens=st.integers(16, 8192),
+    max_batch=st.integers(1, 64),
+)
+def test_plan_batches_pads_least_within_the_budgets(lengths, max_tokens, max_batch):
+    batches = list(plan_batches(lengths, max_tokens=max_tokens, max_batch=max_batch, max_cells=4 * 512**2))
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        longest = max(lengths[i] for i in b)
+        assert len(b) == 1 or (len(b) <= max_batch and len(b) * longest <= max_tokens and len(b) * longest**2 <= 4 * 512**2)
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(flat)
+    # never worse than filling batches greedily (padded tokens plus the per-batch price)
+    greedy = [b for b in _greedy(lengths, max_tokens, max_batch)]
+    if all(len(b) * max(lengths[i] for i in b) ** 2 <= 4 * 512**2 or len(b) == 1 for b in greedy):
+        assert _cost(lengths, batches) <= _cost(lengths, greedy)
+
+
 def test_pad_batch():
     ids, mask = pad_batch([np.array([0, 5, 2]), np.array([0, 2])], pad_id=1)
     assert ids.tolist() == [[0, 5, 2], [0, 2, 1]]
