@@ -5,6 +5,7 @@ Nothing here touches a session or a tokenizer, so every function is testable on 
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -144,11 +145,12 @@ def aggregate_words(
     """
     words: list[WordLabel] = []
     n = len(word_ids)
+    pieces = [text[a:b].strip() for a, b in offsets[:n]]
     t = 0
     while t < n:
         w = word_ids[t]
         u = t + 1
-        while u < n and word_ids[u] == w and w is not None:
+        while u < n and word_ids[u] == w and w is not None and not _word_break(pieces[u - 1], pieces[u]):
             u += 1
         span = probs[t:u]
         if aggregation == "first":
@@ -173,6 +175,32 @@ def aggregate_words(
         words.append(WordLabel(word=text[start:end], label=labels[best], score=score, start=start, end=end))
         t = u
     return words
+
+
+_APOSTROPHES = ("'", "\u2019")
+
+
+def _word_break(before: str, piece: str) -> bool:
+    """Whether a new word starts at ``piece`` inside one pre-tokenized word.
+
+    SentencePiece pre-tokenizes at spaces only, so "Bologna." or "dell'Università" would be one
+    word (an entity would take the full stop, or be labelled by "dell"). Cut them as Italian
+    corpora do: punctuation is a word of its own, except an apostrophe, which stays with the
+    elided word before it ("dell'" | "Università", "Dell'" | "Orto"). WordPiece's pre-tokenizer
+    has cut at punctuation already, so this only ever splits SentencePiece words.
+    """
+    if piece in _APOSTROPHES:
+        return False
+    if before.endswith(_APOSTROPHES):
+        return True
+    return _is_punctuation(piece) or _is_punctuation(before)
+
+
+def _is_punctuation(piece: str) -> bool:
+    """Punctuation as BERT's pre-tokenizer sees it: Unicode P* characters and ASCII symbols."""
+    return bool(piece) and all(
+        unicodedata.category(c).startswith("P") or (c.isascii() and not c.isalnum() and not c.isspace()) for c in piece
+    )
 
 
 def _split_label(label: str) -> tuple[str, str]:

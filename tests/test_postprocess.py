@@ -99,6 +99,22 @@ def test_word_spans_leave_out_the_space_sentencepiece_tokens_carry():
     assert all(text[w.start : w.end] == w.word for w in words)
 
 
+def test_sentencepiece_words_are_cut_at_punctuation_and_after_elisions():
+    text = "Vive a Bologna. Dell'Orto (dell'Università) no"
+    # SentencePiece pre-tokenizes at spaces only: "Bologna.", "Dell'Orto" and
+    # "(dell'Università)" are one word each, split here as Italian corpora tokenize them
+    word_ids = [0, 1, 2, 2, 3, 3, 3, 4, 4, 4, 4, 4, 5]
+    offsets = [(0, 4), (5, 6), (7, 14), (14, 15), (16, 20), (20, 21), (21, 25),
+               (26, 27), (27, 31), (31, 32), (32, 42), (42, 43), (44, 46)]
+    probs = _probs([0, 0, 3, 0, 1, 0, 2, 0, 0, 0, 3, 0, 0])
+    words = aggregate_words(text, probs, word_ids, offsets, LABELS)
+    assert [(w.word, w.label) for w in words] == [
+        ("Vive", "O"), ("a", "O"), ("Bologna", "B-LOC"), (".", "O"), ("Dell'", "B-PER"), ("Orto", "I-PER"),
+        ("(", "O"), ("dell'", "O"), ("Università", "B-LOC"), (")", "O"), ("no", "O"),
+    ]
+    assert [e.text for e in group_entities(text, words)] == ["Bologna", "Dell'Orto", "Università"]
+
+
 def _w(label: str, start: int, end: int, score: float = 0.9) -> WordLabel:
     return WordLabel(word="", label=label, score=score, start=start, end=end)
 
