@@ -364,6 +364,7 @@ def pipeline(
     model: str | Path | FlareModel,
     *,
     tokenizer: object = None,
+    device: object = None,
     precision: str | None = None,
     threads: int | None = None,
     backend: str = "onnxruntime",
@@ -377,6 +378,7 @@ def pipeline(
             (``"sentiment-analysis"``) or ``"feature-extraction"``.
         model: a bundle directory (``flare-onnx export``'s output) or a loaded :class:`FlareModel`.
         tokenizer: leave out: a bundle carries its own tokenizer, checked against the original.
+        device: ``None``, ``"cpu"`` or ``-1`` (transformers' CPU spellings); flare-onnx runs on CPUs.
         precision, threads, backend, spin: as for :func:`flare_onnx.load`.
         options: defaults for every call (``top_k=3``, ``aggregation_strategy="simple"``, ...).
 
@@ -397,6 +399,8 @@ def pipeline(
             "a flare-onnx bundle carries its own tokenizer (checked id for id against the "
             "original at export): drop the tokenizer= argument"
         )
+    if device not in (None, "cpu", -1) or isinstance(device, bool):
+        raise InputError(f"flare-onnx runs on CPUs: device must be None, 'cpu' or -1, not {device!r}")
     if not isinstance(model, FlareModel):
         model = load(model, precision=precision, threads=threads, backend=backend, spin=spin)
     model.manifest.require(_NEEDS[cls])

@@ -162,6 +162,9 @@ def test_bad_pipelines_are_clear_errors(tiny_bundle, tiny_classifier):
         flare_onnx.pipeline("fill-mask", tiny_bundle, tokenizer="osiria/flare-it")
     with pytest.raises(TaskNotAvailableError, match="tag needs a bundle exported with --task token-classification"):
         flare_onnx.pipeline("ner", tiny_bundle)
+    with pytest.raises(InputError, match="runs on CPUs: device must be None, 'cpu' or -1, not 'cuda:0'"):
+        flare_onnx.pipeline("fill-mask", tiny_bundle, device="cuda:0")
+    assert flare_onnx.pipeline("fill-mask", tiny_bundle, device=-1).model.precision == "int8"
     with pytest.raises(InputError, match="has no option 'top_kk'"):
         flare_onnx.pipeline("text-classification", tiny_classifier, top_kk=2)
     clf = flare_onnx.pipeline("text-classification", tiny_classifier)
