@@ -235,3 +235,24 @@ def test_the_page_is_locked_down(servers):
     assert r.headers["x-content-type-options"] == "nosniff"
     info = httpx.get(servers["tag"] + "/v1/info").json()
     assert info["tasks"] == ["tag"] and info["precision"] == "fp32" and info["labels"][0] == "O" and info["graph_bytes"] > 0
+
+
+def test_a_pos_tagger_gets_a_tag_on_every_word(browser, tmp_path_factory):
+    """Labels without B-/I- prefixes (UPOS) are shown word by word, not grouped as entities."""
+    from flare_onnx_export import export_bundle, write_reference
+
+    labels = ["ADP", "DET", "NOUN", "PROPN", "PUNCT", "VERB"]
+    ckpt = write_reference(tmp_path_factory.mktemp("pos") / "ckpt", tiny=True, task="token-classification", labels=labels)
+    bundle = export_bundle(str(ckpt), tmp_path_factory.mktemp("posb") / "b", log=lambda _: None)
+    proc, url = _start(bundle)
+    try:
+        _open(browser, url)
+        text = "Il gatto dorme sul divano di Roma."
+        _type(browser, text)
+        assert _run(browser).startswith("Answered in")
+        assert browser.find_element(By.CSS_SELECTOR, "#output h2").text == "Tags"
+        words = httpx.post(url + "/v1/tag", json={"texts": [text]}).json()["results"][0]["tags"]["words"]
+        assert _marks(browser) == [(text[w["start"] : w["end"]], w["label"]) for w in words]
+        assert len(words) == 8 and all(label in labels for _, label in _marks(browser))
+    finally:
+        _stop(proc)
