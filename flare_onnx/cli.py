@@ -126,6 +126,7 @@ def _serve(args: argparse.Namespace) -> int:
         deadline_s=args.deadline, api_key=_api_key(args.api_key_file),
         header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
         max_connections_per_ip=max(0, args.max_connections_per_ip), http=args.http, loop=args.loop,
+        reference_fp32=args.reference_fp32,
     )
     serve(args.bundle, host=args.host, port=args.port, cfg=cfg, model_options=_given(args, LOAD_OPTIONS))
     return 0
@@ -314,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http", choices=["auto", "httptools", "h11"], default="auto", help="HTTP parser (auto: httptools where installed)")
     p.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto", help="event loop (auto: uvloop where installed)")
     p.add_argument("--max-connections-per-ip", type=int, default=128, help="open connections from one client address (0: no cap, e.g. behind a proxy)")
+    p.add_argument("--reference-fp32", action="store_true", help="also serve the bundle's FP32 graph at /v1/reference/... (the page shows INT8 beside FP32; more memory)")
     p.add_argument("--header-timeout", type=_seconds, default=10.0, help="seconds for a request's head to arrive (slow clients are cut off)")
     p.add_argument("--body-timeout", type=_seconds, default=10.0, help="seconds for a request's body to arrive, then 408")
     _add_load_options(p)

@@ -56,6 +56,7 @@ class ServeConfig:
     max_connections_per_ip: int = 128  # open connections from one client address (0: no cap, e.g. behind a proxy)
     header_timeout_s: float = 10.0  # a request head (line and headers) must arrive within this
     body_timeout_s: float = 10.0  # and its body within this, once the head is in
+    reference_fp32: bool = False  # also serve the bundle's FP32 graph at /v1/reference/... (the page compares)
 
 
 class HTTPError(Exception):
@@ -371,15 +372,17 @@ def _json_response_class(base: type[_R]) -> type[_R]:
     return ORJSONResponse
 
 
-def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
-    """The Starlette application serving ``model`` (already loaded and verified)."""
+def create_app(model: FlareModel, cfg: ServeConfig | None = None, reference: FlareModel | None = None) -> Any:
+    """The Starlette application serving ``model`` (already loaded and verified), and
+    ``reference`` — the same bundle's FP32 graph — at ``/v1/reference/{task}`` when given."""
     from starlette.applications import Starlette
     from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
     cfg = cfg or ServeConfig()
-    state: dict[str, Any] = {"batcher": None}
+    state: dict[str, Any] = {"batcher": None, "reference": None}
+    models = {"batcher": model, "reference": reference}
     Answer = _json_response_class(JSONResponse)
     metrics = ServiceMetrics(model, lambda: state["batcher"].queued_texts if state["batcher"] else 0)
 
@@ -411,7 +414,9 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise HTTPError(400, "the body is not valid JSON") from exc
 
-    async def infer(spec: TaskSpec, texts: list[str], options: dict[str, Any]) -> tuple[list[Any], int]:
+    async def infer(
+        spec: TaskSpec, texts: list[str], options: dict[str, Any], which: str = "batcher"
+    ) -> tuple[list[Any], int]:
         """Check the work, queue it for the inference thread, and wait within the deadline;
         the results, and the request's tokens (counted once, for the limits, metrics and usage)."""
         if spec.name not in model.tasks:
@@ -419,7 +424,7 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
         # work is measured in tokens, off the event loop, before anything is queued
         tokens = await asyncio.get_running_loop().run_in_executor(None, _check_work, model, spec, texts, options, cfg)
         metrics.tokens.inc(tokens)
-        batcher = state["batcher"]
+        batcher = state[which]
         if batcher is None:
             raise HTTPError(503, "the model is not ready", {"Retry-After": "1"})
         fut = batcher.submit(spec.name, options, texts)
@@ -452,13 +457,16 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
 
         return run
 
-    def endpoint(spec: TaskSpec) -> Callable[[Request], Awaitable[Response]]:
+    def endpoint(spec: TaskSpec, which: str = "batcher") -> Callable[[Request], Awaitable[Response]]:
+        served = models[which]
+        assert served is not None  # routes exist only for the models given
+
         async def handle(request: Request) -> Response:
             texts, options = _validate(spec, await read_json(request), cfg)
             request.state.texts = len(texts)
-            results, _ = await infer(spec, texts, options)
+            results, _ = await infer(spec, texts, options, which)
             return Answer(
-                {"task": spec.name, "precision": model.precision, "results": [spec.record(r) for r in results]}
+                {"task": spec.name, "precision": served.precision, "results": [spec.record(r) for r in results]}
             )
 
         return answered(handle, error)
@@ -504,7 +512,7 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
         # what the page shows; with an API key it needs the key, like every /v1 route
         if not authorized(request):
             return error(401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)")
-        return JSONResponse(bundle_info(model))
+        return JSONResponse(bundle_info(model, reference))
 
     page, page_csp = _page()
 
@@ -524,18 +532,24 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         state["batcher"] = MicroBatcher(model, cfg, metrics)
+        if reference is not None:
+            state["reference"] = MicroBatcher(reference, cfg)
         yield
-        batcher, state["batcher"] = state["batcher"], None
-        await asyncio.get_running_loop().run_in_executor(None, batcher.stop)
+        for which in ("batcher", "reference"):
+            batcher, state[which] = state[which], None
+            if batcher is not None:
+                await asyncio.get_running_loop().run_in_executor(None, batcher.stop)
 
     routes = [Route(f"/v1/{spec.name}", endpoint(spec), methods=["POST"]) for spec in TASKS.values()]
     routes.append(Route("/v1/embeddings", answered(openai_embeddings, openai_error), methods=["POST"]))
+    if reference is not None:
+        routes += [Route(f"/v1/reference/{spec.name}", endpoint(spec, "reference"), methods=["POST"]) for spec in TASKS.values()]
     routes += [Route("/", index), Route("/v1/info", info)]
     routes += [Route("/health", health), Route("/ready", ready), Route("/openapi.json", openapi), Route("/metrics", prometheus)]
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-def bundle_info(model: FlareModel) -> dict[str, Any]:
+def bundle_info(model: FlareModel, reference: FlareModel | None = None) -> dict[str, Any]:
     """The bundle's facts for people: model, tasks, precision, graph size, the export's checks."""
     from . import __version__
 
@@ -558,6 +572,7 @@ def bundle_info(model: FlareModel) -> dict[str, Any]:
         "labels": list(manifest.labels) if manifest.labels else None,
         "mask_token": manifest.special.mask_token,
         "fidelity": {k: v for k, v in fidelity.items() if isinstance(v, (int, float, str))} if isinstance(fidelity, dict) else {},
+        "reference": reference.precision if reference is not None else None,
         "flare_onnx": __version__,
     }
 
@@ -637,6 +652,10 @@ def serve(
         raise ImportError('serving needs uvicorn and starlette: pip install ".[serve]"') from exc
     model = load(bundle, **(model_options or {}))
     cfg = cfg or ServeConfig()
+    reference = None
+    if cfg.reference_fp32 and not (model.precision == "fp32" and model.backend == "onnxruntime"):
+        options = {k: v for k, v in (model_options or {}).items() if k not in ("precision", "backend")}
+        reference = load(bundle, **options, precision="fp32")
     if cfg.api_key is None:
         cfg.api_key = os.environ.get("FLARE_ONNX_API_KEY") or None
     if not access_log.handlers:  # one JSON line per request on stderr, without texts or keys
@@ -649,11 +668,12 @@ def serve(
     print(
         f"flare-onnx: serving {bundle} ({model.precision}, tasks: {', '.join(model.tasks)}) at {where}/ "
         f"- API at {where}/v1/..., OpenAPI at {where}/openapi.json"
-        + (", API key required" if cfg.api_key else ""),
+        + (", API key required" if cfg.api_key else "")
+        + (f", FP32 reference at {where}/v1/reference/..." if reference is not None else ""),
         file=sys.stderr, flush=True,
     )
     uvicorn.run(
-        create_app(model, cfg), host=host, port=port, log_level="warning", access_log=False,
+        create_app(model, cfg, reference), host=host, port=port, log_level="warning", access_log=False,
         timeout_graceful_shutdown=math.ceil(cfg.deadline_s),
         timeout_keep_alive=5, limit_concurrency=cfg.max_connections,
         http=_guarded_protocol(cfg.header_timeout_s, cfg.max_connections_per_ip, cfg.http), loop=cfg.loop,

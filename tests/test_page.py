@@ -256,3 +256,23 @@ def test_a_pos_tagger_gets_a_tag_on_every_word(browser, tmp_path_factory):
         assert len(words) == 8 and all(label in labels for _, label in _marks(browser))
     finally:
         _stop(proc)
+
+
+def test_embed_shows_int8_beside_the_fp32_reference(browser, tiny_bundle, artifacts):
+    proc, url = _start(tiny_bundle, "--precision", "int8", "--reference-fp32")
+    try:
+        assert httpx.get(url + "/v1/info").json()["reference"] == "fp32"
+        assert httpx.post(url + "/v1/reference/embed", json={"texts": ["Ciao"]}).json()["precision"] == "fp32"
+        _open(browser, url)
+        _choose(browser, "embed")
+        _type(browser, "Il gatto dorme sul divano.\nUn gatto riposa sul sofà.\nIl treno parte alle otto.")
+        assert _run(browser).startswith("Answered in")
+        tables = [browser.find_element(By.CSS_SELECTOR, f"[data-testid={t}]") for t in ("similarity", "similarity-reference")]
+        values = [[float(td.text) for td in t.find_elements(By.TAG_NAME, "td")] for t in tables]
+        worst = float(browser.find_element(By.CSS_SELECTOR, "[data-testid=agreement]").text.rsplit(" ", 1)[1])
+        assert len(values[0]) == len(values[1]) == 9 and values[0] != [] and 0 <= worst < 0.05
+        assert max(abs(a - b) for a, b in zip(*values)) <= worst + 1e-3  # the figure is the tables' own difference
+        assert "(int8)" in tables[0].text and "fp32" in tables[1].text
+        _shot(browser, artifacts / "page-embed-reference.png")
+    finally:
+        _stop(proc)
