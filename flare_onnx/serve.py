@@ -506,7 +506,7 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None, reference: Fla
         )
 
     async def openapi(request: Request) -> JSONResponse:
-        return JSONResponse(openapi_spec(model, cfg))
+        return JSONResponse(openapi_spec(model, cfg, reference))
 
     async def info(request: Request) -> JSONResponse:
         # what the page shows; with an API key it needs the key, like every /v1 route
@@ -599,7 +599,7 @@ def _page() -> tuple[bytes, str]:
     return html.encode("utf-8"), csp
 
 
-def openapi_spec(model: FlareModel, cfg: ServeConfig) -> dict[str, Any]:
+def openapi_spec(model: FlareModel, cfg: ServeConfig, reference: FlareModel | None = None) -> dict[str, Any]:
     def op(spec: TaskSpec) -> dict[str, Any]:
         props: dict[str, Any] = {
             "texts": {"type": "array", "items": {"type": "string", "maxLength": cfg.max_chars}, "minItems": 1, "maxItems": cfg.max_texts}
@@ -615,6 +615,8 @@ def openapi_spec(model: FlareModel, cfg: ServeConfig) -> dict[str, Any]:
         }
 
     paths = {f"/v1/{spec.name}": op(spec) for spec in TASKS.values() if spec.name in model.tasks}
+    if reference is not None:  # the same routes on the bundle's FP32 graph (--reference-fp32)
+        paths.update({f"/v1/reference/{spec.name}": op(spec) for spec in TASKS.values() if spec.name in model.tasks})
     if "embed" in model.tasks:
         paths["/v1/embeddings"] = {"post": {
             "summary": "OpenAI-compatible embeddings",

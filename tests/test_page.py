@@ -262,6 +262,7 @@ def test_embed_shows_int8_beside_the_fp32_reference(browser, tiny_bundle, artifa
     proc, url = _start(tiny_bundle, "--precision", "int8", "--reference-fp32")
     try:
         assert httpx.get(url + "/v1/info").json()["reference"] == "fp32"
+        assert "/v1/reference/embed" in httpx.get(url + "/openapi.json").json()["paths"]
         assert httpx.post(url + "/v1/reference/embed", json={"texts": ["Ciao"]}).json()["precision"] == "fp32"
         _open(browser, url)
         _choose(browser, "embed")
