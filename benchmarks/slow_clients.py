@@ -14,7 +14,6 @@ import asyncio
 import json
 import multiprocessing as mp
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -79,31 +78,12 @@ def _victim(url: str, seconds: float) -> dict[str, Any]:
     }
 
 
-def _start(bundle: str, flags: list[str]) -> tuple[subprocess.Popen[bytes], str]:
-    import httpx
-
-    from .serve_load import _free_port
-
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "flare_onnx", "serve", bundle, "--port", str(port), *flags],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("the server did not start")
-
-
 def measure(bundle: str, guarded: bool, attackers: int, seconds: float) -> dict[str, Any]:
+    from .serve_load import _free_port, _serve
+
     flags = [] if guarded else ["--header-timeout", "86000", "--max-connections-per-ip", "0"]
-    proc, url = _start(bundle, flags)
+    port = _free_port()
+    proc, url = _serve(bundle, port, flags), f"http://127.0.0.1:{port}"
     opened = mp.Value("i", 0)
     attacker = mp.Process(target=_attack, args=(int(url.rsplit(":", 1)[1]), attackers, seconds + 5, opened))
     try:

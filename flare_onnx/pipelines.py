@@ -31,7 +31,7 @@ import numpy as np
 from .errors import InputError
 from .model import FlareModel, load
 from .postprocess import class_scores
-from .tasks import MAX_TOP_K
+from .tasks import MAX_TOP_K, get_task
 from .tokenization import check_texts
 
 __all__ = [
@@ -56,9 +56,13 @@ def _clean_up(text: str) -> str:
 
 
 def _top_k(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TOP_K:
-        raise InputError(f"top_k must be an integer from 1 to {MAX_TOP_K}, not {value!r}")
-    return value
+    """``top_k`` checked by the registry's own option (its type and limits), with a message in
+    the pipeline's words."""
+    try:
+        k: int = get_task("fill-mask").option("top_k").parse(value)
+    except InputError as exc:
+        raise InputError(f"top_k must be an integer from 1 to {MAX_TOP_K}, not {value!r}") from exc
+    return k
 
 
 class _Pipeline:
@@ -315,7 +319,6 @@ class TextClassificationPipeline(_Pipeline):
         if function not in FUNCTIONS:
             raise InputError(f"function_to_apply must be one of {', '.join(FUNCTIONS)}, not {function!r}")
         texts, single = self._inputs(inputs)
-        self.model.manifest.require("classify")
         labels = self.model.manifest.labels or ()
         scores = class_scores(self.model._class_logits(texts), function)
         results: list[Any] = []
