@@ -171,7 +171,7 @@ def run_section(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flare_onnx.session import available_cpus
+    from flare_onnx.engine.session import available_cpus
 
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small workloads, a few minutes")

@@ -242,8 +242,8 @@ class GraphContender(Contender):
     padding, so every contender sees the same token ids."""
 
     def load(self) -> None:
-        from flare_onnx.bundle import read_manifest
-        from flare_onnx.tokenization import TextEncoder
+        from flare_onnx.engine.bundle import read_manifest
+        from flare_onnx.engine.tokenization import TextEncoder
 
         # flare-onnx's tokenizer only: no flare-onnx session in this process, so the memory
         # and cold start measured are the peer's own
@@ -260,7 +260,7 @@ class GraphContender(Contender):
         raise NotImplementedError
 
     def _run(self, texts: list[str], masks: bool) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-        from flare_onnx.tokenization import pad_batch
+        from flare_onnx.engine.tokenization import pad_batch
 
         encs = self.encoder.encode(texts)
         windows = self.encoder.windows(encs, sliding=False, stride=0)

@@ -25,7 +25,7 @@ def describe() -> dict[str, Any]:
                 flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    from flare_onnx.session import available_cpus
+    from flare_onnx.engine.session import available_cpus
 
     versions = {}
     for lib in LIBRARIES:

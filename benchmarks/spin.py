@@ -25,7 +25,7 @@ def _burn(stop: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     import flare_onnx
-    from flare_onnx.session import available_cpus
+    from flare_onnx.engine.session import available_cpus
     from flare_onnx_export import italian_sentences, read_corpus
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.spin", description=__doc__.splitlines()[0])

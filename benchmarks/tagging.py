@@ -215,7 +215,7 @@ def evaluate(model_dir: Path, bundle: Path, test: list[Sentence], *, scheme: str
     from transformers import AutoModelForTokenClassification
 
     import flare_onnx
-    from flare_onnx.postprocess import aggregate_words, softmax
+    from flare_onnx.engine.postprocess import aggregate_words, softmax
 
     torch.set_num_threads(threads)
     model = AutoModelForTokenClassification.from_pretrained(str(model_dir)).eval()

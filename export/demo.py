@@ -42,7 +42,7 @@ def _quiet(msg: str) -> None:
 def _bundle(work: Path, source: Path, name: str, *, task: str | None = None) -> tuple[Path, bool]:
     """(bundle dir, reused) for ``source``, reusing an earlier verified export."""
     from flare_onnx import InputError
-    from flare_onnx.bundle import open_bundle
+    from flare_onnx.engine.bundle import open_bundle
 
     bundle = work / f"{name}-onnx"
     try:

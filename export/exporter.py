@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flare_onnx.bundle import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, file_record
-from flare_onnx.tasks import EXPORT_TASKS
+from flare_onnx.engine.bundle import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, file_record
+from flare_onnx.engine.tasks import EXPORT_TASKS
 from flare_onnx.errors import ExportError
 
 from ._deps import require

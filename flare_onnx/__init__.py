@@ -15,10 +15,8 @@ from .errors import (
     InputError,
     TaskNotAvailableError,
 )
-from .model import FlareModel, Label, MaskPrediction, TagResult, load
+from .engine import TASKS, Entity, FlareModel, Label, MaskPrediction, TagResult, TaskSpec, WordLabel, get_task, load
 from .pipelines import pipeline
-from .postprocess import Entity, WordLabel
-from .tasks import TASKS, TaskSpec, get_task
 
 __version__ = "0.2.0"
 

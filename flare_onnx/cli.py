@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .errors import FlareOnnxError, InputError
-from .tasks import LOAD_OPTIONS, TASKS, Option
+from .engine import LOAD_OPTIONS, TASKS, Option
 
 INSTALL_EXPORT = 'pip install ".[export]"  (from a clone of flare-onnx; torch==2.13.0 CPU build first)'
 
@@ -69,7 +69,7 @@ def _texts(args: argparse.Namespace) -> list[str]:
 
 
 def _run_task(args: argparse.Namespace) -> int:
-    from .model import load
+    from .engine import load
 
     spec = TASKS[args.command]
     model = load(args.bundle, **_given(args, LOAD_OPTIONS))
@@ -92,7 +92,7 @@ def _job_options() -> list[Option]:
 
 
 def _run_job(args: argparse.Namespace) -> int:
-    from .tasks import get_task
+    from .engine import get_task
 
     spec = get_task(args.task)
     options = spec.parse_options(_given(args, _job_options()))
@@ -158,7 +158,7 @@ def _api_key(path: str | None) -> str | None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .bundle import open_bundle, read_manifest
+    from .engine import open_bundle, read_manifest
 
     manifest = read_manifest(args.bundle)
     for precision in manifest.graphs:

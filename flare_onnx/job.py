@@ -36,7 +36,7 @@ from typing import IO, Any
 import numpy as np
 
 from .errors import InputError
-from .tasks import TaskSpec, get_task, parse_load_options
+from .engine import TaskSpec, get_task, parse_load_options
 
 __all__ = ["JobConfig", "run_job", "parse_record", "EXIT_OK", "EXIT_RECORD_ERRORS"]
 
@@ -318,7 +318,7 @@ def _init_worker(bundle: str, model_options: dict[str, Any]) -> None:
     # Workers are started with "spawn": the Rust tokenizer's thread pool deadlocks in a child
     # forked after use, so each process builds its own tokenizer and session.
     global _WORKER_MODEL
-    from .model import load
+    from .engine import load
 
     _WORKER_MODEL = load(bundle, **model_options)
 
@@ -348,7 +348,7 @@ class Predictor:
     """Runs chunks in this process, or in ``workers`` spawned processes."""
 
     def __init__(self, cfg: JobConfig, spec: TaskSpec) -> None:
-        from .session import available_cpus
+        from .engine import available_cpus
 
         self.spec, self.options = spec, cfg.options
         model_options = dict(cfg.model_options)
@@ -363,7 +363,7 @@ class Predictor:
                 initializer=_init_worker, initargs=(cfg.bundle, model_options),
             )
         else:
-            from .model import load
+            from .engine import load
 
             self.model = load(cfg.bundle, **model_options)
         self.in_flight = 2 * cfg.workers if self.pool else 0
@@ -394,7 +394,7 @@ def _check_paths(cfg: JobConfig) -> None:
 
 
 def _validate(cfg: JobConfig) -> tuple[TaskSpec, str]:
-    from .bundle import read_manifest
+    from .engine import read_manifest
 
     spec = get_task(cfg.task)
     cfg.options = spec.parse_options(cfg.options)

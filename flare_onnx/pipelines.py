@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .model import FlareModel, load
-from .postprocess import class_scores
-from .tasks import MAX_TOP_K, get_task
-from .tokenization import check_texts
+from .engine import FlareModel, load
+from .engine import class_scores
+from .engine import MAX_TOP_K, get_task
+from .engine import check_texts
 
 __all__ = [
     "pipeline",

@@ -31,11 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from ._json import to_jsonable
-from .bundle import MANIFEST_NAME, read_manifest
+from .engine import to_jsonable
+from .engine import MANIFEST_NAME, read_manifest
 from .errors import BundleError, InputError
-from .model import load
-from .tasks import get_task, parse_load_options
+from .engine import load
+from .engine import get_task, parse_load_options
 
 __all__ = ["FillMask", "Embed", "Tag", "Classify", "share_bundle", "materialize", "PREDICTORS"]
 

@@ -16,8 +16,8 @@ import os
 from typing import Any
 
 from .errors import BundleError, FlareOnnxError, InputError
-from .model import FlareModel, load
-from .tasks import LOAD_OPTIONS, get_task
+from .engine import FlareModel, load
+from .engine import LOAD_OPTIONS, get_task
 
 __all__ = ["handle", "handler", "get_model", "model_options_from_env"]
 

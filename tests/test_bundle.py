@@ -11,8 +11,8 @@ import pytest
 
 import flare_onnx
 from flare_onnx import BundleError, InputError
-from flare_onnx._onnx_scan import has_external_data
-from flare_onnx.bundle import file_record
+from flare_onnx.engine._onnx_scan import has_external_data
+from flare_onnx.engine.bundle import file_record
 
 
 @pytest.fixture

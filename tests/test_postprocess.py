@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flare_onnx.postprocess import (
+from flare_onnx.engine.postprocess import (
     WordLabel,
     aggregate_words,
     group_entities,

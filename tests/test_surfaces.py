@@ -16,7 +16,7 @@ from flare_onnx import InputError, TaskNotAvailableError
 from flare_onnx.cli import main
 from flare_onnx.job import JobConfig, run_job
 from flare_onnx.serve import create_app
-from flare_onnx.tasks import TASKS, get_task
+from flare_onnx.engine.tasks import TASKS, get_task
 
 pytest.importorskip("httpx")
 from starlette.testclient import TestClient  # noqa: E402

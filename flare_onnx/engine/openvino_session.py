@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BundleError, InputError
+from ..errors import BundleError, InputError
 
 __all__ = ["OpenVINOSession", "create_openvino_session"]
 

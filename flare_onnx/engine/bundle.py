@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import BundleError, InputError, TaskNotAvailableError
+from ..errors import BundleError, InputError, TaskNotAvailableError
 from .tasks import EXPORT_TASKS, TaskSpec, get_task
 
 __all__ = [

@@ -16,7 +16,7 @@ import numpy as np
 from tokenizers import Encoding
 
 from .bundle import VerifiedBundle, open_bundle
-from .errors import BundleError, InferenceError, InputError
+from ..errors import BundleError, InferenceError, InputError
 from .postprocess import (
     Entity,
     WindowPool,

@@ -9,7 +9,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from ._onnx_scan import MalformedModel, has_external_data
-from .errors import BundleError, InputError
+from ..errors import BundleError, InputError
 
 __all__ = ["available_cpus", "create_session"]
 

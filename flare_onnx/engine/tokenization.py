@@ -14,7 +14,7 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from .bundle import SpecialTokens
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["TextEncoder", "Window", "plan_batches", "pad_batch", "check_texts"]
 

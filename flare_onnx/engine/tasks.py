@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._json import to_jsonable
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = [
     "Option",

@@ -30,10 +30,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .errors import FlareOnnxError, InputError
+from ..errors import FlareOnnxError, InputError
 from .metrics import ServiceMetrics, access_log
-from .model import FlareModel, load
-from .tasks import TASKS, TaskSpec
+from ..engine import FlareModel, load
+from ..engine import TASKS, TaskSpec
 
 __all__ = ["ServeConfig", "create_app", "serve"]
 
@@ -551,7 +551,7 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None, reference: Fla
 
 def bundle_info(model: FlareModel, reference: FlareModel | None = None) -> dict[str, Any]:
     """The bundle's facts for people: model, tasks, precision, graph size, the export's checks."""
-    from . import __version__
+    from .. import __version__
 
     manifest = model.manifest
     graphs = manifest.openvino if model.backend == "openvino" else manifest.graphs
@@ -584,12 +584,12 @@ def _page() -> tuple[bytes, str]:
     import re
     from importlib.resources import files
 
-    html = files("flare_onnx").joinpath("static/index.html").read_text(encoding="utf-8")
+    html = files("flare_onnx.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
     def digest(tag: str) -> str:
         body = re.search(rf"<{tag}>(.*?)</{tag}>", html, re.S)
         if body is None:
-            raise RuntimeError(f"flare_onnx/static/index.html has no <{tag}>: the installed package is broken")
+            raise RuntimeError(f"flare_onnx/serve/static/index.html has no <{tag}>: the installed package is broken")
         return "'sha256-" + base64.b64encode(hashlib.sha256(body.group(1).encode("utf-8")).digest()).decode() + "'"
 
     csp = (
