@@ -220,7 +220,7 @@ class FlareLeanContender(FlareInt8Contender):
         opts.enable_mem_pattern = False
         opts.add_session_config_entry("session.disable_prepacking", "1")
         graph = Path(self.art.bundle) / "model.int8.onnx"
-        self.model._session = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
+        self.model.session = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
 
 
 class FlareOpenVinoContender(FlareContender):
@@ -260,7 +260,7 @@ class GraphContender(Contender):
         raise NotImplementedError
 
     def _run(self, texts: list[str], masks: bool) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-        from flare_onnx.engine.tokenization import pad_batch
+        from flare_onnx.engine.batching import pad_batch
 
         encs = self.encoder.encode(texts)
         windows = self.encoder.windows(encs, sliding=False, stride=0)

@@ -28,7 +28,8 @@ def nncf_int8(bundle: Path, out: Path, texts: list[str]) -> str:
     import openvino as ov
 
     from flare_onnx.engine.bundle import read_manifest
-    from flare_onnx.engine.tokenization import TextEncoder, pad_batch
+    from flare_onnx.engine.batching import pad_batch
+    from flare_onnx.engine.tokenization import TextEncoder
     from flare_onnx_export.sample import mask_sentences
 
     manifest = read_manifest(bundle)

@@ -82,21 +82,7 @@ def run_demo(work_dir: str | Path = "artifacts", *, model: str = "osiria/flare-i
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     print("flare-onnx demo")
-    try:
-        source = resolve_checkpoint(model)
-        reference = False
-        name = model.strip("/").replace("/", "--")
-        print(f"model: {model}")
-    except ExportError:
-        source = work / "flare-it-reference"
-        if not (source / "pytorch_model.bin").exists():
-            write_reference(source)
-        reference = True
-        name = "flare-it-reference"
-        print(f"model: {model} cannot be fetched here (no Hugging Face Hub), so this demo uses the\n"
-              f"       Flare-IT-shaped reference checkpoint: flare-it's architecture, size and tokenizer\n"
-              f"       class with random weights. Its fill-mask answers are noise and are not shown;\n"
-              f"       speed and agreement with PyTorch are real.")
+    source, name, reference = _source(work, model)
     bundle, reused = _bundle(work, source, name)
     files = flare_onnx.load(bundle, precision="fp32", threads=1).manifest.raw["files"]
     print(f"bundle: {bundle} ({'reused, verified' if reused else 'exported and verified now'}; "
@@ -127,28 +113,50 @@ def run_demo(work_dir: str | Path = "artifacts", *, model: str = "osiria/flare-i
 
     contenders = {"PyTorch FP32": torch_top1, "flare-onnx FP32": onnx_top1(fp32), "flare-onnx INT8": onnx_top1(int8)}
     medians, answers = _timed_passes(contenders, texts)
-    base = medians["PyTorch FP32"]
     size = {
         "PyTorch FP32": sum(p.stat().st_size for p in source.glob("*.bin")) or None,
         "flare-onnx FP32": files["model.fp32.onnx"]["size"],
         "flare-onnx INT8": files["model.int8.onnx"]["size"],
     }
-    print(f"\nbatch-1 fill-mask: {len(texts)} masked Italian sentences, {threads} threads, {PASSES} passes "
+    _print_table(medians, answers, size, len(texts), threads, reference)
+    _semantic_search(work, threads)
+    return 0
+
+
+def _source(work: Path, model: str) -> tuple[Path, str, bool]:
+    """The checkpoint's directory, the bundle's name, and whether it is the offline reference."""
+    try:
+        source = resolve_checkpoint(model)
+        print(f"model: {model}")
+        return source, model.strip("/").replace("/", "--"), False
+    except ExportError:
+        source = work / "flare-it-reference"
+        if not (source / "pytorch_model.bin").exists():
+            write_reference(source)
+        print(f"model: {model} cannot be fetched here (no Hugging Face Hub), so this demo uses the\n"
+              f"       Flare-IT-shaped reference checkpoint: flare-it's architecture, size and tokenizer\n"
+              f"       class with random weights. Its fill-mask answers are noise and are not shown;\n"
+              f"       speed and agreement with PyTorch are real.")
+        return source, "flare-it-reference", True
+
+
+def _print_table(medians: dict[str, list[float]], answers: dict[str, list[int]], size: dict[str, int | None],
+                 n: int, threads: int, reference: bool) -> None:
+    base = medians["PyTorch FP32"]
+    print(f"\nbatch-1 fill-mask: {n} masked Italian sentences, {threads} threads, {PASSES} passes "
           f"(median over passes; range in brackets)")
     print("| contender | p50 latency | speed-up vs PyTorch | top-1 = PyTorch | weights |")
     print("|---|---|---|---|---|")
     for key, values in medians.items():
         ups = [b / v for b, v in zip(base, values)]
         agree = sum(a == b for a, b in zip(answers[key], answers["PyTorch FP32"]))
-        agreement = "—" if key == "PyTorch FP32" else f"{agree / len(texts):.1%} ({agree}/{len(texts)})"
+        agreement = "—" if key == "PyTorch FP32" else f"{agree / n:.1%} ({agree}/{n})"
         mb = f"{size[key] / 1e6:.1f} MB" if size[key] else "—"
         print(f"| {key} | {statistics.median(values) * 1e3:.2f} ms ({min(values) * 1e3:.2f}–{max(values) * 1e3:.2f}) "
               f"| {statistics.median(ups):.2f}× ({min(ups):.2f}–{max(ups):.2f}) | {agreement} | {mb} |")
     print("Latency on a shared machine moves from run to run; compare the ratios. "
           + ("With random weights many masks are near-ties, so INT8's top-1 agreement here is a lower bound; "
              "the figure that matters is on trained weights (below, and the README's benchmarks)." if reference else ""))
-    _semantic_search(work, threads)
-    return 0
 
 
 def _real_encoder(work: Path) -> tuple[Path, str, str, str, str] | None:

@@ -8,6 +8,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,14 +101,48 @@ def export_bundle(
         ExportError: the checkpoint cannot be found or loaded, the tokenizer differs from
             transformers', or the FP32 graph differs from PyTorch by more than 1e-4.
     """
-    ort = require("onnxruntime")
     out = Path(output)
+    _check_options(out, overwrite, precisions, target_cpu, task, fidelity_target, openvino)
+    prep = _prepare(model, revision=revision, task=task, calibration=calibration, log=log)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        verification: dict[str, Any] = {"texts": len(prep.verify_texts), "calibration": str(calibration or "shipped sample")}
+        graphs, quantization = _write_onnx_graphs(prep, work, precisions, verification, fidelity_target, target_cpu, log)
+        openvino_graphs = _write_openvino(prep, work, verification, fidelity_target, log) if openvino else {}
+        if "fp32" not in precisions:
+            (work / GRAPH_FILES["fp32"]).unlink()
+            del graphs["fp32"]
+        (work / "tokenizer.json").write_text(prep.fast.to_str(pretty=False), encoding="utf-8")
+        prep.config.to_json_file(str(work / "config.json"))
+        source = {"model": model, "revision": revision, "architectures": prep.config.architectures}
+        manifest = _manifest(prep, work, source=source, graphs=graphs, openvino_graphs=openvino_graphs,
+                             quantization=quantization, verification=verification)
+        (work / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+        _publish(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    log(f"wrote {out}")
+    return out
+
+
+def _publish(work: Path, out: Path) -> None:
+    """The finished bundle takes the output's place (it appears only when the export succeeded)."""
+    work.chmod(0o755)  # mkdtemp makes it private; a bundle is ordinary data
+    if out.exists():
+        shutil.rmtree(out)
+    work.rename(out)
+
+
+def _check_options(out: Path, overwrite: bool, precisions: tuple[str, ...], target_cpu: str, task: str | None,
+                   fidelity_target: float, openvino: bool) -> None:
+    """Every option is checked before the expensive work (loading, tracing, PyTorch runs)."""
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ExportError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
     bad = [p for p in precisions if p not in GRAPH_FILES]
     if bad or not precisions:
         raise ExportError(f"precisions must be among {', '.join(GRAPH_FILES)}, not {precisions}")
-    # every option is checked before the expensive work (loading, tracing, PyTorch runs)
     if target_cpu not in TARGETS:
         raise ExportError(f"target_cpu must be one of {', '.join(TARGETS)}, not {target_cpu!r}")
     if task is not None and task not in EXPORT_TASKS:
@@ -119,6 +154,28 @@ def export_bundle(
 
         require_openvino()  # a missing NNCF is said now, not after the FP32 export
 
+
+@dataclass
+class _Prepared:
+    """A loaded checkpoint with its checked tokenizer, the verification batches and PyTorch's
+    outputs on them."""
+
+    ckpt: Any
+    config: Any
+    tokens: dict[str, str]
+    ids: dict[str, int]
+    fast: Any
+    slow: Any
+    check: dict[str, Any]
+    max_length: int
+    verify_texts: list[str]
+    batches: Any
+    reference: Any
+
+
+def _prepare(model: str, *, revision: str | None, task: str | None, calibration: str | Path | None,
+             log: Callable[[str], None]) -> _Prepared:
+    """Load the checkpoint, build and check the tokenizer, run PyTorch on the verification text."""
     source_dir = resolve_checkpoint(model, revision=revision)
     log(f"loading {model} from {source_dir}")
     ckpt = load_checkpoint(source_dir, source=model, task=task)
@@ -133,7 +190,6 @@ def export_bundle(
     if check["mismatches"]:
         raise ExportError(f"tokenizer.json disagrees with transformers' {type(slow).__name__}: {check['first_mismatch']}")
     log(f"tokenizer matches transformers' {type(slow).__name__} on {check['texts']} texts and {check['pairs']} pairs")
-
     ids = {name: fast.token_to_id(tok) for name, tok in tokens.items()}
     if ids["pad"] != config.pad_token_id:
         raise ExportError(f"the tokenizer's pad id {ids['pad']} differs from config.pad_token_id {config.pad_token_id}")
@@ -142,91 +198,87 @@ def export_bundle(
     verify_texts = mask_sentences(texts, tokens["mask"]) if ckpt.task == "fill-mask" else texts
     batches = make_batches(fast, verify_texts, pad_id=ids["pad"], mask_id=mask_id, max_length=max_length)
     reference = torch_outputs(ckpt.task, ckpt.model, batches)
+    return _Prepared(ckpt, config, tokens, ids, fast, slow, check, max_length, verify_texts, batches, reference)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        inputs, outputs = GRAPH_IO[ckpt.task]
-        fp32_path = work / GRAPH_FILES["fp32"]
-        log(f"exporting the {ckpt.task} graph (opset {OPSET})")
-        export_graph(ckpt.task, ckpt.model, fp32_path, pad_id=ids["pad"])
-        verification: dict[str, Any] = {"texts": len(verify_texts), "calibration": str(calibration or "shipped sample")}
-        graphs: dict[str, Any] = {}
-        quantization = None
-        for precision in ("fp32", "int8"):
-            path = work / GRAPH_FILES[precision]
-            if precision == "int8":
-                if "int8" not in precisions:
-                    continue
-                quantization, figures = quantize_guarded(
-                    fp32_path, path, batches, reference, target=fidelity_target, target_cpu=target_cpu, log=log
-                )
-            else:
-                session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-                figures = compare(batches, reference, onnx_outputs(session, batches))
-            verification[precision] = figures
-            log(f"{precision}: " + ", ".join(f"{k}={v:.6g}" for k, v in figures.items()))
-            if precision == "fp32" and figures["max_abs_diff"] > FP32_TOLERANCE:
-                raise ExportError(
-                    f"the FP32 graph differs from PyTorch by {figures['max_abs_diff']:.3g} "
-                    f"(more than {FP32_TOLERANCE}); the export is wrong"
-                )
-            graphs[precision] = {"file": GRAPH_FILES[precision], "inputs": list(inputs), "outputs": list(outputs)}
-        openvino_graphs: dict[str, Any] = {}
-        if openvino:
-            from .openvino_ir import IR_FILES, write_openvino_int8
 
-            recipe, figures = write_openvino_int8(fp32_path, work, batches, reference, target=fidelity_target, log=log)
-            verification["openvino-int8"] = figures
-            log("openvino int8: " + ", ".join(f"{k}={v:.6g}" for k, v in figures.items()))
-            xml, weights = IR_FILES["int8"]
-            openvino_graphs["int8"] = {"file": xml, "weights": weights, "inputs": list(inputs),
-                                       "outputs": list(outputs), "recipe": recipe}
-        if "fp32" not in precisions:
-            fp32_path.unlink()
-            del graphs["fp32"]
-        (work / "tokenizer.json").write_text(fast.to_str(pretty=False), encoding="utf-8")
-        config.to_json_file(str(work / "config.json"))
-        labels = None
-        if ckpt.task in ("token-classification", "text-classification"):
-            labels = [config.id2label[i] for i in range(config.num_labels)]
-        manifest = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "task": ckpt.task,
-            "tasks": list(EXPORT_TASKS[ckpt.task]),
-            "source": {"model": model, "revision": revision, "architectures": config.architectures},
-            "model": {
-                "model_type": config.model_type,
-                "hidden_size": config.hidden_size,
-                "num_layers": config.num_hidden_layers,
-                "max_length": max_length,
-                "labels": labels,
-                "problem_type": getattr(config, "problem_type", None),
-                "special_tokens": {k: [tokens[k], ids[k]] for k in tokens},
-                # transformers' decode() tidies " ." into "." when the checkpoint asks for it;
-                # flare_onnx.pipeline decodes the same way
-                "clean_up_tokenization_spaces": bool(getattr(slow, "clean_up_tokenization_spaces", False)),
-            },
-            "graphs": graphs,
-            "openvino": openvino_graphs or None,
-            "opset": OPSET,
-            "quantization": quantization,
-            "tokenizer_check": check,
-            "verification": verification,
-            "versions": _versions(),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "files": {
-                p.name: file_record(p.read_bytes()) for p in sorted(work.iterdir()) if p.name != MANIFEST_NAME
-            },
-        }
-        (work / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
-        work.chmod(0o755)  # mkdtemp makes it private; a bundle is ordinary data
-        if out.exists():
-            shutil.rmtree(out)
-        work.rename(out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    log(f"wrote {out}")
-    return out
+def _write_onnx_graphs(prep: _Prepared, work: Path, precisions: tuple[str, ...], verification: dict[str, Any],
+                       fidelity_target: float, target_cpu: str, log: Callable[[str], None]) -> tuple[dict[str, Any], Any]:
+    """The FP32 graph (checked against PyTorch) and, when asked, the guarded INT8 graph."""
+    ort = require("onnxruntime")
+    inputs, outputs = GRAPH_IO[prep.ckpt.task]
+    fp32_path = work / GRAPH_FILES["fp32"]
+    log(f"exporting the {prep.ckpt.task} graph (opset {OPSET})")
+    export_graph(prep.ckpt.task, prep.ckpt.model, fp32_path, pad_id=prep.ids["pad"])
+    graphs: dict[str, Any] = {}
+    quantization = None
+    for precision in ("fp32", "int8"):
+        path = work / GRAPH_FILES[precision]
+        if precision == "int8":
+            if "int8" not in precisions:
+                continue
+            quantization, figures = quantize_guarded(
+                fp32_path, path, prep.batches, prep.reference, target=fidelity_target, target_cpu=target_cpu, log=log
+            )
+        else:
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            figures = compare(prep.batches, prep.reference, onnx_outputs(session, prep.batches))
+        verification[precision] = figures
+        log(f"{precision}: " + ", ".join(f"{k}={v:.6g}" for k, v in figures.items()))
+        if precision == "fp32" and figures["max_abs_diff"] > FP32_TOLERANCE:
+            raise ExportError(
+                f"the FP32 graph differs from PyTorch by {figures['max_abs_diff']:.3g} "
+                f"(more than {FP32_TOLERANCE}); the export is wrong"
+            )
+        graphs[precision] = {"file": GRAPH_FILES[precision], "inputs": list(inputs), "outputs": list(outputs)}
+    return graphs, quantization
+
+
+def _write_openvino(prep: _Prepared, work: Path, verification: dict[str, Any], fidelity_target: float,
+                    log: Callable[[str], None]) -> dict[str, Any]:
+    """The NNCF INT8 IR, held to the same fidelity target."""
+    from .openvino_ir import IR_FILES, write_openvino_int8
+
+    inputs, outputs = GRAPH_IO[prep.ckpt.task]
+    recipe, figures = write_openvino_int8(work / GRAPH_FILES["fp32"], work, prep.batches, prep.reference,
+                                          target=fidelity_target, log=log)
+    verification["openvino-int8"] = figures
+    log("openvino int8: " + ", ".join(f"{k}={v:.6g}" for k, v in figures.items()))
+    xml, weights = IR_FILES["int8"]
+    return {"int8": {"file": xml, "weights": weights, "inputs": list(inputs), "outputs": list(outputs), "recipe": recipe}}
+
+
+def _manifest(prep: _Prepared, work: Path, *, source: dict[str, Any], graphs: dict[str, Any],
+              openvino_graphs: dict[str, Any], quantization: Any, verification: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of the files in ``work``: what they are, how they were checked, their hashes."""
+    config, task = prep.config, prep.ckpt.task
+    labels = None
+    if task in ("token-classification", "text-classification"):
+        labels = [config.id2label[i] for i in range(config.num_labels)]
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "task": task,
+        "tasks": list(EXPORT_TASKS[task]),
+        "source": source,
+        "model": {
+            "model_type": config.model_type,
+            "hidden_size": config.hidden_size,
+            "num_layers": config.num_hidden_layers,
+            "max_length": prep.max_length,
+            "labels": labels,
+            "problem_type": getattr(config, "problem_type", None),
+            "special_tokens": {k: [prep.tokens[k], prep.ids[k]] for k in prep.tokens},
+            # transformers' decode() tidies " ." into "." when the checkpoint asks for it;
+            # flare_onnx.pipeline decodes the same way
+            "clean_up_tokenization_spaces": bool(getattr(prep.slow, "clean_up_tokenization_spaces", False)),
+        },
+        "graphs": graphs,
+        "openvino": openvino_graphs or None,
+        "opset": OPSET,
+        "quantization": quantization,
+        "tokenizer_check": prep.check,
+        "verification": verification,
+        "versions": _versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "files": {p.name: file_record(p.read_bytes()) for p in sorted(work.iterdir()) if p.name != MANIFEST_NAME},
+    }

@@ -95,214 +95,259 @@ def quantize_int8(
     split_first: bool | Iterable[str] = True,
     pack_shared: bool = True,
 ) -> dict[str, Any]:
-    """Write the INT8 graph of ``fp32`` to ``out``; return the recipe for the manifest."""
+    """Write the INT8 graph of ``fp32`` to ``out``; return the recipe for the manifest.
+
+    The steps, in order: embedding tables to INT8 rows; biases found that can go into their
+    MatMul; MatMuls sharing an input packed into one; every node rewritten; unused
+    initializers dropped; saved.
+    """
     onnx = require("onnx")
-    helper, numpy_helper = onnx.helper, onnx.numpy_helper
     qmax, target = _qmax(target)
-    keep = set(keep_fp32)
-    split_set = set() if isinstance(split_first, bool) else set(split_first)
     model = onnx.load(str(fp32))
-    graph = model.graph
-    ranks = _ranks(model)
-    inits = {t.name: t for t in graph.initializer}
-    emb_name = _word_embedding(model)
-    new_inits: list[Any] = []
-    consts: dict[str, str] = {}
-    counter = defaultdict(int)
+    rewrite = _Int8Pass(model, qmax=qmax, keep=set(keep_fp32), split_first=split_first)
+    rewrite.quantize_tables()
+    rewrite.find_biases()
+    rewrite.find_packs(pack_shared)
+    rewrite.rewrite_nodes()
+    rewrite.finish()
+    onnx.save(model, str(out))
+    return rewrite.recipe(target)
 
-    def unique(base: str) -> str:
-        counter[base] += 1
-        return f"{base}__{counter[base]}"
 
-    def const(name: str, value: np.ndarray) -> str:
-        if name not in consts:
-            new_inits.append(numpy_helper.from_array(value, name))
-            consts[name] = name
+class _Int8Pass:
+    """The INT8 rewrite of one graph: the new initializers it makes and what it did."""
+
+    def __init__(self, model: Any, *, qmax: int, keep: set[str], split_first: bool | Iterable[str]) -> None:
+        onnx = require("onnx")
+        self.onnx, self.helper, self.numpy_helper = onnx, onnx.helper, onnx.numpy_helper
+        self.model, self.graph, self.qmax, self.keep = model, model.graph, qmax, keep
+        self.split_first = split_first
+        self.split_set = set() if isinstance(split_first, bool) else set(split_first)
+        self.ranks = _ranks(model)
+        self.inits = {t.name: t for t in self.graph.initializer}
+        self.emb_name = _word_embedding(model)
+        self.new_inits: dict[str, Any] = {}
+        self.counter: defaultdict[str, int] = defaultdict(int)
+        self.tables: dict[str, tuple[str, str]] = {}  # embedding initializer -> (int8 rows, row scales)
+        self.bias_of: dict[str, tuple[str, str]] = {}  # MatMul name -> (bias initializer, output name)
+        self.fused_adds: set[str] = set()
+        self.packs: dict[str, list[Any]] = {}
+        self.quantized: list[str] = []
+        self.split: list[str] = []
+
+    # -- initializers ------------------------------------------------------------------------
+
+    def unique(self, base: str) -> str:
+        self.counter[base] += 1
+        return f"{base}__{self.counter[base]}"
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        if name not in self.new_inits:
+            self.new_inits[name] = self.numpy_helper.from_array(value, name)
         return name
 
-    def new_init(name: str) -> Any:
-        return next(t for t in new_inits if t.name == name)
+    def array(self, name: str) -> np.ndarray:
+        tensor = self.new_inits[name] if name in self.new_inits else self.inits[name]
+        return np.asarray(self.numpy_helper.to_array(tensor))
 
-    def per_column(name: str, transposed: bool = False) -> tuple[str, str]:
-        if f"{name}_int8" not in consts:
-            w = numpy_helper.to_array(inits[name]).astype(np.float32)
+    def per_column(self, name: str, transposed: bool = False) -> tuple[str, str]:
+        """The INT8 weight (symmetric, one scale per output column) and its scales."""
+        if f"{name}_int8" not in self.new_inits:
+            w = self.array(name).astype(np.float32)
             w = w.T.copy() if transposed else w
-            scale = np.abs(w).max(axis=0) / qmax
+            scale = np.abs(w).max(axis=0) / self.qmax
             scale[scale == 0] = 1.0
-            q = np.clip(np.rint(w / scale), -qmax, qmax).astype(np.int8)
-            const(f"{name}_int8", q)
-            const(f"{name}_scale", scale.astype(np.float32))
+            self.const(f"{name}_int8", np.clip(np.rint(w / scale), -self.qmax, self.qmax).astype(np.int8))
+            self.const(f"{name}_scale", scale.astype(np.float32))
         return f"{name}_int8", f"{name}_scale"
 
-    tables: dict[str, tuple[str, str]] = {}  # embedding initializer -> (int8 rows, row scales)
-    for n in graph.node:
-        t = inits.get(n.input[0]) if n.op_type == "Gather" else None
-        if t is not None and len(t.dims) == 2 and t.dims[0] >= 64 and n.input[0] not in tables and n.name not in keep:
-            e = numpy_helper.to_array(t).astype(np.float32)
-            row_scale = np.abs(e).max(axis=1) / qmax
+    # -- the steps -----------------------------------------------------------------------------
+
+    def quantize_tables(self) -> None:
+        """Embedding tables gathered by a lookup become INT8 rows with one scale per row."""
+        for n in self.graph.node:
+            t = self.inits.get(n.input[0]) if n.op_type == "Gather" else None
+            if t is None or len(t.dims) != 2 or t.dims[0] < 64 or n.input[0] in self.tables or n.name in self.keep:
+                continue
+            e = self.array(n.input[0]).astype(np.float32)
+            row_scale = np.abs(e).max(axis=1) / self.qmax
             row_scale[row_scale == 0] = 1.0
-            q = np.clip(np.rint(e / row_scale[:, None]), -qmax, qmax).astype(np.int8)
-            tables[n.input[0]] = (const(f"{n.input[0]}_int8", q), const(f"{n.input[0]}_row_scale", row_scale.astype(np.float32)))
-    emb_q, emb_s = tables.get(emb_name or "", (None, None))
+            q = np.clip(np.rint(e / row_scale[:, None]), -self.qmax, self.qmax).astype(np.int8)
+            self.tables[n.input[0]] = (self.const(f"{n.input[0]}_int8", q),
+                                       self.const(f"{n.input[0]}_row_scale", row_scale.astype(np.float32)))
 
-    nodes: list[Any] = []
-    quantized: list[str] = []
-    split: list[str] = []
-    # A MatMul whose only consumer adds a bias vector: the bias goes into the quantized
-    # MatMul (one pass less over the output, and ORT can then fuse the residual Add and
-    # LayerNorm, and use Gelu instead of BiasGelu).
-    consumers: dict[str, list[Any]] = defaultdict(list)
-    for n in graph.node:
-        for i in n.input:
-            consumers[i].append(n)
-    outputs = {o.name for o in graph.output}
-    # the exporter shares identical tensors (a model's zero biases) through Identity nodes
-    aliases = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity" and n.input[0] in inits}
+    def eligible(self, n: Any) -> bool:
+        return (n.op_type == "MatMul" and n.input[1] in self.inits and len(self.inits[n.input[1]].dims) == 2
+                and n.name not in self.keep)
 
-    def eligible(n: Any) -> bool:
-        return n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2 and n.name not in keep
+    def find_biases(self) -> None:
+        """A MatMul whose only consumer adds a bias vector: the bias goes into the quantized
+        MatMul (one pass less over the output, and ORT can then fuse the residual Add and
+        LayerNorm, and use Gelu instead of BiasGelu)."""
+        consumers: dict[str, list[Any]] = defaultdict(list)
+        for n in self.graph.node:
+            for i in n.input:
+                consumers[i].append(n)
+        outputs = {o.name for o in self.graph.output}
+        # the exporter shares identical tensors (a model's zero biases) through Identity nodes
+        aliases = {n.output[0]: n.input[0] for n in self.graph.node if n.op_type == "Identity" and n.input[0] in self.inits}
+        for n in self.graph.node:
+            if not self.eligible(n) or n.output[0] in outputs or len(consumers[n.output[0]]) != 1:
+                continue
+            add = consumers[n.output[0]][0]
+            other = [aliases.get(i, i) for i in add.input if i != n.output[0]]
+            if (add.op_type == "Add" and len(other) == 1 and other[0] in self.inits
+                    and list(self.inits[other[0]].dims) == [self.inits[n.input[1]].dims[1]]):
+                self.bias_of[n.name] = (other[0], add.output[0])
+                self.fused_adds.add(add.name)
 
-    bias_of: dict[str, tuple[str, str]] = {}  # MatMul name -> (bias initializer, output name)
-    fused_adds: set[str] = set()
-    for n in graph.node:
-        if not eligible(n) or n.output[0] in outputs or len(consumers[n.output[0]]) != 1:
-            continue
-        add = consumers[n.output[0]][0]
-        other = [aliases.get(i, i) for i in add.input if i != n.output[0]]
-        if add.op_type == "Add" and len(other) == 1 and other[0] in inits and list(inits[other[0]].dims) == [inits[n.input[1]].dims[1]]:
-            bias_of[n.name] = (other[0], add.output[0])
-            fused_adds.add(add.name)
-    # MatMuls that read the same activation (an attention block's Q, K and V) become one
-    # MatMul over the concatenated weights: the activation is quantized once, one GEMM runs.
-    by_input: dict[str, list[Any]] = defaultdict(list)
-    for n in graph.node:
-        if eligible(n):
-            by_input[n.input[0]].append(n)
-    packs: dict[str, list[Any]] = {}
-    for group in by_input.values():
-        if pack_shared and len(group) > 1 and all(g.name in bias_of for g in group):
+    def find_packs(self, pack_shared: bool) -> None:
+        """MatMuls that read the same activation (an attention block's Q, K and V) become one
+        MatMul over the concatenated weights: the activation is quantized once, one GEMM runs."""
+        by_input: dict[str, list[Any]] = defaultdict(list)
+        for n in self.graph.node:
+            if self.eligible(n):
+                by_input[n.input[0]].append(n)
+        for group in by_input.values():
+            together = pack_shared and len(group) > 1 and all(g.name in self.bias_of for g in group)
             for g in group:
-                packs[g.name] = group
-        else:
-            for g in group:
-                packs[g.name] = [g]
+                self.packs[g.name] = group if together else [g]
 
-    def _matmul(members: list[Any]) -> list[Any]:
+    def rewrite_nodes(self) -> None:
+        """Every node of the graph, quantized where the recipe says, in the graph's order."""
+        nodes: list[Any] = []
+        for node in self.graph.node:
+            if node.name in self.fused_adds:
+                continue  # its bias went into the DynamicQuantizeMatMul above it
+            if node.name in self.packs:
+                members = self.packs[node.name]
+                if node.name == members[0].name:  # the others come from the first member's MatMul
+                    nodes += self.matmul(members)
+                continue
+            made = self.lookup(node) or self.mlm_projection(node) or self.gemm(node)
+            if made:
+                self.quantized.append(node.name)
+            nodes += made or [node]
+        del self.graph.node[:]
+        self.graph.node.extend(nodes)
+
+    def finish(self) -> None:
+        """The new initializers in, the ones nothing reads out, the com.microsoft opset declared."""
+        self.graph.initializer.extend(self.new_inits.values())
+        used = {i for n in self.graph.node for i in n.input} | {o.name for o in self.graph.output}
+        kept = [t for t in self.graph.initializer if t.name in used]
+        del self.graph.initializer[:]
+        self.graph.initializer.extend(kept)
+        if not any(o.domain == "com.microsoft" for o in self.model.opset_import):
+            self.model.opset_import.append(self.helper.make_opsetid("com.microsoft", 1))
+
+    def recipe(self, target: str) -> dict[str, Any]:
+        tied = self.tables.get(self.emb_name or "") is not None
+        activations = "uint8 asymmetric per tensor, at run time"
+        return {
+            "method": "dynamic INT8, per-column symmetric weights, position 0 quantized apart",
+            "weights": f"int8 symmetric, |q| <= {self.qmax}",
+            "built_for": target,
+            "activations": activations + (" (position 0 on its own)" if self.split_first else ""),
+            "embeddings": ("int8 per row" + (", the word table shared with the MLM projection" if tied else "")) if self.tables else None,
+            "quantized_nodes": len(self.quantized),
+            "split_first_nodes": len(self.split),
+            "packed_matmuls": len({group[0].name for group in self.packs.values() if len(group) > 1}),
+            "fused_biases": len(self.fused_adds),
+            "fp32_nodes": sorted(self.keep),
+        }
+
+    # -- node rewrites -------------------------------------------------------------------------
+
+    def dqmm(self, inputs: list[str], output: str, name: str) -> Any:
+        return self.helper.make_node("DynamicQuantizeMatMul", inputs, [output], domain="com.microsoft", name=name)
+
+    def lookup(self, node: Any) -> list[Any]:
+        """An embedding lookup on INT8 rows, dequantized after the lookup: rows * scale[id]."""
+        if node.op_type != "Gather" or node.input[0] not in self.tables:
+            return []
+        make = self.helper.make_node
+        table_q, table_s = self.tables[node.input[0]]
+        base = self.unique("emb")
+        rows, scale, scale3 = f"{base}_rows", f"{base}_scale", f"{base}_scale3"
+        return [
+            make("Gather", [table_q, node.input[1]], [rows], name=f"{base}_gather"),
+            make("Gather", [table_s, node.input[1]], [scale], name=f"{base}_gather_scale"),
+            make("Unsqueeze", [scale, self.const("axes_last", np.array([-1], np.int64))], [scale3], name=f"{base}_unsqueeze"),
+            make("Cast", [rows], [f"{rows}_f"], to=self.onnx.TensorProto.FLOAT, name=f"{base}_cast"),
+            make("Mul", [f"{rows}_f", scale3], [node.output[0]], name=f"{base}_mul"),
+        ]
+
+    def _attrs(self, node: Any) -> dict[str, Any]:
+        return {a.name: self.helper.get_attribute_value(a) for a in node.attribute}
+
+    def mlm_projection(self, node: Any) -> list[Any]:
+        """The tied MLM projection: rows @ E^T with E's INT8 rows, per-vocabulary scales."""
+        emb_q, emb_s = self.tables.get(self.emb_name or "", (None, None))
+        if (node.op_type != "Gemm" or node.input[1] != self.emb_name or emb_q is None or emb_s is None
+                or node.name in self.keep or self._attrs(node).get("transB") != 1):
+            return []
+        base = self.unique("mlm")
+        bias = node.input[2] if len(node.input) > 2 else ""
+        return [
+            self.helper.make_node("Transpose", [emb_q], [f"{base}_et"], perm=[1, 0], name=f"{base}_transpose"),
+            self.dqmm([node.input[0], f"{base}_et", emb_s, "", bias], node.output[0], f"{base}_dqmm"),
+        ]
+
+    def gemm(self, node: Any) -> list[Any]:
+        """y = A @ B(^T) + C on 2-D rows (heads on gathered or pooled rows)."""
+        attrs = self._attrs(node)
+        if (node.op_type != "Gemm" or node.input[1] not in self.inits or node.name in self.keep
+                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0)):
+            return []
+        q, s = self.per_column(node.input[1], transposed=bool(attrs.get("transB", 0)))
+        bias = node.input[2] if len(node.input) > 2 else ""
+        base = self.unique(node.name.strip("/").replace("/", "_") or "gemm")
+        return [self.dqmm([node.input[0], q, s, "", bias], node.output[0], f"{base}_dqmm")]
+
+    def matmul(self, members: list[Any]) -> list[Any]:
         """DynamicQuantizeMatMul node(s) for MatMuls sharing one input (bias fused when known)."""
         a = members[0].input[0]
-        base = unique(members[0].name.strip("/").replace("/", "_") or "mm")
-        if len(members) == 1:
-            q, sc = per_column(members[0].input[1])
-            bias = bias_of.get(members[0].name, ("", members[0].output[0]))
-            outs = [bias[1]]
-            bias_name = bias[0]
-        else:
-            qs = [per_column(m.input[1]) for m in members]
-            q = const(f"{base}_packed_int8", np.concatenate([numpy_helper.to_array(new_init(x)) for x, _ in qs], axis=1))
-            sc = const(f"{base}_packed_scale", np.concatenate([numpy_helper.to_array(new_init(x)) for _, x in qs]))
-            bias_name = const(f"{base}_packed_bias", np.concatenate(
-                [numpy_helper.to_array(inits[bias_of[m.name][0]]).astype(np.float32) for m in members]))
-            outs = [bias_of[m.name][1] for m in members]
+        base = self.unique(members[0].name.strip("/").replace("/", "_") or "mm")
+        q, sc, bias_name, outs = self.packed_weights(members, base)
         y = outs[0] if len(outs) == 1 else f"{base}_packed"
-        made: list[Any] = []
-        if (split_first is True or (split_first and any(m.name in split_set for m in members))) and ranks.get(a) == 3:
-            starts0 = const("slice_0", np.array([0], np.int64))
-            starts1 = const("slice_1", np.array([1], np.int64))
-            end = const("slice_end", np.array([_INT64_MAX], np.int64))
-            axis = const("slice_axis1", np.array([1], np.int64))
-            made += [
-                helper.make_node("Slice", [a, starts0, starts1, axis], [f"{base}_a0"], name=f"{base}_slice0"),
-                helper.make_node("Slice", [a, starts1, end, axis], [f"{base}_a1"], name=f"{base}_slice1"),
-                helper.make_node("DynamicQuantizeMatMul", [f"{base}_a0", q, sc, "", bias_name], [f"{base}_y0"], domain="com.microsoft", name=f"{base}_dqmm0"),
-                helper.make_node("DynamicQuantizeMatMul", [f"{base}_a1", q, sc, "", bias_name], [f"{base}_y1"], domain="com.microsoft", name=f"{base}_dqmm1"),
-                helper.make_node("Concat", [f"{base}_y0", f"{base}_y1"], [y], axis=1, name=f"{base}_concat"),
-            ]
-            split.extend(m.name for m in members)
+        wants_split = self.split_first is True or (self.split_first and any(m.name in self.split_set for m in members))
+        if wants_split and self.ranks.get(a) == 3:
+            made = self.split_matmul(a, q, sc, bias_name, y, base)
+            self.split.extend(m.name for m in members)
         else:
-            made.append(helper.make_node("DynamicQuantizeMatMul", [a, q, sc, "", bias_name], [y], domain="com.microsoft", name=f"{base}_dqmm"))
+            made = [self.dqmm([a, q, sc, "", bias_name], y, f"{base}_dqmm")]
         if len(outs) > 1:
-            sizes = const(f"{base}_split_sizes", np.array([inits[m.input[1]].dims[1] for m in members], np.int64))
-            made.append(helper.make_node("Split", [y, sizes], outs, axis=-1, name=f"{base}_split"))
-        quantized.extend(m.name for m in members)
+            sizes = self.const(f"{base}_split_sizes", np.array([self.inits[m.input[1]].dims[1] for m in members], np.int64))
+            made.append(self.helper.make_node("Split", [y, sizes], outs, axis=-1, name=f"{base}_split"))
+        self.quantized.extend(m.name for m in members)
         return made
 
-    for node in graph.node:
-        if node.op_type == "Gather" and node.input[0] in tables:
-            # INT8 rows, dequantized after the lookup: rows * scale[id]
-            table_q, table_s = tables[node.input[0]]
-            base = unique("emb")
-            rows, scale, scale3 = f"{base}_rows", f"{base}_scale", f"{base}_scale3"
-            nodes += [
-                helper.make_node("Gather", [table_q, node.input[1]], [rows], name=f"{base}_gather"),
-                helper.make_node("Gather", [table_s, node.input[1]], [scale], name=f"{base}_gather_scale"),
-                helper.make_node("Unsqueeze", [scale, const("axes_last", np.array([-1], np.int64))], [scale3], name=f"{base}_unsqueeze"),
-                helper.make_node("Cast", [rows], [f"{rows}_f"], to=onnx.TensorProto.FLOAT, name=f"{base}_cast"),
-                helper.make_node("Mul", [f"{rows}_f", scale3], [node.output[0]], name=f"{base}_mul"),
-            ]
-            quantized.append(node.name)
-            continue
-        if (
-            node.op_type == "Gemm"
-            and node.input[1] == emb_name
-            and emb_q is not None
-            and node.name not in keep
-            and {a.name: helper.get_attribute_value(a) for a in node.attribute}.get("transB") == 1
-        ):
-            # The tied MLM projection: rows @ E^T with E's INT8 rows, per-vocabulary scales.
-            base = unique("mlm")
-            bias = node.input[2] if len(node.input) > 2 else ""
-            nodes += [
-                helper.make_node("Transpose", [emb_q], [f"{base}_et"], perm=[1, 0], name=f"{base}_transpose"),
-                helper.make_node("DynamicQuantizeMatMul", [node.input[0], f"{base}_et", emb_s, "", bias],
-                                 [node.output[0]], domain="com.microsoft", name=f"{base}_dqmm"),
-            ]
-            quantized.append(node.name)
-            continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if (
-            node.op_type == "Gemm"
-            and node.input[1] in inits
-            and node.name not in keep
-            and attrs.get("alpha", 1.0) == 1.0
-            and attrs.get("beta", 1.0) == 1.0
-            and not attrs.get("transA", 0)
-        ):
-            # y = A @ B(^T) + C on 2-D rows (heads on gathered or pooled rows)
-            q, s = per_column(node.input[1], transposed=bool(attrs.get("transB", 0)))
-            bias = node.input[2] if len(node.input) > 2 else ""
-            base = unique(node.name.strip("/").replace("/", "_") or "gemm")
-            nodes.append(helper.make_node("DynamicQuantizeMatMul", [node.input[0], q, s, "", bias], [node.output[0]], domain="com.microsoft", name=f"{base}_dqmm"))
-            quantized.append(node.name)
-            continue
-        if node.name in fused_adds:
-            continue  # its bias went into the DynamicQuantizeMatMul above it
-        if node.name in packs:
-            members = packs[node.name]
-            if node.name != members[0].name:
-                continue  # produced by the first member's packed MatMul
-            nodes += _matmul(members)
-            continue
-        nodes.append(node)
+    def packed_weights(self, members: list[Any], base: str) -> tuple[str, str, str, list[str]]:
+        """The INT8 weight, scales and bias of one MatMul or of a pack, and its outputs."""
+        if len(members) == 1:
+            q, sc = self.per_column(members[0].input[1])
+            bias, out = self.bias_of.get(members[0].name, ("", members[0].output[0]))
+            return q, sc, bias, [out]
+        qs = [self.per_column(m.input[1]) for m in members]
+        q = self.const(f"{base}_packed_int8", np.concatenate([self.array(x) for x, _ in qs], axis=1))
+        sc = self.const(f"{base}_packed_scale", np.concatenate([self.array(x) for _, x in qs]))
+        bias = self.const(f"{base}_packed_bias", np.concatenate(
+            [self.array(self.bias_of[m.name][0]).astype(np.float32) for m in members]))
+        return q, sc, bias, [self.bias_of[m.name][1] for m in members]
 
-    del graph.node[:]
-    graph.node.extend(nodes)
-    graph.initializer.extend(new_inits)
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    onnx.save(model, str(out))
-    return {
-        "method": "dynamic INT8, per-column symmetric weights, position 0 quantized apart",
-        "weights": f"int8 symmetric, |q| <= {qmax}",
-        "built_for": target,
-        "activations": "uint8 asymmetric per tensor, at run time (position 0 on its own)" if split_first else "uint8 asymmetric per tensor, at run time",
-        "embeddings": "int8 per row" + (", the word table shared with the MLM projection" if emb_q is not None else "") if tables else None,
-        "quantized_nodes": len(quantized),
-        "split_first_nodes": len(split),
-        "packed_matmuls": len({group[0].name for group in packs.values() if len(group) > 1}),
-        "fused_biases": len(fused_adds),
-        "fp32_nodes": sorted(keep),
-    }
+    def split_matmul(self, a: str, q: str, sc: str, bias: str, y: str, base: str) -> list[Any]:
+        """Position 0 and positions 1.. quantized apart (each its own activation scale), one
+        INT8 weight, then a Concat."""
+        make = self.helper.make_node
+        starts0 = self.const("slice_0", np.array([0], np.int64))
+        starts1 = self.const("slice_1", np.array([1], np.int64))
+        end = self.const("slice_end", np.array([_INT64_MAX], np.int64))
+        axis = self.const("slice_axis1", np.array([1], np.int64))
+        return [
+            make("Slice", [a, starts0, starts1, axis], [f"{base}_a0"], name=f"{base}_slice0"),
+            make("Slice", [a, starts1, end, axis], [f"{base}_a1"], name=f"{base}_slice1"),
+            self.dqmm([f"{base}_a0", q, sc, "", bias], f"{base}_y0", f"{base}_dqmm0"),
+            self.dqmm([f"{base}_a1", q, sc, "", bias], f"{base}_y1", f"{base}_dqmm1"),
+            make("Concat", [f"{base}_y0", f"{base}_y1"], [y], axis=1, name=f"{base}_concat"),
+        ]

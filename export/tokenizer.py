@@ -130,14 +130,7 @@ def build_tokenizer(directory: Path, *, pair_type_id: int = 1) -> Any:
             f"(Unigram) checkpoints with a tokenizer.json such as XLM-R's"
         )
     tokens = special_tokens(directory)
-    # Read exactly as transformers' load_vocab does (universal newlines, last duplicate wins).
-    vocab: dict[str, int] = {}
-    with open(vocab_file, encoding="utf-8") as reader:
-        for index, line in enumerate(reader.readlines()):
-            vocab[line.rstrip("\n")] = index
-    for name, token in tokens.items():
-        if token not in vocab:
-            raise ExportError(f"the {name} token {token!r} is not in vocab.txt")
+    vocab = _read_vocab(vocab_file, tokens)
     lowercase = bool(cfg.get("do_lower_case", True))
     strip_accents = cfg.get("strip_accents")  # None: strip when lowercasing, as BERT does
     tok = tk.Tokenizer(
@@ -172,6 +165,19 @@ def build_tokenizer(directory: Path, *, pair_type_id: int = 1) -> Any:
         special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])],
     )
     return tok
+
+
+def _read_vocab(vocab_file: Path, tokens: dict[str, str]) -> dict[str, int]:
+    """vocab.txt read exactly as transformers' load_vocab does (universal newlines, last
+    duplicate wins), with every special token in it."""
+    vocab: dict[str, int] = {}
+    with open(vocab_file, encoding="utf-8") as reader:
+        for index, line in enumerate(reader.readlines()):
+            vocab[line.rstrip("\n")] = index
+    for name, token in tokens.items():
+        if token not in vocab:
+            raise ExportError(f"the {name} token {token!r} is not in vocab.txt")
+    return vocab
 
 
 def _sentencepiece_tokenizer(directory: Path, cls_name: str) -> Any:

@@ -11,6 +11,7 @@ export extra when they run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Iterable, Sequence
@@ -73,9 +74,8 @@ def _run_task(args: argparse.Namespace) -> int:
 
     spec = TASKS[args.command]
     model = load(args.bundle, **_given(args, LOAD_OPTIONS))
-    options = spec.parse_options(_given(args, spec.options))
     texts = _texts(args)
-    results = model.predict(spec.name, texts, options)
+    results = model.predict(spec.name, texts, _given(args, spec.options))
     out = [{"text": t, **spec.record(r)} for t, r in zip(texts, results)]
     json.dump(out, sys.stdout, ensure_ascii=False, indent=2 if sys.stdout.isatty() else None)
     sys.stdout.write("\n")
@@ -83,11 +83,18 @@ def _run_task(args: argparse.Namespace) -> int:
 
 
 def _job_options() -> list[Option]:
-    """Every task option once (by name), for ``run``, whose task is an argument."""
+    """Every task option once (by name), for ``run``, whose task is an argument: the flag
+    takes what any task's option of that name takes (``--top-k all`` is classify's), and
+    the task's own spec checks the value."""
     seen: dict[str, Option] = {}
     for spec in TASKS.values():
         for o in spec.options:
-            seen.setdefault(o.name, o)
+            first = seen.setdefault(o.name, o)
+            choices = None if first.choices is None or o.choices is None else tuple(dict.fromkeys(first.choices + o.choices))
+            seen[o.name] = dataclasses.replace(
+                first, nullable=first.nullable or o.nullable, choices=choices, minimum=None, maximum=None,
+                help=first.help if first is o else f"{first.help}; for {spec.name}: {o.help}",
+            )
     return list(seen.values())
 
 
@@ -95,7 +102,7 @@ def _run_job(args: argparse.Namespace) -> int:
     from .engine import get_task
 
     spec = get_task(args.task)
-    options = spec.parse_options(_given(args, _job_options()))
+    options = _given(args, _job_options())  # checked once, by the job against the task's spec
     model_options = _given(args, LOAD_OPTIONS)
     if args.engine == "ray":
         try:
@@ -234,8 +241,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"flare-onnx {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_export(sub)
+    _add_reference(sub)
+    for spec in TASKS.values():
+        p = _command(sub, spec.name, f"{spec.summary} (texts as arguments, or stdin one per line)")
+        p.add_argument("bundle")
+        p.add_argument("texts", nargs="*")
+        for opt in spec.options:
+            _add_option(p, opt)
+        _add_load_options(p)
+        p.set_defaults(func=_run_task)
+    _add_run(sub)
+    _add_serve(sub)
+    p = _command(sub, "info", "verify a bundle and print its manifest summary")
+    p.add_argument("bundle")
+    p.set_defaults(func=_info)
+    p = _command(sub, "demo", "export flare-it (or the reference checkpoint offline) and compare with PyTorch")
+    p.add_argument("--work-dir", default="artifacts")
+    p.add_argument("--model", default="osiria/flare-it")
+    p.set_defaults(func=_demo)
+    return parser
 
-    p = sub.add_parser("export", help="export a checkpoint to a bundle (needs the export extra)")
+
+def _command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help shows every option's default."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help,
+                                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return parser
+
+
+def _add_export(sub: Any) -> None:
+    p = _command(sub, "export", "export a checkpoint to a bundle (needs the export extra)")
     p.add_argument("model", nargs="?", default="osiria/flare-it", help="Hub id or local directory")
     p.add_argument("-o", "--output", required=True, help="bundle directory to write")
     p.add_argument(
@@ -261,7 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("reference", help="write the Flare-IT-shaped reference checkpoint (random weights)")
+
+def _add_reference(sub: Any) -> None:
+    p = _command(sub, "reference", "write the Flare-IT-shaped reference checkpoint (random weights)")
     p.add_argument("output")
     p.add_argument("--task", choices=["fill-mask", "token-classification", "text-classification"], default="fill-mask")
     p.add_argument("--labels", help="comma-separated labels for a classification head")
@@ -269,16 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_reference)
 
-    for spec in TASKS.values():
-        p = sub.add_parser(spec.name, help=f"{spec.summary} (texts as arguments, or stdin one per line)")
-        p.add_argument("bundle")
-        p.add_argument("texts", nargs="*")
-        for opt in spec.options:
-            _add_option(p, opt)
-        _add_load_options(p)
-        p.set_defaults(func=_run_task)
 
-    p = sub.add_parser("run", help="streaming, resumable batch job over a JSONL or text file")
+def _add_run(sub: Any) -> None:
+    p = _command(sub, "run", "streaming, resumable batch job over a JSONL or text file")
     p.add_argument("task", metavar="TASK", choices=list(TASKS))
     p.add_argument("bundle")
     p.add_argument("--input", "-i", required=True, help="JSONL or text file, one record per line; - for stdin")
@@ -300,7 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_load_options(p)
     p.set_defaults(func=_run_job)
 
-    p = sub.add_parser("serve", help="HTTP JSON service with micro-batching (needs the serve extra)")
+
+def _add_serve(sub: Any) -> None:
+    p = _command(sub, "serve", "HTTP JSON service with micro-batching (needs the serve extra)")
     p.add_argument("bundle")
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     p.add_argument("--port", type=int, default=8080)
@@ -320,16 +353,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--body-timeout", type=_seconds, default=10.0, help="seconds for a request's body to arrive, then 408")
     _add_load_options(p)
     p.set_defaults(func=_serve)
-
-    p = sub.add_parser("info", help="verify a bundle and print its manifest summary")
-    p.add_argument("bundle")
-    p.set_defaults(func=_info)
-
-    p = sub.add_parser("demo", help="export flare-it (or the reference checkpoint offline) and compare with PyTorch")
-    p.add_argument("--work-dir", default="artifacts")
-    p.add_argument("--model", default="osiria/flare-it")
-    p.set_defaults(func=_demo)
-    return parser
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

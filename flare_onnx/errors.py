@@ -11,6 +11,7 @@ __all__ = [
     "FlareOnnxError",
     "BundleError",
     "InputError",
+    "RequestTooLarge",
     "TaskNotAvailableError",
     "InferenceError",
     "ExportError",
@@ -35,6 +36,14 @@ class InputError(FlareOnnxError, ValueError):
     """Input texts or options that the model cannot take, with the reason and the fix."""
 
     http_status = 422
+    exit_code = 2
+
+
+class RequestTooLarge(InputError):
+    """A request whose work (characters, tokens, fill-mask candidates) is over the limits
+    of the surface that took it; split it, or run it as a trusted batch job."""
+
+    http_status = 413
     exit_code = 2
 
 

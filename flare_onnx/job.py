@@ -22,6 +22,7 @@ by the chunk size and the model's token budget, never by the file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -311,16 +312,14 @@ def _finalize_npy(raw: Path, dest: Path, rows: int, dim: int) -> None:
 
 # -- workers ------------------------------------------------------------------------------
 
-_WORKER_MODEL: Any = None  # the model of a spawned worker process (that process ends with the pool)
-
-
-def _init_worker(bundle: str, model_options: dict[str, Any]) -> None:
-    # Workers are started with "spawn": the Rust tokenizer's thread pool deadlocks in a child
-    # forked after use, so each process builds its own tokenizer and session.
-    global _WORKER_MODEL
+@functools.lru_cache(maxsize=1)
+def _worker_model(bundle: str, model_options: tuple[tuple[str, Any], ...]) -> Any:
+    """The model of a spawned worker process, loaded by its first chunk (that process ends
+    with the pool). Workers are started with "spawn": the Rust tokenizer's thread pool
+    deadlocks in a child forked after use, so each process builds its own tokenizer and session."""
     from .engine import load
 
-    _WORKER_MODEL = load(bundle, **model_options)
+    return load(bundle, **dict(model_options))
 
 
 def _predict_chunk(model: Any, task: str, texts: list[str], options: dict[str, Any]) -> list[tuple[Any, str | None]]:
@@ -340,8 +339,10 @@ def _predict_chunk(model: Any, task: str, texts: list[str], options: dict[str, A
     return out
 
 
-def _worker_chunk(task: str, texts: list[str], options: dict[str, Any]) -> list[tuple[Any, str | None]]:
-    return _predict_chunk(_WORKER_MODEL, task, texts, options)
+def _worker_chunk(
+    bundle: str, model_options: tuple[tuple[str, Any], ...], task: str, texts: list[str], options: dict[str, Any]
+) -> list[tuple[Any, str | None]]:
+    return _predict_chunk(_worker_model(bundle, model_options), task, texts, options)
 
 
 class Predictor:
@@ -358,10 +359,8 @@ class Predictor:
         if cfg.workers > 1:
             import multiprocessing
 
-            self.pool = ProcessPoolExecutor(
-                cfg.workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker, initargs=(cfg.bundle, model_options),
-            )
+            self.pool = ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"))
+            self.bundle, self.model_options = cfg.bundle, tuple(sorted(model_options.items()))
         else:
             from .engine import load
 
@@ -370,7 +369,7 @@ class Predictor:
 
     def submit(self, texts: list[str]) -> Future[Any] | list[tuple[Any, str | None]]:
         if self.pool is not None:
-            return self.pool.submit(_worker_chunk, self.spec.name, texts, self.options)
+            return self.pool.submit(_worker_chunk, self.bundle, self.model_options, self.spec.name, texts, self.options)
         return _predict_chunk(self.model, self.spec.name, texts, self.options)
 
     def close(self) -> None:

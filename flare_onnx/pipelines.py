@@ -128,33 +128,27 @@ class FillMaskPipeline(_Pipeline):
         target_ids = self._target_ids(opts["targets"]) if opts.get("targets") is not None else None
         if target_ids is not None:
             k = min(k, len(target_ids))
-        windows, mask_rows = self.model._mask_windows(texts)
-        results: list[Any] = [None] * len(texts)
+        request = self.model.request("fill-mask", texts, {"top_k": k})
         pad = self.model.manifest.special.pad_id
-        for idx, probs in self.model._mask_probabilities(windows, mask_rows):
-            row = 0
-            for i in idx:
-                ids = windows[i].ids
-                positions = mask_rows[i]
-                single_mask = len(positions) == 1
-                per_mask = []
-                for position in positions:
-                    p = probs[row] if target_ids is None else probs[row, target_ids]
-                    row += 1
-                    order = np.argsort(-p, kind="stable")[:k]
-                    candidates = []
-                    for j in order:
-                        token = int(j) if target_ids is None else int(target_ids[j])
-                        filled = ids.copy()
-                        filled[position] = token
-                        candidates.append({
-                            "score": float(p[j]),
-                            "token": token,
-                            "token_str": self._decode([token], skip_special_tokens=False),
-                            "sequence": self._decode(filled[filled != pad], skip_special_tokens=single_mask),
-                        })
-                    per_mask.append(candidates)
-                results[i] = per_mask[0] if single_mask else per_mask
+        results: list[Any] = []
+        for window, positions, probs in zip(request.windows, request.mask_rows or [], self.model.mask_probabilities(request)):
+            single_mask = len(positions) == 1
+            per_mask = []
+            for position, p in zip(positions, probs):
+                p = p if target_ids is None else p[target_ids]
+                candidates = []
+                for j in np.argsort(-p, kind="stable")[:k]:
+                    token = int(j) if target_ids is None else int(target_ids[j])
+                    filled = window.ids.copy()
+                    filled[position] = token
+                    candidates.append({
+                        "score": float(p[j]),
+                        "token": token,
+                        "token_str": self._decode([token], skip_special_tokens=False),
+                        "sequence": self._decode(filled[filled != pad], skip_special_tokens=single_mask),
+                    })
+                per_mask.append(candidates)
+            results.append(per_mask[0] if single_mask else per_mask)
         return results[0] if len(results) == 1 else results
 
     def _target_ids(self, targets: object) -> np.ndarray:
@@ -207,9 +201,8 @@ class TokenClassificationPipeline(_Pipeline):
             raise InputError(f"ignore_labels must be a list of labels, not {ignore!r}")
         stride = opts.get("stride")
         texts, single = self._inputs(inputs)
-        self.model.manifest.require("tag").parse_options({"stride": stride})
         window = "truncate" if stride is None else "sliding"
-        outputs = self.model._label_probabilities(texts, window=window, stride=stride)
+        outputs = self.model.label_probabilities(self.model.request("tag", texts, {"window": window, "stride": stride}))
         results = [self._entities(text, enc, probs, strategy, set(ignore)) for text, (enc, probs) in zip(texts, outputs)]
         return results[0] if single else results
 
@@ -320,7 +313,7 @@ class TextClassificationPipeline(_Pipeline):
             raise InputError(f"function_to_apply must be one of {', '.join(FUNCTIONS)}, not {function!r}")
         texts, single = self._inputs(inputs)
         labels = self.model.manifest.labels or ()
-        scores = class_scores(self.model._class_logits(texts), function)
+        scores = class_scores(self.model.class_logits(self.model.request("classify", texts)), function)
         results: list[Any] = []
         for row in scores:
             order = np.argsort(-row, kind="stable")

@@ -1,7 +1,8 @@
 """Serverless entry points: a plain function for any FaaS and an AWS-Lambda-style handler.
 
 The bundle is loaded once per container (on first use) from ``FLARE_ONNX_BUNDLE`` and kept
-for later invocations. Threads default to the CPUs the container is granted (its cgroup
+for later invocations. A request takes the engine's one request path with the HTTP service's
+limits (:attr:`flare_onnx.engine.Limits.SERVICE`): a function answers the network too. Threads default to the CPUs the container is granted (its cgroup
 quota), not the host's. Import cost is the runtime's: onnxruntime, tokenizers, numpy.
 
     # handler.py of a function whose package holds the bundle in ./bundle
@@ -11,18 +12,15 @@ quota), not the host's. Import cost is the runtime's: onnxruntime, tokenizers, n
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 from typing import Any
 
+from .engine import LOAD_OPTIONS, FlareModel, Limits, get_task, load, payload_parts
 from .errors import BundleError, FlareOnnxError, InputError
-from .engine import FlareModel, load
-from .engine import LOAD_OPTIONS, get_task
 
 __all__ = ["handle", "handler", "get_model", "model_options_from_env"]
-
-_MODEL: FlareModel | None = None  # one per container, kept between invocations on purpose
-
 
 def model_options_from_env() -> dict[str, Any]:
     """The model options of the registry from ``FLARE_ONNX_<OPTION>`` variables
@@ -41,14 +39,17 @@ def model_options_from_env() -> dict[str, Any]:
 
 
 def get_model() -> FlareModel:
-    """The container's model, loaded on first call from ``$FLARE_ONNX_BUNDLE``."""
-    global _MODEL
-    if _MODEL is None:
-        path = os.environ.get("FLARE_ONNX_BUNDLE")
-        if not path:
-            raise BundleError("set FLARE_ONNX_BUNDLE to the bundle directory shipped with the function")
-        _MODEL = load(path, **model_options_from_env())
-    return _MODEL
+    """The container's model, loaded on first call from ``$FLARE_ONNX_BUNDLE`` (and again
+    only if the variables change)."""
+    path = os.environ.get("FLARE_ONNX_BUNDLE")
+    if not path:
+        raise BundleError("set FLARE_ONNX_BUNDLE to the bundle directory shipped with the function")
+    return _load(path, tuple(sorted(model_options_from_env().items())))
+
+
+@functools.lru_cache(maxsize=1)  # one model per container, kept between invocations on purpose
+def _load(path: str, options: tuple[tuple[str, Any], ...]) -> FlareModel:
+    return load(path, **dict(options))
 
 
 def handle(payload: dict[str, Any]) -> dict[str, Any]:
@@ -56,15 +57,16 @@ def handle(payload: dict[str, Any]) -> dict[str, Any]:
     service: ``{"task", "precision", "results": [{"embedding": [...]}, ...]}``.
 
     Raises:
-        InputError: an unknown task or option, or texts the model refuses.
+        InputError: an unknown task or option, texts the model refuses, or a request over
+            the service limits (:class:`~flare_onnx.errors.RequestTooLarge`).
         TaskNotAvailableError: the bundle does not offer the task.
     """
     if not isinstance(payload, dict):
         raise InputError('the payload must be an object like {"task": "embed", "texts": ["..."]}')
     spec = get_task(payload.get("task"))
-    options = spec.parse_options({k: v for k, v in payload.items() if k not in ("task", "texts")})
+    texts, options = payload_parts(payload, reserved=("task",))
     model = get_model()
-    results = model.predict(spec.name, payload.get("texts"), options)  # type: ignore[arg-type]
+    results = model.predict(spec.name, texts, options, limits=Limits.SERVICE)
     return {"task": spec.name, "precision": model.precision, "results": [spec.record(r) for r in results]}
 
 

@@ -37,7 +37,7 @@ def _quiet(msg: str) -> None:
 
 def poison_outputs(model, value: float) -> None:
     """Make the model's session return ``value`` everywhere in its first output."""
-    real = model._session
+    real = model.session
 
     class Poisoned:
         def __getattr__(self, name):
@@ -48,7 +48,7 @@ def poison_outputs(model, value: float) -> None:
             out[0][...] = value
             return out
 
-    model._session = Poisoned()
+    model.session = Poisoned()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -58,7 +58,7 @@ def test_split_first_keeps_outlier_token_from_spoiling_the_rest(minilm_bundle, s
     quantize_int8(fp32, tmp_path / "plain.onnx", split_first=False)
     import onnxruntime as ort
 
-    from flare_onnx.engine.tokenization import pad_batch
+    from flare_onnx.engine.batching import pad_batch
 
     model = flare_onnx.load(minilm_bundle, precision="fp32")
     windows = model.tokenizer.windows(model.tokenizer.encode(sentences), sliding=False, stride=0)

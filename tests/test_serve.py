@@ -64,8 +64,8 @@ def test_embed_and_fill_mask_match_the_library(client, model):
         ({"texts": "ciao"}, 422, "non-empty list"),
         ({"texts": ["a"] * 9}, 422, "at most 8 per request"),
         ({"texts": ["a" * 501]}, 422, "at most 500"),
-        ({"texts": [1]}, 422, "texts[0] is int"),
-        ({"texts": ["  "]}, 422, "texts[0] is empty"),
+        ({"texts": [1]}, 422, "text 0 is int"),
+        ({"texts": ["  "]}, 422, "text 0 is empty"),
         ({"texts": ["ok"], "bogus": 1}, 422, "fill-mask has no option 'bogus'"),
         ({"texts": ["ok"], "top_k": "3"}, 422, "option top_k must be an integer, not '3'"),
         ({"texts": ["ok <mask>"], "top_k": 14610}, 422, "top_k must be at most 100"),
@@ -92,7 +92,7 @@ def test_body_limits_and_types(client):
 
 def test_missing_task_is_404(client):
     r = client.post("/v1/tag", json={"texts": ["ciao"]})
-    assert r.status_code == 404 and "does not offer tag" in r.json()["error"]
+    assert r.status_code == 404 and "tag needs a bundle exported with --task token-classification" in r.json()["error"]
 
 
 def test_api_key_with_any_characters(model):
@@ -240,7 +240,7 @@ def test_work_is_bounded_in_tokens_and_candidates(model):
         r = c.post("/v1/embed", json={"texts": [long, long]})
         assert r.status_code == 413 and "tokens; at most 60 per request: split it" in r.json()["error"]
         r = c.post("/v1/fill-mask", json={"texts": ["<mask> " * 5], "top_k": 5})
-        assert r.status_code == 413 and "25 candidates (5 masks x top_k); at most 20" in r.json()["error"]
+        assert r.status_code == 413 and "asks for 25 fill-mask candidates (masks x top_k); at most 20" in r.json()["error"]
         assert c.post("/v1/fill-mask", json={"texts": ["<mask> <mask>"], "top_k": 5}).status_code == 200
 
 
@@ -261,7 +261,7 @@ def test_openai_client_gets_the_same_embeddings(tiny_bundle, model, sentences, t
         assert got.usage.prompt_tokens == got.usage.total_tokens == tokens
         single = client.embeddings.create(model="flare-it", input=texts[0], encoding_format="float")
         np.testing.assert_allclose(single.data[0].embedding, expected[0], atol=1e-5)
-        with pytest.raises(openai.BadRequestError, match="input\\[0\\] is empty"):
+        with pytest.raises(openai.BadRequestError, match="text 0 is empty"):
             client.embeddings.create(model="flare-it", input=[" "])
         with pytest.raises(openai.AuthenticationError, match="missing or wrong API key"):
             openai.OpenAI(base_url=url + "/v1", api_key="sbagliata", max_retries=0).embeddings.create(model="x", input="ciao")

@@ -97,7 +97,6 @@ def test_same_results_under_the_same_key_on_every_surface(task, request, tmp_pat
     # serverless
     monkeypatch.setenv("FLARE_ONNX_BUNDLE", str(bundle))
     monkeypatch.setenv("FLARE_ONNX_PRECISION", "fp32")
-    monkeypatch.setattr(sl, "_MODEL", None)
     answer = sl.handle({"task": task, "texts": texts, **options})
     _close(answer["results"], expected)
 
@@ -143,7 +142,6 @@ def test_the_same_bad_option_gets_the_same_answer_everywhere(tiny_bundle, tmp_pa
         r = client.post("/v1/fill-mask", json={"texts": TEXTS, **options})
         assert r.status_code == 422 and message in r.json()["error"]
     monkeypatch.setenv("FLARE_ONNX_BUNDLE", str(tiny_bundle))
-    monkeypatch.setattr(sl, "_MODEL", None)
     r = sl.handler({"task": "fill-mask", "texts": TEXTS, **options})
     assert r["statusCode"] == 422 and message in json.loads(r["body"])["error"]
     import flare_onnx.ray_data as frd
@@ -160,7 +158,6 @@ def test_a_task_the_bundle_lacks_is_the_same_error_everywhere(tiny_bundle, tmp_p
     with TestClient(create_app(model)) as client:
         assert client.post("/v1/tag", json={"texts": PLAIN}).status_code == TaskNotAvailableError.http_status
     monkeypatch.setenv("FLARE_ONNX_BUNDLE", str(tiny_bundle))
-    monkeypatch.setattr(sl, "_MODEL", None)
     assert sl.handler({"task": "tag", "texts": PLAIN})["statusCode"] == TaskNotAvailableError.http_status
 
 
@@ -210,7 +207,6 @@ def test_a_text_over_the_token_cap_is_refused_everywhere_and_only_that_text(tiny
     assert len(errors) == 1 and errors[0]["line"] == 2 and message in errors[0]["error"]
     monkeypatch.setenv("FLARE_ONNX_BUNDLE", str(tiny_bundle))
     monkeypatch.setenv("FLARE_ONNX_MAX_TEXT_TOKENS", "64")
-    monkeypatch.setattr(sl, "_MODEL", None)
     r = sl.handler({"task": "embed", "texts": [long], "window": "sliding"})
     assert r["statusCode"] == 422 and message in json.loads(r["body"])["error"]
     with TestClient(create_app(model)) as client:

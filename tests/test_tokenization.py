@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from flare_onnx.engine.bundle import SpecialTokens
 from flare_onnx.errors import InputError
-from flare_onnx.engine.tokenization import TextEncoder, check_texts, pad_batch, plan_batches
+from flare_onnx.engine.batching import pad_batch, plan_batches
+from flare_onnx.engine.tokenization import TextEncoder, check_texts
 from flare_onnx_export.exporter import TOKENIZER_PROBES
 from flare_onnx_export.sample import read_corpus
 from flare_onnx_export.tokenizer import build_tokenizer, load_reference_tokenizer
@@ -172,7 +173,7 @@ def _greedy(lengths: list[int], max_tokens: int, max_batch: int) -> list[list[in
 
 
 def _cost(lengths: list[int], batches: list[list[int]]) -> int:
-    from flare_onnx.engine.tokenization import BATCH_OVERHEAD_TOKENS
+    from flare_onnx.engine.batching import BATCH_OVERHEAD_TOKENS
 
     return sum(len(b) * max(lengths[i] for i in b) + BATCH_OVERHEAD_TOKENS for b in batches)
 

@@ -5,7 +5,10 @@ Surfaces (the CLI, the file job, the HTTP service, the serverless handler, Ray D
 transformers-compatible pipelines) use only the names re-exported here; the engine imports no
 surface (``tests/test_layout.py`` checks both directions).
 
-* :mod:`.tasks` — the task registry: what each task is, its options and limits;
+* :mod:`.tasks` — the task registry: what each task is and its options; :mod:`.runners` —
+  what each built-in task makes of the graph's outputs;
+* :mod:`.request` — one request path: a task, options parsed once, texts checked against one
+  :class:`Limits` and encoded once;
 * :mod:`.bundle` — the manifest and the verified bytes of a bundle directory;
 * :mod:`.session` / :mod:`.openvino_session` — the backends, behind one small session protocol;
 * :mod:`.tokenization` — texts to token windows; :mod:`.batching` — length batches and padding;
@@ -15,15 +18,32 @@ surface (``tests/test_layout.py`` checks both directions).
 
 from ._json import to_jsonable
 from .bundle import MANIFEST_NAME, Manifest, SpecialTokens, open_bundle, read_manifest
-from .model import FlareModel, Label, MaskPrediction, TagResult, load
+from .model import FlareModel, load
 from .postprocess import Entity, WordLabel, class_scores
+from .request import Limits, Request, merge_requests, payload_parts
+from .runners import Label, MaskPrediction, TagResult
 from .session import available_cpus
-from .tasks import EXPORT_TASKS, LOAD_OPTIONS, MAX_TOP_K, TASKS, Option, TaskSpec, get_task, parse_load_options
+from .tasks import (
+    EXPORT_TASKS,
+    LOAD_OPTIONS,
+    MAX_TOP_K,
+    TASKS,
+    Option,
+    TaskSpec,
+    get_task,
+    parse_load_options,
+    register_task,
+    unregister_task,
+)
 from .tokenization import check_texts
 
 __all__ = [
     "load",
     "FlareModel",
+    "Request",
+    "Limits",
+    "merge_requests",
+    "payload_parts",
     "MaskPrediction",
     "Label",
     "TagResult",
@@ -36,6 +56,8 @@ __all__ = [
     "Option",
     "TaskSpec",
     "get_task",
+    "register_task",
+    "unregister_task",
     "parse_load_options",
     "Manifest",
     "SpecialTokens",

@@ -1,65 +1,40 @@
-"""The model object: one onnxruntime session and one tokenizer, and the four task verbs.
+"""The model object: one backend session and one tokenizer, the request path, and the verbs.
 
-The engine is thin: it tokenizes, cuts windows, batches, runs the session and hands the raw
-outputs to the pure functions of :mod:`flare_onnx.postprocess`. What a task is (its options,
-defaults and limits) lives in :mod:`flare_onnx.tasks`.
+The engine is thin: :meth:`FlareModel.request` checks and encodes a request once;
+:meth:`FlareModel.run` hands it to the task's runner (:mod:`.runners`), which reads the graph's
+outputs through the public engine API below (:meth:`~FlareModel.window_outputs` and the
+probabilities built on it) and the pure functions of :mod:`.postprocess`. What a task is (its
+options, defaults and limits) lives in :mod:`.tasks`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tokenizers import Encoding
 
-from .bundle import VerifiedBundle, open_bundle
 from ..errors import BundleError, InferenceError, InputError
-from .postprocess import (
-    Entity,
-    WindowPool,
-    WordLabel,
-    aggregate_words,
-    class_scores,
-    group_entities,
-    l2_normalize,
-    softmax,
-)
-from .postprocess import top_k as _top_k
+from .batching import pad_batch, plan_batches
+from .bundle import VerifiedBundle, open_bundle
+from .postprocess import softmax
+from .request import Limits, Request
+from .runners import Label, MaskPrediction, TagResult
 from .session import create_session
-from .tasks import LOAD_OPTIONS, TASKS, parse_load_options
-from .tokenization import TextEncoder, Window, check_texts, pad_batch, plan_batches
+from .tasks import LOAD_OPTIONS, TASKS, TaskSpec, parse_load_options
+from .tokenization import TextEncoder, Window, check_texts
 
 __all__ = ["FlareModel", "MaskPrediction", "Label", "TagResult", "load"]
 
 _DEFAULTS = {o.name: o.default for o in LOAD_OPTIONS}
 
 
-@dataclass(frozen=True)
-class MaskPrediction:
-    """One candidate for one ``<mask>``: the vocabulary token, its id and probability."""
-
-    token: str
-    token_id: int
-    score: float
-
-
-@dataclass(frozen=True)
-class Label:
-    """A class label and its probability."""
-
-    label: str
-    score: float
-
-
-@dataclass(frozen=True)
-class TagResult:
-    """Token classification of one text: a label per word, and the grouped entities."""
-
-    words: list[WordLabel]
-    entities: list[Entity]
+_FILL = TASKS["fill-mask"].defaults()
+_EMBED = TASKS["embed"].defaults()
+_TAG = TASKS["tag"].defaults()
+_CLASSIFY = TASKS["classify"].defaults()
 
 
 def _check_graph(bundle: VerifiedBundle, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> None:
@@ -110,50 +85,29 @@ class FlareModel:
     """A loaded bundle. Create it with :func:`load`.
 
     Every verb takes a list of texts, sorts them into length batches under the token budget,
-    and returns results in the input order.
+    and returns results in the input order. Surfaces use the request path instead:
+    :meth:`request` (checked and encoded once) then :meth:`run`.
     """
 
-    def __init__(
-        self,
-        bundle: VerifiedBundle,
-        *,
-        threads: int | None = None,
-        max_batch_tokens: int = _DEFAULTS["max_batch_tokens"],
-        max_batch_size: int = _DEFAULTS["max_batch_size"],
-        max_text_tokens: int | None = _DEFAULTS["max_text_tokens"],
-        spin: bool = _DEFAULTS["spin"],
-        arena: bool = True,
-    ) -> None:
-        opts = parse_load_options({
-            "threads": threads, "max_batch_tokens": max_batch_tokens, "max_batch_size": max_batch_size,
-            "max_text_tokens": max_text_tokens, "spin": spin,
-        })
+    def __init__(self, bundle: VerifiedBundle, options: Mapping[str, Any] | None = None) -> None:
+        """``options``: :func:`load`'s model options by name (threads, batch budgets, spin,
+        arena), checked here; the bundle's precision and backend were chosen when it was opened."""
+        opts = _DEFAULTS | parse_load_options(options or {})
         self.manifest = bundle.manifest
         self.path = bundle.path
         self.precision = bundle.graph.precision
+        self.backend = bundle.graph.backend
         self.max_batch_tokens: int = opts["max_batch_tokens"]
         self.max_batch_size: int = opts["max_batch_size"]
         self.max_text_tokens: int | None = opts["max_text_tokens"]
         # attention scores are batch × heads × length² floats: two full-length rows at most
         self.max_batch_cells = 2 * bundle.manifest.max_length**2
-        self.backend = bundle.graph.backend
-        self._session: Any
-        if bundle.graph.backend == "openvino":
-            from .openvino_session import create_openvino_session
-
-            assert bundle.weights_bytes is not None  # open_bundle reads the IR's weights
-            self._session = create_openvino_session(bundle.graph_bytes, bundle.weights_bytes, threads=opts["threads"])
-        else:
-            self._session = create_session(bundle.graph_bytes, threads=opts["threads"], arena=arena, spin=opts["spin"])
-        self._inputs = tuple(i.name for i in self._session.get_inputs())
-        self._outputs = tuple(o.name for o in self._session.get_outputs())
+        self.session: Any = _create_backend_session(bundle, opts)
+        self._inputs = tuple(i.name for i in self.session.get_inputs())
+        self._outputs = tuple(o.name for o in self.session.get_outputs())
         _check_graph(bundle, self._inputs, self._outputs)
-        self._encoder = TextEncoder(
-            bundle.tokenizer_json, bundle.manifest.special, max_length=bundle.manifest.max_length
-        )
-        _check_sizes(bundle, self._encoder.tokenizer.get_vocab_size(), self._session.get_outputs())
-
-    # -- shared machinery -------------------------------------------------------------
+        self._encoder = TextEncoder(bundle.tokenizer_json, bundle.manifest.special, max_length=bundle.manifest.max_length)
+        _check_sizes(bundle, self._encoder.tokenizer.get_vocab_size(), self.session.get_outputs())
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -162,45 +116,170 @@ class FlareModel:
 
     @property
     def tokenizer(self) -> TextEncoder:
+        """The bundle's checked tokenizer (``.tokenizer`` is the ``tokenizers.Tokenizer``)."""
         return self._encoder
 
-    def predict(self, task: str, texts: Sequence[str], options: Mapping[str, Any] | None = None) -> list[Any]:
-        """Run ``task`` (a registry name or alias) with ``options`` given by name; one result per text.
+    # -- the request path -------------------------------------------------------------------
 
-        This is what every surface calls: the options are checked against the registry
-        (unknown names and wrong types raise :class:`InputError`).
+    def request(
+        self, task: str, texts: Sequence[str], options: Mapping[str, Any] | None = None,
+        *, limits: Limits = Limits.TRUSTED,
+    ) -> Request:
+        """Check a request once and encode it: the task is offered, the options valid (defaults
+        filled in), the texts within ``limits`` (cheap checks before tokenization, work after),
+        masks present for fill-mask, sliding windows within ``max_text_tokens``.
+
+        Raises:
+            TaskNotAvailableError: the bundle does not offer ``task``.
+            InputError: a bad option or text, or over a limit (:class:`RequestTooLarge`
+                for work: characters, tokens, fill-mask candidates).
         """
         spec = self.manifest.require(task)
-        opts = spec.parse_options(options)
-        verbs = {"fill_mask": self.fill_mask, "embed": self.embed, "tag": self.tag, "classify": self.classify}
-        result = verbs[spec.verb](texts, **opts)  # type: ignore[operator]
-        return list(result)
+        opts = spec.resolve(options)
+        texts = check_texts(texts, verb=spec.verb)
+        limits.check_texts(texts)
+        if opts.get("prefix"):
+            texts = [opts["prefix"] + t for t in texts]
+        encodings = self._encoder.encode(texts)
+        windows = self._windows(encodings, window=opts.get("window", "truncate"), stride=opts.get("stride"))
+        mask_rows = self._mask_rows(encodings, windows) if "mask_positions" in spec.graph_inputs else None
+        req = Request(spec, texts, opts, encodings, windows, mask_rows, tokens=sum(len(e.ids) + 2 for e in encodings))
+        limits.check_work(req.tokens, req.candidates)
+        return req
 
-    def _batches(
-        self, windows: list[Window], mask_rows: list[np.ndarray] | None = None
+    def run(self, request: Request) -> list[Any]:
+        """The results of a checked request, one per text, from its task's runner."""
+        return request.spec.run(self, request)
+
+    def predict(
+        self, task: str, texts: Sequence[str], options: Mapping[str, Any] | None = None,
+        *, limits: Limits = Limits.TRUSTED,
+    ) -> list[Any]:
+        """Run ``task`` (a registry name or alias) with ``options`` given by name; one result
+        per text. ``request`` then ``run``, for callers that need not keep the request."""
+        return self.run(self.request(task, texts, options, limits=limits))
+
+    def _windows(self, encodings: list[Encoding], *, window: str, stride: int | None) -> list[Window]:
+        if window == "sliding" and self.max_text_tokens is not None:
+            for i, enc in enumerate(encodings):
+                if len(enc.ids) > self.max_text_tokens:
+                    raise InputError(
+                        f"text {i} holds {len(enc.ids)} tokens; sliding windows read at most "
+                        f"{self.max_text_tokens} per text (the model option max_text_tokens; "
+                        f"None lifts the cap for trusted batch jobs)"
+                    )
+        stride = self.manifest.max_length // 4 if stride is None else stride
+        return self._encoder.windows(encodings, sliding=window == "sliding", stride=stride)
+
+    def _mask_rows(self, encodings: list[Encoding], windows: list[Window]) -> list[np.ndarray]:
+        """Where each text's masks sit in its window (one at least, none past what the model reads)."""
+        special = self.manifest.special  # a fill-mask manifest always has a mask (checked at load)
+        rows: list[np.ndarray] = []
+        for i, (enc, w) in enumerate(zip(encodings, windows)):
+            positions = np.flatnonzero(np.asarray(enc.ids) == special.mask_id)
+            if positions.size == 0:
+                raise InputError(f"text {i} has no {special.mask_token} token to fill")
+            kept = len(w.ids) - 2
+            if positions[-1] >= kept:
+                raise InputError(
+                    f"text {i} has a {special.mask_token} at token {int(positions[-1])}, past the "
+                    f"{kept} tokens the model reads; shorten the text around the mask"
+                )
+            rows.append(positions + 1)  # +1 for <s>
+        return rows
+
+    # -- the public engine API: what runners and the pipelines read ------------------------
+
+    def window_outputs(self, request: Request) -> Iterator[tuple[Window, dict[str, np.ndarray]]]:
+        """Each window of ``request`` with the graph's outputs for it: token-level outputs
+        (``[batch, length, …]``) cut to the window's tokens, ``mask_logits`` to its masks,
+        others (``[batch, …]``) to its row. Windows come in batch order, not input order."""
+        masks = request.mask_rows
+        for idx, outputs in self._run_batches(request.windows, masks):
+            first_mask = 0
+            for row, wi in enumerate(idx):
+                window, mine = request.windows[wi], {}
+                for name, value in outputs.items():
+                    if name == "mask_logits":
+                        count = len(masks[wi]) if masks is not None else 0
+                        mine[name] = value[first_mask : first_mask + count]
+                    elif value.ndim == 3:
+                        mine[name] = value[row, : len(window.ids)]
+                    else:
+                        mine[name] = value[row]
+                first_mask += len(masks[wi]) if masks is not None else 0
+                yield window, mine
+
+    def mask_probabilities(self, request: Request) -> list[np.ndarray]:
+        """Per text of a fill-mask request: ``float32 [masks, vocabulary]`` probabilities."""
+        probs: list[np.ndarray] = [np.zeros(0, np.float32)] * len(request.texts)
+        for window, out in self.window_outputs(request):
+            probs[window.text_index] = softmax(out["mask_logits"])
+        return probs
+
+    def label_probabilities(self, request: Request) -> list[tuple[Encoding, np.ndarray]]:
+        """Per text of a token-classification request: its encoding and the label
+        probabilities of the tokens its windows cover, ``float32 [covered, labels]``."""
+        labels = self.manifest.labels or ()
+        probs_per_text = [np.zeros((len(enc.ids), len(labels)), dtype=np.float32) for enc in request.encodings]
+        covered = [0] * len(request.texts)
+        for w, out in self.window_outputs(request):
+            lo, hi = w.keep
+            probs_per_text[w.text_index][w.start + lo : w.start + hi] = softmax(out["logits"])[1 + lo : 1 + hi]
+            covered[w.text_index] = max(covered[w.text_index], w.start + hi)
+        return [(enc, probs[:n]) for enc, probs, n in zip(request.encodings, probs_per_text, covered)]
+
+    def class_logits(self, request: Request) -> np.ndarray:
+        """``float32 [texts, labels]``: the classification logits of each text (first window)."""
+        logits = np.zeros((len(request.texts), len(self.manifest.labels or ())), dtype=np.float32)
+        for window, out in self.window_outputs(request):
+            logits[window.text_index] = out["logits"]
+        return logits
+
+    @property
+    def class_function(self) -> str:
+        """How :meth:`classify` turns logits into scores, as transformers' text-classification
+        pipeline does: ``"sigmoid"`` for multi-label models and single-logit models,
+        ``"none"`` for regression, ``"softmax"`` otherwise."""
+        problem = self.manifest.raw["model"].get("problem_type")
+        if problem == "regression":
+            return "none"
+        if problem == "multi_label_classification" or len(self.manifest.labels or ()) == 1:
+            return "sigmoid"
+        return "softmax"
+
+    def hidden_states(self, texts: list[str]) -> list[np.ndarray]:
+        """The last hidden state of every token the model reads: ``float32 [tokens, hidden_size]``
+        per text, ``<s>`` and ``</s>`` included, the text truncated to ``max_length`` tokens.
+
+        This is what transformers' feature-extraction pipeline returns; :meth:`embed` pools it.
+
+        Example:
+            >>> model.hidden_states(["Il gatto dorme."])[0].shape
+            (6, 384)
+        """
+        request = self.request("embed", texts, {"window": "truncate"})
+        states: list[np.ndarray] = [np.zeros(0, np.float32)] * len(texts)
+        for window, out in self.window_outputs(request):
+            states[window.text_index] = out["last_hidden_state"].copy()
+        return states
+
+    def _run_batches(
+        self, windows: list[Window], mask_rows: list[np.ndarray] | None
     ) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
         """Run windows through the session in length batches; yield (window indices, outputs)."""
         lengths = [len(w.ids) for w in windows]
         plans = list(plan_batches(
             lengths, max_tokens=self.max_batch_tokens, max_batch=self.max_batch_size, max_cells=self.max_batch_cells
         ))
-        streams = int(getattr(self._session, "streams", 1))
+        streams = int(getattr(self.session, "streams", 1))
         if len(plans) < streams:  # OpenVINO: give every CPU stream a part of a lone batch
             plans = [list(part) for idx in plans for part in np.array_split(idx, min(streams, len(idx))) if len(part)]
-
-        def feeds_of(idx: list[int]) -> dict[str, np.ndarray]:
-            ids, attention = pad_batch([windows[i].ids for i in idx], self._encoder.special.pad_id)
-            feeds = {"input_ids": ids, "attention_mask": attention}
-            if "mask_positions" in self._inputs:
-                width = ids.shape[1]
-                rows = [row * width + mask_rows[i] for row, i in enumerate(idx)] if mask_rows else []
-                feeds["mask_positions"] = np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)
-            return feeds
-
-        if len(plans) > 1 and hasattr(self._session, "run_many"):  # OpenVINO: every stream busy
-            results: Iterator[list[np.ndarray]] = self._session.run_many(feeds_of(idx) for idx in plans)
+        feeds = (self._feeds(windows, mask_rows, idx) for idx in plans)
+        if len(plans) > 1 and hasattr(self.session, "run_many"):  # OpenVINO: every stream busy
+            results: Iterator[list[np.ndarray]] = self.session.run_many(feeds)
         else:
-            results = (self._session.run(None, feeds_of(idx)) for idx in plans)
+            results = (self.session.run(None, f) for f in feeds)
         for idx in plans:
             try:
                 values = next(results)
@@ -215,23 +294,18 @@ class FlareModel:
                     )
             yield idx, outputs
 
-    def _windows(self, texts: list[str], *, window: str, stride: int | None) -> tuple[list[Encoding], list[Window]]:
-        if stride is None:
-            stride = self.manifest.max_length // 4
-        encodings = self._encoder.encode(texts)
-        if window == "sliding" and self.max_text_tokens is not None:
-            for i, enc in enumerate(encodings):
-                if len(enc.ids) > self.max_text_tokens:
-                    raise InputError(
-                        f"text {i} holds {len(enc.ids)} tokens; sliding windows read at most "
-                        f"{self.max_text_tokens} per text (the model option max_text_tokens; "
-                        f"None lifts the cap for trusted batch jobs)"
-                    )
-        return encodings, self._encoder.windows(encodings, sliding=window == "sliding", stride=stride)
+    def _feeds(self, windows: list[Window], mask_rows: list[np.ndarray] | None, idx: list[int]) -> dict[str, np.ndarray]:
+        ids, attention = pad_batch([windows[i].ids for i in idx], self._encoder.special.pad_id)
+        feeds = {"input_ids": ids, "attention_mask": attention}
+        if "mask_positions" in self._inputs:
+            width = ids.shape[1]
+            rows = [row * width + mask_rows[i] for row, i in enumerate(idx)] if mask_rows else []
+            feeds["mask_positions"] = np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)
+        return feeds
 
-    # -- tasks --------------------------------------------------------------------------
+    # -- the verbs ----------------------------------------------------------------------------
 
-    def fill_mask(self, texts: list[str], *, top_k: int = 5) -> list[list[list[MaskPrediction]]]:
+    def fill_mask(self, texts: list[str], *, top_k: int = _FILL["top_k"]) -> list[list[list[MaskPrediction]]]:
         """The ``top_k`` most likely tokens for every ``<mask>`` of every text.
 
         Returns:
@@ -245,61 +319,20 @@ class FlareModel:
             >>> model.fill_mask(["Roma è la <mask> d'Italia."])[0][0][0].token
             'capitale'
         """
-        spec = self.manifest.require("fill-mask")
-        k = spec.parse_options({"top_k": top_k})["top_k"]
-        windows, mask_rows = self._mask_windows(check_texts(texts, verb="fill_mask"))
-        results: list[list[list[MaskPrediction]]] = [[] for _ in windows]
-        for idx, probs in self._mask_probabilities(windows, mask_rows):
-            ids, scores = _top_k(probs, k)
-            row = 0
-            for i in idx:
-                for _ in range(len(mask_rows[i])):
-                    results[i].append(
-                        [
-                            MaskPrediction(self._encoder.id_to_token(int(t)), int(t), float(s))
-                            for t, s in zip(ids[row], scores[row])
-                        ]
-                    )
-                    row += 1
-        return results
-
-    def _mask_windows(self, texts: list[str]) -> tuple[list[Window], list[np.ndarray]]:
-        """Each text's window and the positions of its masks in it (checked: one at least,
-        none past what the model reads)."""
-        special = self.manifest.special  # a fill-mask manifest always has a mask (checked at load)
-        encodings, windows = self._windows(texts, window="truncate", stride=0)
-        mask_rows: list[np.ndarray] = []
-        for i, (enc, w) in enumerate(zip(encodings, windows)):
-            positions = np.flatnonzero(np.asarray(enc.ids) == special.mask_id)
-            if positions.size == 0:
-                raise InputError(f"text {i} has no {special.mask_token} token to fill")
-            kept = len(w.ids) - 2
-            if positions[-1] >= kept:
-                raise InputError(
-                    f"text {i} has a {special.mask_token} at token {int(positions[-1])}, past the "
-                    f"{kept} tokens the model reads; shorten the text around the mask"
-                )
-            mask_rows.append(positions + 1)  # +1 for <s>
-        return windows, mask_rows
-
-    def _mask_probabilities(
-        self, windows: list[Window], mask_rows: list[np.ndarray]
-    ) -> Iterator[tuple[list[int], np.ndarray]]:
-        """Per batch: the window indices and the vocabulary probabilities of their masks, in order."""
-        for idx, out in self._batches(windows, mask_rows):
-            yield idx, softmax(out["mask_logits"])
+        return self.predict("fill-mask", texts, {"top_k": top_k})
 
     def embed(
         self,
-        texts: list[str],
+        texts: list[str] | str,
         *,
-        pooling: str = "mean",
-        normalize: bool = True,
-        prefix: str = "",
-        window: str = "truncate",
-        stride: int | None = None,
+        pooling: str = _EMBED["pooling"],
+        normalize: bool = _EMBED["normalize"],
+        prefix: str = _EMBED["prefix"],
+        window: str = _EMBED["window"],
+        stride: int | None = _EMBED["stride"],
     ) -> np.ndarray:
-        """Sentence embeddings, ``float32`` of shape ``[len(texts), hidden_size]``.
+        """Sentence embeddings, ``float32`` of shape ``[len(texts), hidden_size]`` (one text
+        given as a string: one vector ``[hidden_size]``, as sentence-transformers answers).
 
         Args:
             pooling: ``"mean"`` over all tokens (``<s>``/``</s>`` included, as
@@ -314,30 +347,18 @@ class FlareModel:
             >>> model.embed(["Il gatto dorme.", "Piove a Milano."]).shape
             (2, 384)
         """
-        spec = self.manifest.require("embed")
-        opts = spec.parse_options(
-            {"pooling": pooling, "normalize": normalize, "prefix": prefix, "window": window, "stride": stride}
-        )
-        texts = check_texts(texts, verb="embed")
-        if prefix:
-            texts = [prefix + t for t in texts]
-        _, windows = self._windows(texts, window=window, stride=stride)
-        pool = WindowPool(len(texts), self.manifest.hidden_size)
-        for idx, out in self._batches(windows):
-            hidden = out["last_hidden_state"]
-            for row, wi in enumerate(idx):
-                w = windows[wi]
-                pool.add(w.text_index, hidden[row, : len(w.ids)], w.keep)
-        emb = pool.result(opts["pooling"])
-        return l2_normalize(emb) if normalize else emb
+        options = {"pooling": pooling, "normalize": normalize, "prefix": prefix, "window": window, "stride": stride}
+        if isinstance(texts, str):
+            return np.asarray(self.predict("embed", [texts], options)[0], dtype=np.float32)
+        return np.stack(self.predict("embed", texts, options)).astype(np.float32, copy=False)
 
     def tag(
         self,
         texts: list[str],
         *,
-        aggregation: str = "first",
-        window: str = "truncate",
-        stride: int | None = None,
+        aggregation: str = _TAG["aggregation"],
+        window: str = _TAG["window"],
+        stride: int | None = _TAG["stride"],
     ) -> list[TagResult]:
         """Token classification: one label per word, and entities grouped from IOB tags.
 
@@ -353,38 +374,9 @@ class FlareModel:
             >>> model.tag(["Mario Rossi vive a Roma."])[0].entities[0].text
             'Mario Rossi'
         """
-        spec = self.manifest.require("tag")
-        spec.parse_options({"aggregation": aggregation, "window": window, "stride": stride})
-        texts = check_texts(texts, verb="tag")
-        labels = self.manifest.labels or ()
-        results = []
-        for text, (enc, probs) in zip(texts, self._label_probabilities(texts, window=window, stride=stride)):
-            n = len(probs)
-            words = aggregate_words(
-                text, probs, enc.word_ids[:n], enc.offsets[:n], labels, aggregation=aggregation
-            )
-            results.append(TagResult(words=words, entities=group_entities(text, words)))
-        return results
+        return self.predict("tag", texts, {"aggregation": aggregation, "window": window, "stride": stride})
 
-    def _label_probabilities(
-        self, texts: list[str], *, window: str, stride: int | None
-    ) -> list[tuple[Encoding, np.ndarray]]:
-        """Each text's encoding (no special tokens) and the label probabilities of the
-        tokens the windows cover, ``[covered, labels]``."""
-        labels = self.manifest.labels or ()
-        encodings, windows = self._windows(texts, window=window, stride=stride)
-        probs_per_text = [np.zeros((len(enc.ids), len(labels)), dtype=np.float32) for enc in encodings]
-        covered = [0] * len(texts)
-        for idx, out in self._batches(windows):
-            probs = softmax(out["logits"])
-            for row, wi in enumerate(idx):
-                w = windows[wi]
-                lo, hi = w.keep
-                probs_per_text[w.text_index][w.start + lo : w.start + hi] = probs[row, 1 + lo : 1 + hi]
-                covered[w.text_index] = max(covered[w.text_index], w.start + hi)
-        return [(enc, probs[:n]) for enc, probs, n in zip(encodings, probs_per_text, covered)]
-
-    def classify(self, texts: list[str], *, top_k: int | None = 1) -> list[list[Label]]:
+    def classify(self, texts: list[str], *, top_k: int | None = _CLASSIFY["top_k"]) -> list[list[Label]]:
         """Text classification: the ``top_k`` labels of each text (all labels when ``None``).
 
         Multi-label models (``problem_type`` ``multi_label_classification``) score each
@@ -394,59 +386,24 @@ class FlareModel:
             >>> model.classify(["Che bella giornata!"])[0][0].label
             'positive'
         """
-        spec = self.manifest.require("classify")
-        spec.parse_options({"top_k": top_k})
-        texts = check_texts(texts, verb="classify")
-        labels = self.manifest.labels or ()
-        k = len(labels) if top_k is None else top_k
-        logits = self._class_logits(texts)
-        ids, scores = _top_k(class_scores(logits, self.class_function), k)
-        return [[Label(labels[int(j)], float(s)) for j, s in zip(i_row, s_row)] for i_row, s_row in zip(ids, scores)]
-
-    @property
-    def class_function(self) -> str:
-        """How :meth:`classify` turns logits into scores, as transformers' text-classification
-        pipeline does: ``"sigmoid"`` for multi-label models and single-logit models,
-        ``"none"`` for regression, ``"softmax"`` otherwise."""
-        problem = self.manifest.raw["model"].get("problem_type")
-        if problem == "regression":
-            return "none"
-        if problem == "multi_label_classification" or len(self.manifest.labels or ()) == 1:
-            return "sigmoid"
-        return "softmax"
-
-    def _class_logits(self, texts: list[str]) -> np.ndarray:
-        """``float32 [texts, labels]``: the classification logits of each text (first window)."""
-        _, windows = self._windows(texts, window="truncate", stride=0)
-        logits = np.zeros((len(texts), len(self.manifest.labels or ())), dtype=np.float32)
-        for idx, out in self._batches(windows):
-            logits[[windows[wi].text_index for wi in idx]] = out["logits"]
-        return logits
-
-    def hidden_states(self, texts: list[str]) -> list[np.ndarray]:
-        """The last hidden state of every token the model reads: ``float32 [tokens, hidden_size]``
-        per text, ``<s>`` and ``</s>`` included, the text truncated to ``max_length`` tokens.
-
-        This is what transformers' feature-extraction pipeline returns; :meth:`embed` pools it.
-
-        Example:
-            >>> model.hidden_states(["Il gatto dorme."])[0].shape
-            (6, 384)
-        """
-        self.manifest.require("embed")
-        texts = check_texts(texts, verb="hidden_states")
-        _, windows = self._windows(texts, window="truncate", stride=0)
-        states: list[np.ndarray] = [np.zeros(0, np.float32)] * len(texts)
-        for idx, out in self._batches(windows):
-            for row, wi in enumerate(idx):
-                states[windows[wi].text_index] = out["last_hidden_state"][row, : len(windows[wi].ids)].copy()
-        return states
+        return self.predict("classify", texts, {"top_k": top_k})
 
     def __repr__(self) -> str:
         return (
             f"FlareModel(path={str(self.path)!r}, task={self.manifest.task!r}, "
             f"precision={self.precision!r}, backend={self.backend!r})"
         )
+
+
+def _create_backend_session(bundle: VerifiedBundle, opts: Mapping[str, Any]) -> Any:
+    """The bundle's graph in its backend: onnxruntime, or OpenVINO for an IR."""
+    if bundle.graph.backend == "openvino":
+        from .openvino_session import create_openvino_session
+
+        if bundle.weights_bytes is None:
+            raise BundleError("the OpenVINO IR has no weights file; re-export with --openvino")
+        return create_openvino_session(bundle.graph_bytes, bundle.weights_bytes, threads=opts["threads"])
+    return create_session(bundle.graph_bytes, threads=opts["threads"], arena=opts["arena"], spin=opts["spin"])
 
 
 def load(
@@ -459,7 +416,7 @@ def load(
     max_text_tokens: int | None = _DEFAULTS["max_text_tokens"],
     spin: bool = _DEFAULTS["spin"],
     backend: str = _DEFAULTS["backend"],
-    arena: bool = True,
+    arena: bool = _DEFAULTS["arena"],
 ) -> FlareModel:
     """Open a bundle directory, verify every file it uses, and create the session.
 
@@ -487,14 +444,9 @@ def load(
         >>> model = flare_onnx.load("flare-it-onnx")
         >>> model.fill_mask(["Roma è la <mask> d'Italia."])
     """
-    parse_load_options({"precision": precision, "backend": backend})
-    bundle = open_bundle(path, precision=precision, backend=backend)
-    return FlareModel(
-        bundle,
-        threads=threads,
-        max_batch_tokens=max_batch_tokens,
-        max_batch_size=max_batch_size,
-        max_text_tokens=max_text_tokens,
-        spin=spin,
-        arena=arena,
-    )
+    choice = parse_load_options({"precision": precision, "backend": backend})
+    bundle = open_bundle(path, precision=choice["precision"], backend=choice["backend"])
+    return FlareModel(bundle, {
+        "threads": threads, "max_batch_tokens": max_batch_tokens, "max_batch_size": max_batch_size,
+        "max_text_tokens": max_text_tokens, "spin": spin, "arena": arena,
+    })

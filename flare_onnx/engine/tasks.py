@@ -5,7 +5,10 @@ and outputs it needs, its options (type, default, allowed values, limits), and t
 result goes under. Every surface reads it: the Python verbs validate their options with it,
 the CLI builds its flags from it, the file job, the HTTP service (and its OpenAPI document),
 the serverless handler and Ray Data check requests against it, and bundles are checked
-against it when they are opened. Adding a task, or an option, is one edit here.
+against it when they are opened. A task's ``run`` (in :mod:`.runners` for the built-in ones)
+turns the graph's outputs into results. Adding a task is one :class:`TaskSpec` with its
+runner, given to :func:`register_task` (``tests/test_layout.py`` adds one and finds it on the
+CLI, over HTTP with its OpenAPI entry, and in the file job).
 
     >>> from flare_onnx.tasks import get_task
     >>> spec = get_task("fill-mask")
@@ -15,12 +18,13 @@ against it when they are opened. Adding a task, or an option, is one edit here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._json import to_jsonable
 from ..errors import InputError
+from ._json import to_jsonable
+from .runners import run_classify, run_embed, run_fill_mask, run_tag
 
 __all__ = [
     "Option",
@@ -29,6 +33,8 @@ __all__ = [
     "EXPORT_TASKS",
     "LOAD_OPTIONS",
     "get_task",
+    "register_task",
+    "unregister_task",
     "parse_load_options",
     "MAX_TOP_K",
 ]
@@ -131,13 +137,15 @@ class TaskSpec:
     """What one task is, for every surface."""
 
     name: str  # the public name: CLI verb, HTTP route, serverless "task", file job task
-    verb: str  # the FlareModel method
+    verb: str  # the FlareModel method (or, for a registered task, its Python name)
     summary: str
     aliases: tuple[str, ...]
     graph_inputs: tuple[str, ...]  # what the graph must take (beyond these, nothing)
     graph_outputs: tuple[str, ...]  # what the graph must give for this verb
     result_key: str  # a result record is {result_key: value} on every surface
+    run: Callable[[Any, Any], list[Any]]  # (FlareModel, Request) -> one result per text
     options: tuple[Option, ...] = field(default=())
+    offered_by: tuple[str, ...] = ()  # the export tasks (EXPORT_TASKS keys) whose bundles offer it
 
     @property
     def option_names(self) -> tuple[str, ...]:
@@ -172,6 +180,10 @@ class TaskSpec:
     def defaults(self) -> dict[str, Any]:
         return {o.name: o.default for o in self.options}
 
+    def resolve(self, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Every option of the task: the defaults, overridden by ``options`` (checked)."""
+        return {**self.defaults(), **self.parse_options(options)}
+
     def record(self, value: Any) -> dict[str, Any]:
         """One text's result as the JSON record every surface writes: ``{result_key: value}``."""
         return {self.result_key: to_jsonable(value)}
@@ -199,6 +211,8 @@ TASKS: dict[str, TaskSpec] = {
             graph_inputs=("input_ids", "attention_mask", "mask_positions"),
             graph_outputs=("mask_logits",),
             result_key="masks",
+            run=run_fill_mask,
+            offered_by=("fill-mask",),
             options=(
                 Option("top_k", int, 5, f"candidates per mask, 1 to {MAX_TOP_K}", minimum=1, maximum=MAX_TOP_K),
             ),
@@ -211,6 +225,8 @@ TASKS: dict[str, TaskSpec] = {
             graph_inputs=("input_ids", "attention_mask"),
             graph_outputs=("last_hidden_state",),
             result_key="embedding",
+            run=run_embed,
+            offered_by=("fill-mask", "feature-extraction"),
             options=(
                 Option("pooling", str, "mean", "'mean' over all tokens or 'cls' (the <s> vector)", choices=("mean", "cls")),
                 Option("normalize", bool, True, "scale each embedding to unit length"),
@@ -227,6 +243,8 @@ TASKS: dict[str, TaskSpec] = {
             graph_inputs=("input_ids", "attention_mask"),
             graph_outputs=("logits",),
             result_key="tags",
+            run=run_tag,
+            offered_by=("token-classification",),
             options=(
                 Option(
                     "aggregation", str, "first", "how sub-tokens vote for their word",
@@ -244,6 +262,8 @@ TASKS: dict[str, TaskSpec] = {
             graph_inputs=("input_ids", "attention_mask"),
             graph_outputs=("logits",),
             result_key="labels",
+            run=run_classify,
+            offered_by=("text-classification",),
             options=(
                 Option("top_k", int, 1, f"labels per text, 1 to {MAX_TOP_K} (null: all)", minimum=1, maximum=MAX_TOP_K, nullable=True),
             ),
@@ -251,15 +271,49 @@ TASKS: dict[str, TaskSpec] = {
     )
 }
 
-#: Export task (what a bundle was exported for) -> the tasks it offers, in that order.
+#: Export task (what a bundle was exported for) -> the tasks it offers, in registry order.
 EXPORT_TASKS: dict[str, tuple[str, ...]] = {
-    "fill-mask": ("fill-mask", "embed"),
-    "feature-extraction": ("embed",),
-    "token-classification": ("tag",),
-    "text-classification": ("classify",),
+    export: tuple(spec.name for spec in TASKS.values() if export in spec.offered_by)
+    for export in ("fill-mask", "feature-extraction", "token-classification", "text-classification")
 }
 
 _BY_ALIAS = {alias: spec for spec in TASKS.values() for alias in (spec.name, spec.verb, *spec.aliases)}
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    """Add a task to the registry: every surface built afterwards offers it (CLI verb, HTTP
+    route and OpenAPI entry, file job, serverless, Ray Data) on bundles of ``spec.offered_by``.
+
+    Raises:
+        InputError: the name or an alias is taken, or an export task is unknown.
+    """
+    taken = [a for a in (spec.name, spec.verb, *spec.aliases) if a in _BY_ALIAS]
+    if taken:
+        raise InputError(f"task name(s) {', '.join(map(repr, taken))} are taken; choose others")
+    unknown = [t for t in spec.offered_by if t not in EXPORT_TASKS]
+    if unknown or not spec.offered_by:
+        raise InputError(f"offered_by must name export tasks among {', '.join(EXPORT_TASKS)}, not {list(spec.offered_by)}")
+    TASKS[spec.name] = spec
+    for alias in (spec.name, spec.verb, *spec.aliases):
+        _BY_ALIAS[alias] = spec
+    for export in spec.offered_by:
+        EXPORT_TASKS[export] = (*EXPORT_TASKS[export], spec.name)
+    return spec
+
+
+def unregister_task(name: str) -> None:
+    """Remove a task added with :func:`register_task` (built-in tasks stay)."""
+    spec = TASKS.get(name)
+    if spec is None or spec.run in _BUILT_IN_RUNNERS:
+        raise InputError(f"{name!r} is not a registered task")
+    del TASKS[name]
+    for alias in (spec.name, spec.verb, *spec.aliases):
+        _BY_ALIAS.pop(alias, None)
+    for export in spec.offered_by:
+        EXPORT_TASKS[export] = tuple(t for t in EXPORT_TASKS[export] if t != name)
+
+
+_BUILT_IN_RUNNERS = (run_fill_mask, run_embed, run_tag, run_classify)
 
 
 def get_task(name: object) -> TaskSpec:
@@ -289,6 +343,10 @@ LOAD_OPTIONS: tuple[Option, ...] = (
         "max_text_tokens", int, 65_536,
         "tokens one text may hold, read in sliding windows (null: no cap, for trusted batch jobs)",
         minimum=16, maximum=1 << 26, nullable=True,
+    ),
+    Option(
+        "arena", bool, True,
+        "keep onnxruntime's memory arena (faster; off keeps RSS from holding its high-water mark)",
     ),
     Option(
         "spin", bool, True,

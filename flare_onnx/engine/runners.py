@@ -1,0 +1,104 @@
+"""What each built-in task does with the graph's outputs: one function per task, from a
+:class:`~flare_onnx.engine.request.Request` to one result per text.
+
+A runner uses only the model's public engine API (:meth:`window_outputs`,
+:meth:`mask_probabilities`, :meth:`label_probabilities`, :meth:`class_logits`) and the pure
+functions of :mod:`.postprocess`; the registry (:mod:`.tasks`) names it as the task's ``run``.
+A new task is one :class:`~flare_onnx.engine.tasks.TaskSpec` with its runner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .postprocess import (
+    Entity,
+    WindowPool,
+    WordLabel,
+    aggregate_words,
+    class_scores,
+    group_entities,
+    l2_normalize,
+    top_k,
+)
+
+if TYPE_CHECKING:
+    from .model import FlareModel
+    from .request import Request
+
+__all__ = ["MaskPrediction", "Label", "TagResult", "run_fill_mask", "run_embed", "run_tag", "run_classify"]
+
+
+@dataclass(frozen=True)
+class MaskPrediction:
+    """One candidate for one ``<mask>``: the vocabulary token, its id and probability."""
+
+    token: str
+    token_id: int
+    score: float
+
+
+@dataclass(frozen=True)
+class Label:
+    """A class label and its probability."""
+
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class TagResult:
+    """Token classification of one text: a label per word, and the grouped entities."""
+
+    words: list[WordLabel]
+    entities: list[Entity]
+
+
+def run_fill_mask(model: FlareModel, request: Request) -> list[list[list[MaskPrediction]]]:
+    """Per text, per mask, the ``top_k`` candidates."""
+    k = request.options["top_k"]
+    results = []
+    for probs in model.mask_probabilities(request):
+        ids, scores = top_k(probs, k)
+        results.append([
+            [MaskPrediction(model.tokenizer.id_to_token(int(t)), int(t), float(s)) for t, s in zip(id_row, s_row)]
+            for id_row, s_row in zip(ids, scores)
+        ])
+    return results
+
+
+def run_embed(model: FlareModel, request: Request) -> list[np.ndarray]:
+    """Per text, its pooled (and by default unit-length) embedding."""
+    pool = WindowPool(len(request.texts), model.manifest.hidden_size)
+    for window, out in model.window_outputs(request):
+        pool.add(window.text_index, out["last_hidden_state"], window.keep)
+    emb = pool.result(request.options["pooling"])
+    if request.options["normalize"]:
+        emb = l2_normalize(emb)
+    return list(emb)
+
+
+def run_tag(model: FlareModel, request: Request) -> list[TagResult]:
+    """Per text, a label per word and the entities they form."""
+    labels = model.manifest.labels or ()
+    results = []
+    for text, (enc, probs) in zip(request.texts, model.label_probabilities(request)):
+        n = len(probs)
+        words = aggregate_words(
+            text, probs, enc.word_ids[:n], enc.offsets[:n], labels, aggregation=request.options["aggregation"]
+        )
+        results.append(TagResult(words=words, entities=group_entities(text, words)))
+    return results
+
+
+def run_classify(model: FlareModel, request: Request) -> list[list[Label]]:
+    """Per text, its ``top_k`` labels (all when ``top_k`` is ``None``)."""
+    labels = model.manifest.labels or ()
+    k = request.options["top_k"]
+    scores = class_scores(model.class_logits(request), model.class_function)
+    ids, values = top_k(scores, len(labels) if k is None else k)
+    return [[Label(labels[int(j)], float(s)) for j, s in zip(i_row, s_row)] for i_row, s_row in zip(ids, values)]
+

@@ -1,0 +1,54 @@
+"""The service's settings, and the error a handler raises to answer with a status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..engine import Limits
+
+__all__ = ["ServeConfig", "HTTPError"]
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How ``flare-onnx serve`` runs: request limits, batching, timeouts and the door.
+
+    Frozen: :func:`~flare_onnx.serve.serve` never changes its caller's object (it makes a
+    new one with :func:`dataclasses.replace`, for example to take the key from the
+    environment).
+    """
+
+    max_body_bytes: int = 1_000_000
+    max_texts: int = 64
+    max_chars: int = 10_000
+    max_request_chars: int = 200_000  # all texts of one request, checked before any tokenization
+    queue_size: int = 256  # texts waiting, across requests
+    max_batch_texts: int = 64
+    max_wait_ms: float = 5.0
+    deadline_s: float = 30.0
+    api_key: str | None = None
+    max_connections: int = 512  # open connections before uvicorn answers 503
+    max_tokens: int = 32_768  # tokens one request may hold (all its texts, whole texts for sliding windows)
+    max_candidates: int = 10_000  # fill-mask: masks x top_k one request may ask for
+    http: str = "auto"  # uvicorn's HTTP parser: "httptools" (C, where installed), "h11", or "auto"
+    loop: str = "auto"  # event loop: "uvloop" (where installed), "asyncio", or "auto"
+    max_connections_per_ip: int = 128  # open connections from one client address (0: no cap, e.g. behind a proxy)
+    header_timeout_s: float = 10.0  # a request head (line and headers) must arrive within this
+    body_timeout_s: float = 10.0  # and its body within this, once the head is in
+    reference_fp32: bool = False  # also serve the bundle's FP32 graph at /v1/reference/... (the page compares)
+
+    @property
+    def limits(self) -> Limits:
+        """The engine's limits object for this service's requests."""
+        return Limits(
+            max_texts=self.max_texts, max_chars=self.max_chars, max_request_chars=self.max_request_chars,
+            max_tokens=self.max_tokens, max_candidates=self.max_candidates,
+        )
+
+
+class HTTPError(Exception):
+    """An answer other than 200, raised by a handler: status, message and extra headers."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}

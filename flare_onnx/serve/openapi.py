@@ -1,0 +1,101 @@
+"""What the service says about itself: the OpenAPI document, the bundle's facts for the page
+(``GET /v1/info``), and the try-it page at ``/`` with its Content-Security-Policy."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from ..engine import TASKS, FlareModel, TaskSpec
+from .config import ServeConfig
+
+__all__ = ["bundle_info", "openapi_spec", "page"]
+
+
+def bundle_info(model: FlareModel, reference: FlareModel | None = None) -> dict[str, Any]:
+    """The bundle's facts for people: model, tasks, precision, graph size, the export's checks."""
+    from .. import __version__
+
+    manifest = model.manifest
+    graphs = manifest.openvino if model.backend == "openvino" else manifest.graphs
+    graph = graphs[model.precision]
+    files = [graph.file] + ([graph.weights] if graph.weights else [])
+    verification = manifest.raw.get("verification") or {}
+    fidelity = verification.get(model.precision) if isinstance(verification, dict) else None
+    return {
+        "model": str((manifest.raw.get("source") or {}).get("model") or model.path.name),
+        "bundle": model.path.name,
+        "task": manifest.task,
+        "tasks": list(manifest.tasks),
+        "precision": model.precision,
+        "backend": model.backend,
+        "graph_bytes": sum(int(manifest.files[f]["size"]) for f in files if f in manifest.files),
+        "max_length": manifest.max_length,
+        "hidden_size": manifest.hidden_size,
+        "labels": list(manifest.labels) if manifest.labels else None,
+        "mask_token": manifest.special.mask_token,
+        "fidelity": {k: v for k, v in fidelity.items() if isinstance(v, (int, float, str))} if isinstance(fidelity, dict) else {},
+        "reference": reference.precision if reference is not None else None,
+        "flare_onnx": __version__,
+    }
+
+
+def page() -> tuple[bytes, str]:
+    """The try-it page, and a Content-Security-Policy that allows its own inline script and
+    style (by hash) and requests to this origin, nothing else."""
+    import hashlib
+    import re
+    from importlib.resources import files
+
+    html = files("flare_onnx.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    def digest(tag: str) -> str:
+        body = re.search(rf"<{tag}>(.*?)</{tag}>", html, re.S)
+        if body is None:
+            raise RuntimeError(f"flare_onnx/serve/static/index.html has no <{tag}>: the installed package is broken")
+        return "'sha256-" + base64.b64encode(hashlib.sha256(body.group(1).encode("utf-8")).digest()).decode() + "'"
+
+    csp = (
+        f"default-src 'none'; script-src {digest('script')}; style-src {digest('style')}; "
+        "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+    return html.encode("utf-8"), csp
+
+
+def openapi_spec(model: FlareModel, cfg: ServeConfig, reference: FlareModel | None = None) -> dict[str, Any]:
+    def op(spec: TaskSpec) -> dict[str, Any]:
+        props: dict[str, Any] = {
+            "texts": {"type": "array", "items": {"type": "string", "maxLength": cfg.max_chars}, "minItems": 1, "maxItems": cfg.max_texts}
+        }
+        for opt in spec.options:
+            props[opt.name] = opt.json_schema()
+        return {
+            "post": {
+                "summary": spec.summary,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "required": ["texts"], "properties": props}}}},
+                "responses": {str(c): {"description": d} for c, d in [(200, "results"), (401, "API key"), (404, "task not in bundle"), (413, "body too large"), (422, "invalid input"), (503, "queue full, retry after"), (504, "deadline")]},
+            }
+        }
+
+    paths = {f"/v1/{spec.name}": op(spec) for spec in TASKS.values() if spec.name in model.tasks}
+    if reference is not None:  # the same routes on the bundle's FP32 graph (--reference-fp32)
+        paths.update({f"/v1/reference/{spec.name}": op(spec) for spec in TASKS.values() if spec.name in model.tasks})
+    if "embed" in model.tasks:
+        paths["/v1/embeddings"] = {"post": {
+            "summary": "OpenAI-compatible embeddings",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["input"],
+                "properties": {"input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": cfg.max_texts}]},
+                               "model": {"type": "string"}, "encoding_format": {"type": "string", "enum": ["float", "base64"]}},
+            }}}},
+            "responses": {"200": {"description": "{object: list, data: [{object: embedding, index, embedding}], model, usage}"},
+                          "400": {"description": "invalid input (OpenAI error shape)"}, "401": {"description": "API key"}},
+        }}
+    paths["/v1/info"] = {"get": {"summary": "the bundle's facts (model, tasks, precision, graph size, export checks)",
+                                 "responses": {"200": {"description": "facts"}, "401": {"description": "API key"}}}}
+    paths["/"] = {"get": {"summary": "a page to try the bundle in a browser", "responses": {"200": {"description": "HTML"}}}}
+    paths["/health"] = {"get": {"summary": "process alive", "responses": {"200": {"description": "ok"}}}}
+    paths["/ready"] = {"get": {"summary": "model loaded", "responses": {"200": {"description": "ready"}, "503": {"description": "loading"}}}}
+    return {"openapi": "3.0.3", "info": {"title": "flare-onnx", "version": "1"}, "paths": paths}
+
+

@@ -1,0 +1,155 @@
+"""The house rules that keep the engine and its surfaces apart, checked on the code itself:
+the engine imports no surface, surfaces use only the engine's public names, no function in
+the runtime or the exporter is longer than a reader can hold, and adding a task is one spec
+plus its runner (a registered task shows up on the CLI, over HTTP with OpenAPI, and in the
+file job without editing them)."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import flare_onnx.engine as engine
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "flare_onnx"
+SURFACES = ("cli", "job", "serve", "serverless", "ray_data", "pipelines")
+
+
+def _imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(absolute module, imported names) of every import in a runtime file."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    package = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            out.append((module, [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            out += [(a.name, []) for a in node.names]
+    return out
+
+
+def _engine_files() -> list[Path]:
+    return sorted((PACKAGE / "engine").rglob("*.py"))
+
+
+def _surface_files() -> list[Path]:
+    files = []
+    for name in SURFACES:
+        files += sorted((PACKAGE / name).rglob("*.py")) if (PACKAGE / name).is_dir() else [PACKAGE / f"{name}.py"]
+    return files
+
+
+def test_the_engine_imports_no_surface():
+    for path in _engine_files():
+        for module, _ in _imports(path):
+            assert not any(module == f"flare_onnx.{s}" or module.startswith(f"flare_onnx.{s}.") for s in SURFACES), (
+                f"{path.relative_to(ROOT)} imports the surface {module}"
+            )
+
+
+def test_surfaces_use_only_the_engines_public_names():
+    public = set(engine.__all__)
+    for path in _surface_files():
+        for module, names in _imports(path):
+            where = path.relative_to(ROOT)
+            assert not module.startswith("flare_onnx.engine."), f"{where} reaches into {module}; import from flare_onnx.engine"
+            if module == "flare_onnx.engine":
+                assert set(names) <= public, f"{where} imports {set(names) - public}, not public in flare_onnx.engine"
+            if module.startswith("flare_onnx"):
+                private = [n for n in names if n.startswith("_") and n != "__version__"]
+                assert not private, f"{where} imports the private name(s) {private} from {module}"
+        text = path.read_text(encoding="utf-8")
+        assert "model._" not in text and "._session" not in text, f"{path.relative_to(ROOT)} uses a private part of the model"
+
+
+def test_no_function_is_longer_than_sixty_lines():
+    long = []
+    for folder in ("flare_onnx", "export"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+                    if lines > 60:
+                        long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, "functions over 60 lines: " + "; ".join(long)
+
+
+def test_the_verbs_defaults_are_the_registrys():
+    import inspect
+
+    for spec in engine.TASKS.values():
+        verb = getattr(engine.FlareModel, spec.verb)
+        params = inspect.signature(verb).parameters
+        for option in spec.options:
+            assert params[option.name].default == option.default, f"{spec.verb}({option.name}=...) differs from the registry"
+
+
+# -- adding a task ----------------------------------------------------------------------------
+
+
+def _run_cls_norm(model, request):
+    """A small task for the test: the L2 norm of each text's <s> hidden state, rounded."""
+    norms = [0.0] * len(request.texts)
+    for window, out in model.window_outputs(request):
+        norms[window.text_index] = round(float(np.linalg.norm(out["last_hidden_state"][0])), request.options["digits"])
+    return norms
+
+
+@pytest.fixture
+def cls_norm():
+    spec = engine.TaskSpec(
+        name="cls-norm", verb="cls_norm", summary="the norm of the <s> vector", aliases=("clsnorm",),
+        graph_inputs=("input_ids", "attention_mask"), graph_outputs=("last_hidden_state",),
+        result_key="norm", run=_run_cls_norm, offered_by=("feature-extraction", "fill-mask"),
+        options=(engine.Option("digits", int, 3, "digits after the point", minimum=0, maximum=8),),
+    )
+    engine.register_task(spec)
+    yield spec
+    engine.unregister_task("cls-norm")
+    assert "cls-norm" not in engine.TASKS and "cls-norm" not in engine.EXPORT_TASKS["fill-mask"]
+
+
+def test_a_registered_task_is_on_every_surface_without_editing_them(cls_norm, tiny_bundle, tmp_path, capsys):
+    from starlette.testclient import TestClient
+
+    import flare_onnx
+    from flare_onnx.cli import main
+    from flare_onnx.job import JobConfig, run_job
+    from flare_onnx.serve import create_app
+
+    model = flare_onnx.load(tiny_bundle, precision="fp32")
+    texts = ["Il gatto dorme.", "Roma è la capitale d'Italia."]
+    expected = [round(float(np.linalg.norm(h[0])), 2) for h in model.hidden_states(texts)]
+    assert "cls-norm" in model.tasks and model.predict("clsnorm", texts, {"digits": 2}) == expected
+
+    assert main(["cls-norm", str(tiny_bundle), "--precision", "fp32", "--digits", "2", *texts]) == 0
+    assert [r["norm"] for r in json.loads(capsys.readouterr().out)] == expected
+
+    with TestClient(create_app(model)) as client:
+        answer = client.post("/v1/cls-norm", json={"texts": texts, "digits": 2})
+        assert answer.status_code == 200 and [r["norm"] for r in answer.json()["results"]] == expected
+        assert client.post("/v1/cls-norm", json={"texts": texts, "digits": 9}).status_code == 422
+        assert "digits" in client.get("/openapi.json").json()["paths"]["/v1/cls-norm"]["post"]["requestBody"]["content"][
+            "application/json"]["schema"]["properties"]
+
+    src, out = tmp_path / "in.txt", tmp_path / "out.jsonl"
+    src.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    cfg = JobConfig(task="cls-norm", bundle=str(tiny_bundle), input=str(src), output=str(out),
+                    options={"digits": 2}, model_options={"precision": "fp32"}, progress=False)
+    assert run_job(cfg) == 0
+    assert [json.loads(line)["norm"] for line in out.read_text().splitlines()] == expected
+
+
+def test_a_task_name_cannot_be_taken_twice(cls_norm):
+    from flare_onnx import InputError
+
+    with pytest.raises(InputError, match="are taken"):
+        engine.register_task(cls_norm)
