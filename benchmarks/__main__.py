@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         log("matplotlib is not installed: no chart")
     print(table)
-    log(f"wrote {out}/results.json, results.md, chart.png in {results['elapsed_s']:.0f} s")
+    log(f"wrote {out}/results.json, results.md, chart.png, latency.png, memory.png in {results['elapsed_s']:.0f} s")
     return 0
 
 

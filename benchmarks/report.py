@@ -78,32 +78,38 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: one question per chart: (file, question, what to read from a row, format, higher is better)
+CHARTS = (
+    ("chart.png", "Bulk throughput: tokens/s (higher is better)", lambda r: r.get("throughput", {}).get("tokens_per_s"), "{:,.0f}", True),
+    ("latency.png", "Batch-1 p50 latency: ms (lower is better)", lambda r: r.get("latency", {}).get("p50_ms"), "{:.1f}", False),
+    ("memory.png", "Peak RSS serving batches: MB (lower is better)", lambda r: r.get("peak_rss_mb"), "{:,.0f}", False),
+)
+
+
 def chart(results: dict[str, Any], path: Path) -> None:
+    """Horizontal bar charts beside ``path`` (``chart.png`` is throughput; ``latency.png`` and
+    ``memory.png`` beside it), one question each, on the first workload; flare-onnx in blue."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     section = results["sections"][0]
-    rows = section["rows"]
-    names = [CONTENDERS[k].name.replace(" ", "\n", 1) for k in rows]
-    metrics = [
-        ("batch-1 p50 latency (ms, lower is better)", [r.get("latency", {}).get("p50_ms") for r in rows.values()]),
-        ("throughput (tokens/s, higher is better)", [r.get("throughput", {}).get("tokens_per_s") for r in rows.values()]),
-        ("peak RSS (MB, lower is better)", [r.get("peak_rss_mb") for r in rows.values()]),
-        ("model file (MB, lower is better)", [(r.get("size_bytes") or 0) / 1e6 or None for r in rows.values()]),
-    ]
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8))
-    colors = ["#888888", "#aaaaaa", "#d08c3c", "#4a7fc1", "#1f4e99", "#7a5ba8"][: len(names)]
-    for ax, (title, values) in zip(axes.flat, metrics):
-        vals = [v or 0 for v in values]
-        ax.bar(range(len(names)), vals, color=colors)
-        ax.set_xticks(range(len(names)), names, fontsize=8)
-        ax.set_title(title, fontsize=10)
-        for i, v in enumerate(values):
-            if v:
-                ax.text(i, v, f"{v:,.0f}" if v >= 100 else f"{v:.1f}", ha="center", va="bottom", fontsize=8)
-    fig.suptitle(f"{section['title']} — {results['machine']['cpu']}, {results['threads']} threads", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    for name, question, read, fmt, higher in CHARTS:
+        rows = [(CONTENDERS[k].name, read(r)) for k, r in section["rows"].items() if read(r)]
+        rows.sort(key=lambda kv: kv[1], reverse=higher)  # the best at the top
+        fig, ax = plt.subplots(figsize=(9, 0.42 * len(rows) + 1.4))
+        labels = [label for label, _ in rows]
+        values = [value for _, value in rows]
+        colors = ["#1f4e99" if label.startswith("flare-onnx") else "#9a9a9a" for label in labels]
+        ax.barh(range(len(rows)), values, color=colors)
+        ax.set_yticks(range(len(rows)), labels, fontsize=9)
+        ax.invert_yaxis()
+        for y, value in enumerate(values):
+            ax.text(value, y, " " + fmt.format(value), va="center", fontsize=8)
+        ax.set_xlim(0, max(values) * 1.15)
+        ax.set_title(f"{question}\n{section['title']}, {results['threads']} threads", fontsize=10)
+        ax.spines[["top", "right"]].set_visible(False)
+        fig.tight_layout()
+        fig.savefig(path.parent / name, dpi=110)
+        plt.close(fig)
