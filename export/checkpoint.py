@@ -71,10 +71,18 @@ def resolve_checkpoint(model: str, *, revision: str | None = None) -> Path:
     except Exception as exc:  # offline, unknown repo, gated, rate limited...
         raise ExportError(
             f"there is no directory {model!r}, and it could not be fetched from the Hugging Face "
-            f"Hub ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}). If this machine is "
+            f"Hub ({type(exc).__name__}: {_first_sentence(str(exc))}). If this machine is "
             f"offline, pass a local checkpoint directory instead, or build a Flare-IT-shaped test "
             f"checkpoint with `flare-onnx reference DIR`."
         ) from None
+
+
+def _first_sentence(message: str, limit: int = 200) -> str:
+    """The first line of an error message, cut at a word boundary with an ellipsis if long."""
+    line = (message.splitlines() or [""])[0].strip()
+    if len(line) <= limit:
+        return line
+    return line[:limit].rsplit(" ", 1)[0].rstrip(".,;:") + " …"
 
 
 def infer_task(config: Any) -> str:

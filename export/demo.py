@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +62,7 @@ def _timed_passes(contenders: dict[str, Callable[[str], Any]], texts: list[str])
     medians: dict[str, list[float]] = {n: [] for n in names}
     answers: dict[str, list[Any]] = {}
     for p in range(PASSES):
+        print(f"  timing pass {p + 1}/{PASSES}: {', '.join(names)} on {len(texts)} sentences", file=sys.stderr, flush=True)
         for name in names[p % len(names):] + names[: p % len(names)]:
             fn = contenders[name]
             fn(texts[0])
@@ -156,7 +158,7 @@ def _print_table(medians: dict[str, list[float]], answers: dict[str, list[int]],
               f"| {statistics.median(ups):.2f}× ({min(ups):.2f}–{max(ups):.2f}) | {agreement} | {mb} |")
     print("Latency on a shared machine moves from run to run; compare the ratios. "
           + ("With random weights many masks are near-ties, so INT8's top-1 agreement here is a lower bound; "
-             "the figure that matters is on trained weights (below, and the README's benchmarks)." if reference else ""))
+             "the figure that matters is on trained weights (below, and docs/benchmarks.md)." if reference else ""))
 
 
 def _real_encoder(work: Path) -> tuple[Path, str, str, str, str] | None:

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
+import re
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from .errors import FlareOnnxError, InputError
-from .engine import LOAD_OPTIONS, TASKS, Option
+from .engine import EXPORT_TASKS, LOAD_OPTIONS, TASKS, Option
 
 INSTALL_EXPORT = 'pip install ".[export]"  (from a clone of flare-onnx; torch==2.13.0 CPU build first)'
 
@@ -30,12 +32,12 @@ def _version() -> str:
 
 
 def _nullable_int(text: str) -> int | None:
-    if text.lower() in ("all", "none"):
+    if text.lower() in ("all", "none", "null"):
         return None
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'all', not {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected an integer, or null (also: none, all), not {text!r}") from None
 
 
 def _add_option(parser: argparse.ArgumentParser, opt: Option, *, show_default: bool = True) -> None:
@@ -215,6 +217,16 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_task(text: str) -> str:
+    """An export task, also by a runtime task's name or alias: ``ner`` -> token-classification."""
+    if text in EXPORT_TASKS:
+        return text
+    for export, offered in EXPORT_TASKS.items():
+        if offered and text in (offered[0], *TASKS[offered[0]].aliases, TASKS[offered[0]].verb):
+            return export
+    raise argparse.ArgumentTypeError(f"unknown task {text!r}; choose from {', '.join(EXPORT_TASKS)} (or ner, pos, embed, classify)")
+
+
 def _reference(args: argparse.Namespace) -> int:
     api = _export_api()
     labels = args.labels.split(",") if args.labels else None
@@ -235,8 +247,30 @@ def _add_load_options(p: argparse.ArgumentParser) -> None:
         _add_option(p, opt)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with short errors: the problem, the nearest command or option when it looks
+    like a typo, and where the help is (not the whole usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}{_did_you_mean(self, message)}\n(see `{self.prog} --help`)\n")
+
+
+def _did_you_mean(parser: argparse.ArgumentParser, message: str) -> str:
+    wrong = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if wrong:
+        word, known = wrong.group(1), re.findall(r"'?([\w.-]+)'?", wrong.group(2))
+    else:
+        unknown = re.search(r"unrecognized arguments: (\S+)", message)
+        if not unknown:
+            return ""
+        word = unknown.group(1).split("=")[0]
+        known = [o for action in parser._actions for o in action.option_strings]
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="flare-onnx", description="Export osiria/flare-it to INT8 ONNX and run it without torch."
     )
     parser.add_argument("--version", action="version", version=f"flare-onnx {_version()}")
@@ -275,11 +309,12 @@ def _add_export(sub: Any) -> None:
     p.add_argument("model", nargs="?", default="osiria/flare-it", help="Hub id or local directory")
     p.add_argument("-o", "--output", required=True, help="bundle directory to write")
     p.add_argument(
-        "--task",
-        choices=["fill-mask", "feature-extraction", "token-classification", "text-classification"],
-        help="default: the checkpoint's architecture",
+        "--task", type=_export_task, metavar="TASK",
+        help=f"{', '.join(EXPORT_TASKS)}, or a runtime task or alias (ner, pos, embed, classify...); "
+             f"default: the checkpoint's architecture",
     )
-    p.add_argument("--precision", nargs="+", choices=["fp32", "int8"], default=["fp32", "int8"])
+    p.add_argument("--precision", nargs="+", choices=["fp32", "int8"], default=["fp32", "int8"],
+                   help="graphs to write; --precision int8 leaves out the FP32 graph (a bundle about 5x smaller)")
     p.add_argument("--revision", help="Hub revision (branch, tag or commit)")
     p.add_argument("--calibration", help="Italian text (one sentence per line, or CoNLL-U) for checks")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
@@ -383,7 +418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"flare-onnx: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("flare-onnx: interrupted", file=sys.stderr)
+        resume = "; run the same command again to resume where it stopped" if args.command == "run" else ""
+        print(f"flare-onnx: interrupted{resume}", file=sys.stderr)
         return 130
 
 

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -74,15 +75,16 @@ class JobConfig:
 
 
 def parse_record(raw: bytes, *, fmt: str, text_field: str) -> tuple[str | None, dict[str, Any], str | None]:
-    """(text, carried fields, error) for one input line; exactly one of text/error is set."""
+    """(text, carried fields, error) for one input line: a text, or an error, or neither for
+    a blank line of a text file (skipped)."""
     if len(raw) > MAX_RECORD_BYTES:
         return None, {}, f"the record has {len(raw)} bytes; at most {MAX_RECORD_BYTES}"
     try:
         decoded = raw.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError as exc:
         return None, {}, f"invalid UTF-8 at byte {exc.start}"
-    if fmt == "text":
-        return (decoded, {}, None) if decoded.strip() else (None, {}, "empty text")
+    if fmt == "text":  # a blank line separates paragraphs; it is skipped (and counted), not an error
+        return (decoded, {}, None) if decoded.strip() else (None, {}, None)
     try:
         obj = json.loads(decoded, parse_constant=_no_constant)
     except (json.JSONDecodeError, RecursionError, ValueError) as exc:
@@ -146,7 +148,7 @@ class Checkpoint:
 
     def fresh(self) -> dict[str, Any]:
         return {"signature": self.signature, "input_offset": 0, "line": 0, "input_sha256": hashlib.sha256().hexdigest(),
-                "output_bytes": 0, "errors_bytes": 0, "rows": 0, "errors": 0, "dim": None, "finishing": False}
+                "output_bytes": 0, "errors_bytes": 0, "rows": 0, "errors": 0, "skipped": 0, "dim": None, "finishing": False}
 
     def load(self) -> bool:
         """Take the saved state if it belongs to this job; True when resuming."""
@@ -174,7 +176,8 @@ class Checkpoint:
 def _signature(cfg: JobConfig, spec: TaskSpec, fmt: str) -> str:
     manifest = (Path(cfg.bundle) / "manifest.json").read_bytes()
     parts = [spec.name, fmt, cfg.text_field, json.dumps({**spec.defaults(), **cfg.options}, sort_keys=True),
-             json.dumps({k: v for k, v in cfg.model_options.items() if k == "precision"}, sort_keys=True),
+             json.dumps({"precision": cfg.model_options.get("precision"),  # a resume never mixes engines
+                         "backend": cfg.model_options.get("backend", "onnxruntime")}, sort_keys=True),
              str(bool(cfg.npy)), str(Path(cfg.input).resolve()), hashlib.sha256(manifest).hexdigest()]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
@@ -415,6 +418,7 @@ def run_job(cfg: JobConfig) -> int:
         InputError: a bad task, option or path, or a checkpoint that belongs to another run.
         BundleError: the bundle cannot be loaded.
     """
+    started = time.monotonic()
     spec, fmt = _validate(cfg)
     streaming = cfg.input == "-" or cfg.output == "-"
     checkpoint = None
@@ -445,6 +449,7 @@ def run_job(cfg: JobConfig) -> int:
         checkpoint.path.unlink(missing_ok=True)
     if state["line"] == 0:
         print(f"flare-onnx: the input {cfg.input!r} holds no records; the output is empty", file=sys.stderr)
+    _summary(cfg, state, time.monotonic() - started)
     if state["errors"]:
         where = outputs.errors_path if outputs.errors_path else "stderr"
         print(f"flare-onnx: {state['errors']} record(s) could not be processed; see {where}", file=sys.stderr)
@@ -493,6 +498,9 @@ def _write_chunk(item: Any, spec: TaskSpec, outputs: Outputs, state: dict[str, A
     for i, (text, carried, error) in enumerate(parsed):
         line = first + i + 1
         value = None
+        if error is None and text is None:
+            state["skipped"] = state.get("skipped", 0) + 1
+            continue
         if error is None:
             value, error = next(results)
         if error is not None:
@@ -515,6 +523,17 @@ def _write_chunk(item: Any, spec: TaskSpec, outputs: Outputs, state: dict[str, A
         checkpoint.save()
     if progress:
         progress.update(len(parsed))
+
+
+def _summary(cfg: JobConfig, state: dict[str, Any], seconds: float) -> None:
+    """One line at the end: what was read, written, refused and skipped, and how long it took."""
+    written = state["line"] - state["errors"] - state.get("skipped", 0)
+    parts = [f"{state['line']} input lines", f"{written} results -> {cfg.output}"]
+    if state["errors"]:
+        parts.append(f"{state['errors']} refused")
+    if state.get("skipped"):
+        parts.append(f"{state['skipped']} blank line{'s' if state['skipped'] != 1 else ''} skipped")
+    print(f"flare-onnx: done: {', '.join(parts)} in {seconds:.1f} s", file=sys.stderr)
 
 
 def _count_lines(path: str) -> int | None:

@@ -364,7 +364,7 @@ def pipeline(
     precision: str | None = None,
     threads: int | None = None,
     backend: str = "onnxruntime",
-    spin: bool = True,
+    spin: bool = False,
     **options: Any,
 ) -> Any:
     """A transformers-compatible pipeline over a flare-onnx bundle.

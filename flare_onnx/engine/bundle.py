@@ -255,14 +255,25 @@ def _read_regular(path: Path, limit: int) -> bytes:
     return data
 
 
+def _not_a_bundle(path: Path) -> str:
+    """Why ``path`` is not a bundle directory, and the fix that fits what it is."""
+    if path.exists():
+        return f"{str(path)!r} is a file, not a bundle directory (a bundle is the folder `flare-onnx export` writes)"
+    text = str(path)
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) and not text.startswith("."):
+        return (
+            f"there is no bundle directory {text!r}; if {text!r} is a Hugging Face model id, export it first "
+            f"with `flare-onnx export {text} -o {path.name}-onnx` (needs the export extra and the Hub), "
+            f"then load {path.name + '-onnx'!r}"
+        )
+    return f"bundle directory {text!r} does not exist; create one with `flare-onnx export MODEL -o {text}`"
+
+
 def read_manifest(directory: str | Path) -> Manifest:
     """Read and parse ``manifest.json`` of a bundle directory (files are not hashed)."""
     path = Path(directory)
     if not path.is_dir():
-        raise BundleError(
-            f"bundle directory {str(path)!r} does not exist; create one with "
-            f"`flare-onnx export MODEL -o {path}`"
-        )
+        raise BundleError(_not_a_bundle(path))
     try:
         raw = json.loads(_read_regular(path / MANIFEST_NAME, MAX_MANIFEST_BYTES).decode("utf-8"))
     except FileNotFoundError as exc:

@@ -349,9 +349,9 @@ LOAD_OPTIONS: tuple[Option, ...] = (
         "keep onnxruntime's memory arena (faster; off keeps RSS from holding its high-water mark)",
     ),
     Option(
-        "spin", bool, True,
-        "let idle onnxruntime threads spin between calls (fastest on a dedicated machine; "
-        "turn off on shared machines, containers and serverless)",
+        "spin", bool, False,
+        "let idle onnxruntime threads spin between calls (no faster on a quiet machine, "
+        "1.6-2x slower for everyone on a shared one; turn on only on a dedicated machine)",
     ),
 )
 

@@ -231,7 +231,10 @@ class _Service:
         self.admission.shutdown(wait=False, cancel_futures=True)
 
     def routes(self) -> list[Route]:
-        routes = [Route(f"/v1/{spec.name}", self.task_route(spec), methods=["POST"]) for spec in TASKS.values()]
+        # a task answers at its name and at each alias (/v1/ner, /v1/feature-extraction...);
+        # /v1/embeddings is OpenAI's route, not the embed task's alias
+        routes = [Route(f"/v1/{name}", self.task_route(spec), methods=["POST"])
+                  for spec in TASKS.values() for name in dict.fromkeys((spec.name, *spec.aliases)) if name != "embeddings"]
         routes.append(Route("/v1/embeddings", self.answered(self.openai_embeddings, _openai_error), methods=["POST"]))
         if self.reference is not None:
             routes += [Route(f"/v1/reference/{spec.name}", self.task_route(spec, "reference"), methods=["POST"])
@@ -247,7 +250,19 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None, reference: Fla
     """The Starlette application serving ``model`` (already loaded and verified), and
     ``reference`` — the same bundle's FP32 graph — at ``/v1/reference/{task}`` when given."""
     service = _Service(model, cfg or ServeConfig(), reference)
-    return Starlette(routes=service.routes(), lifespan=service.lifespan)
+    return Starlette(routes=service.routes(), lifespan=service.lifespan,
+                     exception_handlers={404: _not_found, 405: _not_allowed})
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    tasks = ", ".join(f"/v1/{name}" for name in TASKS)
+    return _error(404, f"no route {request.url.path}; the API is POST {tasks}, POST /v1/embeddings, "
+                       f"and GET /openapi.json describes it")
+
+
+async def _not_allowed(request: Request, exc: Exception) -> Response:
+    allowed = getattr(exc, "headers", None) or {}
+    return _error(405, f"{request.method} is not allowed on {request.url.path}", dict(allowed))
 
 
 def _access_log_to_stderr() -> None:
@@ -257,6 +272,22 @@ def _access_log_to_stderr() -> None:
         access_log.addHandler(handler)
         access_log.setLevel(logging.INFO)
         access_log.propagate = False
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse a port that is taken before announcing anything (uvicorn would say so after)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise InputError(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}); another program holds it: "
+                f"choose another with --port"
+            ) from None
 
 
 def serve(
@@ -282,6 +313,7 @@ def serve(
         reference = load(bundle, **options, precision="fp32")
     if cfg.api_key is None and os.environ.get("FLARE_ONNX_API_KEY"):
         cfg = dataclasses.replace(cfg, api_key=os.environ["FLARE_ONNX_API_KEY"])
+    _check_port(host, port)
     _access_log_to_stderr()
     where = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     print(

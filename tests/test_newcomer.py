@@ -1,0 +1,145 @@
+"""What a newcomer meets first: clear hints, short errors with the nearest command, a job that
+skips blank lines and says what it did, aliases everywhere, defaults for a shared laptop."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import flare_onnx
+from flare_onnx import BundleError, InputError
+from flare_onnx.cli import main, parse_args
+from flare_onnx.engine import LOAD_OPTIONS
+from flare_onnx.job import JobConfig, run_job
+
+
+def test_spin_is_off_by_default_everywhere():
+    assert {o.name: o.default for o in LOAD_OPTIONS}["spin"] is False
+    assert inspect.signature(flare_onnx.load).parameters["spin"].default is False
+    assert inspect.signature(flare_onnx.pipeline).parameters["spin"].default is False
+
+
+def test_embed_takes_one_string_and_gives_one_vector(tiny_bundle):
+    model = flare_onnx.load(tiny_bundle, precision="fp32")
+    one = model.embed("Il gatto dorme.")
+    assert one.shape == (32,)
+    np.testing.assert_allclose(one, model.embed(["Il gatto dorme."])[0], atol=1e-6)
+
+
+def test_hints_fit_what_was_given(tmp_path):
+    text_file = tmp_path / "texts.txt"
+    text_file.write_text("ciao\n")
+    with pytest.raises(BundleError, match="is a file, not a bundle directory"):
+        flare_onnx.load(text_file)
+    with pytest.raises(BundleError, match=r"Hugging Face model id, export it first with `flare-onnx export osiria/flare-it -o flare-it-onnx`"):
+        flare_onnx.load("osiria/flare-it")
+
+
+def test_a_typo_gets_one_line_and_the_nearest_command(capsys):
+    with pytest.raises(SystemExit) as stop:
+        parse_args(["embd", "B", "ciao"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "did you mean 'embed'?" in err and len(err.splitlines()) <= 3
+    with pytest.raises(SystemExit):
+        parse_args(["embed", "B", "--poolng", "cls", "ciao"])
+    assert "did you mean '--pooling'?" in capsys.readouterr().err
+
+
+def test_null_and_aliases_on_the_command_line():
+    assert parse_args(["embed", "B", "--max-text-tokens", "null", "x"]).max_text_tokens is None
+    assert parse_args(["export", "M", "-o", "D", "--task", "ner"]).task == "token-classification"
+    assert parse_args(["export", "M", "-o", "D", "--task", "embed"]).task == "feature-extraction"
+    assert parse_args(["run", "classify", "B", "-i", "a", "-o", "b", "--top-k", "all"]).top_k is None
+
+
+def test_the_job_skips_blank_lines_and_says_what_it_did(tiny_bundle, tmp_path, capsys):
+    src, out = tmp_path / "in.txt", tmp_path / "out.jsonl"
+    src.write_text("Il gatto dorme.\n\n   \nPiove a Milano.\n", encoding="utf-8")
+    cfg = JobConfig(task="embed", bundle=str(tiny_bundle), input=str(src), output=str(out), progress=False)
+    assert run_job(cfg) == 0
+    assert [json.loads(line)["line"] for line in out.read_text().splitlines()] == [1, 4]
+    assert not (tmp_path / "out.jsonl.errors.jsonl").exists()
+    err = capsys.readouterr().err
+    assert f"done: 4 input lines, 2 results -> {out}, 2 blank lines skipped" in err
+
+
+def test_ctrl_c_says_a_rerun_resumes(tiny_bundle, tmp_path, monkeypatch, capsys):
+    import flare_onnx.job as job
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(job, "run_job", interrupted)
+    src = tmp_path / "in.txt"
+    src.write_text("ciao\n")
+    assert main(["run", "embed", str(tiny_bundle), "-i", str(src), "-o", str(tmp_path / "o.jsonl")]) == 130
+    assert "interrupted; run the same command again to resume" in capsys.readouterr().err
+
+
+def test_a_resume_refuses_another_backend(tiny_bundle, tmp_path, monkeypatch):
+    import flare_onnx.job as job
+
+    src, out = tmp_path / "in.txt", tmp_path / "out.jsonl"
+    src.write_text("".join(f"frase numero {i}\n" for i in range(50)))
+    real, calls = job._write_chunk, []
+
+    def crash_after_first(*args, **kwargs):
+        if calls:
+            raise RuntimeError("killed")
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(job, "_write_chunk", crash_after_first)
+    cfg = JobConfig(task="embed", bundle=str(tiny_bundle), input=str(src), output=str(out), chunk=10, progress=False)
+    with pytest.raises(RuntimeError):
+        run_job(cfg)
+    assert (tmp_path / "out.jsonl.state").exists()
+    monkeypatch.setattr(job, "_write_chunk", real)
+    other = JobConfig(task="embed", bundle=str(tiny_bundle), input=str(src), output=str(out), progress=False,
+                      model_options={"backend": "openvino"})
+    with pytest.raises(InputError, match="another task, bundle, options or input"):
+        run_job(other)
+
+
+def test_serve_checks_its_port_before_announcing(tiny_bundle, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(tiny_bundle), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "serving" not in err
+
+
+def test_aliases_and_unknown_routes_over_http(tiny_bundle):
+    from starlette.testclient import TestClient
+
+    from flare_onnx.serve import create_app
+
+    with TestClient(create_app(flare_onnx.load(tiny_bundle, precision="fp32"))) as client:
+        direct = client.post("/v1/embed", json={"texts": ["ciao"]}).json()
+        alias = client.post("/v1/feature-extraction", json={"texts": ["ciao"]})
+        assert alias.status_code == 200 and alias.json()["results"] == direct["results"]
+        missing = client.get("/v1/nothing")
+        assert missing.status_code == 404 and "openapi.json" in missing.json()["error"]
+        assert client.get("/v1/embed").status_code == 405
+
+
+def test_hub_errors_are_cut_at_a_word():
+    from flare_onnx_export.checkpoint import _first_sentence
+
+    long = "We could not connect to the Hub and the files were not found in the cached path on the local disk. " * 4
+    cut = _first_sentence(long, limit=120)
+    assert cut.endswith(" …") and len(cut) <= 122 and cut[:-2].split()[-1] in long.split()
+    assert _first_sentence("short one\nsecond line") == "short one"
+
+
+def test_readme_points_at_the_bundle_the_demo_writes():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert 'flare_onnx.load("artifacts/flare-it-reference-onnx")' in readme
+    assert "export.py" not in readme and len(readme.splitlines()) <= 250
