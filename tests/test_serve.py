@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
@@ -18,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flare_onnx
+from flare_onnx.engine import Limits
 from flare_onnx.serve import ServeConfig, create_app
 
 from .conftest import poison_outputs
@@ -337,3 +339,30 @@ def test_slow_clients_are_cut_off_and_real_ones_still_answered(tiny_bundle, pars
             assert [c.post(url + "/v1/embed", json={"texts": [t]}).status_code for t in ("a", "b", "c")] == [200] * 3
     finally:
         _stop(proc)
+
+
+def test_a_large_request_does_not_hold_a_small_one_behind_all_its_slices(tiny_bundle):
+    """The fairness rule: each round takes one slice from every waiting request, so a small
+    request is answered while a large one queued before it still has slices to run."""
+    from flare_onnx.serve.batcher import MicroBatcher
+
+    model = flare_onnx.load(tiny_bundle, precision="fp32", max_batch_tokens=64)
+    big = model.request("embed", ["Roma è la capitale d'Italia e una città antica."] * 40, limits=Limits.SERVICE)
+    small = model.request("embed", ["Ciao."], limits=Limits.SERVICE)
+    assert len(big.slices(model.max_batch_tokens)) >= 8
+
+    async def scenario() -> tuple[bool, list, list]:
+        batcher = MicroBatcher(model, ServeConfig(max_wait_ms=0.0))
+        try:
+            big_future = batcher.submit(big)
+            small_result = await batcher.submit(small)
+            big_done_first = big_future.done()
+            return big_done_first, small_result, await big_future
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, batcher.stop)
+
+    big_done_first, small_result, big_result = asyncio.run(scenario())
+    assert not big_done_first
+    np.testing.assert_allclose(small_result[0], model.embed(["Ciao."])[0], atol=1e-5)
+    assert len(big_result) == 40
+    np.testing.assert_allclose(np.stack(big_result), model.embed(big.texts), atol=1e-5)

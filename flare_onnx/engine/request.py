@@ -40,7 +40,7 @@ class Limits:
 
     max_texts: int | None = 64  # texts in one request
     max_chars: int | None = 10_000  # characters in one text
-    max_request_chars: int | None = 200_000  # characters in all texts: checked before any tokenization
+    max_request_chars: int | None = 131_072  # characters in all texts, checked before any tokenization (4 per token)
     max_tokens: int | None = 32_768  # tokens in one request, <s> and </s> included
     max_candidates: int | None = 10_000  # fill-mask: masks x top_k in one request
 
@@ -111,6 +111,33 @@ class Request:
         if self.mask_rows is None:
             return 0
         return sum(len(rows) for rows in self.mask_rows) * int(self.options.get("top_k") or 0)
+
+    def slices(self, max_tokens: int) -> list[Request]:
+        """The request cut at text boundaries into parts of at most ``max_tokens`` tokens each
+        (a text longer than that is a part of its own), in order: the unit a fair scheduler
+        interleaves, so one large request cannot hold the model for everyone else."""
+        bounds, start, size = [], 0, 0
+        for i, enc in enumerate(self.encodings):
+            n = len(enc.ids) + 2
+            if i > start and size + n > max_tokens:
+                bounds.append((start, i))
+                start, size = i, 0
+            size += n
+        bounds.append((start, len(self.texts)))
+        if len(bounds) == 1:
+            return [self]
+        return [self._part(lo, hi) for lo, hi in bounds]
+
+    def _part(self, lo: int, hi: int) -> Request:
+        return Request(
+            spec=self.spec,
+            texts=self.texts[lo:hi],
+            options=self.options,
+            encodings=self.encodings[lo:hi],
+            windows=[replace(w, text_index=w.text_index - lo) for w in self.windows if lo <= w.text_index < hi],
+            mask_rows=None if self.mask_rows is None else self.mask_rows[lo:hi],
+            tokens=sum(len(e.ids) + 2 for e in self.encodings[lo:hi]),
+        )
 
     def split(self, results: Sequence[Any]) -> list[list[Any]]:
         """The results of a merged request, cut back into one list per original request."""

@@ -21,7 +21,7 @@ class ServeConfig:
     max_body_bytes: int = 1_000_000
     max_texts: int = 64
     max_chars: int = 10_000
-    max_request_chars: int = 200_000  # all texts of one request, checked before any tokenization
+    max_request_chars: int = 131_072  # all texts of one request, checked before any tokenization (4 per token)
     queue_size: int = 256  # texts waiting, across requests
     max_batch_texts: int = 64
     max_wait_ms: float = 5.0
