@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         result[kind] = {"p50_ms": p50, "p99_ms": p99}
         hostile = [s for r in passes for s in r["hostile_answers"]]
         extra = f"; hostile requests answered: {len(hostile)} (statuses {sorted(set(hostile))})" if hostile else ""
-        print(f"{kind}: small clients p50 {p50:.0f} ms, p99 {p99:.0f} ms "
-              f"(passes p99 {', '.join(f'{r['p99_ms']:.0f}' for r in passes)}){extra}")
+        each = ", ".join(f"{r['p99_ms']:.0f}" for r in passes)
+        print(f"{kind}: small clients p50 {p50:.0f} ms, p99 {p99:.0f} ms (passes p99 {each}){extra}")
     ratio = result["with hostile client"]["p99_ms"] / result["alone"]["p99_ms"]
     result["p99_ratio"] = ratio
     print(f"p99 with the hostile client / alone: {ratio:.2f}x (target <= 5x)")

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-HEAD = b"POST /v1/embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Padding: "
+HEAD = b"POST /v1/embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nX-Padding: "
 
 
 def _attack(port: int, connections: int, seconds: float, opened: Any) -> None:

@@ -132,10 +132,12 @@ def _serve(args: argparse.Namespace) -> int:
     cfg = ServeConfig(
         max_body_bytes=args.max_body_bytes, max_texts=args.max_texts, max_chars=args.max_chars,
         queue_size=args.queue_size, max_batch_texts=args.max_batch_texts, max_wait_ms=args.max_wait_ms,
+        slice_tokens=max(16, args.slice_tokens),
         deadline_s=args.deadline, api_key=_api_key(args.api_key_file),
         header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
         max_connections_per_ip=max(0, args.max_connections_per_ip), http=args.http, loop=args.loop,
         reference_fp32=args.reference_fp32,
+        allowed_hosts=tuple(h.strip() for h in args.allowed_hosts.split(",")) if args.allowed_hosts else None,
     )
     serve(args.bundle, host=args.host, port=args.port, cfg=cfg, model_options=_given(args, LOAD_OPTIONS))
     return 0
@@ -158,7 +160,7 @@ def _api_key(path: str | None) -> str | None:
         return None
     try:
         with open(path, encoding="utf-8") as f:
-            key = f.readline().strip()
+            key = f.readline().strip()  # a trailing newline or spaces are not part of the key
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read the API key file {path!r}: {exc}") from exc
     if not key:
@@ -373,11 +375,15 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--api-key-file", help="require the key on this file's first line (or set $FLARE_ONNX_API_KEY)")
+    p.add_argument("--allowed-hosts", help="comma-separated Host names the service answers ('*': any); "
+                                           "default: the loopback names on a loopback bind, any otherwise")
     p.add_argument("--max-body-bytes", type=int, default=1_000_000)
     p.add_argument("--max-texts", type=int, default=64, help="texts per request")
     p.add_argument("--max-chars", type=int, default=10_000, help="characters per text")
     p.add_argument("--queue-size", type=int, default=256, help="texts waiting before 503")
-    p.add_argument("--max-batch-texts", type=int, default=64)
+    p.add_argument("--max-batch-texts", type=int, default=64, help="texts in one round of the inference thread")
+    p.add_argument("--slice-tokens", type=int, default=512,
+                   help="a request is served in slices of this many tokens, one per request per round (fairness)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for company")
     p.add_argument("--deadline", type=float, default=30.0, help="seconds per request before 504")
     p.add_argument("--http", choices=["auto", "httptools", "h11"], default="auto", help="HTTP parser (auto: httptools where installed)")

@@ -152,7 +152,7 @@ def _start(bundle: Path, *args: str) -> tuple[subprocess.Popen, str]:
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
-            if httpx.get(url + "/ready", timeout=1).status_code == 200:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:  # open with or without a key
                 return proc, url
         except httpx.HTTPError:
             time.sleep(0.1)
@@ -217,7 +217,8 @@ def test_load_32_clients_all_correct_then_overload_sheds_503(tiny_bundle, senten
         _stop(proc)
 
 
-def test_sigterm_finishes_in_flight_requests(tiny_bundle, sentences):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_stop_signal_finishes_in_flight_requests(tiny_bundle, sentences, sig):
     proc, url = _start(tiny_bundle, "--max-wait-ms", "1500")  # requests wait 1.5 s for company
     results: list[int] = []
 
@@ -229,10 +230,10 @@ def test_sigterm_finishes_in_flight_requests(tiny_bundle, sentences):
     deadline = time.time() + 30
     while httpx.get(url + "/ready", timeout=5).json()["queued_texts"] == 0:  # wait until it is queued
         assert time.time() < deadline, "the request never reached the queue"
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     t.join(timeout=30)
     assert results == [200]
-    assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    assert proc.wait(timeout=30) in (0, -sig)
 
 
 def test_work_is_bounded_in_tokens_and_candidates(model):
@@ -256,8 +257,9 @@ def test_openai_client_gets_the_same_embeddings(tiny_bundle, model, sentences, t
         client = openai.OpenAI(base_url=url + "/v1", api_key="chiave-segreta", max_retries=0)
         texts = sentences[:3]
         expected = model.embed(texts)
-        got = client.embeddings.create(model="flare-it", input=texts)  # the client asks for base64
-        assert [d.index for d in got.data] == [0, 1, 2] and got.model == "flare-it"
+        got = client.embeddings.create(model="<script>x</script>", input=texts)  # the client asks for base64
+        served = httpx.get(url + "/v1/info", headers={"x-api-key": "chiave-segreta"}).json()["model"]
+        assert [d.index for d in got.data] == [0, 1, 2] and got.model == served != "<script>x</script>"
         np.testing.assert_allclose([d.embedding for d in got.data], expected, atol=1e-5)
         tokens = sum(len(e.ids) + 2 for e in model.tokenizer.encode(texts))
         assert got.usage.prompt_tokens == got.usage.total_tokens == tokens
@@ -322,7 +324,7 @@ def test_slow_clients_are_cut_off_and_real_ones_still_answered(tiny_bundle, pars
         slow = []
         for i in range(600):  # more than the 512 connections uvicorn admits in all
             s = socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0))
-            s.sendall(b"POST /v1/embed HTTP/1.1\r\nHost: x\r\n" if i % 2 else b"")
+            s.sendall(b"POST /v1/embed HTTP/1.1\r\nHost: 127.0.0.1\r\n" if i % 2 else b"")
             slow.append(s)
         # the slow address holds at most 100 connections: another client is served meanwhile
         assert httpx.post(url + "/v1/embed", json={"texts": ["Il gatto dorme."]}, timeout=30).status_code == 200
@@ -333,7 +335,7 @@ def test_slow_clients_are_cut_off_and_real_ones_still_answered(tiny_bundle, pars
         assert all(a == b"RST" or a.startswith(b"HTTP/1.1 503") and a.endswith(b"too many connections from this address\n") for a in refused)
         assert 0 < len(refused) < 600 and answers.count(b"") == 600 - len(refused)  # the others: cut off, no answer owed
         with socket.create_connection(("127.0.0.1", port)) as s:  # a body that stalls: 408, then closed
-            s.sendall(b"POST /v1/embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"texts\"")
+            s.sendall(b"POST /v1/embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"texts\"")
             assert _closed_by_server(s).startswith(b"HTTP/1.1 408")
         with httpx.Client(timeout=30) as c:  # a kept-alive connection serves several requests
             assert [c.post(url + "/v1/embed", json={"texts": [t]}).status_code for t in ("a", "b", "c")] == [200] * 3
@@ -346,13 +348,14 @@ def test_a_large_request_does_not_hold_a_small_one_behind_all_its_slices(tiny_bu
     request is answered while a large one queued before it still has slices to run."""
     from flare_onnx.serve.batcher import MicroBatcher
 
-    model = flare_onnx.load(tiny_bundle, precision="fp32", max_batch_tokens=64)
+    model = flare_onnx.load(tiny_bundle, precision="fp32")
     big = model.request("embed", ["Roma è la capitale d'Italia e una città antica."] * 40, limits=Limits.SERVICE)
     small = model.request("embed", ["Ciao."], limits=Limits.SERVICE)
-    assert len(big.slices(model.max_batch_tokens)) >= 8
+    cfg = ServeConfig(max_wait_ms=0.0, slice_tokens=64)
+    assert len(big.slices(cfg.slice_tokens)) >= 8
 
     async def scenario() -> tuple[bool, list, list]:
-        batcher = MicroBatcher(model, ServeConfig(max_wait_ms=0.0))
+        batcher = MicroBatcher(model, cfg)
         try:
             big_future = batcher.submit(big)
             small_result = await batcher.submit(small)
@@ -366,3 +369,69 @@ def test_a_large_request_does_not_hold_a_small_one_behind_all_its_slices(tiny_bu
     np.testing.assert_allclose(small_result[0], model.embed(["Ciao."])[0], atol=1e-5)
     assert len(big_result) == 40
     np.testing.assert_allclose(np.stack(big_result), model.embed(big.texts), atol=1e-5)
+
+
+# -- the door -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("headers", [{}, {"content-type": "text/plain"}, {"content-type": "application/x-www-form-urlencoded"}])
+def test_a_body_that_is_not_declared_json_is_refused(client, headers):
+    r = client.post("/v1/embed", content=b'{"texts": ["ciao"]}', headers=headers)
+    assert r.status_code == 415 and "content-type: application/json" in r.json()["error"]
+    ok = client.post("/v1/embed", content=b'{"texts": ["ciao"]}', headers={"content-type": "application/json; charset=utf-8"})
+    assert ok.status_code == 200
+
+
+def test_a_loopback_service_answers_only_to_loopback_names(model):
+    from flare_onnx.serve.config import LOOPBACK_HOSTS
+
+    app = create_app(model, ServeConfig(allowed_hosts=LOOPBACK_HOSTS))
+    with TestClient(app, base_url="http://127.0.0.1:8080") as c:
+        assert c.post("/v1/embed", json={"texts": ["ciao"]}).status_code == 200
+    with TestClient(app, base_url="http://localhost") as c:
+        assert c.get("/health").status_code == 200
+    with TestClient(app, base_url="http://attacker.example") as c:  # a DNS-rebinding page's name
+        assert c.post("/v1/embed", json={"texts": ["ciao"]}).status_code == 400
+
+
+def test_with_a_key_only_health_and_the_page_are_open(model):
+    with TestClient(create_app(model, ServeConfig(api_key="s3cret"))) as c:
+        for path in ("/openapi.json", "/ready", "/v1/info", "/metrics"):
+            assert c.get(path).status_code == 401, path
+            assert c.get(path, headers={"x-api-key": "s3cret"}).status_code == 200, path
+        assert c.get("/health").status_code == 200 and c.get("/").status_code == 200
+        for scheme in ("Bearer", "bearer", "BEARER"):
+            assert c.post("/v1/embed", json={"texts": ["x"]}, headers={"authorization": f"{scheme} s3cret"}).status_code == 200
+
+
+def test_a_non_ascii_key_works_in_utf8_and_in_latin1(model):
+    key = "chiave-già"
+    with TestClient(create_app(model, ServeConfig(api_key=key))) as c:
+        for raw in (key.encode("utf-8"), key.encode("latin-1")):  # curl/httpx/browsers; requests/http.client
+            assert c.post("/v1/embed", json={"texts": ["x"]}, headers={"x-api-key": raw}).status_code == 200
+        assert c.post("/v1/embed", json={"texts": ["x"]}, headers={"x-api-key": b"chiave-gia"}).status_code == 401
+
+
+def test_keys_from_files_and_the_environment_lose_surrounding_space(tmp_path):
+    from flare_onnx.cli import _api_key
+    from flare_onnx.serve.config import api_key_from_env
+
+    assert api_key_from_env("sekret\n") == "sekret" and api_key_from_env("  ") is None and api_key_from_env(None) is None
+    key_file = tmp_path / "key"
+    key_file.write_text("  sekret \n")
+    assert _api_key(str(key_file)) == "sekret"
+
+
+def test_info_shows_no_machine_path(model, tiny_bundle):
+    with TestClient(create_app(model)) as c:
+        info = c.get("/v1/info").json()
+    source = json.loads((tiny_bundle / "manifest.json").read_text())["source"]["model"]
+    assert source.startswith("/") and info["model"] == Path(source).name and "/" not in info["model"]
+
+
+def test_an_unparsable_number_is_a_json_400_that_is_counted(model):
+    with TestClient(create_app(model)) as c:
+        body = b'{"texts": ["a <mask>"], "top_k": ' + b"1" * 900_000 + b"}"
+        r = c.post("/v1/fill-mask", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json() == {"error": "the body is not valid JSON"}
+        assert 'flare_onnx_requests_total{route="/v1/fill-mask",status="400"} 1.0' in c.get("/metrics").text

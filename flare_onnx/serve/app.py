@@ -20,14 +20,18 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 try:
     from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
     from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
@@ -38,11 +42,11 @@ from ..engine import TASKS, FlareModel, TaskSpec, load, payload_parts
 from ..engine import Request as EngineRequest
 from ..errors import FlareOnnxError, InputError, RequestTooLarge
 from .batcher import MicroBatcher
-from .config import HTTPError, ServeConfig
+from .config import LOOPBACK_HOSTS, HTTPError, ServeConfig, api_key_from_env
 from .guards import guarded_protocol, read_body
 from .metrics import ServiceMetrics, access_log
 from .openai import openai_answer, openai_error_body, openai_texts
-from .openapi import bundle_info, openapi_spec, page
+from .openapi import bundle_info, model_name, openapi_spec, page
 
 __all__ = ["ServeConfig", "create_app", "serve"]
 
@@ -96,12 +100,20 @@ class _Service:
     # -- the door ---------------------------------------------------------------------------
 
     def authorized(self, request: Request) -> bool:
+        """The key, as ``X-API-Key`` or ``Authorization: Bearer`` (any case). A header's bytes
+        are compared with the key's UTF-8 bytes (curl, httpx, browsers) and with its Latin-1
+        bytes where it has them (``requests`` and ``http.client`` send Latin-1)."""
         if not self.cfg.api_key:
             return True
-        given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        # Starlette decodes header bytes as latin-1: take the bytes back, so a key with any
-        # characters (sent as UTF-8) compares equal to the configured one
-        return hmac.compare_digest(given.encode("latin-1", "replace"), self.cfg.api_key.encode("utf-8"))
+        given = request.headers.get("x-api-key")
+        if given is None:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            given = token.strip() if scheme.lower() == "bearer" else ""
+        sent = given.encode("latin-1", "replace")  # Starlette decoded the header bytes as Latin-1
+        spellings = [self.cfg.api_key.encode("utf-8")]
+        with contextlib.suppress(UnicodeEncodeError):
+            spellings.append(self.cfg.api_key.encode("latin-1"))
+        return any(hmac.compare_digest(sent, key) for key in spellings)
 
     async def read_json(self, request: Request) -> Any:
         """The request's JSON body, within the size and time limits (HTTPError otherwise)."""
@@ -112,8 +124,10 @@ class _Service:
             raise HTTPError(400, "invalid Content-Length") from exc
         if too_long:
             raise HTTPError(413, f"the request body is larger than {self.cfg.max_body_bytes} bytes")
-        if "json" not in request.headers.get("content-type", "application/json"):
-            raise HTTPError(415, "send the body as application/json")
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json" and not media.endswith("+json"):
+            # no simple cross-site form post can send this: a web page cannot drive a local service
+            raise HTTPError(415, "send the body as JSON with the header content-type: application/json")
         body = await read_body(request.stream(), self.cfg.max_body_bytes, self.cfg.body_timeout_s)
         try:
             return json.loads(body)
@@ -187,8 +201,8 @@ class _Service:
             vectors, engine_request = await self.infer("embed", texts, {})
         except InputError as exc:  # OpenAI answers invalid input with 400, too much of it with 413
             raise HTTPError(exc.http_status if isinstance(exc, RequestTooLarge) else 400, str(exc)) from exc
-        name = payload.get("model") if isinstance(payload.get("model"), str) else str(self.model.path.name)
-        return self.answer(openai_answer(vectors, encoding, name, engine_request.tokens))
+        # the served model's own name: the request's "model" is never echoed back
+        return self.answer(openai_answer(vectors, encoding, model_name(self.model), engine_request.tokens))
 
     # -- the rest ---------------------------------------------------------------------------
 
@@ -239,18 +253,22 @@ class _Service:
         if self.reference is not None:
             routes += [Route(f"/v1/reference/{spec.name}", self.task_route(spec, "reference"), methods=["POST"])
                        for spec in TASKS.values()]
-        # with an API key, /v1/info and /metrics need it too (they tell what the service does)
-        routes += [Route("/", self.index), Route("/v1/info", self.answered(self.info, observed=False))]
-        routes += [Route("/health", self.health), Route("/ready", self.ready), Route("/openapi.json", self.openapi),
-                   Route("/metrics", self.answered(self.prometheus, observed=False))]
+        # with an API key, everything but /health and the page (which asks for the key) needs it
+        private = {"/v1/info": self.info, "/ready": self.ready, "/openapi.json": self.openapi, "/metrics": self.prometheus}
+        routes += [Route(path, self.answered(handler, observed=False)) for path, handler in private.items()]
+        routes += [Route("/", self.index), Route("/health", self.health)]
         return routes
 
 
 def create_app(model: FlareModel, cfg: ServeConfig | None = None, reference: FlareModel | None = None) -> Any:
     """The Starlette application serving ``model`` (already loaded and verified), and
     ``reference`` — the same bundle's FP32 graph — at ``/v1/reference/{task}`` when given."""
-    service = _Service(model, cfg or ServeConfig(), reference)
-    return Starlette(routes=service.routes(), lifespan=service.lifespan,
+    cfg = cfg or ServeConfig()
+    service = _Service(model, cfg, reference)
+    middleware = []
+    if cfg.allowed_hosts is not None and "*" not in cfg.allowed_hosts:
+        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(cfg.allowed_hosts)))
+    return Starlette(routes=service.routes(), lifespan=service.lifespan, middleware=middleware,
                      exception_handlers={404: _not_found, 405: _not_allowed})
 
 
@@ -311,8 +329,10 @@ def serve(
     if cfg.reference_fp32 and not (model.precision == "fp32" and model.backend == "onnxruntime"):
         options = {k: v for k, v in (model_options or {}).items() if k not in ("precision", "backend")}
         reference = load(bundle, **options, precision="fp32")
-    if cfg.api_key is None and os.environ.get("FLARE_ONNX_API_KEY"):
-        cfg = dataclasses.replace(cfg, api_key=os.environ["FLARE_ONNX_API_KEY"])
+    if cfg.api_key is None and api_key_from_env(os.environ.get("FLARE_ONNX_API_KEY")):
+        cfg = dataclasses.replace(cfg, api_key=api_key_from_env(os.environ.get("FLARE_ONNX_API_KEY")))
+    if cfg.allowed_hosts is None and host in LOOPBACK_HOSTS:
+        cfg = dataclasses.replace(cfg, allowed_hosts=LOOPBACK_HOSTS)
     _check_port(host, port)
     _access_log_to_stderr()
     where = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
@@ -323,9 +343,32 @@ def serve(
         + (f", FP32 reference at {where}/v1/reference/..." if reference is not None else ""),
         file=sys.stderr, flush=True,
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(model, cfg, reference), host=host, port=port, log_level="warning", access_log=False,
         timeout_graceful_shutdown=math.ceil(cfg.deadline_s),
         timeout_keep_alive=5, limit_concurrency=cfg.max_connections,
         http=guarded_protocol(cfg.header_timeout_s, cfg.max_connections_per_ip, cfg.http), loop=cfg.loop,
     )
+    _draining_server_class()(config).run()
+
+
+def _draining_server_class() -> type:
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn's server, draining on SIGHUP as on SIGTERM (a terminal closing, a supervisor's
+        reload) instead of dying at once with requests in flight."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            previous = None
+            if threading.current_thread() is threading.main_thread():
+                previous = signal.signal(signal.SIGHUP, self.handle_exit)
+            try:
+                with super().capture_signals():
+                    yield
+            finally:
+                if previous is not None:
+                    signal.signal(signal.SIGHUP, previous)
+
+    return DrainingServer

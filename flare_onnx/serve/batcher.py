@@ -1,7 +1,7 @@
 """The micro-batcher: a bounded queue of checked requests and one fair inference thread.
 
 Requests arrive already checked and encoded (:class:`flare_onnx.engine.Request`) and are cut
-into slices of at most the model's ``max_batch_tokens`` tokens. The inference thread works in
+into slices of at most ``slice_tokens`` tokens (512 by default). The inference thread works in
 rounds. **The fairness rule:** a round takes *one* slice from each waiting request, oldest
 first, among those with the first one's task and options (up to ``max_batch_texts`` texts, after
 at most ``max_wait_ms`` for company), merges them into one engine call, and a request with
@@ -62,7 +62,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         n = len(request.texts)
-        job = _Job(request, fut, loop, time.monotonic(), deque(request.slices(self.model.max_batch_tokens)))
+        job = _Job(request, fut, loop, time.monotonic(), deque(request.slices(self.cfg.slice_tokens)))
         with self._cond:
             if self._stop:
                 raise HTTPError(503, "the server is shutting down", {"Retry-After": "1"})

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..engine import Limits
 
-__all__ = ["ServeConfig", "HTTPError"]
+__all__ = ["ServeConfig", "HTTPError", "LOOPBACK_HOSTS", "api_key_from_env"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,11 @@ class ServeConfig:
     max_request_chars: int = 131_072  # all texts of one request, checked before any tokenization (4 per token)
     queue_size: int = 256  # texts waiting, across requests
     max_batch_texts: int = 64
+    # a request is served in slices of at most this many tokens, one slice per request per
+    # round: the longest a small request waits behind a large one is about one slice's time
+    # (512 tokens: ~50 ms here even for 480-token texts; long texts run as fast in small
+    # slices as in large ones, their cost being their length)
+    slice_tokens: int = 512
     max_wait_ms: float = 5.0
     deadline_s: float = 30.0
     api_key: str | None = None
@@ -36,6 +41,10 @@ class ServeConfig:
     header_timeout_s: float = 10.0  # a request head (line and headers) must arrive within this
     body_timeout_s: float = 10.0  # and its body within this, once the head is in
     reference_fp32: bool = False  # also serve the bundle's FP32 graph at /v1/reference/... (the page compares)
+    # Host header names the service answers (a DNS-rebinding page cannot reach a loopback
+    # service under its own name); None: every name. serve() sets the loopback names for a
+    # loopback bind when none are given.
+    allowed_hosts: tuple[str, ...] | None = None
 
     @property
     def limits(self) -> Limits:
@@ -44,6 +53,17 @@ class ServeConfig:
             max_texts=self.max_texts, max_chars=self.max_chars, max_request_chars=self.max_request_chars,
             max_tokens=self.max_tokens, max_candidates=self.max_candidates,
         )
+
+
+#: the names a loopback service answers to
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def api_key_from_env(value: str | None) -> str | None:
+    """The key from ``$FLARE_ONNX_API_KEY``, without the surrounding white space a shell or a
+    secrets file adds (``$'sekret\\n'`` would otherwise lock everyone out)."""
+    key = (value or "").strip()
+    return key or None
 
 
 class HTTPError(Exception):

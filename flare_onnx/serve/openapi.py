@@ -4,12 +4,23 @@
 from __future__ import annotations
 
 import base64
+from pathlib import PurePath
 from typing import Any
 
 from ..engine import TASKS, FlareModel, TaskSpec
 from .config import ServeConfig
 
-__all__ = ["bundle_info", "openapi_spec", "page"]
+__all__ = ["bundle_info", "model_name", "openapi_spec", "page"]
+
+
+def model_name(model: FlareModel) -> str:
+    """The served model's name for people: the Hub id it was exported from, or the last part of
+    a local path (a machine's folders are nobody else's business), or the bundle's name."""
+    source = (model.manifest.raw.get("source") or {}).get("model")
+    if not isinstance(source, str) or not source.strip():
+        return model.path.name
+    looks_like_path = source.startswith(("/", ".", "~")) or "\\" in source or source.count("/") > 1
+    return PurePath(source).name if looks_like_path else source
 
 
 def bundle_info(model: FlareModel, reference: FlareModel | None = None) -> dict[str, Any]:
@@ -23,7 +34,7 @@ def bundle_info(model: FlareModel, reference: FlareModel | None = None) -> dict[
     verification = manifest.raw.get("verification") or {}
     fidelity = verification.get(model.precision) if isinstance(verification, dict) else None
     return {
-        "model": str((manifest.raw.get("source") or {}).get("model") or model.path.name),
+        "model": model_name(model),
         "bundle": model.path.name,
         "task": manifest.task,
         "tasks": list(manifest.tasks),
