@@ -31,13 +31,14 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InferenceError, InputError
 from .engine import TaskSpec, get_task, parse_load_options
 
 __all__ = ["JobConfig", "run_job", "parse_record", "EXIT_OK", "EXIT_RECORD_ERRORS"]
@@ -440,6 +441,11 @@ def run_job(cfg: JobConfig) -> int:
         outputs.open()
         try:
             _stream(cfg, spec, fmt, read, outputs, checkpoint)
+        except BrokenProcessPool:
+            raise InferenceError(
+                "a worker process died (killed, or out of memory); what was written is kept: "
+                "run the same command again to resume"
+            ) from None
         finally:
             outputs.close()
     if checkpoint is not None:

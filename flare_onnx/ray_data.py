@@ -25,17 +25,16 @@ import fcntl
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .engine import to_jsonable
-from .engine import MANIFEST_NAME, read_manifest
+from .engine import MANIFEST_NAME, get_task, load, parse_load_options, read_manifest, to_jsonable
 from .errors import BundleError, InputError
-from .engine import load
-from .engine import get_task, parse_load_options
+from .job import EXIT_RECORD_ERRORS
 
 __all__ = ["FillMask", "Embed", "Tag", "Classify", "share_bundle", "materialize", "PREDICTORS"]
 
@@ -97,6 +96,7 @@ class _Predictor:
         threads: int = 1,
         options: dict[str, Any] | None = None,
         model_options: dict[str, Any] | None = None,
+        errors_column: str | None = None,
     ) -> None:
         """Load the bundle once per actor.
 
@@ -104,6 +104,9 @@ class _Predictor:
             options: the task's options (registry names, as on every surface).
             model_options: :func:`flare_onnx.load`'s (precision, spin, batch budgets);
                 ``threads`` defaults to 1 per actor, Ray's unit of CPU.
+            errors_column: when given, a row the model refuses (an empty or non-string text,
+                a text over a limit) gets its reason in this column and a placeholder result,
+                and the others go on, as in the local file job; by default it raises.
         """
         spec = get_task(self.task)
         self.options = spec.parse_options(options)
@@ -112,29 +115,53 @@ class _Predictor:
         self.spec = self.model.manifest.require(spec.name)
         self.text_column = text_column
         self.output = output_column or spec.result_key
+        self.errors_column = errors_column
 
-    def _results(self, texts: list[str]) -> Any:
-        out = self.model.predict(self.spec.name, texts, self.options)
+    def _predict(self, texts: list[Any]) -> tuple[list[Any], list[str | None]]:
+        """Results, and the reason for each text the model refused (``errors_column`` only)."""
+        if self.errors_column is None:
+            return self.model.predict(self.spec.name, texts, self.options), [None] * len(texts)
+        try:
+            return self.model.predict(self.spec.name, texts, self.options), [None] * len(texts)
+        except InputError:
+            pass
+        results: list[Any] = []
+        errors: list[str | None] = []
+        for text in texts:  # isolate the refused ones, as the local job does
+            try:
+                results.append(self.model.predict(self.spec.name, [text], self.options)[0])
+                errors.append(None)
+            except InputError as exc:
+                results.append(None)
+                errors.append(str(exc).replace("text 0", "the text"))
+        return results, errors
+
+    def _column(self, results: list[Any]) -> Any:
         if self.spec.name == "embed":
-            return np.stack(out)
-        return np.array([json.dumps(to_jsonable(r), ensure_ascii=False) for r in out], dtype=object)
+            size = self.model.manifest.hidden_size
+            return np.stack([r if r is not None else np.zeros(size, np.float32) for r in results])
+        return np.array([json.dumps(to_jsonable(r), ensure_ascii=False) for r in results], dtype=object)
 
     def __call__(self, batch: Any) -> Any:
         texts = _texts(batch, self.text_column)
         if not texts:
             return batch
-        results = self._results(texts)
+        results, errors = self._predict(texts)
+        columns = {self.output: self._column(results)}
+        if self.errors_column is not None:
+            columns[self.errors_column] = np.array(errors, dtype=object)
         if isinstance(batch, dict):  # numpy format
-            out = dict(batch)
-            out[self.output] = results
-            return out
+            return {**batch, **columns}
         if hasattr(batch, "append_column"):  # pyarrow.Table
             import pyarrow as pa
 
-            column = pa.array(list(results)) if self.spec.name == "embed" else pa.array(list(results), type=pa.string())
-            return batch.append_column(self.output, column)
+            for name, values in columns.items():
+                kind = None if name == self.output and self.spec.name == "embed" else pa.string()
+                batch = batch.append_column(name, pa.array(list(values), type=kind))
+            return batch
         frame = batch.copy()  # pandas.DataFrame
-        frame[self.output] = list(results)
+        for name, values in columns.items():
+            frame[name] = list(values)
         return frame
 
 
@@ -204,15 +231,31 @@ def run_ray_job(
         ds = ds.map_batches(
             PREDICTORS[spec.name],
             fn_constructor_kwargs={"bundle": share_bundle(bundle), "text_column": text_column, "threads": threads,
-                                   "options": options, "model_options": model_options},
+                                   "options": options, "model_options": model_options, "errors_column": _ERRORS},
             concurrency=n,
             num_cpus=threads,
             batch_size=batch_size,
-        )
-        if output_path.endswith((".jsonl", ".json")):
-            ds.write_json(output_path, ray_remote_args=io)
-        else:
-            ds.write_parquet(output_path, ray_remote_args=io)
+        ).materialize()  # read and predicted once; written in two parts below
+        refused = _write_outputs(ds, output_path, spec.result_key, io)
     finally:
         ray.shutdown()
+    if refused:
+        print(f"flare-onnx: {refused} record(s) could not be processed; see {output_path}.errors", file=sys.stderr)
+        return EXIT_RECORD_ERRORS
     return 0
+
+
+_ERRORS = "_flare_onnx_error"
+
+
+def _write_outputs(ds: Any, output_path: str, result_key: str, io: dict[str, Any]) -> int:
+    """The results to ``output_path``, refused records (their fields and the reason) to
+    ``output_path.errors``, as the local job splits them; the number refused."""
+    good = ds.filter(lambda row: row[_ERRORS] is None).drop_columns([_ERRORS])
+    bad = ds.filter(lambda row: row[_ERRORS] is not None).drop_columns([result_key])
+    refused = int(bad.count())
+    write = "write_json" if output_path.endswith((".jsonl", ".json")) else "write_parquet"
+    getattr(good, write)(output_path, ray_remote_args=io)
+    if refused:
+        bad.rename_columns({_ERRORS: "error"}).write_json(output_path + ".errors", ray_remote_args=io)
+    return refused

@@ -112,3 +112,95 @@ def test_random_manifests_load_or_raise_bundle_error(tiny_bundle, tmp_path_facto
         flare_onnx.load(bundle, precision=data.draw(st.sampled_from([None, "fp32", "int8"])))
     except (BundleError, InputError):
         pass  # InputError: the precision asked for is not one this manifest lists
+
+
+# -- tokenizers that would hurt the host, manifests that lie about numbers and files ----------
+
+
+def _rewrite_tokenizer(bundle: Path, change) -> None:
+    """Change tokenizer.json and update its hash, as an attacker who can rewrite both would."""
+    from flare_onnx.engine.bundle import file_record
+
+    tok = json.loads((bundle / "tokenizer.json").read_text())
+    change(tok)
+    data = json.dumps(tok).encode()
+    (bundle / "tokenizer.json").write_bytes(data)
+    manifest = _manifest(bundle)
+    manifest["files"]["tokenizer.json"] = file_record(data)
+    _write(bundle, manifest)
+
+
+def _nested_replace(tok: dict) -> None:
+    doubling = {"type": "Replace", "pattern": {"String": "a"}, "content": "aa"}
+    tok["normalizer"] = {"type": "Sequence", "normalizers": [doubling] * 10}  # 1,024x
+
+
+def _empty_match(tok: dict) -> None:
+    tok["normalizer"] = {"type": "Replace", "pattern": {"Regex": "x*"}, "content": "y"}
+
+
+def _backtracking(tok: dict) -> None:
+    tok["pre_tokenizer"] = {"type": "Split", "pattern": {"Regex": "(a+)+$"}, "behavior": "Isolated", "invert": False}
+
+
+def _not_a_tokenizer(tok: dict) -> None:
+    tok.clear()
+    tok["hello"] = "world"
+
+
+def _huge_vocabulary(tok: dict) -> None:
+    tok["model"]["vocab"] = {f"t{i}": i for i in range(1_000_001)}
+
+
+def _unknown_stage(tok: dict) -> None:
+    tok["pre_tokenizer"] = {"type": "SomethingNew"}
+
+
+@pytest.mark.parametrize("change, message", [
+    (_nested_replace, "at most one character per match"),
+    (_empty_match, "no empty matches, no backtracking"),
+    (_backtracking, "no empty matches, no backtracking"),
+    (_not_a_tokenizer, "not a tokenizer"),
+    (_huge_vocabulary, "1 to 1,000,000 entries"),
+    (_unknown_stage, "'SomethingNew' is not allowed"),
+], ids=["nested-replace", "empty-match", "backtracking-regex", "not-a-tokenizer", "huge-vocabulary", "unknown-stage"])
+def test_a_tokenizer_that_could_hurt_the_host_is_refused_at_load_and_by_info(tiny_bundle, tmp_path, capsys, change, message):
+    from flare_onnx.cli import main
+
+    bundle = _copy(tiny_bundle, tmp_path / "b")
+    _rewrite_tokenizer(bundle, change)
+    with pytest.raises(BundleError, match=message):
+        flare_onnx.load(bundle)
+    assert main(["info", str(bundle)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_panic_in_the_tokenizer_is_an_input_error(tiny_bundle):
+    class PanicException(BaseException):  # what pyo3 raises for a Rust panic: not an Exception
+        pass
+
+    class Panicking:
+        def encode_batch(self, texts, add_special_tokens=False):
+            raise PanicException("regex backtrack limit")
+
+    model = flare_onnx.load(tiny_bundle)
+    model.tokenizer._tokenizer = Panicking()
+    with pytest.raises(InputError, match="PanicException: regex backtrack limit"):
+        model.embed(["ciao"])
+
+
+def test_numbers_and_file_names_in_the_manifest_are_checked(tiny_bundle, tmp_path, capsys):
+    from flare_onnx.cli import main
+
+    digits = _copy(tiny_bundle, tmp_path / "digits")
+    text = (digits / "manifest.json").read_text().replace('"format_version": 1', '"format_version": ' + "9" * 5001)
+    (digits / "manifest.json").write_text(text)
+    assert main(["info", str(digits)]) == 1
+    assert "is not valid JSON" in capsys.readouterr().err
+    swapped = _copy(tiny_bundle, tmp_path / "swapped")
+    manifest = _manifest(swapped)
+    manifest["graphs"]["int8"]["file"] = "model.fp32.onnx"
+    _write(swapped, manifest)
+    with pytest.raises(BundleError, match="names 'model.fp32.onnx', not the int8 graph"):
+        flare_onnx.load(swapped)

@@ -293,3 +293,27 @@ def test_a_clean_rerun_leaves_no_stale_errors_file(tiny_bundle, tmp_path):
     _write_jsonl(src, 20)  # fixed input
     assert run_job(JobConfig(task="embed", bundle=str(tiny_bundle), input=str(src), output=str(out), progress=False)) == 0
     assert not (tmp_path / "out.jsonl.errors.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_one_line_and_the_job_resumes(tiny_bundle, tmp_path):
+    """kill -9 one of --workers 2: a one-line error, nothing lost; the same command finishes it."""
+    import psutil
+
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    _write_jsonl(src, 20_000)
+    proc = subprocess.Popen(_cmd(tiny_bundle, src, out, "--workers", "2"), stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "out.jsonl.state"
+    deadline = time.time() + 120
+    while not state.exists():  # the first chunk is written: the workers are up
+        assert time.time() < deadline and proc.poll() is None, "the job never wrote a checkpoint"
+        time.sleep(0.05)
+    workers = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+    assert workers, "no worker processes found"
+    workers[0].kill()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert "a worker process died" in err and "run the same command again to resume" in err and "Traceback" not in err
+    rerun = subprocess.run(_cmd(tiny_bundle, src, out, "--workers", "2"), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == list(range(20_000))

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import BundleError, InputError, TaskNotAvailableError
 from .tasks import EXPORT_TASKS, TaskSpec, get_task
+from .tokenizer_check import check_tokenizer_json
 
 __all__ = [
     "MANIFEST_NAME",
@@ -162,9 +163,15 @@ def _graphs(section: Mapping[str, Any], where: str, *, backend: str) -> dict[str
     for precision, g in section.items():
         if precision not in PRECISIONS or not isinstance(g, dict):
             raise BundleError(f"manifest.json: {where}.{precision} is not a graph of a known precision; re-export the bundle")
+        file = _get(g, "file", str, f"{where}.{precision}")
+        if not file.startswith(f"model.{precision}."):
+            raise BundleError(
+                f"manifest.json: {where}.{precision} names {file!r}, not the {precision} graph "
+                f"(model.{precision}.*); the manifest does not belong to these files (re-export the bundle)"
+            )
         out[precision] = GraphSpec(
             precision=precision,
-            file=_get(g, "file", str, f"{where}.{precision}"),
+            file=file,
             inputs=_names(g, "inputs", f"{where}.{precision}"),
             outputs=_names(g, "outputs", f"{where}.{precision}"),
             backend=backend,
@@ -281,8 +288,8 @@ def read_manifest(directory: str | Path) -> Manifest:
             f"{str(path)!r} has no {MANIFEST_NAME}: it is not a flare-onnx bundle "
             f"(create one with `flare-onnx export MODEL -o DIR`)"
         ) from exc
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise BundleError(f"{path / MANIFEST_NAME} is not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, a number of thousands of digits
+        raise BundleError(f"{path / MANIFEST_NAME} is not valid JSON: {str(exc)[:200]}") from exc
     if not isinstance(raw, dict):
         raise BundleError(f"{path / MANIFEST_NAME} is not a JSON object")
     return parse_manifest(raw)
@@ -365,11 +372,16 @@ def open_bundle(directory: str | Path, *, precision: str | None = None, backend:
     graph_bytes = _read_verified(root, graph.file, manifest.files[graph.file])
     tokenizer = _read_verified(root, "tokenizer.json", manifest.files["tokenizer.json"])
     weights = _read_verified(root, graph.weights, manifest.files[graph.weights]) if graph.weights else None
+    try:
+        tokenizer_json = tokenizer.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"tokenizer.json is not UTF-8 ({exc.reason}); re-export the bundle") from exc
+    check_tokenizer_json(tokenizer_json)
     return VerifiedBundle(
         path=root,
         manifest=manifest,
         graph=graph,
         graph_bytes=graph_bytes,
-        tokenizer_json=tokenizer.decode("utf-8"),
+        tokenizer_json=tokenizer_json,
         weights_bytes=weights,
     )

@@ -13,7 +13,7 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from .bundle import SpecialTokens
-from ..errors import InputError
+from ..errors import BundleError, InputError
 
 __all__ = ["TextEncoder", "Window", "check_texts"]
 
@@ -64,7 +64,11 @@ class TextEncoder:
     """Owns the ``tokenizers`` tokenizer and turns texts into windows of token ids."""
 
     def __init__(self, tokenizer_json: str, special: SpecialTokens, *, max_length: int) -> None:
-        self._tokenizer = Tokenizer.from_str(tokenizer_json)
+        try:
+            self._tokenizer = Tokenizer.from_str(tokenizer_json)
+        except Exception as exc:  # the Rust tokenizer raises untyped exceptions
+            raise BundleError(f"tokenizer.json is not a tokenizer the tokenizers library can read ({exc}); "
+                              f"re-export the bundle") from exc
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
         self.special = special
@@ -83,8 +87,10 @@ class TextEncoder:
         try:
             encodings: list[Encoding] = self._tokenizer.encode_batch(texts, add_special_tokens=False)
             return encodings
-        except Exception as exc:  # the Rust tokenizer raises untyped exceptions
-            raise InputError(f"the tokenizer could not encode the input: {exc}") from exc
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # untyped errors, and pyo3's PanicException (a BaseException)
+            raise InputError(f"the tokenizer could not encode the input ({type(exc).__name__}: {str(exc)[:200]})") from None
 
     def windows(
         self, encodings: list[Encoding], *, sliding: bool, stride: int
