@@ -19,7 +19,7 @@ from flare_onnx.errors import ExportError
 from ._deps import require
 from .checkpoint import DEFAULT_MODEL, load_checkpoint, resolve_checkpoint
 from .graphs import GRAPH_IO, OPSET, export_graph
-from .guard import DEFAULT_TARGET, quantize_guarded
+from .guard import DEFAULT_TARGET, PRESETS, quantize_guarded
 from .quantize import TARGETS
 from .sample import italian_sentences, mask_sentences, read_corpus
 from .tokenizer import build_tokenizer, compare_tokenizers, load_reference_tokenizer, special_tokens
@@ -77,6 +77,7 @@ def export_bundle(
     fidelity_target: float = DEFAULT_TARGET,
     target_cpu: str = "auto",
     openvino: bool = False,
+    fidelity: str = "fast",
     log: Callable[[str], None] = print,
 ) -> Path:
     """Export a checkpoint to a verified bundle directory.
@@ -96,6 +97,8 @@ def export_bundle(
             saturation on CPUs without VNNI).
         openvino: also write an OpenVINO INT8 IR (NNCF, calibrated on the same text and held
             to the same fidelity target) for ``flare_onnx.load(..., backend="openvino")``.
+        fidelity: the INT8 preset: ``fast`` (the default), ``balanced`` or ``faithful``
+            (block-quantized FFN layers and more; see docs/int8.md).
 
     Raises:
         ExportError: the checkpoint cannot be found or loaded, the tokenizer differs from
@@ -103,12 +106,15 @@ def export_bundle(
     """
     out = Path(output)
     _check_options(out, overwrite, precisions, target_cpu, task, fidelity_target, openvino)
+    if fidelity not in PRESETS:
+        raise ExportError(f"fidelity must be one of {', '.join(PRESETS)}, not {fidelity!r}")
     prep = _prepare(model, revision=revision, task=task, calibration=calibration, log=log)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         verification: dict[str, Any] = {"texts": len(prep.verify_texts), "calibration": str(calibration or "shipped sample")}
-        graphs, quantization = _write_onnx_graphs(prep, work, precisions, verification, fidelity_target, target_cpu, log)
+        graphs, quantization = _write_onnx_graphs(prep, work, precisions, verification, (fidelity_target, fidelity),
+                                                  target_cpu, log)
         openvino_graphs = _write_openvino(prep, work, verification, fidelity_target, log) if openvino else {}
         if "fp32" not in precisions:
             (work / GRAPH_FILES["fp32"]).unlink()
@@ -202,7 +208,7 @@ def _prepare(model: str, *, revision: str | None, task: str | None, calibration:
 
 
 def _write_onnx_graphs(prep: _Prepared, work: Path, precisions: tuple[str, ...], verification: dict[str, Any],
-                       fidelity_target: float, target_cpu: str, log: Callable[[str], None]) -> tuple[dict[str, Any], Any]:
+                       fidelity: tuple[float, str], target_cpu: str, log: Callable[[str], None]) -> tuple[dict[str, Any], Any]:
     """The FP32 graph (checked against PyTorch) and, when asked, the guarded INT8 graph."""
     ort = require("onnxruntime")
     inputs, outputs = GRAPH_IO[prep.ckpt.task]
@@ -217,7 +223,8 @@ def _write_onnx_graphs(prep: _Prepared, work: Path, precisions: tuple[str, ...],
             if "int8" not in precisions:
                 continue
             quantization, figures = quantize_guarded(
-                fp32_path, path, prep.batches, prep.reference, target=fidelity_target, target_cpu=target_cpu, log=log
+                fp32_path, path, prep.batches, prep.reference, target=fidelity[0], fidelity=fidelity[1],
+                target_cpu=target_cpu, log=log,
             )
         else:
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import platform
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +94,13 @@ def quantize_int8(
     keep_fp32: Iterable[str] = (),
     split_first: bool | Iterable[str] = True,
     pack_shared: bool = True,
+    block: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """Write the INT8 graph of ``fp32`` to ``out``; return the recipe for the manifest.
+
+    ``block`` maps MatMul node names to a block size (32, 64 or 128): those run as
+    ``MatMulNBits`` with 8-bit weights quantized per block of K, and activations quantized per
+    row and per block at run time (``accuracy_level=4``) — slower GEMMs, far closer to FP32.
 
     The steps, in order: embedding tables to INT8 rows; biases found that can go into their
     MatMul; MatMuls sharing an input packed into one; every node rewritten; unused
@@ -104,7 +109,7 @@ def quantize_int8(
     onnx = require("onnx")
     qmax, target = _qmax(target)
     model = onnx.load(str(fp32))
-    rewrite = _Int8Pass(model, qmax=qmax, keep=set(keep_fp32), split_first=split_first)
+    rewrite = _Int8Pass(model, qmax=qmax, keep=set(keep_fp32), split_first=split_first, block=dict(block or {}))
     rewrite.quantize_tables()
     rewrite.find_biases()
     rewrite.find_packs(pack_shared)
@@ -117,7 +122,8 @@ def quantize_int8(
 class _Int8Pass:
     """The INT8 rewrite of one graph: the new initializers it makes and what it did."""
 
-    def __init__(self, model: Any, *, qmax: int, keep: set[str], split_first: bool | Iterable[str]) -> None:
+    def __init__(self, model: Any, *, qmax: int, keep: set[str], split_first: bool | Iterable[str],
+                 block: dict[str, int]) -> None:
         onnx = require("onnx")
         self.onnx, self.helper, self.numpy_helper = onnx, onnx.helper, onnx.numpy_helper
         self.model, self.graph, self.qmax, self.keep = model, model.graph, qmax, keep
@@ -134,6 +140,8 @@ class _Int8Pass:
         self.packs: dict[str, list[Any]] = {}
         self.quantized: list[str] = []
         self.split: list[str] = []
+        self.block = block
+        self.blocked: list[str] = []
 
     # -- initializers ------------------------------------------------------------------------
 
@@ -252,6 +260,8 @@ class _Int8Pass:
             "embeddings": ("int8 per row" + (", the word table shared with the MLM projection" if tied else "")) if self.tables else None,
             "quantized_nodes": len(self.quantized),
             "split_first_nodes": len(self.split),
+            "block_nodes": len(self.blocked),
+            "block_sizes": sorted(set(self.block[n] for n in self.blocked)),
             "packed_matmuls": len({group[0].name for group in self.packs.values() if len(group) > 1}),
             "fused_biases": len(self.fused_adds),
             "fp32_nodes": sorted(self.keep),
@@ -306,9 +316,12 @@ class _Int8Pass:
         return [self.dqmm([node.input[0], q, s, "", bias], node.output[0], f"{base}_dqmm")]
 
     def matmul(self, members: list[Any]) -> list[Any]:
-        """DynamicQuantizeMatMul node(s) for MatMuls sharing one input (bias fused when known)."""
+        """DynamicQuantizeMatMul node(s) for MatMuls sharing one input (bias fused when known),
+        or one MatMulNBits where the recipe asks for blocks."""
         a = members[0].input[0]
         base = self.unique(members[0].name.strip("/").replace("/", "_") or "mm")
+        if any(m.name in self.block for m in members):
+            return self.block_matmul(members, base)
         q, sc, bias_name, outs = self.packed_weights(members, base)
         y = outs[0] if len(outs) == 1 else f"{base}_packed"
         wants_split = self.split_first is True or (self.split_first and any(m.name in self.split_set for m in members))
@@ -351,3 +364,33 @@ class _Int8Pass:
             self.dqmm([f"{base}_a1", q, sc, "", bias], f"{base}_y1", f"{base}_dqmm1"),
             make("Concat", [f"{base}_y0", f"{base}_y1"], [y], axis=1, name=f"{base}_concat"),
         ]
+
+    def block_matmul(self, members: list[Any], base: str) -> list[Any]:
+        """8-bit MatMulNBits over the (packed) weights: symmetric codes per block of K (zero
+        point 128), one scale per block, the bias fused; then a Split for a pack."""
+        block = max(self.block.get(m.name, 0) for m in members)
+        w = np.concatenate([self.array(m.input[1]).astype(np.float32) for m in members], axis=1)  # [K, N]
+        k, n = w.shape
+        if k % block:
+            raise ExportError(f"block size {block} does not divide K={k} of {members[0].name}")
+        blocks = w.T.reshape(n, k // block, block)
+        scale = np.abs(blocks).max(axis=2) / 127.0
+        scale[scale == 0] = 1.0
+        codes = (np.clip(np.rint(blocks / scale[..., None]), -127, 127) + 128).astype(np.uint8)
+        q = self.const(f"{base}_nbits8", codes)
+        sc = self.const(f"{base}_nbits8_scale", scale.reshape(-1).astype(np.float32))
+        biases = [self.bias_of.get(m.name) for m in members]
+        bias = ""
+        if all(b is not None for b in biases):
+            bias = self.const(f"{base}_nbits8_bias", np.concatenate(
+                [self.array(b[0]).astype(np.float32) for b in biases if b is not None]))
+        outs = [b[1] for b in biases if b is not None] if bias else [m.output[0] for m in members]
+        y = outs[0] if len(outs) == 1 else f"{base}_packed"
+        made = [self.helper.make_node("MatMulNBits", [members[0].input[0], q, sc, "", "", bias], [y], domain="com.microsoft",
+                                      name=f"{base}_nbits", K=k, N=n, bits=8, block_size=block, accuracy_level=4)]
+        if len(outs) > 1:
+            sizes = self.const(f"{base}_split_sizes", np.array([self.inits[m.input[1]].dims[1] for m in members], np.int64))
+            made.append(self.helper.make_node("Split", [y, sizes], outs, axis=-1, name=f"{base}_split"))
+        self.quantized.extend(m.name for m in members)
+        self.blocked.extend(m.name for m in members)
+        return made

@@ -68,6 +68,18 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
 
 
+def _nn_agreement(ref: np.ndarray, got: np.ndarray) -> float:
+    """Share of sentences whose nearest other sentence (cosine) is the same under both."""
+    if len(ref) < 3:
+        return 1.0
+    a = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+    b = got / np.linalg.norm(got, axis=1, keepdims=True)
+    sa, sb = a @ a.T, b @ b.T
+    np.fill_diagonal(sa, -np.inf)
+    np.fill_diagonal(sb, -np.inf)
+    return float((sa.argmax(1) == sb.argmax(1)).mean())
+
+
 def compare(
     batches: list[Batch], ref: list[dict[str, np.ndarray]], got: list[dict[str, np.ndarray]]
 ) -> dict[str, Any]:
@@ -106,9 +118,11 @@ def compare(
                 label_total += rl.size
     result: dict[str, Any] = {"max_abs_diff": max_diff}
     if pooled_ref:
-        cos = _cos(np.concatenate(pooled_ref), np.concatenate(pooled_got))
+        ref_all, got_all = np.concatenate(pooled_ref), np.concatenate(pooled_got)
+        cos = _cos(ref_all, got_all)
         result["embedding_cosine_mean"] = float(cos.mean())
         result["embedding_cosine_min"] = float(cos.min())
+        result["embedding_nn_agreement"] = _nn_agreement(ref_all, got_all)
         result["sentences"] = int(len(cos))
     if masks:
         result["masks"] = masks

@@ -214,6 +214,7 @@ def _export(args: argparse.Namespace) -> int:
         fidelity_target=args.fidelity_target,
         target_cpu=args.target_cpu,
         openvino=args.openvino,
+        fidelity=args.fidelity,
         log=log,
     )
     return 0
@@ -323,6 +324,11 @@ def _add_export(sub: Any) -> None:
     p.add_argument(
         "--fidelity-target", type=float, default=0.995,
         help="least mean cosine of INT8 to PyTorch FP32 on the calibration text (default 0.995)",
+    )
+    p.add_argument(
+        "--fidelity", choices=["fast", "balanced", "faithful"], default="fast",
+        help="INT8 preset: fast (every MatMul dynamic INT8), balanced (FFN outputs block-quantized), "
+             "faithful (every FFN MatMul and more block-quantized, nearest neighbours kept); docs/int8.md",
     )
     p.add_argument(
         "--target-cpu", choices=["auto", "vnni", "avx2"], default="auto",

@@ -73,12 +73,16 @@ def test_newer_format_version_is_refused(bundle):
         flare_onnx.load(bundle)
 
 
-def test_path_in_manifest_must_be_a_plain_name(bundle):
+@pytest.mark.parametrize("name, message", [
+    ("model.int8.onnx/../../model.int8.onnx", "not a plain file name"),
+    ("../model.int8.onnx", "not the int8 graph"),  # refused by the precision's file-name rule first
+])
+def test_path_in_manifest_must_be_a_plain_name(bundle, name, message):
     manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["graphs"]["int8"]["file"] = "../model.int8.onnx"
-    manifest["files"]["../model.int8.onnx"] = manifest["files"]["model.int8.onnx"]
+    manifest["graphs"]["int8"]["file"] = name
+    manifest["files"][name] = manifest["files"]["model.int8.onnx"]
     (bundle / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match="not a plain file name"):
+    with pytest.raises(BundleError, match=message):
         flare_onnx.load(bundle)
 
 

@@ -99,3 +99,57 @@ def test_guard_fails_loudly_when_the_target_is_out_of_reach(tiny_checkpoint, tmp
     with pytest.raises(ExportError, match="cannot reach the fidelity target 1.0"):
         export_bundle(str(tiny_checkpoint), tmp_path / "b", fidelity_target=1.0, log=_quiet)
     assert not (tmp_path / "b").exists()
+
+
+def test_block_quantized_layers_are_matmulnbits_and_close_to_fp32(tiny_bundle, sentences, tmp_path):
+    """The block kind: 8-bit MatMulNBits (blocks of K), biases fused, Q/K/V still one GEMM."""
+    import onnxruntime as ort
+
+    fp32 = tiny_bundle / "model.fp32.onnx"
+    model = onnx.load(str(fp32))
+    inits = {t.name for t in model.graph.initializer}
+    matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+    recipe = quantize_int8(fp32, tmp_path / "block.onnx", block={n: 32 for n in matmuls})
+    graph = onnx.load(str(tmp_path / "block.onnx")).graph
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nbits[0].attribute}
+    assert attrs["bits"] == 8 and attrs["block_size"] == 32 and attrs["accuracy_level"] == 4
+    assert len(nbits) == 12 - 2 * 2 and recipe["block_nodes"] == 12 and recipe["block_sizes"] == [32]
+    assert all(n.input[5] for n in nbits)  # every encoder bias fused
+    assert not any(n.op_type == "DynamicQuantizeMatMul" and "encoder" in n.name for n in graph.node)
+
+    m = flare_onnx.load(tiny_bundle, precision="fp32")
+    ref = m.embed(sentences)
+    m.session = ort.InferenceSession(str(tmp_path / "block.onnx"), providers=["CPUExecutionProvider"])
+    assert (ref * m.embed(sentences)).sum(1).min() > 0.9999
+
+
+def test_blocks_keep_real_weights_closer_to_fp32_than_the_fast_recipe(minilm_bundle, sentences, tmp_path):
+    """all-MiniLM-L6-v2: the FFN MatMuls in blocks of 32 (the faithful start) beat the fast recipe."""
+    import onnxruntime as ort
+
+    fp32 = minilm_bundle / "model.fp32.onnx"
+    ffn = [n.name for n in onnx.load(str(fp32)).graph.node
+           if n.op_type == "MatMul" and ("intermediate" in n.name or ("/output/" in n.name and "attention" not in n.name))]
+    assert len(ffn) == 12
+    quantize_int8(fp32, tmp_path / "ffn.onnx", block={n: 32 for n in ffn})
+    m = flare_onnx.load(minilm_bundle, precision="fp32")
+    ref = m.embed(sentences)
+    m.session = ort.InferenceSession(str(tmp_path / "ffn.onnx"), providers=["CPUExecutionProvider"])
+    blocked = (ref * m.embed(sentences)).sum(1)
+    m.session = ort.InferenceSession(str(minilm_bundle / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    fast = (ref * m.embed(sentences)).sum(1)
+    assert blocked.mean() > fast.mean() and blocked.min() > fast.min() and blocked.mean() >= 0.998
+
+
+def test_presets_record_their_recipe_per_layer_group(tiny_checkpoint, tmp_path):
+    out = export_bundle(str(tiny_checkpoint), tmp_path / "b", precisions=("int8",), fidelity="faithful", log=_quiet)
+    manifest = json.loads((out / "manifest.json").read_text())
+    quant, figures = manifest["quantization"], manifest["verification"]["int8"]
+    assert quant["fidelity"]["preset"] == "faithful"
+    assert {quant["groups"][f"layer.{i}/{kind}"] for i in (0, 1) for kind in ("intermediate", "output")} == {"block32"}
+    assert figures["embedding_cosine_mean"] >= 0.999 and figures["embedding_cosine_min"] >= 0.998
+    assert figures["embedding_nn_agreement"] >= 0.95
+    assert flare_onnx.load(out).embed(["ciao"]).shape == (1, 32)
+    with pytest.raises(ExportError, match="fidelity must be one of fast, balanced, faithful, not 'perfect'"):
+        export_bundle(str(tiny_checkpoint), tmp_path / "c", fidelity="perfect", log=_quiet)
