@@ -20,6 +20,7 @@ from ._deps import require
 from .checkpoint import DEFAULT_MODEL, load_checkpoint, resolve_checkpoint
 from .graphs import GRAPH_IO, OPSET, export_graph
 from .guard import DEFAULT_TARGET, PRESETS, quantize_guarded
+from .prune import DEFAULT_MIN_DOC_FREQ, prune_checkpoint
 from .quantize import TARGETS
 from .sample import italian_sentences, mask_sentences, read_corpus
 from .tokenizer import build_tokenizer, compare_tokenizers, load_reference_tokenizer, special_tokens
@@ -78,6 +79,8 @@ def export_bundle(
     target_cpu: str = "auto",
     openvino: bool = False,
     fidelity: str = "fast",
+    prune_vocab: str | Path | None = None,
+    min_doc_freq: float = DEFAULT_MIN_DOC_FREQ,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Export a checkpoint to a verified bundle directory.
@@ -99,6 +102,10 @@ def export_bundle(
             to the same fidelity target) for ``flare_onnx.load(..., backend="openvino")``.
         fidelity: the INT8 preset: ``fast`` (the default), ``balanced`` or ``faithful``
             (block-quantized FFN layers and more; see docs/int8.md).
+        prune_vocab: text in the language the bundle is for (a file, a folder, or ``-``):
+            the vocabulary is cut to the tokens it uses, as flare-it was made (export/prune.py).
+        min_doc_freq: with ``prune_vocab``, the documents (lines) a token must appear in, as a
+            count or, below 1, a share.
 
     Raises:
         ExportError: the checkpoint cannot be found or loaded, the tokenizer differs from
@@ -108,10 +115,11 @@ def export_bundle(
     _check_options(out, overwrite, precisions, target_cpu, task, fidelity_target, openvino)
     if fidelity not in PRESETS:
         raise ExportError(f"fidelity must be one of {', '.join(PRESETS)}, not {fidelity!r}")
-    prep = _prepare(model, revision=revision, task=task, calibration=calibration, log=log)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        checkpoint, pruning = _pruned(model, revision, prune_vocab, min_doc_freq, work, log)
+        prep = _prepare(checkpoint, revision=revision, task=task, calibration=calibration, log=log)
         verification: dict[str, Any] = {"texts": len(prep.verify_texts), "calibration": str(calibration or "shipped sample")}
         graphs, quantization = _write_onnx_graphs(prep, work, precisions, verification, (fidelity_target, fidelity),
                                                   target_cpu, log)
@@ -124,6 +132,7 @@ def export_bundle(
         source = {"model": model, "revision": revision, "architectures": prep.config.architectures}
         manifest = _manifest(prep, work, source=source, graphs=graphs, openvino_graphs=openvino_graphs,
                              quantization=quantization, verification=verification)
+        manifest["vocabulary"] = pruning
         (work / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
         _publish(work, out)
     except BaseException:
@@ -133,8 +142,20 @@ def export_bundle(
     return out
 
 
+def _pruned(model: str, revision: str | None, corpus: str | Path | None, min_doc_freq: float, work: Path,
+            log: Callable[[str], None]) -> tuple[str, dict[str, Any] | None]:
+    """The checkpoint to export: ``model`` itself, or its copy with the vocabulary pruned to
+    ``corpus`` (written under ``work``, removed before the bundle is published)."""
+    if corpus is None:
+        return model, None
+    pruned = work / ".pruned-checkpoint"
+    record = prune_checkpoint(resolve_checkpoint(model, revision=revision), pruned, corpus, min_doc_freq=min_doc_freq, log=log)
+    return str(pruned), {**record, "corpus": Path(str(corpus)).name}
+
+
 def _publish(work: Path, out: Path) -> None:
     """The finished bundle takes the output's place (it appears only when the export succeeded)."""
+    shutil.rmtree(work / ".pruned-checkpoint", ignore_errors=True)
     work.chmod(0o755)  # mkdtemp makes it private; a bundle is ordinary data
     if out.exists():
         shutil.rmtree(out)
@@ -287,5 +308,6 @@ def _manifest(prep: _Prepared, work: Path, *, source: dict[str, Any], graphs: di
         "verification": verification,
         "versions": _versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "files": {p.name: file_record(p.read_bytes()) for p in sorted(work.iterdir()) if p.name != MANIFEST_NAME},
+        "files": {p.name: file_record(p.read_bytes()) for p in sorted(work.iterdir())
+                  if p.name != MANIFEST_NAME and p.is_file()},
     }

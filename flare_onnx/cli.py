@@ -182,6 +182,7 @@ def _info(args: argparse.Namespace) -> int:
         "graphs": {p: {**g.__dict__, **raw["files"][g.file]} for p, g in manifest.graphs.items()},
         "verification": raw.get("verification"),
         "quantization": raw.get("quantization"),
+        "vocabulary": raw.get("vocabulary") or {"pruned": False},
         "verified": True,
     }
     json.dump(summary, sys.stdout, ensure_ascii=False, indent=2)
@@ -215,6 +216,8 @@ def _export(args: argparse.Namespace) -> int:
         target_cpu=args.target_cpu,
         openvino=args.openvino,
         fidelity=args.fidelity,
+        prune_vocab=args.prune_vocab,
+        min_doc_freq=args.min_doc_freq,
         log=log,
     )
     return 0
@@ -325,6 +328,11 @@ def _add_export(sub: Any) -> None:
         "--fidelity-target", type=float, default=0.995,
         help="least mean cosine of INT8 to PyTorch FP32 on the calibration text (default 0.995)",
     )
+    p.add_argument("--prune-vocab", metavar="CORPUS",
+                   help="cut the vocabulary to the tokens this text uses (a file, a folder, or - for stdin), "
+                        "as flare-it was made from mMiniLMv2")
+    p.add_argument("--min-doc-freq", type=float, default=1,
+                   help="with --prune-vocab: lines a token must appear in (a count, or a share below 1)")
     p.add_argument(
         "--fidelity", choices=["fast", "balanced", "faithful"], default="fast",
         help="INT8 preset: fast (every MatMul dynamic INT8), balanced (FFN outputs block-quantized), "

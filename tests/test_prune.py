@@ -1,0 +1,73 @@
+"""Vocabulary pruning (Flare-IT's recipe): the pruned bundle is verified like any other, keeps
+what the corpus uses, and still takes any text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import flare_onnx
+from flare_onnx import ExportError
+from flare_onnx_export import export_bundle
+
+SAMPLE = Path(__file__).resolve().parents[1] / "export" / "data" / "italiano.txt"
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def pruned(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pruned") / "b"
+    return export_bundle(str(tiny_checkpoint), out, task="feature-extraction", prune_vocab=SAMPLE, log=_quiet)
+
+
+def test_the_pruned_bundle_is_verified_and_records_what_was_pruned(pruned, tiny_checkpoint):
+    manifest = json.loads((pruned / "manifest.json").read_text())
+    record = manifest["vocabulary"]
+    original = sum(1 for _ in open(tiny_checkpoint / "vocab.txt", encoding="utf-8"))
+    assert record["original_vocab_size"] == original and 0 < record["kept"] < original
+    assert record["documents"] == sum(1 for line in SAMPLE.read_text(encoding="utf-8").splitlines() if line.strip() and not line.startswith("#"))
+    assert len(record["corpus_sha256"]) == 64 and record["corpus"] == "italiano.txt"
+    assert manifest["tokenizer_check"]["mismatches"] == 0  # against transformers on the pruned vocabulary
+    assert manifest["verification"]["fp32"]["max_abs_diff"] <= 1e-4  # against PyTorch on the pruned model
+    assert not any(p.name.startswith(".") for p in pruned.iterdir())  # the pruned checkpoint is not shipped
+    model = flare_onnx.load(pruned)
+    assert model.tokenizer.tokenizer.get_vocab_size() == record["kept"]
+
+
+def test_text_the_corpus_uses_tokenizes_as_before(pruned, tiny_feature_bundle):
+    full, cut = flare_onnx.load(tiny_feature_bundle, precision="fp32"), flare_onnx.load(pruned, precision="fp32")
+    texts = [t for t in SAMPLE.read_text(encoding="utf-8").splitlines() if t.strip() and not t.startswith("#")][:50]
+    before = [[full.tokenizer.id_to_token(i) for i in e.ids] for e in full.tokenizer.encode(texts)]
+    after = [[cut.tokenizer.id_to_token(i) for i in e.ids] for e in cut.tokenizer.encode(texts)]
+    assert before == after
+    np.testing.assert_allclose(cut.embed(texts), full.embed(texts), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def both(pruned, tiny_feature_bundle):
+    return flare_onnx.load(tiny_feature_bundle), flare_onnx.load(pruned)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(min_size=1, max_size=80))
+def test_any_text_still_tokenizes_and_runs(both, text):
+    """Other scripts, emoji, code: whatever the full vocabulary encodes, the pruned one does too."""
+    full, cut = both
+    assume(full.tokenizer.encode([text])[0].ids)  # (text the full model reads as nothing is refused by both)
+    assert cut.tokenizer.encode([text])[0].ids
+    vector = cut.embed(text)
+    assert vector.shape == (32,) and np.isfinite(vector).all()
+
+
+def test_a_missing_corpus_is_an_export_error(tiny_checkpoint, tmp_path):
+    with pytest.raises(ExportError, match="is not a file, a folder of files, or -"):
+        export_bundle(str(tiny_checkpoint), tmp_path / "b", prune_vocab=tmp_path / "nothing.txt", log=_quiet)
+    assert not (tmp_path / "b").exists()
