@@ -29,7 +29,8 @@ def _fidelity(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
     return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()), "nn_agreement": float((a.argmax(1) == b.argmax(1)).mean())}
 
 
-def _torch_embed(checkpoint: Path, texts: list[str], threads: int) -> np.ndarray:
+def _torch_embed(checkpoint: Path, texts: list[str], threads: int, prefix: str = PREFIX) -> np.ndarray:
+    """PyTorch FP32 mean-pooled, unit-length embeddings of ``prefix + text`` (the reference)."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -38,7 +39,7 @@ def _torch_embed(checkpoint: Path, texts: list[str], threads: int) -> np.ndarray
     model = AutoModel.from_pretrained(str(checkpoint)).eval()
     out = []
     for i in range(0, len(texts), 32):
-        enc = tok([PREFIX + t for t in texts[i : i + 32]], padding=True, truncation=True, max_length=512, return_tensors="pt")
+        enc = tok([prefix + t for t in texts[i : i + 32]], padding=True, truncation=True, max_length=512, return_tensors="pt")
         with torch.inference_mode():
             hidden = model(**enc).last_hidden_state
         m = enc["attention_mask"].unsqueeze(-1).float()

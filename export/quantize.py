@@ -109,7 +109,10 @@ def quantize_int8(
     onnx = require("onnx")
     qmax, target = _qmax(target)
     model = onnx.load(str(fp32))
-    rewrite = _Int8Pass(model, qmax=qmax, keep=set(keep_fp32), split_first=split_first, block=dict(block or {}))
+    # the guard quantizes one graph many times: shapes and INT8 tables are worked out once per file
+    cache = _SourceCache.of(Path(fp32), model, qmax)
+    rewrite = _Int8Pass(model, qmax=qmax, keep=set(keep_fp32), split_first=split_first, block=dict(block or {}),
+                        cache=cache)
     rewrite.quantize_tables()
     rewrite.find_biases()
     rewrite.find_packs(pack_shared)
@@ -119,17 +122,43 @@ def quantize_int8(
     return rewrite.recipe(target)
 
 
+class _SourceCache:
+    """What does not change between quantizations of one FP32 file: its tensors' ranks, and its
+    embedding tables as INT8 rows (the guard's dozens of attempts each needed seconds for both)."""
+
+    _recent: dict[tuple[str, int, int, int], _SourceCache] = {}
+
+    def __init__(self, ranks: dict[str, int]) -> None:
+        self.ranks = ranks
+        self.tables: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    @classmethod
+    def of(cls, path: Path, model: Any, qmax: int) -> _SourceCache:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, qmax)
+        if key not in cls._recent:
+            cls._recent.clear()  # one source at a time: the tables of a 250k vocabulary are ~100 MB
+            cls._recent[key] = cls(_ranks(model))
+        return cls._recent[key]
+
+    def table(self, name: str, make: Any) -> tuple[np.ndarray, np.ndarray]:
+        if name not in self.tables:
+            self.tables[name] = make()
+        return self.tables[name]
+
+
 class _Int8Pass:
     """The INT8 rewrite of one graph: the new initializers it makes and what it did."""
 
     def __init__(self, model: Any, *, qmax: int, keep: set[str], split_first: bool | Iterable[str],
-                 block: dict[str, int]) -> None:
+                 block: dict[str, int], cache: _SourceCache | None = None) -> None:
         onnx = require("onnx")
         self.onnx, self.helper, self.numpy_helper = onnx, onnx.helper, onnx.numpy_helper
         self.model, self.graph, self.qmax, self.keep = model, model.graph, qmax, keep
         self.split_first = split_first
         self.split_set = set() if isinstance(split_first, bool) else set(split_first)
-        self.ranks = _ranks(model)
+        self.cache = cache or _SourceCache(_ranks(model))
+        self.ranks = self.cache.ranks
         self.inits = {t.name: t for t in self.graph.initializer}
         self.emb_name = _word_embedding(model)
         self.new_inits: dict[str, Any] = {}
@@ -177,12 +206,15 @@ class _Int8Pass:
             t = self.inits.get(n.input[0]) if n.op_type == "Gather" else None
             if t is None or len(t.dims) != 2 or t.dims[0] < 64 or n.input[0] in self.tables or n.name in self.keep:
                 continue
-            e = self.array(n.input[0]).astype(np.float32)
-            row_scale = np.abs(e).max(axis=1) / self.qmax
-            row_scale[row_scale == 0] = 1.0
-            q = np.clip(np.rint(e / row_scale[:, None]), -self.qmax, self.qmax).astype(np.int8)
+            q, row_scale = self.cache.table(n.input[0], lambda name=n.input[0]: self._rows(name))
             self.tables[n.input[0]] = (self.const(f"{n.input[0]}_int8", q),
                                        self.const(f"{n.input[0]}_row_scale", row_scale.astype(np.float32)))
+
+    def _rows(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        e = self.array(name).astype(np.float32)
+        row_scale = np.abs(e).max(axis=1) / self.qmax
+        row_scale[row_scale == 0] = 1.0
+        return np.clip(np.rint(e / row_scale[:, None]), -self.qmax, self.qmax).astype(np.int8), row_scale
 
     def eligible(self, n: Any) -> bool:
         return (n.op_type == "MatMul" and n.input[1] in self.inits and len(self.inits[n.input[1]].dims) == 2
