@@ -219,3 +219,26 @@ def test_pad_batch():
 def test_check_texts_errors(texts, message):
     with pytest.raises(InputError, match=message):
         check_texts(texts, verb="embed")
+
+
+def test_threads_follow_the_cgroup_cpu_quota(tmp_path):
+    """A container's quota, not the host's cores: v2 cpu.max, v1 CFS files, and no quota."""
+    import os
+
+    from flare_onnx.engine.session import available_cpus
+
+    affinity = len(os.sched_getaffinity(0))
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("50000 100000\n")  # half a CPU: one thread
+    assert available_cpus(v2) == 1
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert available_cpus(v2) == affinity
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert available_cpus(v1) == 1
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")  # no quota
+    assert available_cpus(v1) == affinity
+    assert available_cpus(tmp_path / "missing") == affinity
