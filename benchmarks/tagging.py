@@ -21,6 +21,7 @@ Texts are the gold words joined by single spaces (UD's syntactic words: ``della`
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import random
 import sys
@@ -282,13 +283,14 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     calibration = work / "calibration.txt"
     calibration.write_text("\n".join(t for t, _, _ in train[:1000]) + "\n", encoding="utf-8")
     log("== exporting FP32 and INT8 graphs")
-    bundle = export_bundle(str(model_dir), work / "bundle", overwrite=True, calibration=str(calibration), log=lambda _: None)
+    bundle = export_bundle(str(model_dir), work / "bundle", overwrite=True, calibration=str(calibration),
+                           fidelity=args.fidelity, log=lambda _: None)
     log(f"== scoring {len(test)} test sentences")
     result = evaluate(model_dir, bundle, test, scheme=args.scheme, threads=args.threads)
     result.update(
         scheme=args.scheme, encoder=str(args.encoder), train=str(args.train), test=str(args.test or f"{args.train} (split)"),
         train_sentences=len(train), epochs=args.epochs, lr=args.lr, seed=args.seed,
-        embeddings_frozen=not args.train_embeddings, fine_tune_seconds=train_s, bundle=str(bundle),
+        embeddings_frozen=not args.train_embeddings, fine_tune_seconds=train_s, bundle=str(bundle), fidelity=args.fidelity,
         model_card={**MODEL_CARD[args.scheme], "model": "osiria/flare-it, FP32 PyTorch (a different encoder)"},
     )
     return result
@@ -328,10 +330,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", help="directory for the fine-tuned checkpoint and bundle (default: a temporary one)")
+    p.add_argument("--fidelity", choices=["fast", "balanced", "faithful"], default="fast", help="the export's INT8 preset")
     args = p.parse_args(argv)
     for path in (args.encoder, args.train, args.test):
         if path and not Path(path).exists():
             p.error(f"{path} does not exist")
+    missing = [m for m in ("seqeval", "sklearn", "torch", "transformers") if importlib.util.find_spec(m) is None]
+    if missing:  # checked before 20-40 minutes of fine-tuning, not at scoring time
+        p.error(f"{', '.join(missing)} not installed: pip install \".[bench]\" (seqeval brings scikit-learn)")
     result = run(args, log=lambda m: print(m, file=sys.stderr, flush=True))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

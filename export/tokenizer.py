@@ -206,7 +206,14 @@ def load_reference_tokenizer(directory: Path) -> Any:
     transformers = require("transformers")
     cls_name = _settings(directory).get("tokenizer_class") or "BertTokenizer"
     if cls_name not in _BERT_CLASSES and (directory / "tokenizer.json").exists():
-        return transformers.AutoTokenizer.from_pretrained(str(directory))
+        # transformers warns of a "Mistral regex" on every XLM-R tokenizer.json it loads (there
+        # is no regex pre-tokenizer in it); the ids are compared right after, so say nothing
+        level = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()
+        try:
+            return transformers.AutoTokenizer.from_pretrained(str(directory))
+        finally:
+            transformers.logging.set_verbosity(level)
     return transformers.BertTokenizer.from_pretrained(str(directory))
 
 
