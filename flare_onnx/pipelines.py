@@ -29,10 +29,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .engine import FlareModel, load
-from .engine import class_scores
-from .engine import MAX_TOP_K, get_task
-from .engine import check_texts
+from .engine import MAX_TOP_K, FlareModel, check_texts, class_scores, entity_runs, get_task, load
 
 __all__ = [
     "pipeline",
@@ -267,24 +264,10 @@ def _words(tokens: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return groups
 
 
-def _tag(label: str) -> tuple[str, str]:
-    if label.startswith("B-"):
-        return "B", label[2:]
-    if label.startswith("I-"):
-        return "I", label[2:]
-    return "I", label
-
-
 def _runs(entities: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Adjacent entities of one type, a ``B-`` starting a new run (transformers' grouping)."""
-    runs: list[list[dict[str, Any]]] = []
-    for entity in entities:
-        bi, tag = _tag(entity["entity"])
-        if runs and bi != "B" and tag == _tag(runs[-1][-1]["entity"])[1]:
-            runs[-1].append(entity)
-        else:
-            runs.append([entity])
-    return runs
+    """Adjacent entities of one type, a ``B-`` starting a new run: the engine's one grouping
+    rule in transformers' reading (``iob2``), for parity with transformers' pipeline."""
+    return [[entities[i] for i in idx] for _, idx in entity_runs([e["entity"] for e in entities], scheme="iob2")]
 
 
 class TextClassificationPipeline(_Pipeline):

@@ -140,3 +140,17 @@ def test_group_entities_plain_labels_group_runs():
     text = "il gatto nero"
     words = [_w("DET", 0, 2), _w("NOUN", 3, 8), _w("NOUN", 9, 13)]
     assert [(e.label, e.text) for e in group_entities(text, words)] == [("DET", "il"), ("NOUN", "gatto nero")]
+
+
+@pytest.mark.parametrize("labels, bioes, iob2", [
+    (["B-PER", "I-PER", "O", "B-LOC"], [("PER", [0, 1]), ("LOC", [3])], [("PER", [0, 1]), ("O", [2]), ("LOC", [3])]),
+    (["S-PER", "S-PER", "B-LOC", "E-LOC", "I-LOC"], [("PER", [0]), ("PER", [1]), ("LOC", [2, 3]), ("LOC", [4])],
+     [("S-PER", [0, 1]), ("LOC", [2]), ("E-LOC", [3]), ("LOC", [4])]),
+    (["I-ORG", "I-ORG", "B-ORG"], [("ORG", [0, 1]), ("ORG", [2])], [("ORG", [0, 1]), ("ORG", [2])]),
+])
+def test_one_grouping_rule_read_two_ways(labels, bioes, iob2):
+    """tag() reads BIOES/BILOU too; the transformers-compatible pipeline reads it as transformers does."""
+    from flare_onnx.engine import entity_runs
+
+    assert entity_runs(labels) == bioes
+    assert entity_runs(labels, scheme="iob2") == iob2

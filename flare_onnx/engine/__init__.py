@@ -19,7 +19,7 @@ surface (``tests/test_layout.py`` checks both directions).
 from ._json import to_jsonable
 from .bundle import MANIFEST_NAME, Manifest, SpecialTokens, open_bundle, read_manifest
 from .model import FlareModel, load
-from .postprocess import Entity, WordLabel, class_scores
+from .postprocess import Entity, WordLabel, class_scores, entity_runs
 from .request import Limits, Request, merge_requests, payload_parts
 from .runners import Label, MaskPrediction, TagResult
 from .session import available_cpus
@@ -67,5 +67,6 @@ __all__ = [
     "available_cpus",
     "check_texts",
     "class_scores",
+    "entity_runs",
     "to_jsonable",
 ]

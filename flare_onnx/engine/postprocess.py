@@ -209,35 +209,50 @@ def _split_label(label: str) -> tuple[str, str]:
     return "", label
 
 
-def group_entities(text: str, words: Sequence[WordLabel], *, outside: str = "O") -> list[Entity]:
-    """Group consecutive words into entities (IOB/IOB2/BIOES tags, or plain labels).
+def entity_runs(labels: Sequence[str], *, scheme: str = "bioes", outside: str = "O") -> list[tuple[str, list[int]]]:
+    """The one entity-grouping rule: (type, word indices) of each run of labels.
 
-    A ``B-``/``S-`` tag, a change of type or an ``O`` ends the current entity; ``O`` words are
-    left out. Plain labels (no prefix) group runs of the same label.
+    ``scheme="bioes"`` (what :meth:`FlareModel.tag` uses) reads IOB, IOB2, BIOES and BILOU tags
+    and plain labels: a ``B-``/``S-`` tag or a change of type starts an entity, ``E-``/``L-``/``S-``
+    ends it, and ``outside`` words belong to none. ``scheme="iob2"`` is transformers'
+    token-classification grouping, kept for parity in :func:`flare_onnx.pipeline`: only ``B-``
+    starts a run, any other label (``outside`` and BIOES prefixes included) joins the previous run
+    of the same type, and ``outside`` words form runs of their own (the pipeline then drops
+    ``ignore_labels``).
     """
-    entities: list[Entity] = []
-    run: list[WordLabel] = []
-    run_type = ""
-
-    def close() -> None:
-        if run:
-            start, end = run[0].start, run[-1].end
-            score = float(np.mean([w.score for w in run]))
-            entities.append(Entity(label=run_type, text=text[start:end], score=score, start=start, end=end))
-
-    for word in words:
-        if word.label == outside:
-            close()
-            run, run_type = [], ""
+    if scheme not in ("bioes", "iob2"):
+        raise ValueError(f"scheme must be 'bioes' or 'iob2', not {scheme!r}")
+    runs: list[tuple[str, list[int]]] = []
+    current: tuple[str, list[int]] | None = None
+    for i, label in enumerate(labels):
+        if scheme == "bioes" and label == outside:
+            current = None
             continue
-        prefix, kind = _split_label(word.label)
-        if not run or kind != run_type or prefix in ("B", "S"):
-            close()
-            run, run_type = [word], kind
+        prefix, kind = _split_label(label) if scheme == "bioes" else _split_iob2(label)
+        if current is None or kind != current[0] or prefix in ("B", "S"):
+            current = (kind, [i])
+            runs.append(current)
         else:
-            run.append(word)
-        if prefix in ("E", "L", "S"):
-            close()
-            run, run_type = [], ""
-    close()
+            current[1].append(i)
+        if scheme == "bioes" and prefix in ("E", "L", "S"):
+            current = None
+    return runs
+
+
+def _split_iob2(label: str) -> tuple[str, str]:
+    """transformers' reading: ``B-X`` and ``I-X``; any other label is an ``I`` of its own type."""
+    if label.startswith(("B-", "I-")):
+        return label[0], label[2:]
+    return "I", label
+
+
+def group_entities(text: str, words: Sequence[WordLabel], *, outside: str = "O") -> list[Entity]:
+    """Group consecutive words into entities with :func:`entity_runs` (``bioes``); ``outside``
+    words are left out."""
+    entities = []
+    for kind, idx in entity_runs([w.label for w in words], outside=outside):
+        run = [words[i] for i in idx]
+        start, end = run[0].start, run[-1].end
+        score = float(np.mean([w.score for w in run]))
+        entities.append(Entity(label=kind, text=text[start:end], score=score, start=start, end=end))
     return entities
