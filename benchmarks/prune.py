@@ -25,13 +25,16 @@ import numpy as np
 from .e5 import _fidelity
 
 PREFIX = "query: "
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child started by a large
+# benchmark process would report the parent's peak
 _PROBE = """
-import resource, sys, time
+import re, sys, time
 t0 = time.perf_counter()
 import flare_onnx
 m = flare_onnx.load(sys.argv[1])
 m.embed(["query: Il gatto dorme sul divano."])
-print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+hwm = re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)
+print(time.perf_counter() - t0, int(hwm) / 1024)
 """
 
 
