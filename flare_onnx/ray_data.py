@@ -78,6 +78,37 @@ def materialize(bundle: Any) -> str:
     return str(target)
 
 
+def _column_values(batch: Any, column: str) -> list[Any]:
+    """A column's values in any batch format, or [] when the batch has no such column."""
+    names = batch.keys() if isinstance(batch, dict) else getattr(batch, "column_names", None) or list(batch.columns)
+    if column not in names:
+        return []
+    values = batch[column]
+    return values.to_pylist() if hasattr(values, "to_pylist") else list(values)
+
+
+class _JsonlRecords:
+    """``map_batches`` step: raw JSONL lines to their fields, through the local job's record
+    parser; a line it refuses carries its reason and its first 200 characters."""
+
+    def __init__(self, text_field: str = "text") -> None:
+        self.text_field = text_field
+
+    def __call__(self, batch: Any) -> Any:
+        import pandas as pd  # type: ignore[import-untyped]
+
+        from .job import parse_record
+
+        rows = []
+        for raw in batch["text"]:
+            text, carried, error = parse_record(str(raw).encode("utf-8"), fmt="jsonl", text_field=self.text_field)
+            row: dict[str, Any] = dict(carried) if error is None else {}
+            row[self.text_field] = text
+            row[_ERRORS] = None if error is None else f"{error} (record: {str(raw)[:200]})"
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+
 def _texts(batch: Any, column: str) -> list[Any]:
     # no str() here: a missing text must reach the model's check (InputError), not become "None"
     values = batch[column]
@@ -117,23 +148,25 @@ class _Predictor:
         self.output = output_column or spec.result_key
         self.errors_column = errors_column
 
-    def _predict(self, texts: list[Any]) -> tuple[list[Any], list[str | None]]:
-        """Results, and the reason for each text the model refused (``errors_column`` only)."""
+    def _predict(self, texts: list[Any], prior: list[Any]) -> tuple[list[Any], list[str | None]]:
+        """Results, and the reason for each text refused (``errors_column`` only): by the record
+        parser before (``prior``), or by the model."""
         if self.errors_column is None:
             return self.model.predict(self.spec.name, texts, self.options), [None] * len(texts)
+        errors: list[str | None] = [e if isinstance(e, str) else None for e in prior]
+        todo = [i for i, e in enumerate(errors) if e is None]
+        results: list[Any] = [None] * len(texts)
         try:
-            return self.model.predict(self.spec.name, texts, self.options), [None] * len(texts)
+            for i, r in zip(todo, self.model.predict(self.spec.name, [texts[i] for i in todo], self.options) if todo else []):
+                results[i] = r
+            return results, errors
         except InputError:
             pass
-        results: list[Any] = []
-        errors: list[str | None] = []
-        for text in texts:  # isolate the refused ones, as the local job does
+        for i in todo:  # isolate the refused ones, as the local job does
             try:
-                results.append(self.model.predict(self.spec.name, [text], self.options)[0])
-                errors.append(None)
+                results[i] = self.model.predict(self.spec.name, [texts[i]], self.options)[0]
             except InputError as exc:
-                results.append(None)
-                errors.append(str(exc).replace("text 0", "the text"))
+                errors[i] = str(exc).replace("text 0", "the text")
         return results, errors
 
     def _column(self, results: list[Any]) -> Any:
@@ -146,7 +179,8 @@ class _Predictor:
         texts = _texts(batch, self.text_column)
         if not texts:
             return batch
-        results, errors = self._predict(texts)
+        prior = _column_values(batch, self.errors_column) if self.errors_column else []
+        results, errors = self._predict(texts, prior or [None] * len(texts))
         columns = {self.output: self._column(results)}
         if self.errors_column is not None:
             columns[self.errors_column] = np.array(errors, dtype=object)
@@ -155,6 +189,8 @@ class _Predictor:
         if hasattr(batch, "append_column"):  # pyarrow.Table
             import pyarrow as pa
 
+            if self.errors_column in batch.column_names:
+                batch = batch.drop_columns([self.errors_column])
             for name, values in columns.items():
                 kind = None if name == self.output and self.spec.name == "embed" else pa.string()
                 batch = batch.append_column(name, pa.array(list(values), type=kind))
@@ -221,7 +257,12 @@ def run_ray_job(
         if input_path.endswith(".parquet") or (Path(input_path).is_dir() and any(Path(input_path).glob("*.parquet"))):
             ds = ray.data.read_parquet(input_path, num_cpus=0)
         elif input_path.endswith((".jsonl", ".json", ".ndjson")):
-            ds = ray.data.read_json(input_path, num_cpus=0)
+            # lines parsed by the local job's record parser, not Ray's JSON reader, which types a
+            # column from its first rows and fails the whole job on one {"text": 42}
+            ds = ray.data.read_text(input_path, num_cpus=0).map_batches(
+                _JsonlRecords, fn_constructor_kwargs={"text_field": text_column}, batch_format="pandas", num_cpus=0,
+                concurrency=1,
+            )
         else:
             ds = ray.data.read_text(input_path, num_cpus=0)
             if text_column != "text":

@@ -113,22 +113,26 @@ def test_missing_text_is_an_input_error_not_the_string_none(tiny_bundle):
         frd.Embed(str(tiny_bundle))({"text": np.array(["ciao", None], dtype=object)})
 
 
-def test_one_bad_record_gets_the_local_jobs_outcome(tiny_bundle, tmp_path):
-    """40 good records and an empty text: both engines write the 40, set the bad one aside
-    with its reason, and exit 3 (the red team's first row)."""
+def test_bad_records_get_the_local_jobs_outcome(tiny_bundle, tmp_path):
+    """40 good records, an empty text, a number for a text and a line that is not JSON: both
+    engines write the 40, set the bad ones aside with their reasons, and exit 3 (the red
+    team's first row: Ray's own JSON reader failed the whole job on {"text": 42})."""
     from flare_onnx.cli import main
 
-    rows = _records(40) + [{"id": 9001, "text": ""}]
+    lines = [json.dumps(r) for r in _records(40)] + [json.dumps({"id": 9001, "text": ""}),
+                                                      json.dumps({"id": 9002, "text": 42}), "{not json"]
     src = tmp_path / "in.jsonl"
-    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    src.write_text("".join(line + "\n" for line in lines))
     local, remote = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
     assert main(["run", "embed", str(tiny_bundle), "-i", str(src), "-o", str(local)]) == 3
     assert main(["run", "embed", str(tiny_bundle), "-i", str(src), "-o", str(remote), "--engine", "ray", "--actors", "1"]) == 3
     local_ids = [json.loads(line)["id"] for line in local.read_text().splitlines()]
     ray_rows = [json.loads(line) for f in sorted(remote.iterdir()) for line in f.read_text().splitlines()]
     assert sorted(r["id"] for r in ray_rows) == local_ids == list(range(40))
-    assert all(len(r["embedding"]) == 32 for r in ray_rows)
+    assert all(len(r["embedding"]) == 32 and "_flare_onnx_error" not in r for r in ray_rows)
     local_errors = [json.loads(line) for line in (tmp_path / "local.jsonl.errors.jsonl").read_text().splitlines()]
-    ray_errors = [json.loads(line) for f in sorted((tmp_path / "ray.jsonl.errors").iterdir()) for line in f.read_text().splitlines()]
-    assert [e["line"] for e in local_errors] == [41] and [e["id"] for e in ray_errors] == [9001]
-    assert "empty" in local_errors[0]["error"] and "empty" in ray_errors[0]["error"]
+    ray_errors = [json.loads(line)["error"] for f in sorted((tmp_path / "ray.jsonl.errors").iterdir())
+                  for line in f.read_text().splitlines()]
+    assert [e["line"] for e in local_errors] == [41, 42, 43] and len(ray_errors) == 3
+    for reason in ("empty", "is int, not a string", "invalid JSON"):
+        assert any(reason in e["error"] for e in local_errors) and any(reason in e for e in ray_errors), reason
