@@ -83,38 +83,25 @@ def export_bundle(
     min_doc_freq: float = DEFAULT_MIN_DOC_FREQ,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Export a checkpoint to a verified bundle directory.
+    """Export a checkpoint to a verified bundle directory (docs/export.md tells every option).
 
     Args:
         model: a Hub id (default ``osiria/flare-it``) or a local checkpoint directory.
-        output: the bundle directory to write; it appears only when the export succeeded.
-        task: ``fill-mask``, ``feature-extraction``, ``token-classification`` or
-            ``text-classification``; by default the task of the checkpoint's architecture.
+        output: the bundle directory; it appears only when the export succeeded.
+        task: an export task; by default the one the checkpoint's architecture names.
         precisions: graphs to write (``fp32``, ``int8``).
-        calibration: Italian text (one sentence per line, or CoNLL-U) for verification and
-            INT8 checks, its first 1,000 sentences; by default the sample shipped with flare-onnx.
-        overwrite: replace an existing bundle at ``output``.
-        fidelity_target: the INT8 graph's least mean cosine with PyTorch FP32 (mean-pooled
-            hidden states on the calibration text); sensitive nodes stay FP32 until it is met.
-        target_cpu: ``auto`` (this machine), ``vnni`` or ``avx2`` (7-bit weights, no
-            saturation on CPUs without VNNI).
-        openvino: also write an OpenVINO INT8 IR (NNCF, calibrated on the same text and held
-            to the same fidelity target) for ``flare_onnx.load(..., backend="openvino")``.
-        fidelity: the INT8 preset: ``fast`` (the default), ``balanced`` or ``faithful``
-            (block-quantized FFN layers and more; see docs/int8.md).
-        prune_vocab: text in the language the bundle is for (a file, a folder, or ``-``):
-            the vocabulary is cut to the tokens it uses, as flare-it was made (export/prune.py).
-        min_doc_freq: with ``prune_vocab``, the documents (lines) a token must appear in, as a
-            count or, below 1, a share.
+        calibration: Italian text for the checks (its first 1,000 sentences; default: the shipped sample).
+        fidelity_target, fidelity: the INT8 guard's mean-cosine floor and preset (``fast``,
+            ``balanced``, ``faithful``: docs/int8.md).
+        target_cpu: ``auto``, ``vnni`` or ``avx2``; openvino: also write the NNCF INT8 IR.
+        prune_vocab, min_doc_freq: cut the vocabulary to the tokens a corpus uses (docs/export.md).
 
     Raises:
-        ExportError: the checkpoint cannot be found or loaded, the tokenizer differs from
-            transformers', or the FP32 graph differs from PyTorch by more than 1e-4.
+        ExportError: a bad option, a checkpoint that cannot be loaded, a tokenizer that differs
+            from transformers', an FP32 graph more than 1e-4 from PyTorch, an unmet INT8 target.
     """
     out = Path(output)
-    _check_options(out, overwrite, precisions, target_cpu, task, fidelity_target, openvino)
-    if fidelity not in PRESETS:
-        raise ExportError(f"fidelity must be one of {', '.join(PRESETS)}, not {fidelity!r}")
+    _check_options(out, overwrite, precisions, target_cpu, task, fidelity_target, openvino, fidelity)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -131,8 +118,7 @@ def export_bundle(
         prep.config.to_json_file(str(work / "config.json"))
         source = {"model": model, "revision": revision, "architectures": prep.config.architectures}
         manifest = _manifest(prep, work, source=source, graphs=graphs, openvino_graphs=openvino_graphs,
-                             quantization=quantization, verification=verification)
-        manifest["vocabulary"] = pruning
+                             quantization=quantization, verification=verification, vocabulary=pruning)
         (work / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
         _publish(work, out)
     except BaseException:
@@ -163,7 +149,7 @@ def _publish(work: Path, out: Path) -> None:
 
 
 def _check_options(out: Path, overwrite: bool, precisions: tuple[str, ...], target_cpu: str, task: str | None,
-                   fidelity_target: float, openvino: bool) -> None:
+                   fidelity_target: float, openvino: bool, fidelity: str) -> None:
     """Every option is checked before the expensive work (loading, tracing, PyTorch runs)."""
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ExportError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
@@ -176,6 +162,8 @@ def _check_options(out: Path, overwrite: bool, precisions: tuple[str, ...], targ
         raise ExportError(f"task must be one of {', '.join(EXPORT_TASKS)}, not {task!r}")
     if not 0.0 < fidelity_target <= 1.0:
         raise ExportError(f"fidelity_target must be in (0, 1], not {fidelity_target!r}")
+    if fidelity not in PRESETS:
+        raise ExportError(f"fidelity must be one of {', '.join(PRESETS)}, not {fidelity!r}")
     if openvino:
         from .openvino_ir import require_openvino
 
@@ -276,7 +264,8 @@ def _write_openvino(prep: _Prepared, work: Path, verification: dict[str, Any], f
 
 
 def _manifest(prep: _Prepared, work: Path, *, source: dict[str, Any], graphs: dict[str, Any],
-              openvino_graphs: dict[str, Any], quantization: Any, verification: dict[str, Any]) -> dict[str, Any]:
+              openvino_graphs: dict[str, Any], quantization: Any, verification: dict[str, Any],
+              vocabulary: dict[str, Any] | None) -> dict[str, Any]:
     """The manifest of the files in ``work``: what they are, how they were checked, their hashes."""
     config, task = prep.config, prep.ckpt.task
     labels = None
@@ -306,6 +295,7 @@ def _manifest(prep: _Prepared, work: Path, *, source: dict[str, Any], graphs: di
         "quantization": quantization,
         "tokenizer_check": prep.check,
         "verification": verification,
+        "vocabulary": vocabulary,  # what --prune-vocab kept, or None
         "versions": _versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "files": {p.name: file_record(p.read_bytes()) for p in sorted(work.iterdir())
