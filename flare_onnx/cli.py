@@ -183,6 +183,7 @@ def _info(args: argparse.Namespace) -> int:
         "verification": raw.get("verification"),
         "quantization": raw.get("quantization"),
         "vocabulary": raw.get("vocabulary") or {"pruned": False},
+        "prompts": raw["model"].get("prompts") or {},
         "verified": True,
     }
     json.dump(summary, sys.stdout, ensure_ascii=False, indent=2)
@@ -218,9 +219,20 @@ def _export(args: argparse.Namespace) -> int:
         fidelity=args.fidelity,
         prune_vocab=args.prune_vocab,
         min_doc_freq=args.min_doc_freq,
+        prompts=_prompts(args.prompt),
         log=log,
     )
     return 0
+
+
+def _prompts(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name.strip():
+            raise InputError(f"--prompt takes NAME=TEXT (for example query='query: '), not {pair!r}")
+        out[name.strip()] = text
+    return out
 
 
 def _export_task(text: str) -> str:
@@ -331,6 +343,8 @@ def _add_export(sub: Any) -> None:
     p.add_argument("--prune-vocab", metavar="CORPUS",
                    help="cut the vocabulary to the tokens this text uses (a file, a folder, or - for stdin), "
                         "as flare-it was made from mMiniLMv2")
+    p.add_argument("--prompt", action="append", default=[], metavar="NAME=TEXT",
+                   help="a prompt to store with the model, used as embed --prompt NAME (E5: query='query: ')")
     p.add_argument("--min-doc-freq", type=float, default=1,
                    help="with --prune-vocab: lines a token must appear in (a count, or a share below 1)")
     p.add_argument(

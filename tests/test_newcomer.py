@@ -6,13 +6,14 @@ from __future__ import annotations
 import inspect
 import json
 import socket
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import flare_onnx
-from flare_onnx import BundleError, InputError
+from flare_onnx import BundleError, ExportError, InputError
 from flare_onnx.cli import main, parse_args
 from flare_onnx.engine import LOAD_OPTIONS
 from flare_onnx.job import JobConfig, run_job
@@ -31,13 +32,47 @@ def test_embed_takes_one_string_and_gives_one_vector(tiny_bundle):
     np.testing.assert_allclose(one, model.embed(["Il gatto dorme."])[0], atol=1e-6)
 
 
-def test_hints_fit_what_was_given(tmp_path):
+def test_hints_fit_what_was_given(tmp_path, monkeypatch):
     text_file = tmp_path / "texts.txt"
     text_file.write_text("ciao\n")
     with pytest.raises(BundleError, match="is a file, not a bundle directory"):
         flare_onnx.load(text_file)
-    with pytest.raises(BundleError, match=r"Hugging Face model id, export it first with `flare-onnx export osiria/flare-it -o flare-it-onnx`"):
+    monkeypatch.setenv("FLARE_ONNX_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ExportError, match="could not be fetched from the Hugging Face Hub"):  # offline here
         flare_onnx.load("osiria/flare-it")
+    monkeypatch.setitem(sys.modules, "flare_onnx_export", None)  # the runtime-only install
+    with pytest.raises(BundleError, match=r"a Hugging Face model id, not a bundle: install the exporter .* or run `flare-onnx export osiria/flare-it -o DIR`"):
+        flare_onnx.load("osiria/flare-it")
+
+
+def test_a_checkpoint_directory_is_exported_once_into_the_cache(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FLARE_ONNX_CACHE", str(tmp_path / "cache"))
+    model = flare_onnx.load(tiny_checkpoint, precision="fp32")
+    assert model.path.parent == tmp_path / "cache" and "exporting" in capsys.readouterr().err
+    manifest = model.path / "manifest.json"
+    stamp = manifest.stat().st_mtime_ns
+    again = flare_onnx.load(tiny_checkpoint, precision="fp32")
+    assert again.path == model.path and manifest.stat().st_mtime_ns == stamp and "exporting" not in capsys.readouterr().err
+    np.testing.assert_allclose(again.embed(["ciao"]), model.embed(["ciao"]), atol=1e-6)
+
+
+def test_prompts_stored_with_the_model_and_a_similarity_helper(tiny_checkpoint, tmp_path, capsys):
+    from flare_onnx_export import export_bundle
+
+    bundle = export_bundle(str(tiny_checkpoint), tmp_path / "b", task="feature-extraction", precisions=("fp32",),
+                           prompts={"query": "query: ", "passage": "passage: "}, log=lambda m: None)
+    model = flare_onnx.load(bundle)
+    assert model.prompts == {"query": "query: ", "passage": "passage: "}
+    np.testing.assert_allclose(model.embed(["Il gatto"], prompt="query"), model.embed(["query: Il gatto"]), atol=1e-6)
+    with pytest.raises(InputError, match="no prompt 'question'; its prompts: 'query', 'passage'"):
+        model.embed(["x"], prompt="question")
+    assert main(["embed", str(bundle), "--prompt", "passage", "Il gatto"]) == 0
+    cli = json.loads(capsys.readouterr().out)[0]["embedding"]
+    np.testing.assert_allclose(cli, model.embed("passage: Il gatto"), atol=1e-5)
+    sims = flare_onnx.similarity(model.embed(["a", "b"]), model.embed("a"))
+    assert sims.shape == (2, 1) and abs(sims[0, 0] - 1) < 1e-5
+    with pytest.raises(InputError, match="vectors of 32 and 3 dimensions"):
+        flare_onnx.similarity(model.embed("a"), np.ones(3))
 
 
 def test_a_typo_gets_one_line_and_the_nearest_command(capsys):

@@ -19,7 +19,7 @@ surface (``tests/test_layout.py`` checks both directions).
 from ._json import to_jsonable
 from .bundle import MANIFEST_NAME, Manifest, SpecialTokens, open_bundle, read_manifest
 from .model import FlareModel, load
-from .postprocess import Entity, WordLabel, class_scores, entity_runs
+from .postprocess import Entity, WordLabel, class_scores, entity_runs, similarity
 from .request import Limits, Request, merge_requests, payload_parts
 from .runners import Label, MaskPrediction, TagResult
 from .session import available_cpus
@@ -68,5 +68,6 @@ __all__ = [
     "check_texts",
     "class_scores",
     "entity_runs",
+    "similarity",
     "to_jsonable",
 ]

@@ -19,6 +19,7 @@ from tokenizers import Encoding
 from ..errors import BundleError, InferenceError, InputError
 from .batching import pad_batch, plan_batches
 from .bundle import VerifiedBundle, open_bundle
+from .cache import bundle_dir
 from .postprocess import softmax
 from .request import Limits, Request
 from .runners import Label, MaskPrediction, TagResult
@@ -138,14 +139,29 @@ class FlareModel:
         opts = spec.resolve(options)
         texts = check_texts(texts, verb=spec.verb)
         limits.check_texts(texts)
-        if opts.get("prefix"):
-            texts = [opts["prefix"] + t for t in texts]
+        prefix = self._prompt(opts.get("prompt") or "") + (opts.get("prefix") or "")
+        if prefix:
+            texts = [prefix + t for t in texts]
         encodings = self._encoder.encode(texts)
         windows = self._windows(encodings, window=opts.get("window", "truncate"), stride=opts.get("stride"))
         mask_rows = self._mask_rows(encodings, windows) if "mask_positions" in spec.graph_inputs else None
         req = Request(spec, texts, opts, encodings, windows, mask_rows, tokens=sum(len(e.ids) + 2 for e in encodings))
         limits.check_work(req.tokens, req.candidates)
         return req
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        """Prompts stored with the model at export, by name (E5: ``query``, ``passage``)."""
+        stored = self.manifest.raw["model"].get("prompts") or {}
+        return {str(k): str(v) for k, v in stored.items()} if isinstance(stored, dict) else {}
+
+    def _prompt(self, name: str) -> str:
+        if not name:
+            return ""
+        if name not in self.prompts:
+            known = ", ".join(map(repr, self.prompts)) or "none (export with --prompt NAME=TEXT)"
+            raise InputError(f"this model has no prompt {name!r}; its prompts: {known}")
+        return self.prompts[name]
 
     def run(self, request: Request) -> list[Any]:
         """The results of a checked request, one per text, from its task's runner."""
@@ -328,6 +344,7 @@ class FlareModel:
         pooling: str = _EMBED["pooling"],
         normalize: bool = _EMBED["normalize"],
         prefix: str = _EMBED["prefix"],
+        prompt: str = _EMBED["prompt"],
         window: str = _EMBED["window"],
         stride: int | None = _EMBED["stride"],
     ) -> np.ndarray:
@@ -339,6 +356,8 @@ class FlareModel:
                 sentence-transformers does) or ``"cls"`` (the ``<s>`` vector).
             normalize: scale each embedding to unit L2 norm.
             prefix: put before every text (E5 models expect ``"query: "`` or ``"passage: "``).
+            prompt: the name of a prompt stored with the model (:attr:`prompts`), put before
+                the prefix: ``embed(texts, prompt="query")`` on an E5 bundle.
             window: ``"truncate"`` reads the first ``max_length`` tokens; ``"sliding"``
                 covers the whole text with overlapping windows and pools over all of it.
             stride: tokens shared by consecutive windows (default: a quarter of ``max_length``).
@@ -347,7 +366,8 @@ class FlareModel:
             >>> model.embed(["Il gatto dorme.", "Piove a Milano."]).shape
             (2, 384)
         """
-        options = {"pooling": pooling, "normalize": normalize, "prefix": prefix, "window": window, "stride": stride}
+        options = {"pooling": pooling, "normalize": normalize, "prefix": prefix, "prompt": prompt,
+                   "window": window, "stride": stride}
         if isinstance(texts, str):
             return np.asarray(self.predict("embed", [texts], options)[0], dtype=np.float32)
         return np.stack(self.predict("embed", texts, options)).astype(np.float32, copy=False)
@@ -421,7 +441,9 @@ def load(
     """Open a bundle directory, verify every file it uses, and create the session.
 
     Args:
-        path: a directory written by ``flare-onnx export``.
+        path: a directory written by ``flare-onnx export``; or a Hugging Face model id or a
+            checkpoint directory, exported once into ``$FLARE_ONNX_CACHE`` (default
+            ``~/.cache/flare-onnx``) when the export extra is installed.
         precision: ``"int8"`` or ``"fp32"``; by default INT8 when the bundle has it.
         threads: onnxruntime intra-op threads; by default the CPUs this process may use
             (affinity and cgroup quota, so a container's limit rather than the host's cores).
@@ -445,7 +467,7 @@ def load(
         >>> model.fill_mask(["Roma è la <mask> d'Italia."])
     """
     choice = parse_load_options({"precision": precision, "backend": backend})
-    bundle = open_bundle(path, precision=choice["precision"], backend=choice["backend"])
+    bundle = open_bundle(bundle_dir(path), precision=choice["precision"], backend=choice["backend"])
     return FlareModel(bundle, {
         "threads": threads, "max_batch_tokens": max_batch_tokens, "max_batch_size": max_batch_size,
         "max_text_tokens": max_text_tokens, "spin": spin, "arena": arena,

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InputError
+
 __all__ = [
     "softmax",
     "class_scores",
@@ -92,6 +94,21 @@ class WindowPool:
         if pooling == "mean":
             return (self._sums / np.maximum(self._counts, 1)[:, None]).astype(np.float32)
         return (self._cls / np.maximum(self._windows, 1)[:, None]).astype(np.float32)
+
+
+def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of every row of ``a`` with every row of ``b`` (``[len(a), len(b)]``);
+    a single vector counts as one row.
+
+    Example:
+        >>> flare_onnx.similarity(model.embed(["ciao"]), model.embed(["salve", "addio"])).shape
+        (1, 2)
+    """
+    x, y = np.atleast_2d(np.asarray(a, np.float32)), np.atleast_2d(np.asarray(b, np.float32))
+    if x.shape[-1] != y.shape[-1]:
+        raise InputError(f"vectors of {x.shape[-1]} and {y.shape[-1]} dimensions cannot be compared")
+    out: np.ndarray = l2_normalize(x) @ l2_normalize(y).T
+    return out
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:

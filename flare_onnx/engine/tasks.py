@@ -231,6 +231,8 @@ TASKS: dict[str, TaskSpec] = {
                 Option("pooling", str, "mean", "'mean' over all tokens or 'cls' (the <s> vector)", choices=("mean", "cls")),
                 Option("normalize", bool, True, "scale each embedding to unit length"),
                 Option("prefix", str, "", "text put before every input (E5 models want 'query: ' or 'passage: ')"),
+                Option("prompt", str, "", "the name of a prompt stored with the model, put before every input "
+                                          "(E5: 'query' or 'passage'; flare-onnx info lists them)"),
                 _WINDOW,
                 _STRIDE,
             ),
