@@ -116,7 +116,8 @@ def export_bundle(
             del graphs["fp32"]
         (work / "tokenizer.json").write_text(prep.fast.to_str(pretty=False), encoding="utf-8")
         prep.config.to_json_file(str(work / "config.json"))
-        source = {"model": model, "revision": revision, "architectures": prep.config.architectures}
+        source = {"model": model, "revision": revision, "architectures": prep.config.architectures,
+                  "random_weights": bool(getattr(prep.config, "flare_onnx_random_weights", False))}
         manifest = _manifest(prep, work, source=source, graphs=graphs, openvino_graphs=openvino_graphs,
                              quantization=quantization, verification=verification, vocabulary=pruning)
         (work / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")

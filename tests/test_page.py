@@ -277,3 +277,25 @@ def test_embed_shows_int8_beside_the_fp32_reference(browser, tiny_bundle, artifa
         _shot(browser, artifacts / "page-embed-reference.png")
     finally:
         _stop(proc)
+
+
+def test_the_page_says_what_a_newcomer_needs(browser, servers, artifacts):
+    """A random-weights bundle says so, the export's checks are in words, the colour scale
+    spans the values shown, and the answer is scrolled into view."""
+    _open(browser, servers["mask"])
+    assert browser.find_element(By.CSS_SELECTOR, "[data-testid=random-note]").is_displayed()
+    assert not browser.find_element(By.ID, "promptrow").is_displayed()  # this bundle stores no prompts
+    facts = browser.find_element(By.ID, "facts").text
+    assert "random" in facts and "checked at export" in facts and "mean cosine" in facts
+    assert "embedding_cosine_mean" not in facts
+    browser.set_window_size(1280, 600)  # a short window: the results start below the fold
+    _choose(browser, "embed")
+    _type(browser, "\n".join(["Il gatto dorme sul divano.", "Un gatto riposa sul sofà.", "Il treno parte alle otto."]))
+    assert _run(browser).startswith("Answered in")
+    top = browser.execute_script("return document.getElementById('output').getBoundingClientRect().top")
+    assert 0 <= top < 600, f"the results start at {top}px, out of view"
+    cells = browser.find_elements(By.CSS_SELECTOR, "[data-testid=similarity] td")
+    shades = {c.value_of_css_property("background-color") for c in cells if abs(float(c.text) - 1) > 1e-3}
+    assert len(shades) >= 2  # the off-diagonal values do not all look alike
+    _shot(browser, artifacts / "page-newcomer.png")
+    browser.set_window_size(1280, 900)

@@ -47,6 +47,8 @@ def bundle_info(model: FlareModel, reference: FlareModel | None = None) -> dict[
         "mask_token": manifest.special.mask_token,
         "fidelity": {k: v for k, v in fidelity.items() if isinstance(v, (int, float, str))} if isinstance(fidelity, dict) else {},
         "reference": reference.precision if reference is not None else None,
+        "random_weights": bool((manifest.raw.get("source") or {}).get("random_weights")),
+        "prompts": model.prompts,
         "flare_onnx": __version__,
     }
 
