@@ -427,7 +427,10 @@ def run_job(cfg: JobConfig) -> int:
     read = hashlib.sha256()
     if not streaming:
         checkpoint = Checkpoint(Path(cfg.output + ".state"), _signature(cfg, spec, fmt))
-        if cfg.resume and checkpoint.load():
+        resuming = cfg.resume and checkpoint.load()
+        if cfg.resume and not resuming:
+            _refuse_another_finished_output(cfg, checkpoint.signature)
+        if resuming:
             read = _prefix_hash(cfg.input, checkpoint.state["input_offset"])
             if read.hexdigest() != checkpoint.state["input_sha256"]:
                 raise InputError(
@@ -452,6 +455,7 @@ def run_job(cfg: JobConfig) -> int:
         state["finishing"] = True
         checkpoint.save()
         outputs.finish()
+        _mark_finished(cfg, checkpoint.signature)
         checkpoint.path.unlink(missing_ok=True)
     if state["line"] == 0:
         print(f"flare-onnx: the input {cfg.input!r} holds no records; the output is empty", file=sys.stderr)
@@ -461,6 +465,30 @@ def run_job(cfg: JobConfig) -> int:
         print(f"flare-onnx: {state['errors']} record(s) could not be processed; see {where}", file=sys.stderr)
         return EXIT_RECORD_ERRORS
     return EXIT_OK
+
+
+def _refuse_another_finished_output(cfg: JobConfig, signature: str) -> None:
+    """A finished output is replaced only by a run of the same job (or with --restart)."""
+    done = Path(cfg.output + ".done")
+    if not (Path(cfg.output).exists() and done.is_file()):
+        return
+    try:
+        finished = json.loads(done.read_text(encoding="utf-8")).get("signature")
+    except (OSError, ValueError, AttributeError):
+        finished = None
+    if finished != signature:
+        raise InputError(
+            f"{cfg.output} is the finished output of a run with another task, options, bundle or input "
+            f"file; run again with --restart to replace it, or choose another output"
+        )
+
+
+def _mark_finished(cfg: JobConfig, signature: str) -> None:
+    """``OUTPUT.done``: what the finished output was made with (written atomically)."""
+    done = Path(cfg.output + ".done")
+    tmp = done.with_name(done.name + ".tmp")
+    tmp.write_text(json.dumps({"signature": signature}), encoding="utf-8")
+    os.replace(tmp, done)
 
 
 def _stream(cfg: JobConfig, spec: TaskSpec, fmt: str, in_hash: Any, outputs: Outputs,

@@ -146,11 +146,11 @@ def test_memory_does_not_grow_with_file_size(tiny_bundle, tmp_path):
     _write_jsonl(big, 100_000)
     peaks = []
     for src in (small, big):
-        proc = subprocess.run([sys.executable, "-c", PEAK, str(tiny_bundle), str(src), str(tmp_path / "o.jsonl")],
+        proc = subprocess.run([sys.executable, "-c", PEAK, str(tiny_bundle), str(src), str(tmp_path / f"o-{src.stem}.jsonl")],
                               capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr
         peaks.append(int(proc.stdout.split()[-1]) / 1024)
-    assert sum(1 for _ in open(tmp_path / "o.jsonl")) == 100_000
+    assert sum(1 for _ in open(tmp_path / "o-big.jsonl")) == 100_000
     assert peaks[1] - peaks[0] < 25, peaks  # MB: bounded by the chunk, not the file
 
 
@@ -218,7 +218,8 @@ def test_a_crash_at_any_step_then_a_rerun_gives_the_clean_output(tiny_bundle, tm
                 crashed = True
         assert run_job(cfg(d)) == EXIT_RECORD_ERRORS
         assert _files(d / "out.jsonl", d / "emb.npy") == clean, f"crash at call {k} of {point}"
-        assert sorted(p.name for p in d.iterdir()) == ["emb.npy", "out.jsonl", "out.jsonl.errors.jsonl"]
+        # the outputs, the errors, and what the finished output was made with (nothing partial)
+        assert sorted(p.name for p in d.iterdir()) == ["emb.npy", "out.jsonl", "out.jsonl.done", "out.jsonl.errors.jsonl"]
         if not crashed:
             break
     assert k >= 3  # the fault really was injected at two steps or more

@@ -178,3 +178,20 @@ def test_readme_points_at_the_bundle_the_demo_writes():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     assert 'flare_onnx.load("artifacts/flare-it-reference-onnx")' in readme
     assert "export.py" not in readme and len(readme.splitlines()) <= 250
+
+
+def test_a_finished_output_is_not_replaced_by_another_job_without_restart(tiny_bundle, tmp_path):
+    src, out = tmp_path / "in.txt", tmp_path / "out.jsonl"
+    src.write_text("Il gatto dorme.\nPiove a Milano.\n", encoding="utf-8")
+
+    def job(**options):
+        return JobConfig(task="embed", bundle=str(tiny_bundle), input=str(src), output=str(out), progress=False, **options)
+
+    assert run_job(job()) == 0
+    first = out.read_bytes()
+    assert run_job(job()) == 0 and out.read_bytes() == first  # the same job again: allowed, same bytes
+    with pytest.raises(InputError, match="finished output of a run with another task, options"):
+        run_job(job(options={"normalize": False}))
+    assert out.read_bytes() == first  # nothing lost
+    assert run_job(job(options={"normalize": False}, resume=False)) == 0  # --restart
+    assert out.read_bytes() != first
