@@ -5,7 +5,7 @@ and with ``--prune-vocab`` on Italian text — and compared on Italian sentences
 pruning text (the last ``--held-out`` sentences of the corpora): the share of sentences
 tokenized identically, embedding cosine and nearest-neighbour agreement of pruned against
 unpruned (FP32 and INT8, E5's ``query: `` prefix), INT8 bundle size, and peak RSS and cold
-start in fresh processes (medians). The corpora are read by path and never copied here.
+start in fresh processes (medians of 5). The corpora are read by path and never copied here.
 """
 
 from __future__ import annotations
