@@ -116,10 +116,9 @@ def export_bundle(
             del graphs["fp32"]
         (work / "tokenizer.json").write_text(prep.fast.to_str(pretty=False), encoding="utf-8")
         prep.config.to_json_file(str(work / "config.json"))
-        source = {"model": model, "revision": revision, "architectures": prep.config.architectures,
-                  "random_weights": bool(getattr(prep.config, "flare_onnx_random_weights", False))}
-        manifest = _manifest(prep, work, source=source, graphs=graphs, openvino_graphs=openvino_graphs,
-                             quantization=quantization, verification=verification, vocabulary=pruning)
+        manifest = _manifest(prep, work, source=_source(model, revision, prep.config), graphs=graphs,
+                             openvino_graphs=openvino_graphs, quantization=quantization, verification=verification,
+                             vocabulary=pruning)
         (work / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
         _publish(work, out)
     except BaseException:
@@ -127,6 +126,12 @@ def export_bundle(
         raise
     log(f"wrote {out}")
     return out
+
+
+def _source(model: str, revision: str | None, config: Any) -> dict[str, Any]:
+    """Where the bundle came from; ``random_weights`` for the reference checkpoint (the page says so)."""
+    return {"model": model, "revision": revision, "architectures": config.architectures,
+            "random_weights": bool(getattr(config, "flare_onnx_random_weights", False))}
 
 
 def _pruned(model: str, revision: str | None, corpus: str | Path | None, min_doc_freq: float, work: Path,

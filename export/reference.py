@@ -137,8 +137,7 @@ def write_reference(
     else:
         vocab = _train_vocab(sentences, cfg["vocab_size"])
     arch, class_name = _ARCH[task]
-    cfg["architectures"] = [arch]
-    cfg["flare_onnx_random_weights"] = True  # the bundle says so: its answers are noise
+    cfg.update(architectures=[arch], flare_onnx_random_weights=True)  # the bundle says its answers are noise
     if labels:
         cfg["id2label"] = dict(enumerate(labels))
         cfg["label2id"] = {label: i for i, label in enumerate(labels)}
