@@ -120,7 +120,7 @@ class FillMaskPipeline(_Pipeline):
             one text gives that text's result).
         """
         opts = {**self._defaults, **self._check(options)}
-        k = _top_k(opts.get("top_k", 5))
+        k = _top_k(opts.get("top_k", get_task("fill-mask").option("top_k").default))
         texts, _single = self._inputs(inputs)
         target_ids = self._target_ids(opts["targets"]) if opts.get("targets") is not None else None
         if target_ids is not None:

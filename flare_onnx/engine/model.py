@@ -145,7 +145,7 @@ class FlareModel:
         encodings = self._encoder.encode(texts)
         windows = self._windows(encodings, window=opts.get("window", "truncate"), stride=opts.get("stride"))
         mask_rows = self._mask_rows(encodings, windows) if "mask_positions" in spec.graph_inputs else None
-        req = Request(spec, texts, opts, encodings, windows, mask_rows, tokens=sum(len(e.ids) + 2 for e in encodings))
+        req = Request(spec, texts, opts, encodings, windows, mask_rows, text_tokens=tuple(len(e) + 2 for e in encodings))
         limits.check_work(req.tokens, req.candidates)
         return req
 

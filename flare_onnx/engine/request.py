@@ -93,7 +93,8 @@ class Request:
     ``options`` are the task's, parsed and with every default filled in. ``encodings`` are the
     texts' (prefix applied, no special tokens); ``windows`` what the model reads; for tasks
     whose graph takes ``mask_positions``, ``mask_rows[i]`` holds the mask positions in text
-    ``i``'s window. ``tokens`` counts what the model reads (``<s>``/``</s>`` included).
+    ``i``'s window. ``text_tokens[i]`` counts what the model reads of text ``i`` (``<s>``/``</s>``
+    included), measured once when the request is built.
     """
 
     spec: TaskSpec
@@ -102,8 +103,13 @@ class Request:
     encodings: list[Encoding]
     windows: list[Window]
     mask_rows: list[np.ndarray] | None = None
-    tokens: int = 0
+    text_tokens: tuple[int, ...] = ()
     merged_from: tuple[int, ...] = field(default=())  # texts per original request, after merge_requests
+
+    @property
+    def tokens(self) -> int:
+        """Tokens the model reads for the whole request."""
+        return sum(self.text_tokens)
 
     @property
     def candidates(self) -> int:
@@ -117,8 +123,7 @@ class Request:
         (a text longer than that is a part of its own), in order: the unit a fair scheduler
         interleaves, so one large request cannot hold the model for everyone else."""
         bounds, start, size = [], 0, 0
-        for i, enc in enumerate(self.encodings):
-            n = len(enc.ids) + 2
+        for i, n in enumerate(self.text_tokens):
             if i > start and size + n > max_tokens:
                 bounds.append((start, i))
                 start, size = i, 0
@@ -136,7 +141,7 @@ class Request:
             encodings=self.encodings[lo:hi],
             windows=[replace(w, text_index=w.text_index - lo) for w in self.windows if lo <= w.text_index < hi],
             mask_rows=None if self.mask_rows is None else self.mask_rows[lo:hi],
-            tokens=sum(len(e.ids) + 2 for e in self.encodings[lo:hi]),
+            text_tokens=self.text_tokens[lo:hi],
         )
 
     def split(self, results: Sequence[Any]) -> list[list[Any]]:
@@ -170,7 +175,7 @@ def merge_requests(requests: Sequence[Request]) -> Request:
         encodings=[e for r in requests for e in r.encodings],
         windows=windows,
         mask_rows=mask_rows,
-        tokens=sum(r.tokens for r in requests),
+        text_tokens=tuple(n for r in requests for n in r.text_tokens),
         merged_from=tuple(len(r.texts) for r in requests),
     )
 
