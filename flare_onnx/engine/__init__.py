@@ -11,12 +11,14 @@ surface (``tests/test_layout.py`` checks both directions).
   :class:`Limits` and encoded once;
 * :mod:`.bundle` — the manifest and the verified bytes of a bundle directory;
 * :mod:`.session` / :mod:`.openvino_session` — the backends, behind one small session protocol;
+  :mod:`.backends` — which one ``backend="auto"`` picks, and why;
 * :mod:`.tokenization` — texts to token windows; :mod:`.batching` — length batches and padding;
 * :mod:`.postprocess` — pooling, softmax, top-k, word and entity grouping (pure numpy);
 * :mod:`.model` — :class:`FlareModel`, which owns one session and one tokenizer.
 """
 
 from ._json import to_jsonable
+from .backends import BackendChoice, choose_backend
 from .bundle import MANIFEST_NAME, Manifest, SpecialTokens, open_bundle, read_manifest
 from .model import FlareModel, load
 from .postprocess import Entity, WordLabel, class_scores, entity_runs, similarity
@@ -65,6 +67,8 @@ __all__ = [
     "open_bundle",
     "read_manifest",
     "available_cpus",
+    "BackendChoice",
+    "choose_backend",
     "check_texts",
     "class_scores",
     "entity_runs",

@@ -18,7 +18,8 @@ from tokenizers import Encoding
 
 from ..errors import BundleError, InferenceError, InputError
 from .batching import pad_batch, plan_batches
-from .bundle import VerifiedBundle, open_bundle
+from .backends import choose_backend
+from .bundle import VerifiedBundle, open_bundle, read_manifest
 from .cache import bundle_dir
 from .postprocess import softmax
 from .request import Limits, Request
@@ -98,6 +99,7 @@ class FlareModel:
         self.path = bundle.path
         self.precision = bundle.graph.precision
         self.backend = bundle.graph.backend
+        self.backend_choice = "asked for"  # load() records why, when backend="auto" chose
         self.max_batch_tokens: int = opts["max_batch_tokens"]
         self.max_batch_size: int = opts["max_batch_size"]
         self.max_text_tokens: int | None = opts["max_text_tokens"]
@@ -437,6 +439,7 @@ def load(
     spin: bool = _DEFAULTS["spin"],
     backend: str = _DEFAULTS["backend"],
     arena: bool = _DEFAULTS["arena"],
+    workload: str = _DEFAULTS["workload"],
 ) -> FlareModel:
     """Open a bundle directory, verify every file it uses, and create the session.
 
@@ -453,9 +456,12 @@ def load(
             work of one text); ``None`` lifts the cap, for trusted batch jobs.
         spin: idle worker threads spin-wait between calls (fastest on a dedicated machine);
             pass ``False`` on shared machines, in containers and in serverless functions.
-        backend: ``"onnxruntime"`` (the default: lean, fast start) or ``"openvino"`` (the
-            NNCF INT8 IR of a bundle exported with ``--openvino``: the fastest on x86 servers).
+        backend: ``"onnxruntime"`` (lean, fast start, fastest at batch 1), ``"openvino"``
+            (the NNCF INT8 IR of a bundle exported with ``--openvino``) or ``"auto"`` (the
+            default): onnxruntime, except ``workload="bulk"`` on a CPU with 8-bit dot-product
+            instructions and a bundle with an IR (see ``model.backend_choice``).
         arena: keep onnxruntime's memory arena (faster; off keeps RSS flat as shapes vary).
+        workload: ``"interactive"`` or ``"bulk"``: what ``backend="auto"`` chooses for.
 
     Raises:
         BundleError: not a bundle, a file missing or altered, or a graph with external data.
@@ -466,9 +472,13 @@ def load(
         >>> model = flare_onnx.load("flare-it-onnx")
         >>> model.fill_mask(["Roma è la <mask> d'Italia."])
     """
-    choice = parse_load_options({"precision": precision, "backend": backend})
-    bundle = open_bundle(bundle_dir(path), precision=choice["precision"], backend=choice["backend"])
-    return FlareModel(bundle, {
+    choice = parse_load_options({"precision": precision, "backend": backend, "workload": workload})
+    directory = bundle_dir(path)
+    engine = choose_backend(choice["backend"], choice["workload"], read_manifest(directory), choice["precision"])
+    bundle = open_bundle(directory, precision=choice["precision"], backend=engine.backend)
+    model = FlareModel(bundle, {
         "threads": threads, "max_batch_tokens": max_batch_tokens, "max_batch_size": max_batch_size,
         "max_text_tokens": max_text_tokens, "spin": spin, "arena": arena,
     })
+    model.backend_choice = engine.reason
+    return model

@@ -334,9 +334,15 @@ def get_task(name: object) -> TaskSpec:
 LOAD_OPTIONS: tuple[Option, ...] = (
     Option("precision", str, None, "'int8' or 'fp32' (default: int8 when the bundle has it)", choices=("int8", "fp32"), nullable=True),
     Option(
-        "backend", str, "onnxruntime",
-        "'onnxruntime' (lean, the default) or 'openvino' (the bundle's OpenVINO IR; export with --openvino)",
-        choices=("onnxruntime", "openvino"),
+        "backend", str, "auto",
+        "'onnxruntime' (lean, fastest at batch 1), 'openvino' (the bundle's OpenVINO IR; export with "
+        "--openvino) or 'auto': onnxruntime, except bulk work on a CPU where OpenVINO's INT8 was measured faster",
+        choices=("auto", "onnxruntime", "openvino"),
+    ),
+    Option(
+        "workload", str, "interactive",
+        "'interactive' (requests, batch 1) or 'bulk' (the file job and Ray set it): what backend 'auto' picks for",
+        choices=("interactive", "bulk"),
     ),
     Option("threads", int, None, "onnxruntime threads (default: the CPUs this process may use)", minimum=1, maximum=1024, nullable=True),
     Option("max_batch_tokens", int, 4096, "tokens in one batch (batch x padded length); bounds memory", minimum=16, maximum=1 << 20),

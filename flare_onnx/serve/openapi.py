@@ -40,6 +40,7 @@ def bundle_info(model: FlareModel, reference: FlareModel | None = None) -> dict[
         "tasks": list(manifest.tasks),
         "precision": model.precision,
         "backend": model.backend,
+        "backend_choice": model.backend_choice,
         "graph_bytes": sum(int(manifest.files[f]["size"]) for f in files if f in manifest.files),
         "max_length": manifest.max_length,
         "hidden_size": manifest.hidden_size,

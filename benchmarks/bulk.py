@@ -1,0 +1,142 @@
+"""Bulk embedding work, every engine in one interleaved run, quiet and beside one busy core:
+``python -m benchmarks.bulk [--corpus FILE] [--json OUT]``.
+
+Contenders: flare-onnx on onnxruntime (the default), on OpenVINO (latency and bulk settings),
+OpenVINO + NNCF INT8 with either hint, CTranslate2's int8 encoder, and PyTorch FP32. For each
+model (the Flare-IT-shaped reference for speed, all-MiniLM-L6-v2 for fidelity on trained
+weights): throughput over length-sorted batches and batch-1 latency, interleaved pass by pass,
+once on a quiet machine and once with a CPU-bound neighbour on one core; fidelity to PyTorch;
+peak RSS and cold start in fresh processes. Medians, and ratios to the best peer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .contenders import BASELINE, CONTENDERS, available
+
+FLARE = ["flare-int8", "flare-openvino", "flare-bulk"]
+PEERS = ["nncf-latency", "nncf-throughput", "ct2-int8"]
+
+
+def _burn(stop: Any) -> None:
+    x = 0
+    while not stop.is_set():
+        for _ in range(10_000):
+            x += 1
+
+
+def _measure(contenders: dict[str, Any], texts: list[str], counter: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from . import workloads
+
+    lengths = [len(e.ids) + 2 for e in counter.encode(texts)]
+    tokens = sum(lengths)
+    batches = workloads.sorted_batches(texts, lengths, args.batch)
+    thr, outputs = workloads.throughput(contenders, "embed", batches, tokens, repeats=args.repeats)
+    lat = workloads.latency(contenders, "embed", texts[: args.latency_texts])
+    fid = workloads.fidelity("embed", outputs, batches)
+    return {"tokens": tokens, "throughput": thr, "latency": lat, "fidelity": fid}
+
+
+def _section(name: str, art: Any, keys: list[str], texts: list[str], args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from flare_onnx import load
+
+    from . import workloads
+
+    print(f"== {name}", file=sys.stderr, flush=True)
+    contenders = {k: CONTENDERS[k](art, args.threads) for k in keys}
+    for c in contenders.values():
+        c.load()
+    counter = load(art.bundle, precision="fp32", threads=1).tokenizer
+    section: dict[str, Any] = {"model": art.label, "texts": len(texts), "loads": {}}
+    for load_name in args.loads:
+        stop = multiprocessing.Event()
+        burner = multiprocessing.Process(target=_burn, args=(stop,)) if load_name == "busy" else None
+        if burner:
+            burner.start()
+        try:
+            section["loads"][load_name] = _measure(contenders, texts, counter, args)
+        finally:
+            if burner:
+                stop.set()
+                burner.join()
+        _print(section["loads"][load_name], keys, f"{name}, {load_name}")
+    del contenders
+    if not args.skip_fresh:
+        texts_file = work / "texts-bulk.json"
+        texts_file.write_text(json.dumps(texts, ensure_ascii=False), encoding="utf-8")
+        fresh: dict[str, Any] = {}
+        for key in keys:
+            rss = workloads.fresh_process(key, "embed", art, texts_file, mode="rss", threads=args.threads, batch=args.batch)
+            colds = [workloads.fresh_process(key, "embed", art, texts_file, mode="cold", threads=args.threads,
+                                             batch=args.batch)["cold_start_s"] for _ in range(args.cold)]
+            fresh[key] = {"peak_rss_mb": rss["peak_rss_mb"], "cold_start_s": statistics.median(colds)}
+            print(f"  {key:>16}: peak RSS {rss['peak_rss_mb']:.0f} MB, cold start {fresh[key]['cold_start_s']:.2f} s",
+                  file=sys.stderr, flush=True)
+        section["fresh"] = fresh
+    return section
+
+
+def _print(result: dict[str, Any], keys: list[str], title: str) -> None:
+    thr, lat, fid = result["throughput"], result["latency"], result["fidelity"]
+    peers = [k for k in keys if k in PEERS]
+    best = max((thr[k]["tokens_per_s"] for k in peers), default=None)
+    best_p50 = min((lat[k]["p50_ms"] for k in peers), default=None)
+    print(f"-- {title}: {result['tokens']:,} tokens", file=sys.stderr)
+    for k in keys:
+        rate, p50 = thr[k]["tokens_per_s"], lat[k]["p50_ms"]
+        vs = f"{rate / best:.2f}x best peer" if best else ""
+        vs50 = f"{p50 / best_p50:.2f}x" if best_p50 else ""
+        cos = fid.get(k, {}).get("cosine_mean", float("nan"))
+        nn = fid.get(k, {}).get("nn_agreement", float("nan"))
+        print(f"  {k:>16}: {rate:9,.0f} tok/s {vs:>16} | p50 {p50:6.1f} ms {vs50:>6} | cos {cos:.5f} NN {nn:.3f}",
+              file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from flare_onnx.engine.session import available_cpus
+
+    from .__main__ import _texts, prepare
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bulk", description=__doc__.splitlines()[0])
+    p.add_argument("--corpus", help="Italian text, one sentence per line or CoNLL-U (default: the shipped sample)")
+    p.add_argument("--model", default="osiria/flare-it", help="Hub id or directory (offline: the reference checkpoint)")
+    p.add_argument("--contenders", nargs="+", default=[BASELINE, *FLARE, *PEERS], choices=list(CONTENDERS))
+    p.add_argument("--loads", nargs="+", default=["quiet", "busy"], choices=["quiet", "busy"])
+    p.add_argument("--threads", type=int, default=available_cpus())
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--texts", type=int, default=1000)
+    p.add_argument("--latency-texts", type=int, default=200)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--cold", type=int, default=3)
+    p.add_argument("--skip-fresh", action="store_true")
+    p.add_argument("--no-real-weights", action="store_true", help="only the reference checkpoint")
+    p.add_argument("--work", default="artifacts/bench")
+    p.add_argument("--json", help="write every raw figure here")
+    args = p.parse_args(argv)
+    args.contenders = available(args.contenders)
+    args.rebuild = False
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    arts = prepare(args, work)
+    texts, source = _texts(args.corpus, args.texts)
+    results: dict[str, Any] = {"threads": args.threads, "corpus": source, "batch": args.batch,
+                               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "sections": {}}
+    for name, art in arts.items():
+        results["sections"][name] = _section(art.label, art, args.contenders, texts, args, work)
+    results["elapsed_s"] = time.perf_counter() - t0
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
