@@ -93,7 +93,7 @@ def export_bundle(
         precisions: graphs to write (``fp32``, ``int8``).
         calibration: Italian text for the checks (its first 1,000 sentences; default: the shipped sample).
         fidelity_target, fidelity: the INT8 guard's cosine floor and preset (docs/int8.md).
-        target_cpu, openvino: ``auto``, ``vnni`` or ``avx2``; also write the NNCF INT8 IR.
+        target_cpu, openvino: ``auto``, ``vnni``, ``avx2`` or ``arm64``; also write the NNCF INT8 IR.
         prune_vocab, min_doc_freq: cut the vocabulary to the tokens a corpus uses (docs/export.md).
         prompts: named prompts to store (over the checkpoint's sentence-transformers ``prompts``).
 

@@ -33,16 +33,26 @@ from ._deps import require
 
 __all__ = ["quantize_int8", "cpu_has_vnni", "quantizable_nodes", "TARGETS"]
 
-TARGETS = ("auto", "vnni", "avx2")
+#: What the INT8 weights are built for. x86 without VNNI (AVX2) multiplies u8 × s8 pairs into
+#: 16 bits with saturation (vpmaddubsw), so its weights keep |q| <= 63; VNNI, AMX and every
+#: aarch64 kernel onnxruntime has (NEON, udot/sdot, ummla/smmla) accumulate exactly in 32
+#: bits, so they take the full |q| <= 127 (docs/edge.md).
+TARGETS = ("auto", "vnni", "avx2", "arm64")
 _INT64_MAX = np.iinfo(np.int64).max
+
+
+def _is_arm() -> bool:
+    return platform.machine().lower() in ("arm64", "aarch64")
 
 
 def cpu_has_vnni() -> bool:
     """True when the CPU has AVX-512 VNNI or AVX-VNNI (u8×s8 dot products into 32 bits)."""
+    if _is_arm():
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return platform.machine().lower() in ("arm64", "aarch64")
+        return False
     return " avx512_vnni" in flags or " avx_vnni" in flags
 
 
@@ -50,8 +60,8 @@ def _qmax(target: str) -> tuple[int, str]:
     if target not in TARGETS:
         raise ExportError(f"target_cpu must be one of {', '.join(TARGETS)}, not {target!r}")
     if target == "auto":
-        target = "vnni" if cpu_has_vnni() else "avx2"
-    return (127 if target == "vnni" else 63), target
+        target = "arm64" if _is_arm() else "vnni" if cpu_has_vnni() else "avx2"
+    return (63 if target == "avx2" else 127), target
 
 
 def _ranks(model: Any) -> dict[str, int]:

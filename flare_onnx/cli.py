@@ -355,8 +355,9 @@ def _add_export(sub: Any) -> None:
              "faithful (every FFN MatMul and more block-quantized, nearest neighbours kept); docs/int8.md",
     )
     p.add_argument(
-        "--target-cpu", choices=["auto", "vnni", "avx2"], default="auto",
-        help="CPU the INT8 graph is built for (default: this machine's)",
+        "--target-cpu", choices=["auto", "vnni", "avx2", "arm64"], default="auto",
+        help="CPU the INT8 graph is built for (default: this machine's; arm64 and vnni keep full-range "
+             "weights, avx2 halves their range for its saturating kernel; docs/edge.md)",
     )
     p.add_argument(
         "--openvino", action="store_true",

@@ -43,13 +43,21 @@ def test_int8_graph_structure(tiny_bundle, tiny_checkpoint):
     assert not any(t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2 and t.dims[0] >= 64 for t in int8.graph.initializer)
 
 
-@pytest.mark.parametrize("target, qmax", [("avx2", 63), ("vnni", 127)])
+@pytest.mark.parametrize("target, qmax", [("avx2", 63), ("vnni", 127), ("arm64", 127)])
 def test_weight_range_per_target(tiny_bundle, tmp_path, target, qmax):
     recipe = quantize_int8(tiny_bundle / "model.fp32.onnx", tmp_path / "q.onnx", target=target)
     assert recipe["built_for"] == target
     model = onnx.load(str(tmp_path / "q.onnx"))
     int8 = [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
     assert int8 and max(int(np.abs(w).max()) for w in int8) == qmax
+
+
+def test_auto_target_on_an_arm_machine_is_arm64(tiny_bundle, tmp_path, monkeypatch):
+    """An export on aarch64 builds for aarch64 (full-range weights), whatever /proc/cpuinfo says."""
+    import platform
+
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert quantize_int8(tiny_bundle / "model.fp32.onnx", tmp_path / "q.onnx")["built_for"] == "arm64"
 
 
 def test_split_first_keeps_outlier_token_from_spoiling_the_rest(minilm_bundle, sentences, tmp_path):
