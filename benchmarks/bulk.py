@@ -1,5 +1,5 @@
 """Bulk embedding work, every engine in one interleaved run, quiet and beside one busy core:
-``python -m benchmarks.bulk [--corpus FILE] [--json OUT]``.
+``python -m benchmarks.bulk [--corpus FILE] [--json OUT]`` (``--table OUT.json`` reprints a run's table).
 
 Contenders: flare-onnx on onnxruntime (the default), on OpenVINO (latency and bulk settings),
 OpenVINO + NNCF INT8 with either hint, CTranslate2's int8 encoder, and PyTorch FP32. For each
@@ -22,7 +22,7 @@ from typing import Any
 
 from .contenders import BASELINE, CONTENDERS, available
 
-FLARE = ["flare-int8", "flare-openvino", "flare-bulk"]
+FLARE = ["flare-int8", "flare-openvino"]
 PEERS = ["nncf-latency", "nncf-throughput", "ct2-int8"]
 
 
@@ -100,9 +100,40 @@ def _print(result: dict[str, Any], keys: list[str], title: str) -> None:
               file=sys.stderr, flush=True)
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """One table per model: every contender, quiet and busy, against the best peer."""
+    from .contenders import CONTENDERS
+
+    out = []
+    for section in results["sections"].values():
+        out.append(f"#### {section['model']}\n")
+        loads = list(section["loads"])
+        head = ["contender"] + [f"{h} ({ld})" for ld in loads for h in ("tokens/s", "× best peer", "batch-1 p50", "× best peer")]
+        head += ["peak RSS", "cold start", "cosine to PyTorch", "NN = PyTorch"]
+        out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        first = section["loads"][loads[0]]
+        for key in first["throughput"]:
+            cells = [CONTENDERS[key].name]
+            for ld in loads:
+                r = section["loads"][ld]
+                peers = [k for k in r["throughput"] if k in PEERS]
+                best = max(r["throughput"][k]["tokens_per_s"] for k in peers)
+                best50 = min(r["latency"][k]["p50_ms"] for k in peers)
+                rate, p50 = r["throughput"][key]["tokens_per_s"], r["latency"][key]["p50_ms"]
+                cells += [f"{rate:,.0f}", f"{rate / best:.2f}×", f"{p50:.1f} ms", f"{p50 / best50:.2f}×"]
+            fresh = section.get("fresh", {}).get(key)
+            cells += [f"{fresh['peak_rss_mb']:.0f} MB" if fresh else "–", f"{fresh['cold_start_s']:.2f} s" if fresh else "–"]
+            fid = first["fidelity"].get(key, {})
+            cells += [f"{fid.get('cosine_mean', float('nan')):.5f}", f"{fid.get('nn_agreement', float('nan')):.1%}"]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     from flare_onnx.engine.session import available_cpus
 
+    from . import machine
     from .__main__ import _texts, prepare
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.bulk", description=__doc__.splitlines()[0])
@@ -120,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-real-weights", action="store_true", help="only the reference checkpoint")
     p.add_argument("--work", default="artifacts/bench")
     p.add_argument("--json", help="write every raw figure here")
+    p.add_argument("--table", help="print the table of an earlier run's JSON and stop")
     args = p.parse_args(argv)
+    if args.table:
+        print(markdown(json.loads(Path(args.table).read_text(encoding="utf-8"))))
+        return 0
     args.contenders = available(args.contenders)
     args.rebuild = False
     work = Path(args.work)
@@ -128,13 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     arts = prepare(args, work)
     texts, source = _texts(args.corpus, args.texts)
-    results: dict[str, Any] = {"threads": args.threads, "corpus": source, "batch": args.batch,
+    results: dict[str, Any] = {"machine": machine.describe(), "threads": args.threads, "corpus": source, "batch": args.batch,
                                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "sections": {}}
     for name, art in arts.items():
         results["sections"][name] = _section(art.label, art, args.contenders, texts, args, work)
     results["elapsed_s"] = time.perf_counter() - t0
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+    print(markdown(results))
     return 0
 
 

@@ -4,6 +4,7 @@ the onnxruntime INT8 graph (measured against PyTorch FP32, or the export fails).
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -74,6 +75,7 @@ def write_openvino_int8(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Write ``model.int8.xml``/``.bin`` into ``directory``; return (recipe, figures)."""
     ov, nncf = require_openvino()
+    nncf.set_log_level(logging.WARNING)  # its INFO lines list every node left in floating point
     core = ov.Core()
     inputs = {p.get_any_name() for p in core.read_model(str(fp32)).inputs}
     # the export's verification batches (with their masks, so the MLM head is calibrated too)
