@@ -180,6 +180,25 @@ def _real_encoder(work: Path) -> tuple[Path, str, str, str, str] | None:
     return None
 
 
+def _pruned_e5(work: Path) -> Path | None:
+    """multilingual-e5-small pruned to Italian by ``python -m benchmarks.prune`` (beside the
+    demo's artifacts), if it is there and verifies; the demo never builds it (that needs a
+    corpus)."""
+    from flare_onnx import InputError
+    from flare_onnx.engine.bundle import open_bundle
+
+    bundle = work / "prune" / "e5-it"  # benchmarks.prune --work artifacts/prune
+    try:
+        open_bundle(bundle, precision="int8")
+    except (BundleError, InputError):
+        return None
+    return bundle
+
+
+def _int8_mb(bundle: Path) -> float:
+    return sum((bundle / f).stat().st_size for f in ("model.int8.onnx", "tokenizer.json")) / 1e6
+
+
 def _semantic_search(work: Path, threads: int) -> None:
     """An Italian semantic search on real trained weights: INT8 ranking beside PyTorch FP32."""
     found = _real_encoder(work)
@@ -195,6 +214,10 @@ def _semantic_search(work: Path, threads: int) -> None:
     source, name, query, passage, what = found
     transformers.logging.set_verbosity_error()  # its notes on the unused pooler and on Mistral's regex do not apply here
     bundle, _ = _bundle(work, source, name, task="feature-extraction")
+    pruned = _pruned_e5(work) if name == "multilingual-e5-small" else None
+    if pruned is not None:  # Flare-IT's recipe, where benchmarks.prune has built it
+        bundle = pruned
+        print(f"\n(using the Italian-pruned e5 bundle {pruned}: {_int8_mb(pruned):.1f} MB INT8)")
     passages = italian_sentences()
     model = flare_onnx.load(bundle, threads=threads)
     int8_q, int8_p = model.embed(QUERIES, prefix=query), model.embed(passages, prefix=passage)
