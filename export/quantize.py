@@ -47,13 +47,9 @@ def _is_arm() -> bool:
 
 def cpu_has_vnni() -> bool:
     """True when the CPU has AVX-512 VNNI or AVX-VNNI (u8×s8 dot products into 32 bits)."""
-    if _is_arm():
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_vnni" in flags or " avx_vnni" in flags
+    from flare_onnx.engine.backends import cpu_flags
+
+    return not _is_arm() and bool(cpu_flags() & {"avx512_vnni", "avx_vnni"})
 
 
 def _qmax(target: str) -> tuple[int, str]:
