@@ -3,8 +3,9 @@
 Measured (``python -m benchmarks.bulk``, docs/benchmarks.md): onnxruntime wins every axis a
 single request feels (batch-1 latency, memory, cold start) on every CPU measured. OpenVINO +
 NNCF INT8 wins bulk throughput only on CPUs with 8-bit dot-product instructions (AVX-512 VNNI,
-AVX-VNNI, AMX): 1.1–1.5× onnxruntime on an AVX-512 VNNI EPYC, but 0.63× on an AVX2-only
-EPYC (Zen 2), where its INT8 kernels are slower than onnxruntime's. So ``auto`` is
+AVX-VNNI, AMX): flare-onnx's OpenVINO backend ran 1.2–1.5× its onnxruntime graph on an
+AVX-512 VNNI EPYC, but 0.50–0.56× on an AVX2-only EPYC (Zen 2), where OpenVINO's INT8 kernels
+are slower than onnxruntime's. So ``auto`` is
 onnxruntime for interactive work (the Python API, the HTTP service, serverless) and for bulk
 work (the file job, Ray) wherever the OpenVINO rule does not hold.
 """
