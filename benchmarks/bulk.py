@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import statistics
 import sys
 import time
@@ -21,16 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from .contenders import BASELINE, CONTENDERS, available
+from .spin import busy_core
 
 FLARE = ["flare-int8", "flare-openvino"]
 PEERS = ["nncf-latency", "nncf-throughput", "ct2-int8"]
-
-
-def _burn(stop: Any) -> None:
-    x = 0
-    while not stop.is_set():
-        for _ in range(10_000):
-            x += 1
 
 
 def _measure(contenders: dict[str, Any], texts: list[str], counter: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -57,16 +50,8 @@ def _section(name: str, art: Any, keys: list[str], texts: list[str], args: argpa
     counter = load(art.bundle, precision="fp32", threads=1).tokenizer
     section: dict[str, Any] = {"model": art.label, "texts": len(texts), "loads": {}}
     for load_name in args.loads:
-        stop = multiprocessing.Event()
-        burner = multiprocessing.Process(target=_burn, args=(stop,)) if load_name == "busy" else None
-        if burner:
-            burner.start()
-        try:
+        with busy_core(load_name == "busy"):
             section["loads"][load_name] = _measure(contenders, texts, counter, args)
-        finally:
-            if burner:
-                stop.set()
-                burner.join()
         _print(section["loads"][load_name], keys, f"{name}, {load_name}")
     del contenders
     if not args.skip_fresh:

@@ -8,11 +8,13 @@ interleaved pass by pass; medians and ratios.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -21,6 +23,23 @@ def _burn(stop: Any) -> None:
     while not stop.is_set():
         for _ in range(10_000):
             x += 1
+
+
+@contextlib.contextmanager
+def busy_core(busy: bool = True) -> Iterator[None]:
+    """A CPU-bound process on one core for the duration (a neighbour on a shared host); nothing
+    when ``busy`` is false."""
+    if not busy:
+        yield
+        return
+    stop = multiprocessing.Event()
+    burner = multiprocessing.Process(target=_burn, args=(stop,))
+    burner.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        burner.join()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,22 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     tokens = sum(len(e.ids) + 2 for e in models[True].tokenizer.encode(texts))
     results: dict[str, Any] = {"threads": threads, "texts": len(texts), "tokens": tokens}
     for load in ("quiet", "one busy core"):
-        stop = multiprocessing.Event()
-        burner = multiprocessing.Process(target=_burn, args=(stop,)) if load != "quiet" else None
-        if burner:
-            burner.start()
         rates: dict[bool, list[float]] = {True: [], False: []}
-        try:
+        with busy_core(load != "quiet"):
             for r in range(args.repeats):
                 for spin in ((True, False) if r % 2 == 0 else (False, True)):
                     models[spin].embed(texts[:32])
                     t0 = time.perf_counter()
                     models[spin].embed(texts)
                     rates[spin].append(tokens / (time.perf_counter() - t0))
-        finally:
-            if burner:
-                stop.set()
-                burner.join()
         on, off = statistics.median(rates[True]), statistics.median(rates[False])
         results[load] = {"spin_on_tokens_per_s": on, "spin_off_tokens_per_s": off, "off_vs_on": off / on,
                          "runs": {"on": rates[True], "off": rates[False]}}

@@ -56,10 +56,9 @@ def probe(bundles: dict[str, str]) -> dict[str, Any]:
                 per[f"tag/{precision}"] = [[(w.word, w.label, w.score) for w in r.words] for r in model.tag(SENTENCES)]
             if "classify" in model.tasks:
                 per[f"classify/{precision}"] = [[(lab.label, lab.score) for lab in r] for r in model.classify(SENTENCES, top_k=None)]
-        verb = {"fill-mask": "fill-mask", "embed": "embed", "tag": "tag", "classify": "classify"}
         task = next(t for t in ("fill-mask", "tag", "classify", "embed") if t in model.tasks)
         text = MASKED[1] if task == "fill-mask" else SENTENCES[2]
-        per["cli"] = _cli([verb[task], path, "--threads", "1", text])
+        per["cli"] = _cli([task, path, "--threads", "1", text])
         os.environ["FLARE_ONNX_BUNDLE"] = path
         os.environ["FLARE_ONNX_THREADS"] = "1"
         from flare_onnx.serverless import _load, handler
