@@ -249,6 +249,14 @@ def test_bad_options_at_load(tiny_bundle):
         flare_onnx.load(tiny_bundle, max_batch_tokens=-1)
 
 
+def test_the_session_keeps_no_second_copy_of_the_graph(tiny_bundle, sentences):
+    """onnxruntime's Python wrapper would hold the serialized graph for the session's whole
+    life (17 MB of the reference bundle's serving peak); the loaded model lets it go."""
+    model = flare_onnx.load(tiny_bundle, precision="int8")
+    assert not getattr(model.session, "_model_bytes", None)
+    assert model.embed(sentences[:2]).shape[0] == 2
+
+
 def test_non_finite_outputs_fail_loudly(tiny_bundle):
     model = flare_onnx.load(tiny_bundle, precision="fp32")
     poison_outputs(model, np.nan)
