@@ -71,3 +71,23 @@ def test_a_missing_corpus_is_an_export_error(tiny_checkpoint, tmp_path):
     with pytest.raises(ExportError, match="is not a file, a folder of files, or -"):
         export_bundle(str(tiny_checkpoint), tmp_path / "b", prune_vocab=tmp_path / "nothing.txt", log=_quiet)
     assert not (tmp_path / "b").exists()
+
+
+def test_numbers_and_punctuation_are_kept_whatever_the_corpus(tiny_checkpoint, tiny_feature_bundle, tmp_path):
+    """A corpus without a single digit or quote still keeps the pieces of numbers and
+    punctuation: they tokenize as before the pruning."""
+    lines = [t for t in SAMPLE.read_text(encoding="utf-8").splitlines() if t.strip() and not t.startswith("#")]
+    corpus = tmp_path / "parole.txt"
+    corpus.write_text("".join("".join(c for c in t if c.isalpha() or c == " ") + "\n" for t in lines[:40]), encoding="utf-8")
+    cut = flare_onnx.load(export_bundle(str(tiny_checkpoint), tmp_path / "b", task="feature-extraction",
+                                        prune_vocab=corpus, log=_quiet), precision="fp32")
+    full = flare_onnx.load(tiny_feature_bundle, precision="fp32")
+    vocab = full.tokenizer.tokenizer.get_vocab()
+    numbers = [t for t in vocab if t.removeprefix("##").isdigit() and len(t.removeprefix("##")) > 1]
+    assert numbers and all(t in cut.tokenizer.tokenizer.get_vocab() for t in numbers)
+    texts = [" ".join(w for w in t.split() if any(c.isdigit() for c in w)) for t in lines]  # "1860." "2009."
+    texts = [t for t in texts if t]
+    assert len(texts) >= 10
+    before = [[full.tokenizer.id_to_token(i) for i in e.ids] for e in full.tokenizer.encode(texts)]
+    after = [[cut.tokenizer.id_to_token(i) for i in e.ids] for e in cut.tokenizer.encode(texts)]
+    assert before == after
