@@ -345,7 +345,7 @@ LOAD_OPTIONS: tuple[Option, ...] = (
         choices=("interactive", "bulk"),
     ),
     Option("threads", int, None, "onnxruntime threads (default: the CPUs this process may use)", minimum=1, maximum=1024, nullable=True),
-    Option("max_batch_tokens", int, 4096, "tokens in one batch (batch x padded length); bounds memory", minimum=16, maximum=1 << 20),
+    Option("max_batch_tokens", int, 1024, "tokens in one batch (batch x padded length); bounds memory", minimum=16, maximum=1 << 20),
     Option("max_batch_size", int, 64, "texts in one batch", minimum=1, maximum=4096),
     Option(
         "max_text_tokens", int, 65_536,
