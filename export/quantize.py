@@ -101,12 +101,15 @@ def quantize_int8(
     split_first: bool | Iterable[str] = True,
     pack_shared: bool = True,
     block: Mapping[str, int] | None = None,
+    halves_apart: bool = True,
 ) -> dict[str, Any]:
     """Write the INT8 graph of ``fp32`` to ``out``; return the recipe for the manifest.
 
     ``block`` maps MatMul node names to a block size (32, 64 or 128): those run as
     ``MatMulNBits`` with 8-bit weights quantized per block of K, and activations quantized per
     row and per block at run time (``accuracy_level=4``) — slower GEMMs, far closer to FP32.
+    ``halves_apart`` keeps a split MatMul's two halves apart until something needs all
+    positions (:func:`keep_halves_apart`; the same numbers, fewer Slice and Concat nodes).
 
     The steps, in order: embedding tables to INT8 rows; biases found that can go into their
     MatMul; MatMuls sharing an input packed into one; every node rewritten; unused
@@ -124,8 +127,9 @@ def quantize_int8(
     rewrite.find_packs(pack_shared)
     rewrite.rewrite_nodes()
     rewrite.finish()
+    glue = keep_halves_apart(model) if rewrite.split and halves_apart else {}
     onnx.save(model, str(out))
-    return rewrite.recipe(target)
+    return {**rewrite.recipe(target), **glue}
 
 
 class _SourceCache:
@@ -432,3 +436,121 @@ class _Int8Pass:
         self.quantized.extend(m.name for m in members)
         self.blocked.extend(m.name for m in members)
         return made
+
+
+
+#: Ops that work on each position alone, whatever the others hold (elementwise, or over the
+#: hidden axis only): position 0 and positions 1.. can go through them apart.
+_POSITIONWISE = {"Add", "Sub", "Mul", "Div", "Erf", "Gelu", "FastGelu", "Relu", "Tanh", "Sigmoid", "Sqrt", "Cast",
+                 "LayerNormalization"}
+
+
+def _small_constants(graph: Any, numpy_helper: Any) -> set[str]:
+    """Initializers and constants of rank 0 or 1 (and Identity copies of them): they broadcast
+    over the hidden axis only."""
+    small = {t.name for t in graph.initializer if len(t.dims) <= 1}
+    for n in graph.node:
+        if n.op_type == "Constant" and n.attribute:
+            a = n.attribute[0]
+            if a.name in ("value_float", "value_int") or (a.name == "value" and len(a.t.dims) <= 1):
+                small.add(n.output[0])
+        elif n.op_type == "Identity" and n.input[0] in small:  # the exporter's shared tensors
+            small.add(n.output[0])
+    return small
+
+
+def _split_matmuls(graph: Any) -> tuple[set[str], dict[str, tuple[str, str]]]:
+    """The Concats after split MatMuls, and each split input's two slices."""
+    producer = {o: n for n in graph.node for o in n.output}
+    joins: set[str] = set()
+    slices: dict[str, tuple[str, str]] = {}
+    for n in graph.node:
+        made = [producer.get(i) for i in n.input]
+        if n.op_type != "Concat" or len(made) != 2 or any(m is None or m.op_type != "DynamicQuantizeMatMul" for m in made):
+            continue
+        a0, a1 = (m.input[0] for m in made if m is not None)
+        s0, s1 = producer.get(a0), producer.get(a1)
+        if s0 is not None and s1 is not None and s0.op_type == s1.op_type == "Slice" and s0.input[0] == s1.input[0]:
+            joins.add(n.name)
+            slices[a0] = slices[a1] = (a0, a1)
+    return joins, slices
+
+
+def _over_last_axis(node: Any, helper: Any) -> bool:
+    """LayerNormalization normalizes each position only when it works over the last axis."""
+    if node.op_type != "LayerNormalization":
+        return True
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}.get("axis", -1) in (-1, 2)
+
+
+def keep_halves_apart(model: Any) -> dict[str, int]:
+    """Position 0 and positions 1.. kept apart from one quantized MatMul to the next.
+
+    Each split MatMul slices its input in two and concatenates its two outputs; but between
+    two of them an encoder layer only adds biases and residuals, normalizes each position and
+    applies GELU — work on each position alone. So a split output stays two tensors through
+    such nodes (each runs twice, once per half) and is concatenated only where something needs
+    all positions (attention, a reshape, a graph output); a split input that is already two
+    halves is not sliced again, and a Shape of two halves is computed from the second one. Per
+    encoder layer that leaves 2 Slices and 1 Concat of 8 and 4. The numbers do not change:
+    every node sees the same values at each position as before.
+    """
+    onnx = require("onnx")
+    helper, numpy_helper = onnx.helper, onnx.numpy_helper
+    graph = model.graph
+    small = _small_constants(graph, numpy_helper)
+    joins, slices = _split_matmuls(graph)
+    halves: dict[str, tuple[str, str]] = {}  # a tensor kept as position 0 and positions 1..
+    whole: set[str] = set()  # ... of which these also exist whole
+    rename: dict[str, str] = {}
+    nodes: list[Any] = []
+    count = {"Slice": 0, "Concat": 0}
+    one_more = "halves_seq_plus_one"
+
+    def join(name: str) -> None:
+        if name in halves and name not in whole:
+            nodes.append(helper.make_node("Concat", list(halves[name]), [name], axis=1, name=f"{name}__join"))
+            whole.add(name)
+            count["Concat"] += 1
+
+    for node in graph.node:
+        node.input[:] = [rename.get(i, i) for i in node.input]
+        apart = [i for i in node.input if i in halves and i not in whole]
+        if node.op_type == "Slice" and node.output[0] in slices:
+            source, pair = node.input[0], slices[node.output[0]]
+            if source in halves:  # already two halves: this slice is one of them
+                rename[node.output[0]] = halves[source][pair.index(node.output[0])]
+                continue
+            nodes.append(node)
+            count["Slice"] += 1
+            if node.output[0] == pair[1]:
+                halves[source] = pair
+                whole.add(source)
+        elif node.name in joins:
+            halves[node.output[0]] = (node.input[0], node.input[1])
+        elif (apart and node.op_type in _POSITIONWISE and _over_last_axis(node, helper)
+              and all(i in halves or i in small or not i for i in node.input)):
+            for k in (0, 1):
+                copy = onnx.NodeProto()
+                copy.CopyFrom(node)
+                copy.name = f"{node.name}__h{k}"
+                copy.input[:] = [halves[i][k] if i in halves else i for i in node.input]
+                copy.output[:] = [f"{o}__h{k}" for o in node.output]
+                nodes.append(copy)
+            for o in node.output:
+                halves[o] = (f"{o}__h0", f"{o}__h1")
+        elif node.op_type == "Shape" and apart and not node.attribute:
+            # [B, S, H] = shape of positions 1.. ([B, S-1, H]) + [0, 1, 0]
+            if one_more not in {t.name for t in graph.initializer}:
+                graph.initializer.append(numpy_helper.from_array(np.array([0, 1, 0], np.int64), one_more))
+            nodes.append(helper.make_node("Shape", [halves[node.input[0]][1]], [f"{node.output[0]}__h1"], name=f"{node.name}__h1"))
+            nodes.append(helper.make_node("Add", [f"{node.output[0]}__h1", one_more], [node.output[0]], name=f"{node.name}__whole"))
+        else:
+            for i in apart:
+                join(i)
+            nodes.append(node)
+    for out in graph.output:
+        join(out.name)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return {"halves_slices": count["Slice"], "halves_concats": count["Concat"]}

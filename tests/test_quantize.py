@@ -85,6 +85,36 @@ def test_split_first_keeps_outlier_token_from_spoiling_the_rest(minilm_bundle, s
     assert split >= 0.995
 
 
+def test_halves_stay_apart_between_matmuls_with_the_same_numbers(minilm_bundle, sentences, tmp_path):
+    """Position 0 and positions 1.. go through biases, residuals, LayerNorm and GELU apart: per
+    layer 2 Slices and 1 Concat instead of 8 and 4, and the very same outputs."""
+    import onnx
+    import onnxruntime as ort
+
+    from flare_onnx.engine.batching import pad_batch
+
+    fp32 = minilm_bundle / "model.fp32.onnx"
+    apart = quantize_int8(fp32, tmp_path / "apart.onnx")
+    joined = quantize_int8(fp32, tmp_path / "joined.onnx", halves_apart=False)
+    layers = json.loads((minilm_bundle / "config.json").read_text())["num_hidden_layers"]
+    assert apart["halves_slices"] == 2 * layers + 2 and apart["halves_concats"] == layers + 1
+    assert "halves_slices" not in joined
+
+    def glue(path: Path) -> int:
+        return sum(n.op_type in ("Slice", "Concat") for n in onnx.load(str(path)).graph.node)
+
+    assert glue(tmp_path / "joined.onnx") - glue(tmp_path / "apart.onnx") == 9 * layers - 3  # the first input is sliced
+    model = flare_onnx.load(minilm_bundle, precision="fp32")
+    windows = model.tokenizer.windows(model.tokenizer.encode(sentences), sliding=False, stride=0)
+    ids, mask = pad_batch([w.ids for w in windows], model.manifest.special.pad_id)
+    run = {k: ort.InferenceSession(str(tmp_path / f"{k}.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input_ids": ids, "attention_mask": mask})[0] for k in ("apart", "joined")}
+    np.testing.assert_allclose(run["apart"], run["joined"], atol=1e-5)
+    one = {k: ort.InferenceSession(str(tmp_path / f"{k}.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input_ids": ids[:1, :3], "attention_mask": mask[:1, :3]})[0] for k in ("apart", "joined")}
+    np.testing.assert_allclose(one["apart"], one["joined"], atol=1e-5)  # a text of one token after <s>
+
+
 def test_manifest_records_int8_fidelity(minilm_bundle):
     manifest = json.loads((minilm_bundle / "manifest.json").read_text())
     figures = manifest["verification"]["int8"]
