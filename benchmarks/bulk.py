@@ -69,6 +69,19 @@ def _section(name: str, art: Any, keys: list[str], texts: list[str], args: argpa
     return section
 
 
+def import_floor(runs: int) -> float:
+    """Median seconds for a fresh interpreter to import what any onnxruntime runtime needs
+    (numpy, tokenizers, onnxruntime) and exit: the part of a cold start no bundle can save."""
+    import subprocess
+
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import numpy, tokenizers, onnxruntime"], check=True)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def _print(result: dict[str, Any], keys: list[str], title: str) -> None:
     thr, lat, fid = result["throughput"], result["latency"], result["fidelity"]
     peers = [k for k in keys if k in PEERS]
@@ -112,6 +125,9 @@ def markdown(results: dict[str, Any]) -> str:
             cells += [f"{fid.get('cosine_mean', float('nan')):.5f}", f"{fid.get('nn_agreement', float('nan')):.1%}"]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
+    if "import_floor_s" in results:
+        out.append(f"A fresh interpreter importing numpy, tokenizers and onnxruntime, and nothing else: "
+                   f"{results['import_floor_s']:.2f} s (the part of any cold start above that no bundle can save).\n")
     return "\n".join(out)
 
 
@@ -152,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
                                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "sections": {}}
     for name, art in arts.items():
         results["sections"][name] = _section(art.label, art, args.contenders, texts, args, work)
+    if not args.skip_fresh:
+        results["import_floor_s"] = import_floor(max(args.cold, 5))
+        print(f"  import numpy, tokenizers, onnxruntime in a fresh process: {results['import_floor_s']:.2f} s",
+              file=sys.stderr, flush=True)
     results["elapsed_s"] = time.perf_counter() - t0
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
