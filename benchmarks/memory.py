@@ -1,7 +1,7 @@
-"""What holds the memory of a process serving batches: ``python -m benchmarks.memory BUNDLE
-[--corpus FILE] [--json OUT]``.
+"""What holds the memory, and the cold start, of a process serving batches:
+``python -m benchmarks.memory BUNDLE [--corpus FILE] [--json OUT]``.
 
-One fresh interpreter per setting, resident memory (VmRSS) read after each stage: the
+One fresh interpreter per setting, resident memory (VmRSS) and the time each stage took: the
 imports onnxruntime needs (numpy, tokenizers, onnxruntime), ``import flare_onnx``, ``load()``,
 the first embedding, and length-sorted batches of 32 over the texts; the peak (VmHWM) at the
 end. Settings: ``max_batch_tokens`` (tokens per engine call; the activations' share) and the
@@ -15,6 +15,7 @@ import json
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,24 +30,30 @@ def _status(field: str) -> float:
 
 
 def child(bundle: str, texts_file: str, max_batch_tokens: int, arena: bool, threads: int) -> dict[str, Any]:
-    rss = [_status("VmRSS")]
+    rss, clock = [_status("VmRSS")], [time.perf_counter()]
+
+    def stage() -> None:
+        rss.append(_status("VmRSS"))
+        clock.append(time.perf_counter())
+
     import numpy  # noqa: F401
     import onnxruntime  # noqa: F401
     import tokenizers  # noqa: F401
 
-    rss.append(_status("VmRSS"))
+    stage()
     import flare_onnx
 
-    rss.append(_status("VmRSS"))
+    stage()
     model = flare_onnx.load(bundle, precision="int8", threads=threads, max_batch_tokens=max_batch_tokens, arena=arena)
-    rss.append(_status("VmRSS"))
+    stage()
     texts = sorted(json.loads(Path(texts_file).read_text(encoding="utf-8")), key=len)
     model.embed(texts[:1])
-    rss.append(_status("VmRSS"))
+    stage()
     for start in range(0, len(texts), 32):
         model.embed(texts[start : start + 32])
-    rss.append(_status("VmRSS"))
-    return {"rss_mb": dict(zip(STAGES, rss)), "peak_mb": _status("VmHWM")}
+    stage()
+    seconds = [0.0] + [b - a for a, b in zip(clock, clock[1:])]
+    return {"rss_mb": dict(zip(STAGES, rss)), "seconds": dict(zip(STAGES, seconds)), "peak_mb": _status("VmHWM")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
         row = {"max_batch_tokens": tokens, "arena": arena,
                "rss_mb": {s: statistics.median(r["rss_mb"][s] for r in runs) for s in STAGES},
+               "seconds": {s: statistics.median(r["seconds"][s] for r in runs) for s in STAGES},
                "peak_mb": statistics.median(r["peak_mb"] for r in runs)}
         rows.append(row)
     print(f"{args.bundle}, {len(texts)} texts ({source}), {args.threads} threads; resident MB after each stage, "
@@ -92,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         cells = [f"{r['max_batch_tokens']:,}", "on" if r["arena"] else "off"]
         cells += [f"{r['rss_mb'][s]:.0f}" for s in STAGES] + [f"**{r['peak_mb']:.0f}**"]
         print("| " + " | ".join(cells) + " |")
+    first = next((r for r in rows if r["max_batch_tokens"] == 1024 and r["arena"]), rows[0])  # the defaults
+    print(f"\nseconds per stage (max_batch_tokens {first['max_batch_tokens']:,}; python: not measured, before the script): "
+          + ", ".join(f"{s} {first['seconds'][s]:.3f}" for s in STAGES[1:]))
     if args.json:
         Path(args.json).write_text(json.dumps({"bundle": args.bundle, "corpus": source, "texts": len(texts),
                                                "threads": args.threads, "rows": rows}, indent=2), encoding="utf-8")
