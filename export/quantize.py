@@ -9,8 +9,9 @@ other token: on the real all-MiniLM-L6-v2 weights mean-pooled embeddings drop to
 * quantizes every weight matrix per output column, symmetric INT8 (7-bit where the CPU lacks
   VNNI, because AVX2's ``vpmaddubsw`` saturates 16-bit sums of full-range products);
 * runs each encoder MatMul as two ``DynamicQuantizeMatMul`` (com.microsoft) calls sharing one
-  INT8 weight: position 0 with its own activation scale, positions 1.. with theirs, then a
-  Concat;
+  INT8 weight: position 0 with its own activation scale, positions 1.. with theirs; the two
+  halves stay apart through the per-position work between MatMuls and are concatenated only
+  where attention needs every position (:func:`keep_halves_apart`);
 * stores embedding tables INT8 per row: a lookup dequantizes the rows it gathers, and the
   tied MLM projection multiplies by the same word table (transposed once when the session is
   created), so the table is stored once;
@@ -438,14 +439,13 @@ class _Int8Pass:
         return made
 
 
-
 #: Ops that work on each position alone, whatever the others hold (elementwise, or over the
 #: hidden axis only): position 0 and positions 1.. can go through them apart.
 _POSITIONWISE = {"Add", "Sub", "Mul", "Div", "Erf", "Gelu", "FastGelu", "Relu", "Tanh", "Sigmoid", "Sqrt", "Cast",
                  "LayerNormalization"}
 
 
-def _small_constants(graph: Any, numpy_helper: Any) -> set[str]:
+def _small_constants(graph: Any) -> set[str]:
     """Initializers and constants of rank 0 or 1 (and Identity copies of them): they broadcast
     over the hidden axis only."""
     small = {t.name for t in graph.initializer if len(t.dims) <= 1}
@@ -498,7 +498,7 @@ def keep_halves_apart(model: Any) -> dict[str, int]:
     onnx = require("onnx")
     helper, numpy_helper = onnx.helper, onnx.numpy_helper
     graph = model.graph
-    small = _small_constants(graph, numpy_helper)
+    small = _small_constants(graph)
     joins, slices = _split_matmuls(graph)
     halves: dict[str, tuple[str, str]] = {}  # a tensor kept as position 0 and positions 1..
     whole: set[str] = set()  # ... of which these also exist whole
