@@ -483,20 +483,39 @@ def _over_last_axis(node: Any, helper: Any) -> bool:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}.get("axis", -1) in (-1, 2)
 
 
+def _twice(onnx: Any, node: Any, halves: dict[str, tuple[str, str]]) -> list[Any]:
+    """A per-position node run once on each half; its outputs become halves too."""
+    copies = []
+    for k in (0, 1):
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.name = f"{node.name}__h{k}"
+        copy.input[:] = [halves[i][k] if i in halves else i for i in node.input]
+        copy.output[:] = [f"{o}__h{k}" for o in node.output]
+        copies.append(copy)
+    for o in node.output:
+        halves[o] = (f"{o}__h0", f"{o}__h1")
+    return copies
+
+
+def _shape_of_halves(helper: Any, node: Any, second: str, one_more: str) -> list[Any]:
+    """[B, S, H] = the shape of positions 1.. ([B, S-1, H]) + [0, 1, 0]."""
+    part = f"{node.output[0]}__h1"
+    return [helper.make_node("Shape", [second], [part], name=f"{node.name}__h1"),
+            helper.make_node("Add", [part, one_more], [node.output[0]], name=f"{node.name}__whole")]
+
+
 def keep_halves_apart(model: Any) -> dict[str, int]:
     """Position 0 and positions 1.. kept apart from one quantized MatMul to the next.
 
-    Each split MatMul slices its input in two and concatenates its two outputs; but between
-    two of them an encoder layer only adds biases and residuals, normalizes each position and
-    applies GELU — work on each position alone. So a split output stays two tensors through
-    such nodes (each runs twice, once per half) and is concatenated only where something needs
-    all positions (attention, a reshape, a graph output); a split input that is already two
-    halves is not sliced again, and a Shape of two halves is computed from the second one. Per
-    encoder layer that leaves 2 Slices and 1 Concat of 8 and 4. The numbers do not change:
-    every node sees the same values at each position as before.
+    Between two split MatMuls a layer only adds biases and residuals, normalizes each position
+    and applies GELU: a split output stays two tensors through such nodes (each runs once per
+    half) and is concatenated only where something needs all positions (attention, a reshape,
+    an output); an input already in halves is not sliced again. Per layer 2 Slices and 1
+    Concat instead of 8 and 4, and the same values at every position as before.
     """
     onnx = require("onnx")
-    helper, numpy_helper = onnx.helper, onnx.numpy_helper
+    helper = onnx.helper
     graph = model.graph
     small = _small_constants(graph)
     joins, slices = _split_matmuls(graph)
@@ -506,6 +525,7 @@ def keep_halves_apart(model: Any) -> dict[str, int]:
     nodes: list[Any] = []
     count = {"Slice": 0, "Concat": 0}
     one_more = "halves_seq_plus_one"
+    graph.initializer.append(onnx.numpy_helper.from_array(np.array([0, 1, 0], np.int64), one_more))
 
     def join(name: str) -> None:
         if name in halves and name not in whole:
@@ -530,21 +550,9 @@ def keep_halves_apart(model: Any) -> dict[str, int]:
             halves[node.output[0]] = (node.input[0], node.input[1])
         elif (apart and node.op_type in _POSITIONWISE and _over_last_axis(node, helper)
               and all(i in halves or i in small or not i for i in node.input)):
-            for k in (0, 1):
-                copy = onnx.NodeProto()
-                copy.CopyFrom(node)
-                copy.name = f"{node.name}__h{k}"
-                copy.input[:] = [halves[i][k] if i in halves else i for i in node.input]
-                copy.output[:] = [f"{o}__h{k}" for o in node.output]
-                nodes.append(copy)
-            for o in node.output:
-                halves[o] = (f"{o}__h0", f"{o}__h1")
+            nodes += _twice(onnx, node, halves)
         elif node.op_type == "Shape" and apart and not node.attribute:
-            # [B, S, H] = shape of positions 1.. ([B, S-1, H]) + [0, 1, 0]
-            if one_more not in {t.name for t in graph.initializer}:
-                graph.initializer.append(numpy_helper.from_array(np.array([0, 1, 0], np.int64), one_more))
-            nodes.append(helper.make_node("Shape", [halves[node.input[0]][1]], [f"{node.output[0]}__h1"], name=f"{node.name}__h1"))
-            nodes.append(helper.make_node("Add", [f"{node.output[0]}__h1", one_more], [node.output[0]], name=f"{node.name}__whole"))
+            nodes += _shape_of_halves(helper, node, halves[node.input[0]][1], one_more)
         else:
             for i in apart:
                 join(i)
@@ -553,4 +561,6 @@ def keep_halves_apart(model: Any) -> dict[str, int]:
         join(out.name)
     del graph.node[:]
     graph.node.extend(nodes)
+    if not any(one_more in n.input for n in nodes):
+        graph.initializer.pop()  # no Shape read the halves
     return {"halves_slices": count["Slice"], "halves_concats": count["Concat"]}
