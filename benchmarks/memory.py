@@ -19,14 +19,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .worker import status_mb
+
 STAGES = ("python", "numpy + tokenizers + onnxruntime", "import flare_onnx", "load()", "first embedding", "batches of 32")
 
 
 def _status(field: str) -> float:
-    for line in open("/proc/self/status", encoding="ascii"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
+    value = status_mb(field)
+    if value is None:
+        raise RuntimeError(f"/proc/self/status has no {field} (benchmarks.memory needs Linux)")
+    return value
 
 
 def child(bundle: str, texts_file: str, max_batch_tokens: int, arena: bool, threads: int) -> dict[str, Any]:

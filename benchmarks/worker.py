@@ -8,16 +8,22 @@ import resource
 import sys
 
 
-def peak_rss_mb() -> float:
-    """This process's peak RSS. VmHWM starts afresh at exec; ru_maxrss would carry the
-    parent's peak over fork and exec."""
+def status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status (``VmRSS``, ``VmHWM``) in MB; None where there is none."""
     try:
         for line in open("/proc/self/status", encoding="ascii"):
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return None
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM starts afresh at exec; ru_maxrss would carry the
+    parent's peak over fork and exec."""
+    peak = status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:

@@ -180,23 +180,19 @@ def _real_encoder(work: Path) -> tuple[Path, str, str, str, str] | None:
     return None
 
 
-def _pruned_e5(work: Path) -> Path | None:
+def _pruned_e5(work: Path) -> tuple[Path, float] | None:
     """multilingual-e5-small pruned to Italian by ``python -m benchmarks.prune`` (beside the
-    demo's artifacts), if it is there and verifies; the demo never builds it (that needs a
-    corpus)."""
+    demo's artifacts) and its INT8 graph's MB, if it is there and verifies; the demo never
+    builds it (that needs a corpus)."""
     from flare_onnx import InputError
     from flare_onnx.engine.bundle import open_bundle
 
     bundle = work / "prune" / "e5-it"  # benchmarks.prune --work artifacts/prune
     try:
-        open_bundle(bundle, precision="int8")
+        verified = open_bundle(bundle, precision="int8")
     except (BundleError, InputError):
         return None
-    return bundle
-
-
-def _int8_mb(bundle: Path) -> float:
-    return sum((bundle / f).stat().st_size for f in ("model.int8.onnx", "tokenizer.json")) / 1e6
+    return bundle, len(verified.graph_bytes) / 1e6
 
 
 def _semantic_search(work: Path, threads: int) -> None:
@@ -216,8 +212,8 @@ def _semantic_search(work: Path, threads: int) -> None:
     bundle, _ = _bundle(work, source, name, task="feature-extraction")
     pruned = _pruned_e5(work) if name == "multilingual-e5-small" else None
     if pruned is not None:  # Flare-IT's recipe, where benchmarks.prune has built it
-        bundle = pruned
-        print(f"\n(using the Italian-pruned e5 bundle {pruned}: {_int8_mb(pruned):.1f} MB INT8)")
+        bundle, mb = pruned
+        print(f"\n(using the Italian-pruned e5 bundle {bundle}: {mb:.1f} MB INT8 graph)")
     passages = italian_sentences()
     model = flare_onnx.load(bundle, threads=threads)
     int8_q, int8_p = model.embed(QUERIES, prefix=query), model.embed(passages, prefix=passage)

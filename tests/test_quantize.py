@@ -107,12 +107,12 @@ def test_halves_stay_apart_between_matmuls_with_the_same_numbers(minilm_bundle, 
     model = flare_onnx.load(minilm_bundle, precision="fp32")
     windows = model.tokenizer.windows(model.tokenizer.encode(sentences), sliding=False, stride=0)
     ids, mask = pad_batch([w.ids for w in windows], model.manifest.special.pad_id)
-    run = {k: ort.InferenceSession(str(tmp_path / f"{k}.onnx"), providers=["CPUExecutionProvider"]).run(
-        None, {"input_ids": ids, "attention_mask": mask})[0] for k in ("apart", "joined")}
-    np.testing.assert_allclose(run["apart"], run["joined"], atol=1e-5)
-    one = {k: ort.InferenceSession(str(tmp_path / f"{k}.onnx"), providers=["CPUExecutionProvider"]).run(
-        None, {"input_ids": ids[:1, :3], "attention_mask": mask[:1, :3]})[0] for k in ("apart", "joined")}
-    np.testing.assert_allclose(one["apart"], one["joined"], atol=1e-5)  # a text of one token after <s>
+    sessions = {k: ort.InferenceSession(str(tmp_path / f"{k}.onnx"), providers=["CPUExecutionProvider"])
+                for k in ("apart", "joined")}
+    for feeds in ({"input_ids": ids, "attention_mask": mask},
+                  {"input_ids": ids[:1, :3], "attention_mask": mask[:1, :3]}):  # and a three-token text
+        out = {k: s.run(None, feeds)[0] for k, s in sessions.items()}
+        np.testing.assert_allclose(out["apart"], out["joined"], atol=1e-5)
 
 
 def test_manifest_records_int8_fidelity(minilm_bundle):

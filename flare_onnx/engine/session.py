@@ -100,7 +100,7 @@ def create_session(
         raise BundleError(f"onnxruntime could not load the graph: {exc}") from exc
     # onnxruntime's Python wrapper keeps the serialized model for the session's whole life, only
     # to re-create the session if its providers change (flare-onnx never changes them): a second
-    # copy of the graph in memory, 17 MB of the reference bundle's 150 MB serving peak. Let go.
+    # copy of the graph in memory (17 MB for the reference bundle's INT8 graph). Let go.
     if getattr(session, "_model_bytes", None) is not None:
         session._model_bytes = None
     return session
