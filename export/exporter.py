@@ -21,7 +21,7 @@ from .checkpoint import DEFAULT_MODEL, load_checkpoint, resolve_checkpoint
 from .graphs import GRAPH_IO, OPSET, export_graph
 from .guard import DEFAULT_TARGET, PRESETS, quantize_guarded
 from .prune import DEFAULT_MIN_DOC_FREQ, prune_checkpoint
-from .quantize import TARGETS
+from .quantize import EMBEDDING_BITS, TARGETS
 from .sample import italian_sentences, mask_sentences, read_corpus
 from .tokenizer import build_tokenizer, compare_tokenizers, load_reference_tokenizer, special_tokens
 from .verify import compare, make_batches, onnx_outputs, torch_outputs
@@ -77,6 +77,7 @@ def export_bundle(
     overwrite: bool = False,
     fidelity_target: float = DEFAULT_TARGET,
     target_cpu: str = "auto",
+    embedding_bits: str = "auto",
     openvino: bool = False,
     fidelity: str = "fast",
     prune_vocab: str | Path | None = None,
@@ -94,6 +95,7 @@ def export_bundle(
         calibration: Italian text for the checks (its first 1,000 sentences; default: the shipped sample).
         fidelity_target, fidelity: the INT8 guard's cosine floor and preset (docs/int8.md).
         target_cpu, openvino: ``auto``, ``vnni``, ``avx2`` or ``arm64``; also write the NNCF INT8 IR.
+        embedding_bits: the INT8 graph's word table: ``auto`` (4-bit blocks where lossless), ``8`` or ``4``.
         prune_vocab, min_doc_freq: cut the vocabulary to the tokens a corpus uses (docs/export.md).
         prompts: named prompts to store (over the checkpoint's sentence-transformers ``prompts``).
 
@@ -102,6 +104,8 @@ def export_bundle(
     """
     out = Path(output)
     _check_options(out, overwrite, precisions, target_cpu, task, fidelity_target, openvino, fidelity)
+    if str(embedding_bits) not in EMBEDDING_BITS:
+        raise ExportError(f"embedding_bits must be one of {', '.join(EMBEDDING_BITS)}, not {embedding_bits!r}")
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -109,7 +113,7 @@ def export_bundle(
         prep = _prepare(checkpoint, revision=revision, task=task, calibration=calibration, prompts=prompts, log=log)
         verification: dict[str, Any] = {"texts": len(prep.verify_texts), "calibration": str(calibration or "shipped sample")}
         graphs, quantization = _write_onnx_graphs(prep, work, precisions, verification, (fidelity_target, fidelity),
-                                                  target_cpu, log)
+                                                  (target_cpu, str(embedding_bits)), log)
         openvino_graphs = _write_openvino(prep, work, verification, fidelity_target, log) if openvino else {}
         if "fp32" not in precisions:
             (work / GRAPH_FILES["fp32"]).unlink()
@@ -235,8 +239,9 @@ def _stored_prompts(directory: Path) -> dict[str, str]:
 
 
 def _write_onnx_graphs(prep: _Prepared, work: Path, precisions: tuple[str, ...], verification: dict[str, Any],
-                       fidelity: tuple[float, str], target_cpu: str, log: Callable[[str], None]) -> tuple[dict[str, Any], Any]:
-    """The FP32 graph (checked against PyTorch) and, when asked, the guarded INT8 graph."""
+                       fidelity: tuple[float, str], build: tuple[str, str], log: Callable[[str], None]) -> tuple[dict[str, Any], Any]:
+    """The FP32 graph (checked against PyTorch) and, when asked, the guarded INT8 graph
+    (``build``: the target CPU and the word table's bits)."""
     ort = require("onnxruntime")
     inputs, outputs = GRAPH_IO[prep.ckpt.task]
     fp32_path = work / GRAPH_FILES["fp32"]
@@ -251,7 +256,7 @@ def _write_onnx_graphs(prep: _Prepared, work: Path, precisions: tuple[str, ...],
                 continue
             quantization, figures = quantize_guarded(
                 fp32_path, path, prep.batches, prep.reference, target=fidelity[0], fidelity=fidelity[1],
-                target_cpu=target_cpu, log=log,
+                target_cpu=build[0], embedding_bits=build[1], log=log,
             )
         else:
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -85,6 +85,7 @@ def quantize_guarded(
     target: float = DEFAULT_TARGET,
     target_cpu: str = "auto",
     fidelity: str = "fast",
+    embedding_bits: str = "auto",
     log: Callable[[str], None] = print,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Write the INT8 graph; return (recipe, figures against PyTorch).
@@ -98,7 +99,7 @@ def quantize_guarded(
         preset = replace(preset, mean=max(target, preset.mean) if fidelity != "fast" else target)
     onnx = require("onnx")
     groups = _groups(quantizable_nodes(onnx.load(str(fp32), load_external_data=False)))
-    run = _Attempts(fp32, out, batches, reference, target_cpu)
+    run = _Attempts(fp32, out, batches, reference, target_cpu, embedding_bits)
     block = [g for g in groups if g.split("/", 1)[-1] in preset.start_block]
     keep: list[str] = []
     figures = run(groups, block, keep)
@@ -134,15 +135,18 @@ def _brief(figures: dict[str, Any]) -> str:
 class _Attempts:
     """Quantize with a recipe and measure it against PyTorch; the last recipe is kept."""
 
-    def __init__(self, fp32: Path, out: Path, batches: Any, reference: Any, target_cpu: str) -> None:
+    def __init__(self, fp32: Path, out: Path, batches: Any, reference: Any, target_cpu: str,
+                 embedding_bits: str = "auto") -> None:
         self.fp32, self.out, self.batches, self.reference, self.target_cpu = fp32, out, batches, reference, target_cpu
+        self.embedding_bits = embedding_bits
         self.recipe: dict[str, Any] = {}
 
     def __call__(self, groups: dict[str, list[str]], block: list[str], keep: list[str]) -> dict[str, Any]:
         ort = require("onnxruntime")
         blocked = {n: BLOCK_SIZE for g in block for n in groups[g]}
         kept = [n for g in keep for n in groups[g]]
-        self.recipe = quantize_int8(self.fp32, self.out, target=self.target_cpu, keep_fp32=kept, block=blocked)
+        self.recipe = quantize_int8(self.fp32, self.out, target=self.target_cpu, keep_fp32=kept, block=blocked,
+                                    embedding_bits=self.embedding_bits)
         session = ort.InferenceSession(str(self.out), providers=["CPUExecutionProvider"])
         return compare(self.batches, self.reference, onnx_outputs(session, self.batches))
 

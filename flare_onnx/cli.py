@@ -217,6 +217,7 @@ def _export(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         fidelity_target=args.fidelity_target,
         target_cpu=args.target_cpu,
+        embedding_bits=args.embedding_bits,
         openvino=args.openvino,
         fidelity=args.fidelity,
         prune_vocab=args.prune_vocab,
@@ -358,6 +359,11 @@ def _add_export(sub: Any) -> None:
         "--target-cpu", choices=["auto", "vnni", "avx2", "arm64"], default="auto",
         help="CPU the INT8 graph is built for (default: this machine's; arm64 and vnni keep full-range "
              "weights, avx2 halves their range for its saturating kernel; docs/edge.md)",
+    )
+    p.add_argument(
+        "--embedding-bits", choices=["auto", "8", "4"], default="auto",
+        help="the INT8 graph's word-embedding table: 8-bit rows, or 4-bit blocks of 32 (half the size; "
+             "auto: 4 where that loses nothing, as for weights already in 4-bit blocks; docs/int8.md)",
     )
     p.add_argument(
         "--openvino", action="store_true",

