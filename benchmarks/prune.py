@@ -53,19 +53,6 @@ def _int8_mb(bundle: Path) -> float:
     return sum((bundle / f).stat().st_size for f in ("model.int8.onnx", "tokenizer.json", "manifest.json", "config.json")) / 1e6
 
 
-def _wordlist(n: int) -> list[str]:
-    """wordfreq's ``n`` most frequent Italian words (Wikipedia, subtitles, news, web, books), each
-    lower-case and capitalised: one short "document" each, so every one of them keeps its tokens."""
-    if not n:
-        return []
-    import itertools
-
-    from wordfreq import iter_wordlist
-
-    words = list(itertools.islice(iter_wordlist("it", "large"), n))
-    return words + [w[:1].upper() + w[1:] for w in words]
-
-
 def main(argv: list[str] | None = None) -> int:
     import flare_onnx
     from flare_onnx_export import export_bundle, read_corpus
@@ -76,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--held-out", type=int, default=1500, help="the last sentences, kept out of the pruning text")
     p.add_argument("--min-doc-freq", type=float, default=1)
     p.add_argument("--wordlist", type=int, default=0, metavar="N",
-                   help="also keep the tokens of wordfreq's N most frequent Italian words, lower-case and "
-                        "capitalised (pip install wordfreq; 0: the corpus only)")
+                   help="also prune to wordfreq's N most frequent Italian words as text writes them "
+                        "(export's --prune-words; 400000 takes the whole list; 0: the corpus only)")
     p.add_argument("--runs", type=int, default=3, help="fresh processes for cold start and memory")
     p.add_argument("--checkpoint-out", help="also write the pruned checkpoint here (for benchmarks.tagging --encoder)")
     p.add_argument("--work", default="artifacts/prune")
@@ -90,14 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
         text = Path(tmp) / "italian.txt"
-        text.write_text("".join(s + "\n" for s in train + _wordlist(args.wordlist)), encoding="utf-8")
+        text.write_text("".join(s + "\n" for s in train), encoding="utf-8")
         full = export_bundle(str(checkpoint), work / "e5-full", task="feature-extraction", overwrite=True, log=log)
         cut = export_bundle(str(checkpoint), work / "e5-it", task="feature-extraction", overwrite=True,
-                            prune_vocab=text, min_doc_freq=args.min_doc_freq, log=log)
+                            prune_vocab=text, min_doc_freq=args.min_doc_freq, prune_words=args.wordlist, log=log)
         if args.checkpoint_out:
             from flare_onnx_export.prune import prune_checkpoint
 
-            prune_checkpoint(checkpoint, Path(args.checkpoint_out), text, min_doc_freq=args.min_doc_freq, log=log)
+            prune_checkpoint(checkpoint, Path(args.checkpoint_out), text, min_doc_freq=args.min_doc_freq,
+                             words=args.wordlist, log=log)
     record = json.loads((cut / "manifest.json").read_text())["vocabulary"]
     held = [PREFIX + s for s in held]
     a, b = flare_onnx.load(full, precision="fp32"), flare_onnx.load(cut, precision="fp32")

@@ -82,6 +82,7 @@ def export_bundle(
     fidelity: str = "fast",
     prune_vocab: str | Path | None = None,
     min_doc_freq: float = DEFAULT_MIN_DOC_FREQ,
+    prune_words: int = 0,
     prompts: dict[str, str] | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
@@ -96,7 +97,8 @@ def export_bundle(
         fidelity_target, fidelity: the INT8 guard's cosine floor and preset (docs/int8.md).
         target_cpu, openvino: ``auto``, ``vnni``, ``avx2`` or ``arm64``; also write the NNCF INT8 IR.
         embedding_bits: the INT8 graph's word table: ``auto`` (4-bit blocks where lossless), ``8`` or ``4``.
-        prune_vocab, min_doc_freq: cut the vocabulary to the tokens a corpus uses (docs/export.md).
+        prune_vocab, min_doc_freq, prune_words: cut the vocabulary to the tokens a corpus and the
+            ``prune_words`` most frequent Italian words use (docs/export.md).
         prompts: named prompts to store (over the checkpoint's sentence-transformers ``prompts``).
 
     Raises:
@@ -109,7 +111,7 @@ def export_bundle(
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        checkpoint, pruning = _pruned(model, revision, prune_vocab, min_doc_freq, work, log)
+        checkpoint, pruning = _pruned(model, revision, (prune_vocab, prune_words), min_doc_freq, work, log)
         prep = _prepare(checkpoint, revision=revision, task=task, calibration=calibration, prompts=prompts, log=log)
         verification: dict[str, Any] = {"texts": len(prep.verify_texts), "calibration": str(calibration or "shipped sample")}
         graphs, quantization = _write_onnx_graphs(prep, work, precisions, verification, (fidelity_target, fidelity),
@@ -138,15 +140,18 @@ def _source(model: str, revision: str | None, config: Any) -> dict[str, Any]:
             "random_weights": bool(getattr(config, "flare_onnx_random_weights", False))}
 
 
-def _pruned(model: str, revision: str | None, corpus: str | Path | None, min_doc_freq: float, work: Path,
+def _pruned(model: str, revision: str | None, text: tuple[str | Path | None, int], min_doc_freq: float, work: Path,
             log: Callable[[str], None]) -> tuple[str, dict[str, Any] | None]:
     """The checkpoint to export: ``model`` itself, or its copy with the vocabulary pruned to
-    ``corpus`` (written under ``work``, removed before the bundle is published)."""
-    if corpus is None:
+    ``text`` (a corpus, a number of frequent words; written under ``work``, removed before the
+    bundle is published)."""
+    corpus, words = text
+    if corpus is None and not words:
         return model, None
     pruned = work / ".pruned-checkpoint"
-    record = prune_checkpoint(resolve_checkpoint(model, revision=revision), pruned, corpus, min_doc_freq=min_doc_freq, log=log)
-    return str(pruned), {**record, "corpus": Path(str(corpus)).name}
+    record = prune_checkpoint(resolve_checkpoint(model, revision=revision), pruned, corpus, min_doc_freq=min_doc_freq,
+                              words=words, log=log)
+    return str(pruned), {**record, "corpus": Path(str(corpus)).name if corpus is not None else None}
 
 
 def _publish(work: Path, out: Path) -> None:

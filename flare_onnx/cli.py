@@ -222,6 +222,7 @@ def _export(args: argparse.Namespace) -> int:
         fidelity=args.fidelity,
         prune_vocab=args.prune_vocab,
         min_doc_freq=args.min_doc_freq,
+        prune_words=args.prune_words,
         prompts=_prompts(args.prompt),
         log=log,
     )
@@ -348,6 +349,9 @@ def _add_export(sub: Any) -> None:
                         "as flare-it was made from mMiniLMv2")
     p.add_argument("--prompt", action="append", default=[], metavar="NAME=TEXT",
                    help="a prompt to store with the model, used as embed --prompt NAME (E5: query='query: ')")
+    p.add_argument("--prune-words", type=int, default=0, metavar="N",
+                   help="prune to (--prune-vocab's corpus and) the N most frequent Italian words, as text writes "
+                        "them (wordfreq; pip install \".[prune]\"); 400000 takes the whole list (docs/export.md)")
     p.add_argument("--min-doc-freq", type=float, default=1,
                    help="with --prune-vocab: lines a token must appear in (a count, or a share below 1)")
     p.add_argument(

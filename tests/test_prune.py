@@ -91,3 +91,43 @@ def test_numbers_and_punctuation_are_kept_whatever_the_corpus(tiny_checkpoint, t
     before = [[full.tokenizer.id_to_token(i) for i in e.ids] for e in full.tokenizer.encode(texts)]
     after = [[cut.tokenizer.id_to_token(i) for i in e.ids] for e in cut.tokenizer.encode(texts)]
     assert before == after
+
+
+def test_word_forms_are_the_frequent_words_as_text_writes_them():
+    from flare_onnx_export.prune import italian_words
+
+    forms = italian_words(300, forms=20)
+    words = forms[:300]
+    assert len(forms) == 300 * 2 + 20 * 2 and len(set(words)) == 300
+    assert {"di", "che", "il"} <= set(words) and "Di" in forms[300:600]
+    assert forms[600:620] == [w.upper() for w in words[:20]]
+    assert forms[620:] == ["l'" + w[:1].upper() + w[1:] for w in words[:20]]
+
+
+def test_pruning_to_words_alone_keeps_every_word_form_intact(tiny_checkpoint, tiny_feature_bundle, tmp_path):
+    """No corpus at all: the frequent words in every form they are written keep their tokens, and
+    the manifest says which list made the vocabulary."""
+    from flare_onnx_export.prune import italian_words
+
+    out = export_bundle(str(tiny_checkpoint), tmp_path / "b", task="feature-extraction", prune_words=3000, log=_quiet)
+    manifest = json.loads((out / "manifest.json").read_text())
+    record = manifest["vocabulary"]
+    forms = italian_words(3000)
+    assert record["corpus"] is None and record["documents"] == len(forms)
+    assert record["words"] == {"list": "wordfreq it large", "most_frequent": 3000, "forms_of": 40_000,
+                               "documents": len(forms)}
+    full, cut = flare_onnx.load(tiny_feature_bundle, precision="fp32"), flare_onnx.load(out, precision="fp32")
+    assert record["kept"] < record["original_vocab_size"]
+    before = [[full.tokenizer.id_to_token(i) for i in e.ids] for e in full.tokenizer.encode(forms)]
+    after = [[cut.tokenizer.id_to_token(i) for i in e.ids] for e in cut.tokenizer.encode(forms)]
+    assert before == after
+
+
+@pytest.mark.parametrize("words, message", [(0, "pruning needs a corpus, a number of words, or both"),
+                                            (-5, "words must be a count >= 0, not -5")])
+def test_bad_word_counts_are_export_errors(tiny_checkpoint, tmp_path, words, message):
+    from flare_onnx_export.prune import prune_checkpoint
+
+    with pytest.raises(ExportError, match=message):
+        prune_checkpoint(tiny_checkpoint, tmp_path / "c", None, words=words, log=_quiet)
+    assert not (tmp_path / "c").exists()
