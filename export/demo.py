@@ -5,6 +5,7 @@ show an Italian semantic search run by INT8 beside PyTorch FP32."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import statistics
 import sys
 import time
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from flare_onnx.engine import MANIFEST_NAME
 from flare_onnx.errors import BundleError, ExportError
 
 from ._deps import require
@@ -34,13 +36,15 @@ QUERIES = [
     "Che cosa ha deciso il governo sul bilancio?",
 ]
 PASSES = 3
+#: wordfreq's whole Italian list (322,796 words): the prune measured in docs/export.md
+PRUNE_WORDS = 400_000
 
 
 def _quiet(msg: str) -> None:
     pass
 
 
-def _bundle(work: Path, source: Path, name: str, *, task: str | None = None) -> tuple[Path, bool]:
+def _bundle(work: Path, source: Path, name: str, *, task: str | None = None, prune_words: int = 0) -> tuple[Path, bool]:
     """(bundle dir, reused) for ``source``, reusing an earlier verified export."""
     from flare_onnx import InputError
     from flare_onnx.engine.bundle import open_bundle
@@ -51,7 +55,7 @@ def _bundle(work: Path, source: Path, name: str, *, task: str | None = None) -> 
         open_bundle(bundle, precision="int8")
         return bundle, True
     except (BundleError, InputError):
-        export_bundle(str(source), bundle, task=task, overwrite=True, log=_quiet)
+        export_bundle(str(source), bundle, task=task, overwrite=True, prune_words=prune_words, log=_quiet)
         return bundle, False
 
 
@@ -180,19 +184,19 @@ def _real_encoder(work: Path) -> tuple[Path, str, str, str, str] | None:
     return None
 
 
-def _pruned_e5(work: Path) -> tuple[Path, float] | None:
-    """multilingual-e5-small pruned to Italian by ``python -m benchmarks.prune`` (beside the
-    demo's artifacts) and its INT8 graph's MB, if it is there and verifies; the demo never
-    builds it (that needs a corpus)."""
-    from flare_onnx import InputError
-    from flare_onnx.engine.bundle import open_bundle
-
-    bundle = work / "prune" / "e5-it"  # benchmarks.prune --work artifacts/prune
+def _italian_e5(work: Path, source: Path) -> Path | None:
+    """multilingual-e5-small pruned to Italian with Flare-IT's recipe (``--prune-words``: no
+    corpus needed), or None where wordfreq is not installed."""
     try:
-        verified = open_bundle(bundle, precision="int8")
-    except (BundleError, InputError):
+        bundle, _ = _bundle(work, source, "multilingual-e5-small-it", task="feature-extraction", prune_words=PRUNE_WORDS)
+    except ImportError as exc:
+        print(f"\n(not pruning e5 to Italian: {exc})")
         return None
-    return bundle, len(verified.graph_bytes) / 1e6
+    record = json.loads((bundle / MANIFEST_NAME).read_text(encoding="utf-8"))["vocabulary"]
+    size = sum((bundle / f).stat().st_size for f in ("model.int8.onnx", "tokenizer.json")) / 1e6
+    print(f"\n(Flare-IT's recipe: e5 pruned to Italian with --prune-words {PRUNE_WORDS}: {record['kept']:,} of "
+          f"{record['original_vocab_size']:,} tokens, {size:.1f} MB INT8 graph and tokenizer; {bundle})")
+    return bundle
 
 
 def _semantic_search(work: Path, threads: int) -> None:
@@ -209,11 +213,8 @@ def _semantic_search(work: Path, threads: int) -> None:
     transformers = require("transformers")
     source, name, query, passage, what = found
     transformers.logging.set_verbosity_error()  # its notes on the unused pooler and on Mistral's regex do not apply here
-    bundle, _ = _bundle(work, source, name, task="feature-extraction")
-    pruned = _pruned_e5(work) if name == "multilingual-e5-small" else None
-    if pruned is not None:  # Flare-IT's recipe, where benchmarks.prune has built it
-        bundle, mb = pruned
-        print(f"\n(using the Italian-pruned e5 bundle {bundle}: {mb:.1f} MB INT8 graph)")
+    pruned = _italian_e5(work, source) if name == "multilingual-e5-small" else None
+    bundle = pruned or _bundle(work, source, name, task="feature-extraction")[0]
     passages = italian_sentences()
     model = flare_onnx.load(bundle, threads=threads)
     int8_q, int8_p = model.embed(QUERIES, prefix=query), model.embed(passages, prefix=passage)
