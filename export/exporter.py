@@ -95,31 +95,25 @@ def export_bundle(
         precisions: graphs to write (``fp32``, ``int8``).
         calibration: Italian text for the checks (its first 1,000 sentences; default: the shipped sample).
         fidelity_target, fidelity: the INT8 guard's cosine floor and preset (docs/int8.md).
-        target_cpu, openvino: ``auto``, ``vnni``, ``avx2`` or ``arm64``; also write the NNCF INT8 IR.
-        embedding_bits: the INT8 graph's word table: ``auto`` (4-bit blocks where lossless), ``8`` or ``4``.
-        prune_vocab, min_doc_freq, prune_words: cut the vocabulary to the tokens a corpus and the
-            ``prune_words`` most frequent Italian words use (docs/export.md).
+        target_cpu, embedding_bits, openvino: the INT8 graph's CPU (``auto``, ``vnni``, ``avx2``, ``arm64``)
+            and word table (``auto``, ``8``, ``4``; docs/int8.md); also write the NNCF INT8 IR.
+        prune_vocab, min_doc_freq, prune_words: Flare-IT's pruning, to a corpus and frequent words (docs/export.md).
         prompts: named prompts to store (over the checkpoint's sentence-transformers ``prompts``).
 
     Raises:
         ExportError: a bad option or checkpoint; a tokenizer, FP32 or INT8 graph that fails its check.
     """
-    out = Path(output)
-    _check_options(out, overwrite, precisions, target_cpu, task, fidelity_target, openvino, fidelity)
-    if str(embedding_bits) not in EMBEDDING_BITS:
-        raise ExportError(f"embedding_bits must be one of {', '.join(EMBEDDING_BITS)}, not {embedding_bits!r}")
+    out, build = Path(output), (target_cpu, str(embedding_bits))
+    _check_options(out, overwrite, precisions, build, task, fidelity_target, openvino, fidelity)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         checkpoint, pruning = _pruned(model, revision, (prune_vocab, prune_words), min_doc_freq, work, log)
         prep = _prepare(checkpoint, revision=revision, task=task, calibration=calibration, prompts=prompts, log=log)
         verification: dict[str, Any] = {"texts": len(prep.verify_texts), "calibration": str(calibration or "shipped sample")}
-        graphs, quantization = _write_onnx_graphs(prep, work, precisions, verification, (fidelity_target, fidelity),
-                                                  (target_cpu, str(embedding_bits)), log)
+        graphs, quantization = _write_onnx_graphs(prep, work, precisions, verification, (fidelity_target, fidelity), build, log)
         openvino_graphs = _write_openvino(prep, work, verification, fidelity_target, log) if openvino else {}
-        if "fp32" not in precisions:
-            (work / GRAPH_FILES["fp32"]).unlink()
-            del graphs["fp32"]
+        _drop_unrequested(work, graphs, precisions)
         (work / "tokenizer.json").write_text(prep.fast.to_str(pretty=False), encoding="utf-8")
         prep.config.to_json_file(str(work / "config.json"))
         manifest = _manifest(prep, work, source=_source(model, revision, prep.config), graphs=graphs,
@@ -132,6 +126,13 @@ def export_bundle(
         raise
     log(f"wrote {out}")
     return out
+
+
+def _drop_unrequested(work: Path, graphs: dict[str, Any], precisions: tuple[str, ...]) -> None:
+    """The FP32 graph is always written (INT8 and OpenVINO are made from it); gone if not asked for."""
+    if "fp32" not in precisions:
+        (work / GRAPH_FILES["fp32"]).unlink()
+        del graphs["fp32"]
 
 
 def _source(model: str, revision: str | None, config: Any) -> dict[str, Any]:
@@ -163,9 +164,12 @@ def _publish(work: Path, out: Path) -> None:
     work.rename(out)
 
 
-def _check_options(out: Path, overwrite: bool, precisions: tuple[str, ...], target_cpu: str, task: str | None,
+def _check_options(out: Path, overwrite: bool, precisions: tuple[str, ...], build: tuple[str, str], task: str | None,
                    fidelity_target: float, openvino: bool, fidelity: str) -> None:
     """Every option is checked before the expensive work (loading, tracing, PyTorch runs)."""
+    target_cpu, embedding_bits = build
+    if embedding_bits not in EMBEDDING_BITS:
+        raise ExportError(f"embedding_bits must be one of {', '.join(EMBEDDING_BITS)}, not {embedding_bits!r}")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ExportError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
     bad = [p for p in precisions if p not in GRAPH_FILES]

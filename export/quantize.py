@@ -212,6 +212,7 @@ class _Int8Pass:
         self.embedding_bits = embedding_bits
         self.q4: dict[str, tuple[str, str, int]] = {}  # word table -> (packed codes, block scales, width)
         self.q4_lossless = False
+        self.tied_projection = False  # the MLM projection multiplies by the INT8 word table
         self.bias_of: dict[str, tuple[str, str]] = {}  # MatMul name -> (bias initializer, output name)
         self.fused_adds: set[str] = set()
         self.packs: dict[str, list[Any]] = {}
@@ -352,7 +353,7 @@ class _Int8Pass:
             self.model.opset_import.append(self.helper.make_opsetid("com.microsoft", 1))
 
     def recipe(self, target: str) -> dict[str, Any]:
-        tied = any(n.op_type == "DynamicQuantizeMatMul" and n.name.startswith("mlm") for n in self.graph.node)
+        tied = self.tied_projection
         activations = "uint8 asymmetric per tensor, at run time"
         return {
             "method": "dynamic INT8, per-column symmetric weights, position 0 quantized apart",
@@ -438,6 +439,7 @@ class _Int8Pass:
             return []
         base = self.unique("mlm")
         bias = node.input[2] if len(node.input) > 2 else ""
+        self.tied_projection = True
         return [
             self.helper.make_node("Transpose", [emb_q], [f"{base}_et"], perm=[1, 0], name=f"{base}_transpose"),
             self.dqmm([node.input[0], f"{base}_et", emb_s, "", bias], node.output[0], f"{base}_dqmm"),

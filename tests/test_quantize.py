@@ -40,6 +40,8 @@ def test_int8_graph_structure(tiny_bundle, tiny_checkpoint):
     vocab = sum(1 for _ in open(tiny_checkpoint / "vocab.txt", encoding="utf-8"))
     tables = [t for t in int8.graph.initializer if vocab in t.dims and len(t.dims) == 2]
     assert len(tables) == 1 and tables[0].data_type == onnx.TensorProto.INT8
+    recipe = json.loads((tiny_bundle / "manifest.json").read_text())["quantization"]
+    assert recipe["embeddings"] == "int8 per row, the word table shared with the MLM projection"
     assert not any(t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2 and t.dims[0] >= 64 for t in int8.graph.initializer)
 
 
