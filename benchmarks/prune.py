@@ -88,21 +88,20 @@ def main(argv: list[str] | None = None) -> int:
                              words=args.wordlist, log=log)
     record = json.loads((cut / "manifest.json").read_text())["vocabulary"]
     held = [PREFIX + s for s in held]
-    a, b = flare_onnx.load(full, precision="fp32"), flare_onnx.load(cut, precision="fp32")
-    same = sum([a.tokenizer.id_to_token(i) for i in x.ids] == [b.tokenizer.id_to_token(i) for i in y.ids]
-               for x, y in zip(a.tokenizer.encode(held), b.tokenizer.encode(held)))
-    rows: dict[str, Any] = {}
-    for precision in ("fp32", "int8"):
-        ref = flare_onnx.load(full, precision=precision).embed(held)
-        rows[precision] = _fidelity(ref, flare_onnx.load(cut, precision=precision).embed(held))
+    models = {(precision, name): flare_onnx.load(bundle, precision=precision)
+              for precision in ("fp32", "int8") for name, bundle in (("full", full), ("pruned", cut))}
+    a, b = models["fp32", "full"].tokenizer, models["fp32", "pruned"].tokenizer
+    same = sum([a.id_to_token(i) for i in x.ids] == [b.id_to_token(i) for i in y.ids]
+               for x, y in zip(a.encode(held), b.encode(held)))
+    batched = {key: m.embed(held) for key, m in models.items()}
+    rows: dict[str, Any] = {p: _fidelity(batched[p, "full"], batched[p, "pruned"]) for p in ("fp32", "int8")}
     # INT8 quantizes a batch's activations with one scale, so the texts a text shares its batch
     # with move its embedding: a different tokenization elsewhere re-forms the batches. One text
     # per call takes that out; the unpruned graph against itself, batched and one text per call,
     # is the noise floor that batching alone gives
-    int8 = {"full": flare_onnx.load(full, precision="int8"), "pruned": flare_onnx.load(cut, precision="int8")}
-    alone = {name: np.stack([m.embed(t) for t in held]) for name, m in int8.items()}
+    alone = {name: np.stack([models["int8", name].embed(t) for t in held]) for name in ("full", "pruned")}
     rows["int8_one_text_per_call"] = _fidelity(alone["full"], alone["pruned"])
-    rows["int8_floor"] = _fidelity(alone["full"], int8["full"].embed(held))
+    rows["int8_floor"] = _fidelity(alone["full"], batched["int8", "full"])
     size = {"full": _int8_mb(full), "pruned": _int8_mb(cut)}
     fresh = {"full": _fresh(full, args.runs), "pruned": _fresh(cut, args.runs)}
     result = {"vocabulary": record, "held_out": len(held), "pruning_sentences": len(train), "wordlist": args.wordlist,
