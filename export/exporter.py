@@ -108,7 +108,7 @@ def export_bundle(
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        checkpoint, pruning = _pruned(model, revision, (prune_vocab, prune_words), min_doc_freq, work, log)
+        checkpoint, pruning = _pruned(model, revision, (prune_vocab, prune_words, prompts), min_doc_freq, work, log)
         prep = _prepare(checkpoint, revision=revision, task=task, calibration=calibration, prompts=prompts, log=log)
         verification: dict[str, Any] = {"texts": len(prep.verify_texts), "calibration": str(calibration or "shipped sample")}
         graphs, quantization = _write_onnx_graphs(prep, work, precisions, verification, (fidelity_target, fidelity), build, log)
@@ -141,17 +141,17 @@ def _source(model: str, revision: str | None, config: Any) -> dict[str, Any]:
             "random_weights": bool(getattr(config, "flare_onnx_random_weights", False))}
 
 
-def _pruned(model: str, revision: str | None, text: tuple[str | Path | None, int], min_doc_freq: float, work: Path,
-            log: Callable[[str], None]) -> tuple[str, dict[str, Any] | None]:
+def _pruned(model: str, revision: str | None, text: tuple[str | Path | None, int, dict[str, str] | None],
+            min_doc_freq: float, work: Path, log: Callable[[str], None]) -> tuple[str, dict[str, Any] | None]:
     """The checkpoint to export: ``model`` itself, or its copy with the vocabulary pruned to
-    ``text`` (a corpus, a number of frequent words; written under ``work``, removed before the
-    bundle is published)."""
-    corpus, words = text
+    ``text`` (a corpus, a number of frequent words, and the prompts the bundle will store;
+    written under ``work``, removed before the bundle is published)."""
+    corpus, words, prompts = text
     if corpus is None and not words:
         return model, None
-    pruned = work / ".pruned-checkpoint"
-    record = prune_checkpoint(resolve_checkpoint(model, revision=revision), pruned, corpus, min_doc_freq=min_doc_freq,
-                              words=words, log=log)
+    pruned, source = work / ".pruned-checkpoint", resolve_checkpoint(model, revision=revision)
+    record = prune_checkpoint(source, pruned, corpus, min_doc_freq=min_doc_freq, words=words,
+                              prompts=[*_stored_prompts(source).values(), *(prompts or {}).values()], log=log)
     return str(pruned), {**record, "corpus": Path(str(corpus)).name if corpus is not None else None}
 
 

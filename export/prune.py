@@ -84,8 +84,6 @@ def italian_words(n: int, forms: int = WORD_FORMS) -> list[str]:
     Raises:
         ImportError: wordfreq is not installed (``pip install ".[prune]"``).
     """
-    import itertools
-
     try:
         from wordfreq import iter_wordlist
     except ImportError as exc:
@@ -226,10 +224,10 @@ def _prune_weights(source: Path, out: Path, keep: list[int]) -> None:
 
 
 def prune_checkpoint(source: Path, out: Path, corpus: str | Path | None, *, min_doc_freq: float = DEFAULT_MIN_DOC_FREQ,
-                     words: int = 0, log: Any = print) -> dict[str, Any]:
+                     words: int = 0, prompts: Iterable[str] = (), log: Any = print) -> dict[str, Any]:
     """Write a copy of the checkpoint at ``source`` to ``out`` with its vocabulary pruned to
-    the tokens ``corpus`` and the ``words`` most frequent Italian words (:func:`italian_words`)
-    use; return the record the manifest keeps.
+    the tokens ``corpus``, the ``words`` most frequent Italian words (:func:`italian_words`) and
+    ``prompts`` (E5's ``query: ``, put before every text) use; return the manifest's record.
 
     Raises:
         ExportError: the tokenizer cannot be pruned (only Unigram and WordPiece can), the
@@ -254,9 +252,10 @@ def prune_checkpoint(source: Path, out: Path, corpus: str | Path | None, *, min_
         tok_json = json.loads(tok_file.read_text(encoding="utf-8"))
     tokenizer = tk.Tokenizer.from_str(json.dumps(tok_json))
     log(f"counting tokens over {corpus or 'no corpus'}" + (f" and {len(listed):,} word forms" if listed else ""))
-    documents = itertools.chain(_documents(corpus) if corpus is not None else (), listed)
+    texts = [p for p in prompts if p.strip()]
+    documents = itertools.chain(_documents(corpus) if corpus is not None else (), listed, texts)
     df, docs, digest, seen = count_documents(tokenizer, documents)
-    if corpus is not None and docs == len(listed):
+    if corpus is not None and docs == len(listed) + len(texts):
         raise ExportError(f"the pruning corpus {str(corpus)!r} holds no text")
     keep = _kept_ids(tok_json, df, docs, min_doc_freq, seen)
     original = tokenizer.get_vocab_size()

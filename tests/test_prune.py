@@ -131,3 +131,21 @@ def test_bad_word_counts_are_export_errors(tiny_checkpoint, tmp_path, words, mes
     with pytest.raises(ExportError, match=message):
         prune_checkpoint(tiny_checkpoint, tmp_path / "c", None, words=words, log=_quiet)
     assert not (tmp_path / "c").exists()
+
+
+def test_the_stored_prompts_keep_their_tokens(tiny_checkpoint, tiny_feature_bundle, tmp_path):
+    """A prompt goes before every text the bundle embeds: its pieces are kept even when the
+    corpus never uses them (E5's "query: " lost "ry" in a small prune)."""
+    full = flare_onnx.load(tiny_feature_bundle, precision="fp32")
+    used = {i for e in full.tokenizer.encode(SAMPLE.read_text(encoding="utf-8").splitlines()) for i in e.ids}
+    vocab = full.tokenizer.tokenizer.get_vocab()
+    word = next(t for t, i in sorted(vocab.items(), key=lambda kv: kv[1])
+                if i not in used and t.isalpha() and t.islower() and len(t) >= 3)
+    prompt = f"{word}: "
+    out = export_bundle(str(tiny_checkpoint), tmp_path / "b", task="feature-extraction", prune_vocab=SAMPLE,
+                        prompts={"query": prompt}, log=_quiet)
+    cut = flare_onnx.load(out, precision="fp32")
+    text = prompt + "il gatto dorme"
+    before = [full.tokenizer.id_to_token(i) for i in full.tokenizer.encode([text])[0].ids]
+    after = [cut.tokenizer.id_to_token(i) for i in cut.tokenizer.encode([text])[0].ids]
+    assert word in before and before == after
