@@ -264,6 +264,54 @@ def test_non_finite_outputs_fail_loudly(tiny_bundle):
         model.embed(["ciao"])
 
 
+
+# -- bulk work: one batch per thread ----------------------------------------------------------
+
+
+def test_bulk_work_runs_one_batch_per_thread_with_the_same_results(tiny_bundle, many_sentences):
+    texts = many_sentences[:120]
+    interactive = flare_onnx.load(tiny_bundle, precision="fp32", threads=2)
+    bulk = flare_onnx.load(tiny_bundle, precision="fp32", threads=2, workload="bulk", max_batch_tokens=128)
+    assert (interactive.streams, bulk.streams) == (1, 2)
+    assert "one batch per CPU at once" in bulk.backend_choice
+    assert "one batch per CPU" not in interactive.backend_choice
+    np.testing.assert_allclose(bulk.embed(texts), interactive.embed(texts), atol=1e-5)  # every text in its place
+    np.testing.assert_allclose(bulk.embed(texts[:1]), interactive.embed(texts[:1]), atol=1e-5)  # a lone text
+    assert flare_onnx.load(tiny_bundle, threads=1, workload="bulk").streams == 1  # one thread: one plain session
+
+
+class _FailingOnce:
+    """The session inside a StreamedSession, failing (or poisoning its output) on call ``at``."""
+
+    def __init__(self, real, at: int, how: str) -> None:
+        self.real, self.at, self.how, self.calls = real, at, how, 0
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def run(self, names, feeds):
+        self.calls += 1
+        out = self.real.run(names, feeds)
+        if self.calls == self.at and self.how == "raise":
+            raise RuntimeError("onnxruntime: something broke")
+        if self.calls == self.at:
+            out[0][...] = np.nan
+        return out
+
+
+@pytest.mark.parametrize("how, message", [("raise", "session failed on a batch"), ("nan", "non-finite values")])
+def test_a_failing_stream_is_an_inference_error_and_the_model_goes_on(tiny_bundle, many_sentences, how, message):
+    texts = many_sentences[:120]
+    bulk = flare_onnx.load(tiny_bundle, precision="fp32", threads=2, workload="bulk", max_batch_tokens=128)
+    expected = bulk.embed(texts)
+    real = bulk.session._session
+    bulk.session._session = _FailingOnce(real, at=3, how=how)
+    with pytest.raises(InferenceError, match=message):
+        bulk.embed(texts)
+    bulk.session._session = real
+    np.testing.assert_array_equal(bulk.embed(texts), expected)  # the streams still run, in order
+
+
 # -- properties -----------------------------------------------------------------------------
 
 weird = st.lists(

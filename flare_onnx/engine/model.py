@@ -24,7 +24,7 @@ from .cache import bundle_dir
 from .postprocess import softmax
 from .request import Limits, Request
 from .runners import Label, MaskPrediction, TagResult
-from .session import create_session
+from .session import StreamedSession, available_cpus, create_session
 from .tasks import LOAD_OPTIONS, TASKS, TaskSpec, parse_load_options
 from .tokenization import TextEncoder, Window, check_texts
 
@@ -108,6 +108,8 @@ class FlareModel:
         self.session: Any = _create_backend_session(bundle, opts)
         self._inputs = tuple(i.name for i in self.session.get_inputs())
         self._outputs = tuple(o.name for o in self.session.get_outputs())
+        #: batches run at once: OpenVINO's THROUGHPUT streams, or onnxruntime's for bulk work
+        self.streams = int(getattr(self.session, "streams", 1))
         _check_graph(bundle, self._inputs, self._outputs)
         self._encoder = TextEncoder(bundle.tokenizer_json, bundle.manifest.special, max_length=bundle.manifest.max_length)
         _check_sizes(bundle, self._encoder.tokenizer.get_vocab_size(), self.session.get_outputs())
@@ -290,11 +292,10 @@ class FlareModel:
         plans = list(plan_batches(
             lengths, max_tokens=self.max_batch_tokens, max_batch=self.max_batch_size, max_cells=self.max_batch_cells
         ))
-        streams = int(getattr(self.session, "streams", 1))
-        if len(plans) < streams:  # OpenVINO: give every CPU stream a part of a lone batch
-            plans = [list(part) for idx in plans for part in np.array_split(idx, min(streams, len(idx))) if len(part)]
+        if self.streams > 1:  # each batch in one part per stream, alike in length: none waits for another
+            plans = [idx[i::self.streams] for idx in plans for i in range(self.streams) if idx[i::self.streams]]
         feeds = (self._feeds(windows, mask_rows, idx) for idx in plans)
-        if len(plans) > 1 and hasattr(self.session, "run_many"):  # OpenVINO: every stream busy
+        if len(plans) > 1 and hasattr(self.session, "run_many"):  # streams: every one busy
             results: Iterator[list[np.ndarray]] = self.session.run_many(feeds)
         else:
             results = (self.session.run(None, f) for f in feeds)
@@ -425,7 +426,10 @@ def _create_backend_session(bundle: VerifiedBundle, opts: Mapping[str, Any]) -> 
         if bundle.weights_bytes is None:
             raise BundleError("the OpenVINO IR has no weights file; re-export with --openvino")
         return create_openvino_session(bundle.graph_bytes, bundle.weights_bytes, threads=opts["threads"])
-    return create_session(bundle.graph_bytes, threads=opts["threads"], arena=opts["arena"], spin=opts["spin"])
+    threads = opts["threads"] or available_cpus()
+    if opts["workload"] == "bulk" and threads > 1:  # one batch per thread (StreamedSession)
+        return StreamedSession(create_session(bundle.graph_bytes, threads=1, arena=opts["arena"], spin=opts["spin"]), streams=threads)
+    return create_session(bundle.graph_bytes, threads=threads, arena=opts["arena"], spin=opts["spin"])
 
 
 def load(
@@ -461,7 +465,10 @@ def load(
             default): onnxruntime, except ``workload="bulk"`` on a CPU with 8-bit dot-product
             instructions and a bundle with an IR (see ``model.backend_choice``).
         arena: keep onnxruntime's memory arena (faster; off keeps RSS flat as shapes vary).
-        workload: ``"interactive"`` or ``"bulk"``: what ``backend="auto"`` chooses for.
+        workload: ``"interactive"`` or ``"bulk"``: what ``backend="auto"`` chooses for, and
+            how onnxruntime runs: bulk work runs one batch per thread at once (``model.streams``
+            of them; a lone text then uses one thread), interactive work splits each batch
+            over all threads (lowest latency for one request).
 
     Raises:
         BundleError: not a bundle, a file missing or altered, or a graph with external data.
@@ -478,7 +485,7 @@ def load(
     bundle = open_bundle(directory, precision=choice["precision"], backend=engine.backend)
     model = FlareModel(bundle, {
         "threads": threads, "max_batch_tokens": max_batch_tokens, "max_batch_size": max_batch_size,
-        "max_text_tokens": max_text_tokens, "spin": spin, "arena": arena,
+        "max_text_tokens": max_text_tokens, "spin": spin, "arena": arena, "workload": choice["workload"],
     })
     model.backend_choice = engine.reason
     return model

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import onnxruntime as ort
 
 from ._onnx_scan import MalformedModel, has_external_data
 from ..errors import BundleError, InputError
 
-__all__ = ["available_cpus", "create_session"]
+__all__ = ["available_cpus", "create_session", "StreamedSession"]
 
 
 def _cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
@@ -104,3 +109,50 @@ def create_session(
     if getattr(session, "_model_bytes", None) is not None:
         session._model_bytes = None
     return session
+
+
+class StreamedSession:
+    """One onnxruntime session that runs ``streams`` batches at once, each on one thread: how
+    bulk work (``workload="bulk"``) runs on onnxruntime.
+
+    A session with several intra-op threads splits every operator of one batch over them and
+    waits for the slowest at each of the graph's ~270 operators; beside a busy core that thread
+    sets the pace of all. Independent batches, one per thread, do not wait for each other.
+    Measured (MiniLM INT8, 2 CPUs, AVX2 EPYC, ~480 sentences): 6,983 against 6,825 tokens/s
+    quietly, 4,565 against 3,628 with one core busy. One session, so one copy of the weights;
+    activations for ``streams`` batches at a time. onnxruntime's ``run`` is safe to call from
+    several threads and releases the GIL.
+    """
+
+    def __init__(self, session: Any, streams: int) -> None:
+        self._session = session
+        self.streams = streams
+        self._pool = ThreadPoolExecutor(streams, thread_name_prefix="flare-onnx-stream")
+        weakref.finalize(self, self._pool.shutdown, wait=False)
+
+    def get_inputs(self) -> Any:
+        return self._session.get_inputs()
+
+    def get_outputs(self) -> Any:
+        return self._session.get_outputs()
+
+    def run(self, names: list[str] | None, feeds: dict[str, Any]) -> Any:
+        return self._session.run(names, feeds)
+
+    def run_many(self, batches: Iterator[dict[str, Any]]) -> Iterator[Any]:
+        """Outputs of each batch, in order, with every stream busy (and one batch queued per
+        stream, so a stream that finishes early never waits for the consumer)."""
+        flight: deque[Future[Any]] = deque()
+        try:
+            for feeds in batches:
+                if len(flight) >= 2 * self.streams:
+                    yield flight.popleft().result()
+                flight.append(self._pool.submit(self._session.run, None, feeds))
+            while flight:
+                yield flight.popleft().result()
+        finally:  # a consumer that stopped early: drop what has not started, let the rest end
+            for future in flight:
+                future.cancel()
+            for future in flight:
+                if not future.cancelled():
+                    future.exception()

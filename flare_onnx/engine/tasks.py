@@ -341,7 +341,8 @@ LOAD_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "workload", str, "interactive",
-        "'interactive' (requests, batch 1) or 'bulk' (the file job and Ray set it): what backend 'auto' picks for",
+        "'interactive' (requests, batch 1) or 'bulk' (the file job and Ray set it): what backend 'auto' picks for; "
+        "bulk work on onnxruntime runs one batch per thread at once",
         choices=("interactive", "bulk"),
     ),
     Option("threads", int, None, "onnxruntime threads (default: the CPUs this process may use)", minimum=1, maximum=1024, nullable=True),
