@@ -117,7 +117,7 @@ def _peers(bundle: Path, work: Path, args: argparse.Namespace, checkpoint: Path)
     out = {"ort-dynamic": peers.ort_dynamic(bundle, work / "peers" / "ort-dynamic.onnx")}
     if {"nncf-latency", "nncf-throughput"} & set(args.contenders):
         out["nncf"] = peers.nncf_int8(bundle, work / "peers" / "nncf-int8.xml", italian_sentences())
-    if "ct2-int8" in args.contenders:
+    if {"ct2-int8", "ct2-int8-streams"} & set(args.contenders):
         out["ct2"] = peers.ct2_int8(checkpoint, work / "peers" / "ct2-int8")
     return out
 

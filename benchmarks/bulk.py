@@ -1,8 +1,9 @@
 """Bulk embedding work, every engine in one interleaved run, quiet and beside one busy core:
 ``python -m benchmarks.bulk [--corpus FILE] [--json OUT]`` (``--table OUT.json`` reprints a run's table).
 
-Contenders: flare-onnx on onnxruntime (the default), on OpenVINO (latency and bulk settings),
-OpenVINO + NNCF INT8 with either hint, CTranslate2's int8 encoder, and PyTorch FP32. For each
+Contenders: flare-onnx on onnxruntime (the default, and its bulk workload), on OpenVINO (latency and bulk settings),
+OpenVINO + NNCF INT8 with either hint, CTranslate2's int8 encoder (one batch at a time, and
+one per thread), and PyTorch FP32. For each
 model (the Flare-IT-shaped reference for speed, all-MiniLM-L6-v2 for fidelity on trained
 weights): throughput over length-sorted batches and batch-1 latency, interleaved pass by pass,
 once on a quiet machine and once with a CPU-bound neighbour on one core; fidelity to PyTorch;
@@ -22,8 +23,8 @@ from typing import Any
 from .contenders import BASELINE, CONTENDERS, available
 from .spin import busy_core
 
-FLARE = ["flare-int8", "flare-openvino"]
-PEERS = ["nncf-latency", "nncf-throughput", "ct2-int8"]
+FLARE = ["flare-int8", "flare-int8-bulk", "flare-openvino"]
+PEERS = ["nncf-latency", "nncf-throughput", "ct2-int8", "ct2-int8-streams"]
 
 
 def _measure(contenders: dict[str, Any], texts: list[str], counter: Any, args: argparse.Namespace) -> dict[str, Any]:

@@ -203,6 +203,18 @@ class FlareInt8Contender(FlareContender):
     precision = "int8"
 
 
+class FlareBulkContender(FlareInt8Contender):
+    """flare-onnx INT8 as its file job and Ray run it (``workload="bulk"``): one batch per
+    thread at once, each on one onnxruntime thread."""
+
+    key, name = "flare-int8-bulk", "flare-onnx INT8, bulk workload (one batch per thread)"
+
+    def load(self) -> None:
+        import flare_onnx
+
+        self.model = flare_onnx.load(self.art.bundle, precision="int8", threads=self.threads, workload="bulk")
+
+
 class FlareLeanContender(FlareInt8Contender):
     """flare-onnx's INT8 graph in a session with no prepacked weights and no memory arena: a
     "lean" setting measured for memory (it held more, and ran slower; not offered)."""
@@ -406,12 +418,44 @@ class Ct2Contender(GraphContender):
         return (Path(self.art.peers["ct2"]) / "model.bin").stat().st_size
 
 
+class Ct2StreamsContender(Ct2Contender):
+    """CTranslate2's own way to run batches side by side: ``inter_threads`` = the threads,
+    ``intra_threads=1``, each call's texts cut into one part per thread and sent at once (the
+    same work flare-onnx's bulk workload does: every other text, so the parts are alike in length)."""
+
+    key, name = "ct2-int8-streams", "CTranslate2 int8 encoder, one batch per thread (inter_threads)"
+
+    def compile(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        import ctranslate2
+
+        self.ct2 = ctranslate2.Encoder(self.art.peers["ct2"], device="cpu", compute_type="int8",
+                                       intra_threads=1, inter_threads=self.threads)
+        self.pool = ThreadPoolExecutor(self.threads)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        ids = [w.ids for w in self.encoder.windows(self.encoder.encode(texts), sliding=False, stride=0)]
+        parts = [np.arange(i, len(ids), self.threads) for i in range(min(self.threads, len(ids)))]
+
+        def part(rows: np.ndarray) -> np.ndarray:
+            chunk = [ids[i] for i in rows]
+            hidden = np.array(self.ct2.forward_batch(chunk).last_hidden_state)
+            lengths = np.array([len(row) for row in chunk])
+            return _mean_pool(hidden, np.arange(hidden.shape[1])[None, :] < lengths[:, None])
+
+        pooled = np.concatenate(list(self.pool.map(part, parts)))
+        out = np.empty_like(pooled)
+        out[np.concatenate(parts)] = pooled
+        return _normalize(out)
+
+
 CONTENDERS: dict[str, type[Contender]] = {
     c.key: c
     for c in (
         TorchContender, TorchInt8Contender, OptimumContender, OrtDynamicContender, OpenVinoContender,
         OpenVinoF32Contender, NncfContender, NncfThroughputContender, FlareContender, FlareInt8Contender,
-        FlareLeanContender, FlareOpenVinoContender, Ct2Contender,
+        FlareLeanContender, FlareOpenVinoContender, FlareBulkContender, Ct2Contender, Ct2StreamsContender,
     )
 }
 BASELINE = "torch-fp32"
