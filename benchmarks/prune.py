@@ -82,10 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         cut = export_bundle(str(checkpoint), work / "e5-it", task="feature-extraction", overwrite=True,
                             prune_vocab=text, min_doc_freq=args.min_doc_freq, prune_words=args.wordlist, log=log)
         if args.checkpoint_out:
+            from flare_onnx_export.exporter import stored_prompts
             from flare_onnx_export.prune import prune_checkpoint
 
             prune_checkpoint(checkpoint, Path(args.checkpoint_out), text, min_doc_freq=args.min_doc_freq,
-                             words=args.wordlist, log=log)
+                             words=args.wordlist, prompts=list(stored_prompts(checkpoint).values()), log=log)
     record = json.loads((cut / "manifest.json").read_text())["vocabulary"]
     held = [PREFIX + s for s in held]
     models = {(precision, name): flare_onnx.load(bundle, precision=precision)

@@ -26,7 +26,7 @@ from .sample import italian_sentences, mask_sentences, read_corpus
 from .tokenizer import build_tokenizer, compare_tokenizers, load_reference_tokenizer, special_tokens
 from .verify import compare, make_batches, onnx_outputs, torch_outputs
 
-__all__ = ["export_bundle", "TOKENIZER_PROBES", "FP32_TOLERANCE"]
+__all__ = ["export_bundle", "stored_prompts", "TOKENIZER_PROBES", "FP32_TOLERANCE"]
 
 FP32_TOLERANCE = 1e-4
 #: sentences of --calibration used (each goes through PyTorch and every guard attempt)
@@ -151,7 +151,7 @@ def _pruned(model: str, revision: str | None, text: tuple[str | Path | None, int
         return model, None
     pruned, source = work / ".pruned-checkpoint", resolve_checkpoint(model, revision=revision)
     record = prune_checkpoint(source, pruned, corpus, min_doc_freq=min_doc_freq, words=words,
-                              prompts=[*_stored_prompts(source).values(), *(prompts or {}).values()], log=log)
+                              prompts=[*stored_prompts(source).values(), *(prompts or {}).values()], log=log)
     return str(pruned), {**record, "corpus": Path(str(corpus)).name if corpus is not None else None}
 
 
@@ -234,10 +234,10 @@ def _prepare(model: str, *, revision: str | None, task: str | None, calibration:
     batches = make_batches(fast, verify_texts, pad_id=ids["pad"], mask_id=mask_id, max_length=max_length)
     reference = torch_outputs(ckpt.task, ckpt.model, batches)
     return _Prepared(ckpt, config, tokens, ids, fast, slow, check, max_length, verify_texts, batches, reference,
-                     {**_stored_prompts(source_dir), **(prompts or {})})
+                     {**stored_prompts(source_dir), **(prompts or {})})
 
 
-def _stored_prompts(directory: Path) -> dict[str, str]:
+def stored_prompts(directory: Path) -> dict[str, str]:
     """The checkpoint's sentence-transformers prompts (``{"query": "query: ", ...}``), if any."""
     path = directory / "config_sentence_transformers.json"
     try:

@@ -239,7 +239,7 @@ def prune_checkpoint(source: Path, out: Path, corpus: str | Path | None, *, min_
     if not min_doc_freq > 0:
         raise ExportError(f"min_doc_freq must be a count >= 1 or a share in (0, 1), not {min_doc_freq!r}")
     if isinstance(words, bool) or not isinstance(words, int) or words < 0:
-        raise ExportError(f"words must be a count >= 0, not {words!r}")
+        raise ExportError(f"the number of words to keep (prune_words, --prune-words) must be >= 0, not {words!r}")
     if corpus is None and not words:
         raise ExportError("pruning needs a corpus, a number of words, or both")
     listed = italian_words(words) if words else []

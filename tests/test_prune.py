@@ -124,7 +124,7 @@ def test_pruning_to_words_alone_keeps_every_word_form_intact(tiny_checkpoint, ti
 
 
 @pytest.mark.parametrize("words, message", [(0, "pruning needs a corpus, a number of words, or both"),
-                                            (-5, "words must be a count >= 0, not -5")])
+                                            (-5, r"the number of words to keep \(prune_words, --prune-words\) must be >= 0, not -5")])
 def test_bad_word_counts_are_export_errors(tiny_checkpoint, tmp_path, words, message):
     from flare_onnx_export.prune import prune_checkpoint
 
