@@ -132,6 +132,45 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def chart(results: dict[str, Any], path: Path) -> None:
+    """Tokens/s of every contender, quiet and beside a busy core, one panel per model;
+    flare-onnx in blue, peers in grey, the best at the top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    from .contenders import CONTENDERS
+
+    sections = list(results["sections"].values())
+    keys = list(sections[0]["loads"]["quiet"]["throughput"])
+    fig, axes = plt.subplots(len(sections), 1, figsize=(10, (0.5 * len(keys) + 1.0) * len(sections) + 0.6), squeeze=False)
+    for ax, section in zip(axes[:, 0], sections):
+        loads = section["loads"]
+        rate = {ld: {k: loads[ld]["throughput"][k]["tokens_per_s"] for k in keys} for ld in loads}
+        order = sorted(keys, key=lambda k: rate["quiet"][k], reverse=True)
+        for j, ld in enumerate(loads):
+            ys = [i + (0.2 if j else -0.2) for i in range(len(order))]
+            flare = ["#1f4e99", "#8fb0e0"][j]
+            peer = ["#6a6a6a", "#c4c4c4"][j]
+            colors = [flare if k.startswith("flare") else peer for k in order]
+            ax.barh(ys, [rate[ld][k] for k in order], height=0.4, color=colors, label=ld)
+            for y, k in zip(ys, order):
+                ax.text(rate[ld][k], y, f" {rate[ld][k]:,.0f} ({ld})", va="center", fontsize=7)
+        ax.set_yticks(range(len(order)), [CONTENDERS[k].name for k in order], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, max(rate["quiet"].values()) * 1.25)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:,.0f}"))
+        ax.set_title(f"{section['model']}", fontsize=9)
+        ax.spines[["top", "right"]].set_visible(False)
+    fig.suptitle(f"Bulk embeddings, tokens/s (higher is better), {results['threads']} threads:\n"
+                 f"quiet (dark) and beside one busy core (light)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     from flare_onnx.engine.session import available_cpus
 
@@ -154,9 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="artifacts/bench")
     p.add_argument("--json", help="write every raw figure here")
     p.add_argument("--table", help="print the table of an earlier run's JSON and stop")
+    p.add_argument("--chart", help="draw the throughput chart (PNG) of this run, or of --table's")
     args = p.parse_args(argv)
     if args.table:
-        print(markdown(json.loads(Path(args.table).read_text(encoding="utf-8"))))
+        earlier = json.loads(Path(args.table).read_text(encoding="utf-8"))
+        print(markdown(earlier))
+        if args.chart:
+            chart(earlier, Path(args.chart))
         return 0
     args.contenders = available(args.contenders)
     args.rebuild = False
@@ -177,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
     print(markdown(results))
+    if args.chart:
+        chart(results, Path(args.chart))
     return 0
 
 

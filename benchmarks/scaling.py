@@ -18,6 +18,8 @@ from pathlib import Path
 
 CONFIGS = {
     "local, 1 worker × 2 threads": ["--workers", "1", "--threads", "2"],
+    "local, 1 worker × 2 threads, each batch split over both (--workload interactive)":
+        ["--workers", "1", "--threads", "2", "--workload", "interactive"],
     "local, 2 workers × 1 thread": ["--workers", "2", "--threads", "1"],
     "ray, 1 actor × 2 threads": ["--engine", "ray", "--actors", "1", "--threads", "2"],
     "ray, 2 actors × 1 thread": ["--engine", "ray", "--actors", "2", "--threads", "1"],
@@ -34,15 +36,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--records", type=int, default=20_000)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", default="bench-results")
+    p.add_argument("--local-only", action="store_true", help="skip the Ray configurations (no ray extra needed)")
     args = p.parse_args(argv)
+    configs = {k: v for k, v in CONFIGS.items() if not (args.local_only and k.startswith("ray"))}
     texts = read_corpus(args.corpus) if args.corpus else italian_sentences()
     texts = (texts * (args.records // len(texts) + 1))[: args.records]
     work = Path(tempfile.mkdtemp(prefix="flare-scaling-"))
     src = work / "in.jsonl"
     src.write_text("".join(json.dumps({"id": i, "text": t}, ensure_ascii=False) + "\n" for i, t in enumerate(texts)), encoding="utf-8")
-    times: dict[str, list[float]] = {k: [] for k in CONFIGS}
+    times: dict[str, list[float]] = {k: [] for k in configs}
     for r in range(args.repeats):
-        for name, extra in CONFIGS.items():
+        for name, extra in configs.items():
             out = work / f"out-{r}-{len(times[name])}-{'ray' if 'ray' in name else 'local'}"
             out = out.with_suffix(".jsonl") if "ray" not in name else out
             cmd = [sys.executable, "-m", "flare_onnx", "run", args.task, args.bundle, "-i", str(src), "-o", str(out),
