@@ -11,7 +11,7 @@ work (the file job, Ray) wherever the OpenVINO rule does not hold.
 
 Bulk work on onnxruntime runs in streams (:class:`.session.StreamedSession`): one batch per CPU
 at once, each on one thread, instead of every batch split over all threads. Measured on the
-AVX2 EPYC, 2 CPUs: ~1.02× quietly, ~1.25× beside one busy core, where split work waits at
+AVX2 EPYC, 2 CPUs: 1.04× quietly, 1.16–1.18× beside one busy core, where split work waits at
 every operator for the thread that shares its core.
 """
 
