@@ -1,11 +1,11 @@
 """Bulk embedding work, every engine in one interleaved run, quiet and beside one busy core:
 ``python -m benchmarks.bulk [--corpus FILE] [--json OUT]`` (``--table OUT.json`` reprints a run's table).
 
-Contenders: flare-onnx on onnxruntime (the default, and its bulk workload), on OpenVINO (latency and bulk settings),
-OpenVINO + NNCF INT8 with either hint, CTranslate2's int8 encoder (one batch at a time, and
-one per thread), and PyTorch FP32. For each
-model (the Flare-IT-shaped reference for speed, all-MiniLM-L6-v2 for fidelity on trained
-weights): throughput over length-sorted batches and batch-1 latency, interleaved pass by pass,
+Contenders: flare-onnx on onnxruntime (the default, and its bulk workload: one batch per
+thread) and on OpenVINO, OpenVINO + NNCF INT8 with either hint, CTranslate2's int8 encoder
+(one batch at a time, and one per thread), and PyTorch FP32. For each model (the
+Flare-IT-shaped reference for speed, all-MiniLM-L6-v2 for fidelity on trained weights):
+throughput over length-sorted batches and batch-1 latency, interleaved pass by pass,
 once on a quiet machine and once with a CPU-bound neighbour on one core; fidelity to PyTorch;
 peak RSS and cold start in fresh processes. Medians, and ratios to the best peer.
 """

@@ -264,7 +264,6 @@ def test_non_finite_outputs_fail_loudly(tiny_bundle):
         model.embed(["ciao"])
 
 
-
 # -- bulk work: one batch per thread ----------------------------------------------------------
 
 
