@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -284,16 +285,19 @@ class _FailingOnce:
 
     def __init__(self, real, at: int, how: str) -> None:
         self.real, self.at, self.how, self.calls = real, at, how, 0
+        self.lock = threading.Lock()  # the streams call run() from two threads at once
 
     def __getattr__(self, name):
         return getattr(self.real, name)
 
     def run(self, names, feeds):
-        self.calls += 1
+        with self.lock:
+            self.calls += 1
+            call = self.calls
         out = self.real.run(names, feeds)
-        if self.calls == self.at and self.how == "raise":
+        if call == self.at and self.how == "raise":
             raise RuntimeError("onnxruntime: something broke")
-        if self.calls == self.at:
+        if call == self.at:
             out[0][...] = np.nan
         return out
 
