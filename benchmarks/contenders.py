@@ -407,12 +407,17 @@ class Ct2Contender(GraphContender):
         self.ct2 = ctranslate2.Encoder(self.art.peers["ct2"], device="cpu", compute_type="int8",
                                        intra_threads=self.threads, inter_threads=1)
 
-    def embed(self, texts: list[str]) -> np.ndarray:
-        ids = [w.ids for w in self.encoder.windows(self.encoder.encode(texts), sliding=False, stride=0)]
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        return [w.ids for w in self.encoder.windows(self.encoder.encode(texts), sliding=False, stride=0)]
+
+    def _pooled(self, ids: list[list[int]]) -> np.ndarray:
+        """Mean-pooled hidden states of one CTranslate2 batch (it pads; the lengths mask)."""
         hidden = np.array(self.ct2.forward_batch(ids).last_hidden_state)
         lengths = np.array([len(row) for row in ids])
-        mask = np.arange(hidden.shape[1])[None, :] < lengths[:, None]
-        return _normalize(_mean_pool(hidden, mask))
+        return _mean_pool(hidden, np.arange(hidden.shape[1])[None, :] < lengths[:, None])
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return _normalize(self._pooled(self._ids(texts)))
 
     def size_bytes(self) -> int | None:
         return (Path(self.art.peers["ct2"]) / "model.bin").stat().st_size
@@ -435,16 +440,9 @@ class Ct2StreamsContender(Ct2Contender):
         self.pool = ThreadPoolExecutor(self.threads)
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        ids = [w.ids for w in self.encoder.windows(self.encoder.encode(texts), sliding=False, stride=0)]
+        ids = self._ids(texts)
         parts = [np.arange(i, len(ids), self.threads) for i in range(min(self.threads, len(ids)))]
-
-        def part(rows: np.ndarray) -> np.ndarray:
-            chunk = [ids[i] for i in rows]
-            hidden = np.array(self.ct2.forward_batch(chunk).last_hidden_state)
-            lengths = np.array([len(row) for row in chunk])
-            return _mean_pool(hidden, np.arange(hidden.shape[1])[None, :] < lengths[:, None])
-
-        pooled = np.concatenate(list(self.pool.map(part, parts)))
+        pooled = np.concatenate(list(self.pool.map(lambda rows: self._pooled([ids[i] for i in rows]), parts)))
         out = np.empty_like(pooled)
         out[np.concatenate(parts)] = pooled
         return _normalize(out)

@@ -428,7 +428,8 @@ def _create_backend_session(bundle: VerifiedBundle, opts: Mapping[str, Any]) -> 
         return create_openvino_session(bundle.graph_bytes, bundle.weights_bytes, threads=opts["threads"])
     threads = opts["threads"] or available_cpus()
     if opts["workload"] == "bulk" and threads > 1:  # one batch per thread (StreamedSession)
-        return StreamedSession(create_session(bundle.graph_bytes, threads=1, arena=opts["arena"], spin=opts["spin"]), streams=threads)
+        session = create_session(bundle.graph_bytes, threads=1, arena=opts["arena"], spin=opts["spin"])
+        return StreamedSession(session, streams=threads)
     return create_session(bundle.graph_bytes, threads=threads, arena=opts["arena"], spin=opts["spin"])
 
 
