@@ -20,6 +20,7 @@ from ._deps import require
 from .checkpoint import DEFAULT_MODEL, load_checkpoint, resolve_checkpoint
 from .graphs import GRAPH_IO, OPSET, export_graph
 from .guard import DEFAULT_TARGET, PRESETS, quantize_guarded
+from .optimize import optimize_for_onnxruntime
 from .prune import DEFAULT_MIN_DOC_FREQ, prune_checkpoint
 from .quantize import EMBEDDING_BITS, TARGETS
 from .sample import italian_sentences, mask_sentences, read_corpus
@@ -278,6 +279,10 @@ def _write_onnx_graphs(prep: _Prepared, work: Path, precisions: tuple[str, ...],
                 f"(more than {FP32_TOLERANCE}); the export is wrong"
             )
         graphs[precision] = {"file": GRAPH_FILES[precision], "inputs": list(inputs), "outputs": list(outputs)}
+        if precision == "int8":  # the FP32 graph stays plain ONNX: OpenVINO and re-quantizing read it
+            optimized = optimize_for_onnxruntime(path, prep.batches, log=log)
+            if optimized:
+                graphs[precision]["optimized"] = optimized
     return graphs, quantization
 
 

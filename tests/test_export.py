@@ -66,6 +66,66 @@ def test_tied_embedding_is_stored_once(tiny_bundle, tiny_checkpoint):
     assert (tiny_bundle / "model.fp32.onnx").stat().st_size < params * 4 * 1.1
 
 
+def test_int8_graph_is_stored_optimized_with_the_same_outputs(tiny_bundle, tmp_path, monkeypatch):
+    """The stored INT8 graph is onnxruntime's optimized one, and its session starts at the
+    ``basic`` level; a copy of the bundle without the mark (as bundles were before) starts at
+    the full level and gives the same vectors and the same predictions."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from flare_onnx.engine import session as session_module
+
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    assert manifest["graphs"]["int8"]["optimized"]["level"] == "extended"
+    assert "optimized" not in manifest["graphs"]["fp32"]
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_bundle, plain)
+    del manifest["graphs"]["int8"]["optimized"]
+    (plain / "manifest.json").write_text(json.dumps(manifest))
+    levels: list[object] = []
+    real = ort.InferenceSession
+
+    def recording(model, sess_options, providers):
+        levels.append(sess_options.graph_optimization_level)
+        return real(model, sess_options=sess_options, providers=providers)
+
+    monkeypatch.setattr(session_module.ort, "InferenceSession", recording)
+    model, old = flare_onnx.load(tiny_bundle, threads=1), flare_onnx.load(plain, threads=1)
+    monkeypatch.undo()
+    assert levels == [ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, ort.GraphOptimizationLevel.ORT_ENABLE_ALL]
+    texts = ["La capitale d'Italia è Roma.", "Il gatto dorme sul divano da stamattina, tranquillo."]
+    np.testing.assert_allclose(model.embed(texts), old.embed(texts), atol=1e-5)
+    masked = ["La capitale d'Italia è <mask>."]
+    assert [p.token for p in model.fill_mask(masked)[0][0]] == [p.token for p in old.fill_mask(masked)[0][0]]
+
+
+def test_optimized_mark_must_name_its_level(tiny_bundle, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["graphs"]["int8"]["optimized"] = {"level": "all"}  # CPU-specific layouts: not portable
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(flare_onnx.BundleError, match="graphs.int8.optimized.level must be 'extended'"):
+        flare_onnx.load(bundle)
+
+
+def test_optimizer_keeps_the_plain_graph_when_outputs_differ(tiny_bundle, tmp_path, monkeypatch):
+    import numpy as np
+
+    from flare_onnx_export import optimize
+
+    graph = tmp_path / "q.onnx"
+    shutil.copy(tiny_bundle / "model.int8.onnx", graph)
+    ids = np.array([[0, 5, 6, 7, 2]], dtype=np.int64)
+    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "mask_positions": np.array([2], dtype=np.int64)}
+    said: list[str] = []
+    assert optimize.optimize_for_onnxruntime(graph, [batch], log=said.append)["level"] == "extended"
+    before = graph.read_bytes()
+    monkeypatch.setattr(optimize, "TOLERANCE", -1.0)  # any difference at all, even none, is too much
+    assert optimize.optimize_for_onnxruntime(graph, [batch], log=said.append) is None
+    assert graph.read_bytes() == before and "the plain graph is kept" in said[-1]
+
+
 def test_unreachable_hub_fails_fast_and_clearly(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ExportError, match=r"there is no directory 'flare-onnx-tests/absent', and it could not be fetched from the Hugging Face Hub.*flare-onnx reference DIR"):

@@ -69,6 +69,7 @@ class GraphSpec:
     outputs: tuple[str, ...]
     backend: str = "onnxruntime"
     weights: str | None = None  # OpenVINO IR: the .bin beside the .xml
+    optimized: bool = False  # stored as onnxruntime's optimizers leave it (export/optimize.py)
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,15 @@ def _names(g: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _optimized(g: Mapping[str, Any], where: str) -> bool:
+    if "optimized" not in g:
+        return False
+    record = _get(g, "optimized", dict, where)
+    if record.get("level") != "extended":
+        raise BundleError(f"manifest.json: {where}.optimized.level must be 'extended'; re-export the bundle")
+    return True
+
+
 def _graphs(section: Mapping[str, Any], where: str, *, backend: str) -> dict[str, GraphSpec]:
     """The graphs of one backend by precision (an OpenVINO IR also names its weights file)."""
     out: dict[str, GraphSpec] = {}
@@ -176,6 +186,7 @@ def _graphs(section: Mapping[str, Any], where: str, *, backend: str) -> dict[str
             outputs=_names(g, "outputs", f"{where}.{precision}"),
             backend=backend,
             weights=_get(g, "weights", str, f"{where}.{precision}") if backend == "openvino" else None,
+            optimized=_optimized(g, f"{where}.{precision}"),
         )
     return out
 

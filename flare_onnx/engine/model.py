@@ -427,10 +427,10 @@ def _create_backend_session(bundle: VerifiedBundle, opts: Mapping[str, Any]) -> 
             raise BundleError("the OpenVINO IR has no weights file; re-export with --openvino")
         return create_openvino_session(bundle.graph_bytes, bundle.weights_bytes, threads=opts["threads"])
     threads = opts["threads"] or available_cpus()
+    settings = {"arena": opts["arena"], "spin": opts["spin"], "optimized": bundle.graph.optimized}
     if opts["workload"] == "bulk" and threads > 1:  # one batch per thread (StreamedSession)
-        session = create_session(bundle.graph_bytes, threads=1, arena=opts["arena"], spin=opts["spin"])
-        return StreamedSession(session, streams=threads)
-    return create_session(bundle.graph_bytes, threads=threads, arena=opts["arena"], spin=opts["spin"])
+        return StreamedSession(create_session(bundle.graph_bytes, threads=1, **settings), streams=threads)
+    return create_session(bundle.graph_bytes, threads=threads, **settings)
 
 
 def load(

@@ -60,6 +60,7 @@ def create_session(
     threads: int | None = None,
     arena: bool = True,
     spin: bool = True,
+    optimized: bool = False,
 ) -> ort.InferenceSession:
     """An onnxruntime CPU session for verified model bytes.
 
@@ -70,6 +71,9 @@ def create_session(
         spin: let idle worker threads spin-wait for the next piece of work. Fastest on a
             dedicated machine; on a shared one the spinning threads steal CPU from everything
             else (and from this model's own next call), so turn it off there.
+        optimized: the exporter already ran onnxruntime's optimizers over the graph (its
+            manifest says so; ``export/optimize.py``): only the ``basic`` level runs here, which
+            folds what the stored graph keeps unfolded. ~45 ms less per session.
 
     Raises:
         BundleError: the model references external data or onnxruntime cannot load it.
@@ -92,7 +96,8 @@ def create_session(
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    levels = ort.GraphOptimizationLevel
+    options.graph_optimization_level = levels.ORT_ENABLE_BASIC if optimized else levels.ORT_ENABLE_ALL
     options.enable_cpu_mem_arena = arena
     # Shapes change from batch to batch; memory patterns only pay off for repeated shapes.
     options.enable_mem_pattern = False
