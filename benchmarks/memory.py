@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(args.bundle, texts_file, int(tokens), arena == "1", int(threads))))
         return 0
     from .__main__ import _texts
+    from .workloads import compile_bytecode
+
+    compile_bytecode()  # the children start from .pyc files, as an installed package does
 
     texts, source = _texts(args.corpus, args.texts)
     texts_file = Path(args.work) / "texts-memory.json"
