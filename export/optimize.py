@@ -40,19 +40,16 @@ def _session(ort: Any, model: bytes | str, level: Any, save: str | None = None) 
     return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def _unfold_transposed_tables(before: Any, after: Any) -> int:
+def _unfold_transposed_tables(before: Any, after: Any) -> None:
     """Put back each ``Transpose`` of a stored table that the optimizer folded into a copy."""
     stored = {t.name for t in before.graph.initializer}
     transposes = {n.output[0]: n for n in before.graph.node if n.op_type == "Transpose" and n.input[0] in stored}
     kept = {t.name for t in after.graph.initializer}
-    undone = 0
     for name, node in transposes.items():
         if name in kept and node.input[0] in kept:
             index = next(i for i, t in enumerate(after.graph.initializer) if t.name == name)
             del after.graph.initializer[index]
             after.graph.node.insert(0, node)  # its only input is a stored table: first is in order
-            undone += 1
-    return undone
 
 
 def optimize_for_onnxruntime(
