@@ -9,10 +9,9 @@ are slower than onnxruntime's. So ``auto`` is
 onnxruntime for interactive work (the Python API, the HTTP service, serverless) and for bulk
 work (the file job, Ray) wherever the OpenVINO rule does not hold.
 
-Bulk work on onnxruntime runs in streams (:class:`.session.StreamedSession`): one batch per CPU
-at once, each on one thread, instead of every batch split over all threads. Measured on the
-AVX2 EPYC, 2 CPUs: 1.04× quietly, 1.16–1.18× beside one busy core, where split work waits at
-every operator for the thread that shares its core.
+Bulk work on onnxruntime runs in streams (:class:`.session.StreamedSession`, which says why and
+what it measured): one batch per CPU at once, each on one thread, instead of every batch split
+over all threads.
 """
 
 from __future__ import annotations

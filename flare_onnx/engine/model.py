@@ -293,7 +293,7 @@ class FlareModel:
             lengths, max_tokens=self.max_batch_tokens, max_batch=self.max_batch_size, max_cells=self.max_batch_cells
         ))
         if self.streams > 1:  # each batch in one part per stream, alike in length: none waits for another
-            plans = [idx[i::self.streams] for idx in plans for i in range(self.streams) if idx[i::self.streams]]
+            plans = [idx[i::self.streams] for idx in plans for i in range(min(self.streams, len(idx)))]
         feeds = (self._feeds(windows, mask_rows, idx) for idx in plans)
         if len(plans) > 1 and hasattr(self.session, "run_many"):  # streams: every one busy
             results: Iterator[list[np.ndarray]] = self.session.run_many(feeds)

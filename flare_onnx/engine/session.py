@@ -123,8 +123,8 @@ class StreamedSession:
     A session with several intra-op threads splits every operator of one batch over them and
     waits for the slowest at each of the graph's ~270 operators; beside a busy core that thread
     sets the pace of all. Independent batches, one per thread, do not wait for each other.
-    Measured (``python -m benchmarks.bulk``, 2 CPUs, AVX2 EPYC, 480 ISDT sentences): +4%
-    quietly, +16–18% with one core busy, against the same graph with each batch split over both
+    Measured (``python -m benchmarks.bulk``, 2 CPUs, AVX2 EPYC, 480 ISDT sentences): +4–5%
+    quietly, +16–20% with one core busy, against the same graph with each batch split over both
     threads. One session, so one copy of the weights; activations for ``streams`` batches at a
     time. onnxruntime's ``run`` is safe to call from several threads and releases the GIL.
     """
