@@ -100,6 +100,11 @@ class TorchContender(Contender):
         self.base = model.base_model if self.art.mask_token else model
 
     def _enc(self, texts: list[str]) -> Any:
+        # CTranslate2 sets the process's OpenMP thread count when its encoder is created
+        # (intra_threads=1 for its one-batch-per-thread peer), and torch shares that runtime:
+        # without this, PyTorch ran on one thread after that peer loaded (5x slower here).
+        if self.torch.get_num_threads() != self.threads:
+            self.torch.set_num_threads(self.threads)
         return self.tok(texts, padding=True, truncation=True, max_length=512, return_tensors="pt")
 
     def fill_mask(self, texts: list[str]) -> list[list[list[int]]]:
