@@ -209,15 +209,17 @@ class FlareInt8Contender(FlareContender):
 
 
 class FlareBulkContender(FlareInt8Contender):
-    """flare-onnx INT8 as its file job and Ray run it (``workload="bulk"``): one batch per
-    thread at once, each on one onnxruntime thread."""
+    """flare-onnx INT8 as its file job and Ray run it on onnxruntime (``workload="bulk"``): one
+    batch per thread at once, each on one onnxruntime thread. The backend is pinned: on a CPU
+    where ``auto`` picks OpenVINO for bulk work, that choice is the OpenVINO contender."""
 
     key, name = "flare-int8-bulk", "flare-onnx INT8, bulk workload (one batch per thread)"
 
     def load(self) -> None:
         import flare_onnx
 
-        self.model = flare_onnx.load(self.art.bundle, precision="int8", threads=self.threads, workload="bulk")
+        self.model = flare_onnx.load(self.art.bundle, precision="int8", threads=self.threads, workload="bulk",
+                                     backend="onnxruntime")
 
 
 class FlareLeanContender(FlareInt8Contender):
