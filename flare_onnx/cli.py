@@ -185,7 +185,7 @@ def _info(args: argparse.Namespace) -> int:
         "vocabulary": raw.get("vocabulary") or {"pruned": False},
         "prompts": raw["model"].get("prompts") or {},
         "engine": {work: {"backend": c.backend, "why": c.reason}
-                   for work in ("interactive", "bulk") for c in [choose_backend("auto", work, manifest, None)]},
+                   for work in ("interactive", "bulk") for c in [choose_backend("auto", work)]},
         "verified": True,
     }
     json.dump(summary, sys.stdout, ensure_ascii=False, indent=2)
@@ -371,7 +371,7 @@ def _add_export(sub: Any) -> None:
     )
     p.add_argument(
         "--openvino", action="store_true",
-        help="also write an OpenVINO INT8 IR (NNCF) for --backend openvino, the fastest engine on x86 servers",
+        help="also write an OpenVINO INT8 IR (NNCF) for --backend openvino (docs/benchmarks.md compares the engines)",
     )
     p.set_defaults(func=_export)
 

@@ -411,8 +411,7 @@ def _validate(cfg: JobConfig) -> tuple[TaskSpec, str]:
     manifest.require(spec.name)  # fail before reading any input
     _check_paths(cfg)
     # the engine is chosen once, here: every worker and a resume run the same one
-    engine = choose_backend(cfg.model_options.get("backend", "auto"), cfg.model_options["workload"], manifest,
-                            cfg.model_options.get("precision"))
+    engine = choose_backend(cfg.model_options.get("backend", "auto"), cfg.model_options["workload"])
     cfg.model_options["backend"] = engine.backend
     print(f"flare-onnx: engine: {engine.backend} ({engine.reason})", file=sys.stderr)
     return spec, fmt

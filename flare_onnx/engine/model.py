@@ -19,7 +19,7 @@ from tokenizers import Encoding
 from ..errors import BundleError, InferenceError, InputError
 from .batching import pad_batch, plan_batches
 from .backends import choose_backend
-from .bundle import VerifiedBundle, open_bundle, read_manifest
+from .bundle import VerifiedBundle, open_bundle
 from .cache import bundle_dir
 from .postprocess import softmax
 from .request import Limits, Request
@@ -461,10 +461,10 @@ def load(
             work of one text); ``None`` lifts the cap, for trusted batch jobs.
         spin: idle worker threads spin-wait between calls (fastest on a dedicated machine);
             pass ``False`` on shared machines, in containers and in serverless functions.
-        backend: ``"onnxruntime"`` (lean, fast start, fastest at batch 1), ``"openvino"``
-            (the NNCF INT8 IR of a bundle exported with ``--openvino``) or ``"auto"`` (the
-            default): onnxruntime, except ``workload="bulk"`` on a CPU with 8-bit dot-product
-            instructions and a bundle with an IR (see ``model.backend_choice``).
+        backend: ``"onnxruntime"`` (lean, fast start, fastest at batch 1 and, run as bulk work,
+            as fast as OpenVINO in bulk), ``"openvino"`` (the NNCF INT8 IR of a bundle exported
+            with ``--openvino``) or ``"auto"`` (the default): onnxruntime for either workload
+            (``model.backend_choice`` says why).
         arena: keep onnxruntime's memory arena (faster; off keeps RSS flat as shapes vary).
         workload: ``"interactive"`` or ``"bulk"``: what ``backend="auto"`` chooses for, and
             how onnxruntime runs: bulk work runs one batch per thread at once (``model.streams``
@@ -481,9 +481,8 @@ def load(
         >>> model.fill_mask(["Roma è la <mask> d'Italia."])
     """
     choice = parse_load_options({"precision": precision, "backend": backend, "workload": workload})
-    directory = bundle_dir(path)
-    engine = choose_backend(choice["backend"], choice["workload"], read_manifest(directory), choice["precision"])
-    bundle = open_bundle(directory, precision=choice["precision"], backend=engine.backend)
+    engine = choose_backend(choice["backend"], choice["workload"])
+    bundle = open_bundle(bundle_dir(path), precision=choice["precision"], backend=engine.backend)
     model = FlareModel(bundle, {
         "threads": threads, "max_batch_tokens": max_batch_tokens, "max_batch_size": max_batch_size,
         "max_text_tokens": max_text_tokens, "spin": spin, "arena": arena, "workload": choice["workload"],

@@ -123,9 +123,10 @@ class StreamedSession:
     A session with several intra-op threads splits every operator of one batch over them and
     waits for the slowest at each of the graph's ~270 operators; beside a busy core that thread
     sets the pace of all. Independent batches, one per thread, do not wait for each other.
-    Measured (``python -m benchmarks.bulk``, 2 CPUs, AVX2 EPYC, 480 ISDT sentences): +4–5%
-    quietly, +16–20% with one core busy, against the same graph with each batch split over both
-    threads. One session, so one copy of the weights; activations for ``streams`` batches at a
+    Measured (``python -m benchmarks.bulk``, 2 CPUs, 480 ISDT sentences), against the same graph
+    with each batch split over both threads: +17–23% quietly on an AVX-512 VNNI EPYC (beside a
+    busy core −14% to +8% over two runs: no steady difference); +4–5% quietly and +16–20%
+    beside a busy core on an AVX2 EPYC. One session, so one copy of the weights; activations for ``streams`` batches at a
     time. onnxruntime's ``run`` is safe to call from several threads and releases the GIL.
     """
 
