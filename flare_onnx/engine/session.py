@@ -7,14 +7,16 @@ import os
 import weakref
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnxruntime as ort
 
 from ._onnx_scan import MalformedModel, has_external_data
 from ..errors import BundleError, InputError
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 __all__ = ["available_cpus", "create_session", "StreamedSession"]
 
@@ -133,6 +135,8 @@ class StreamedSession:
     def __init__(self, session: Any, streams: int) -> None:
         self._session = session
         self.streams = streams
+        from concurrent.futures import ThreadPoolExecutor  # here: bulk work only (logging, ~5 ms to import)
+
         self._pool = ThreadPoolExecutor(streams, thread_name_prefix="flare-onnx-stream")
         weakref.finalize(self, self._pool.shutdown, wait=False)
 
