@@ -164,7 +164,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
         ax.xaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:,.0f}"))
         ax.set_title(f"{section['model']}", fontsize=9)
         ax.spines[["top", "right"]].set_visible(False)
-    fig.suptitle(f"Bulk embeddings, tokens/s (higher is better), {results['threads']} threads:\n"
+    isa = results["machine"]["isa"]
+    cpu = f"{results['machine']['cpu']}, {'AVX-512 VNNI' if isa.get('avx512_vnni') else 'AVX2' if isa.get('avx2') else 'no AVX2'}"
+    fig.suptitle(f"Bulk embeddings, tokens/s (higher is better), {results['threads']} threads, {cpu}:\n"
                  f"quiet (dark) and beside one busy core (light)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
