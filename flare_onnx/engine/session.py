@@ -128,8 +128,9 @@ class StreamedSession:
     Measured (``python -m benchmarks.bulk``, 2 CPUs, 480 ISDT sentences), against the same graph
     with each batch split over both threads: +17–23% quietly on an AVX-512 VNNI EPYC (beside a
     busy core −14% to +8% over two runs: no steady difference); +4–5% quietly and +16–20%
-    beside a busy core on an AVX2 EPYC. One session, so one copy of the weights; activations for ``streams`` batches at a
-    time. onnxruntime's ``run`` is safe to call from several threads and releases the GIL.
+    beside a busy core on an AVX2 EPYC. One session, so one copy of the weights; activations
+    for ``streams`` batches at a time. onnxruntime's ``run`` is safe to call from several
+    threads and releases the GIL.
     """
 
     def __init__(self, session: Any, streams: int) -> None:
