@@ -466,8 +466,8 @@ def load(
             with ``--openvino``) or ``"auto"`` (the default): onnxruntime for either workload
             (``model.backend_choice`` says why).
         arena: keep onnxruntime's memory arena (faster; off keeps RSS flat as shapes vary).
-        workload: ``"interactive"`` or ``"bulk"``: what ``backend="auto"`` chooses for, and
-            how onnxruntime runs: bulk work runs one batch per thread at once (``model.streams``
+        workload: ``"interactive"`` or ``"bulk"``: how onnxruntime runs (and the reason
+            ``backend="auto"`` gives): bulk work runs one batch per thread at once (``model.streams``
             of them; a lone text then uses one thread), interactive work splits each batch
             over all threads (lowest latency for one request).
 
