@@ -210,8 +210,8 @@ class FlareInt8Contender(FlareContender):
 
 class FlareBulkContender(FlareInt8Contender):
     """flare-onnx INT8 as its file job and Ray run it on onnxruntime (``workload="bulk"``): one
-    batch per thread at once, each on one onnxruntime thread. The backend is pinned: on a CPU
-    where ``auto`` picks OpenVINO for bulk work, that choice is the OpenVINO contender."""
+    batch per thread at once, each on one onnxruntime thread. The backend is pinned, so this row
+    stays onnxruntime's whatever ``auto`` chooses (it once chose OpenVINO on VNNI CPUs)."""
 
     key, name = "flare-int8-bulk", "flare-onnx INT8, bulk workload (one batch per thread)"
 
