@@ -336,12 +336,12 @@ LOAD_OPTIONS: tuple[Option, ...] = (
     Option(
         "backend", str, "auto",
         "'onnxruntime' (lean, fastest at batch 1), 'openvino' (the bundle's OpenVINO IR; export with "
-        "--openvino) or 'auto': onnxruntime, except bulk work on a CPU where OpenVINO's INT8 was measured faster",
+        "--openvino) or 'auto': onnxruntime, for interactive and bulk work alike",
         choices=("auto", "onnxruntime", "openvino"),
     ),
     Option(
         "workload", str, "interactive",
-        "'interactive' (requests, batch 1) or 'bulk' (the file job and Ray set it): what backend 'auto' picks for; "
+        "'interactive' (requests, batch 1) or 'bulk' (the file job and Ray set it): "
         "bulk work on onnxruntime runs one batch per thread at once",
         choices=("interactive", "bulk"),
     ),
