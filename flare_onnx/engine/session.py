@@ -134,10 +134,10 @@ class StreamedSession:
     """
 
     def __init__(self, session: Any, streams: int) -> None:
-        self._session = session
-        self.streams = streams
         from concurrent.futures import ThreadPoolExecutor  # here: bulk work only (logging, ~5 ms to import)
 
+        self._session = session
+        self.streams = streams
         self._pool = ThreadPoolExecutor(streams, thread_name_prefix="flare-onnx-stream")
         weakref.finalize(self, self._pool.shutdown, wait=False)
 
