@@ -12,7 +12,7 @@ import pytest
 import flare_onnx
 from flare_onnx import BundleError, InputError
 from flare_onnx.engine._onnx_scan import has_external_data
-from flare_onnx.engine.bundle import file_record
+from flare_onnx.engine.bundle import file_record, open_bundle
 
 
 @pytest.fixture
@@ -109,6 +109,8 @@ def test_graph_with_external_data_is_refused_even_with_matching_hashes(bundle, t
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["files"]["model.fp32.onnx"] = file_record(data)  # an attacker can rewrite hashes too
     (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="references external data files"):
+        open_bundle(bundle, precision="fp32")  # what `flare-onnx verify` runs, before any session
     cwd = os.getcwd()
     os.chdir(bundle)  # where onnxruntime would resolve the external file from
     try:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BundleError, InputError, TaskNotAvailableError
+from ._onnx_scan import MalformedModel, has_external_data
 from .tasks import EXPORT_TASKS, TaskSpec, get_task
 from .tokenizer_check import check_tokenizer_json
 
@@ -329,6 +330,19 @@ def _read_verified(root: Path, name: str, record: Mapping[str, Any]) -> bytes:
     return data
 
 
+def _check_graph_file(graph: bytes) -> None:
+    """Refuse an ONNX graph that is not a protobuf message or that names external data."""
+    try:
+        external = has_external_data(graph)
+    except MalformedModel as exc:
+        raise BundleError(f"the ONNX graph is not a valid model file ({exc}); re-export the bundle") from exc
+    if external:
+        raise BundleError(
+            "the ONNX graph references external data files; flare-onnx loads single-file "
+            "graphs only (re-export the bundle without external data)"
+        )
+
+
 @dataclass(frozen=True)
 class VerifiedBundle:
     """The verified contents of a bundle: manifest, tokenizer and one graph's bytes."""
@@ -345,7 +359,9 @@ BACKENDS = ("onnxruntime", "openvino")
 
 
 def open_bundle(directory: str | Path, *, precision: str | None = None, backend: str = "onnxruntime") -> VerifiedBundle:
-    """Read a bundle and verify the files a session needs against the manifest.
+    """Read a bundle and verify the files a session needs against the manifest (sizes and
+    hashes), then what they hold: the tokenizer (:func:`check_tokenizer_json`) and an ONNX
+    graph that names no external data.
 
     Args:
         directory: the bundle directory.
@@ -354,7 +370,8 @@ def open_bundle(directory: str | Path, *, precision: str | None = None, backend:
             bundle exported with ``--openvino`` carries).
 
     Raises:
-        BundleError: the directory is not a bundle, or a file is missing or altered.
+        BundleError: the directory is not a bundle, a file is missing or altered, or what it
+            holds is refused.
         InputError: ``precision`` or ``backend`` is not one the bundle has.
     """
     root = Path(directory)
@@ -388,6 +405,8 @@ def open_bundle(directory: str | Path, *, precision: str | None = None, backend:
     except UnicodeDecodeError as exc:
         raise BundleError(f"tokenizer.json is not UTF-8 ({exc.reason}); re-export the bundle") from exc
     check_tokenizer_json(tokenizer_json)
+    if graph.backend == "onnxruntime":
+        _check_graph_file(graph_bytes)
     return VerifiedBundle(
         path=root,
         manifest=manifest,

@@ -427,10 +427,10 @@ def _create_backend_session(bundle: VerifiedBundle, opts: Mapping[str, Any]) -> 
             raise BundleError("the OpenVINO IR has no weights file; re-export with --openvino")
         return create_openvino_session(bundle.graph_bytes, bundle.weights_bytes, threads=opts["threads"])
     threads = opts["threads"] or available_cpus()
-    settings = {"arena": opts["arena"], "spin": opts["spin"], "optimized": bundle.graph.optimized}
+    settings = {"arena": opts["arena"], "spin": opts["spin"]}
     if opts["workload"] == "bulk" and threads > 1:  # one batch per thread (StreamedSession)
-        return StreamedSession(create_session(bundle.graph_bytes, threads=1, **settings), streams=threads)
-    return create_session(bundle.graph_bytes, threads=threads, **settings)
+        return StreamedSession(create_session(bundle, threads=1, **settings), streams=threads)
+    return create_session(bundle, threads=threads, **settings)
 
 
 def load(

@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import onnxruntime as ort
 
-from ._onnx_scan import MalformedModel, has_external_data
 from ..errors import BundleError, InputError
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
+
+    from .bundle import VerifiedBundle
 
 __all__ = ["available_cpus", "create_session", "StreamedSession"]
 
@@ -57,49 +58,41 @@ def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
 
 
 def create_session(
-    model: bytes,
+    bundle: VerifiedBundle,
     *,
     threads: int | None = None,
     arena: bool = True,
     spin: bool = True,
-    optimized: bool = False,
 ) -> ort.InferenceSession:
-    """An onnxruntime CPU session for verified model bytes.
+    """An onnxruntime CPU session for a verified bundle's ONNX graph.
+
+    The graph comes only from :func:`~flare_onnx.engine.bundle.open_bundle`, which checked its
+    hash and refused external data. If the exporter already ran onnxruntime's optimizers over
+    it (``bundle.graph.optimized``; ``export/optimize.py``), only the ``basic`` level runs here,
+    which folds what the stored graph keeps unfolded: ~45 ms less per session.
 
     Args:
-        model: the serialized single-file ONNX model.
+        bundle: the opened bundle; its graph must be an ONNX graph (``backend="onnxruntime"``).
         threads: intra-op threads; ``None`` uses :func:`available_cpus`.
         arena: keep onnxruntime's CPU memory arena (faster; RSS keeps its high-water mark).
         spin: let idle worker threads spin-wait for the next piece of work. Fastest on a
             dedicated machine; on a shared one the spinning threads steal CPU from everything
             else (and from this model's own next call), so turn it off there.
-        optimized: the exporter already ran onnxruntime's optimizers over the graph (its
-            manifest says so; ``export/optimize.py``): only the ``basic`` level runs here, which
-            folds what the stored graph keeps unfolded. ~45 ms less per session.
 
     Raises:
-        BundleError: the model references external data or onnxruntime cannot load it.
+        BundleError: onnxruntime cannot load the graph.
         InputError: ``threads`` is not a positive integer.
     """
     if threads is None:
         threads = available_cpus()
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise InputError(f"threads must be a positive integer, not {threads!r}")
-    try:
-        external = has_external_data(model)
-    except MalformedModel as exc:
-        raise BundleError(f"the ONNX graph is not a valid model file ({exc}); re-export the bundle") from exc
-    if external:
-        raise BundleError(
-            "the ONNX graph references external data files; flare-onnx loads single-file "
-            "graphs only (re-export the bundle without external data)"
-        )
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     levels = ort.GraphOptimizationLevel
-    options.graph_optimization_level = levels.ORT_ENABLE_BASIC if optimized else levels.ORT_ENABLE_ALL
+    options.graph_optimization_level = levels.ORT_ENABLE_BASIC if bundle.graph.optimized else levels.ORT_ENABLE_ALL
     options.enable_cpu_mem_arena = arena
     # Shapes change from batch to batch; memory patterns only pay off for repeated shapes.
     options.enable_mem_pattern = False
@@ -107,7 +100,7 @@ def create_session(
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
     try:
-        session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(bundle.graph_bytes, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own untyped exceptions
         raise BundleError(f"onnxruntime could not load the graph: {exc}") from exc
     # onnxruntime's Python wrapper keeps the serialized model for the session's whole life, only
