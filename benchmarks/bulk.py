@@ -165,7 +165,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
         ax.set_title(f"{section['model']}", fontsize=9)
         ax.spines[["top", "right"]].set_visible(False)
     isa = results["machine"]["isa"]
-    cpu = f"{results['machine']['cpu']}, {'AVX-512 VNNI' if isa.get('avx512_vnni') else 'AVX2' if isa.get('avx2') else 'no AVX2'}"
+    eight_bit = next((name for flag, name in (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX-512 VNNI"), ("avx2", "AVX2"))
+                      if isa.get(flag)), "no AVX2")
+    cpu = f"{results['machine']['cpu']}, {eight_bit}"
     fig.suptitle(f"Bulk embeddings, tokens/s (higher is better), {results['threads']} threads, {cpu}:\n"
                  f"quiet (dark) and beside one busy core (light)", fontsize=10)
     fig.tight_layout()
