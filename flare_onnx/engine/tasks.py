@@ -342,7 +342,8 @@ LOAD_OPTIONS: tuple[Option, ...] = (
     Option(
         "workload", str, "interactive",
         "'interactive' (requests, batch 1) or 'bulk' (the file job and Ray set it): "
-        "bulk work on onnxruntime runs one batch per thread at once",
+        "bulk work on onnxruntime runs one batch per thread at once, and so does "
+        "interactive work on CPUs with AVX-512 VNNI",
         choices=("interactive", "bulk"),
     ),
     Option("threads", int, None, "onnxruntime threads (default: the CPUs this process may use)", minimum=1, maximum=1024, nullable=True),
