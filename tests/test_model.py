@@ -268,15 +268,7 @@ def test_non_finite_outputs_fail_loudly(tiny_bundle):
 # -- bulk work: one batch per thread ----------------------------------------------------------
 
 
-def _cpu(monkeypatch, *flags: str) -> None:
-    """Run the engine's choices as on a CPU with these /proc/cpuinfo flags."""
-    from flare_onnx.engine import backends
-
-    monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset(flags))
-
-
-def test_bulk_work_runs_one_batch_per_thread_with_the_same_results(tiny_bundle, many_sentences, monkeypatch):
-    _cpu(monkeypatch, "avx2", "fma")  # where interactive work splits each batch over the threads
+def test_bulk_work_runs_one_batch_per_thread_with_the_same_results(tiny_bundle, many_sentences):
     texts = many_sentences[:120]
     interactive = flare_onnx.load(tiny_bundle, precision="fp32", threads=2)
     bulk = flare_onnx.load(tiny_bundle, precision="fp32", threads=2, workload="bulk", max_batch_tokens=128)
@@ -286,25 +278,6 @@ def test_bulk_work_runs_one_batch_per_thread_with_the_same_results(tiny_bundle, 
     np.testing.assert_allclose(bulk.embed(texts), interactive.embed(texts), atol=1e-5)  # every text in its place
     np.testing.assert_allclose(bulk.embed(texts[:1]), interactive.embed(texts[:1]), atol=1e-5)  # a lone text
     assert flare_onnx.load(tiny_bundle, threads=1, workload="bulk").streams == 1  # one thread: one plain session
-
-
-def test_interactive_work_runs_in_streams_on_avx512_vnni_cpus(tiny_bundle, many_sentences, monkeypatch):
-    """Where one thread answers a sentence sooner than two (AVX-512 VNNI, AMX), interactive work
-    runs like bulk work, says so, and gives the same results; a lone text starts no pool."""
-    texts = many_sentences[:40]
-    _cpu(monkeypatch, "avx2", "fma")
-    split = flare_onnx.load(tiny_bundle, precision="fp32", threads=2)
-    _cpu(monkeypatch, "avx2", "fma", "avx512f", "avx512_vnni", "amx_int8")
-    streamed = flare_onnx.load(tiny_bundle, precision="fp32", threads=2)
-    assert (split.streams, streamed.streams) == (1, 2)
-    assert "AVX-512 VNNI" in streamed.backend_choice and "AVX-512 VNNI" not in split.backend_choice
-    assert flare_onnx.load(tiny_bundle, threads=2, backend="onnxruntime").backend_choice == (
-        "asked for; " + streamed.backend_choice.split("; ", 1)[1])
-    np.testing.assert_allclose(streamed.embed(texts[:1]), split.embed(texts[:1]), atol=1e-5)
-    assert streamed.session._pool is None  # a lone text ran on the calling thread
-    np.testing.assert_allclose(streamed.embed(texts), split.embed(texts), atol=1e-5)
-    assert streamed.session._pool is not None
-    assert flare_onnx.load(tiny_bundle, threads=1).streams == 1  # one thread: one plain session
 
 
 class _FailingOnce:

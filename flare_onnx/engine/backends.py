@@ -3,21 +3,20 @@
 ``auto`` is onnxruntime for every workload: interactive work (the Python API, the HTTP
 service, serverless) and bulk work (the file job, Ray), which runs in streams
 (:class:`.session.StreamedSession`, which says why and what it measured): one batch per CPU at
-once, each on one thread, instead of every batch split over all threads. Interactive work runs
-in streams too on CPUs with AVX-512 VNNI (:func:`runs_in_streams`).
+once, each on one thread, instead of every batch split over all threads.
 
 Measured (``python -m benchmarks.bulk``, docs/benchmarks.md, one interleaved run per machine):
-onnxruntime wins every axis a single request feels (batch-1 latency, memory, cold start) on
-every CPU measured. For bulk work, onnxruntime's streams ran as fast as flare-onnx's OpenVINO
-backend or faster on both AMD EPYCs measured: 1.06-1.08x it quietly and 0.99-1.00x beside a
-busy core on an AVX-512 VNNI EPYC and ~2x on an AVX2-only EPYC; on an Intel Xeon with AMX,
-where OpenVINO's INT8 kernels are at their best, the OpenVINO backend ran 1.11-1.24x faster.
-onnxruntime holds a quarter of its peak memory (133-138 MB against 519-659 MB, over the
-300 MB a batch job's engine may take) and starts in a third of its time, so ``auto`` stays
-on onnxruntime and says what OpenVINO would give. ``auto`` used to choose OpenVINO for bulk work on
-CPUs with 8-bit dot-product instructions, from a comparison with onnxruntime's batches split
-over all threads, before bulk work ran in streams. ``backend="openvino"`` still runs a bundle
-exported with ``--openvino``.
+onnxruntime holds the least memory of the engines measured on every CPU. For bulk work,
+onnxruntime's streams ran as fast as flare-onnx's OpenVINO backend or faster on both AMD EPYCs
+measured: 1.06-1.08x it quietly and 0.99-1.00x beside a busy core on an AVX-512 VNNI EPYC and
+~2x on an AVX2-only EPYC; on an Intel Xeon with AMX, where OpenVINO's INT8 kernels are at their
+best, the OpenVINO backend ran 1.11-1.24x faster. onnxruntime holds a quarter of its peak
+memory (133-138 MB against 519-659 MB, over the 300 MB a batch job's engine may take) and
+starts in a third of its time, so ``auto`` stays on onnxruntime and its reason says what
+OpenVINO would give. ``auto`` used to choose OpenVINO for bulk work on CPUs with 8-bit dot-
+product instructions, from a comparison with onnxruntime's batches split over all threads,
+before bulk work ran in streams. ``backend="openvino"`` still runs a bundle exported with
+``--openvino``.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["BackendChoice", "choose_backend", "cpu_flags", "runs_in_streams"]
+__all__ = ["BackendChoice", "choose_backend", "cpu_flags"]
 
 
 @dataclass(frozen=True)
@@ -50,28 +49,6 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
     return frozenset()
 
 
-#: CPU flags under which onnxruntime runs interactive work in streams too: AVX-512 VNNI (CPUs
-#: with AMX have it as well). Measured on two such CPUs and one without (docs/benchmarks.md).
-STREAMS_FLAGS = frozenset({"avx512_vnni"})
-
-
-def runs_in_streams(workload: str) -> bool:
-    """Whether onnxruntime runs ``workload`` in streams (:class:`.session.StreamedSession`: one
-    batch, or part of one, per CPU at once, each on one thread) rather than splitting every
-    batch over all threads.
-
-    Bulk work always does. Interactive work does on CPUs with AVX-512 VNNI: there the 8-bit
-    GEMMs are fast enough that handing each of a sentence's ~270 small operators to a second
-    thread (which sleeps between them unless it spins) costs more than it saves. On the two
-    such CPUs measured, a lone ISDT sentence of up to 32 tokens answered 9-18% (AMD EPYC) and
-    30-33% (Intel Xeon with AMX) sooner on one thread, and sorted batches of 32 ran 1.17-1.46x
-    faster in streams quietly (0.86-1.04x beside a busy core); a lone text of ~250 tokens
-    answers 11-46% later. On an AVX2-only CPU one thread answered a lone sentence 1.5x later,
-    so interactive work splits there.
-    """
-    return workload == "bulk" or bool(STREAMS_FLAGS & cpu_flags())
-
-
 def choose_backend(requested: str, workload: str) -> BackendChoice:
     """Resolve ``requested`` (``"auto"``, ``"onnxruntime"`` or ``"openvino"``) for ``workload``
     (``"interactive"`` or ``"bulk"``)."""
@@ -79,8 +56,8 @@ def choose_backend(requested: str, workload: str) -> BackendChoice:
         choice = BackendChoice("onnxruntime", _AUTO[workload])
     else:
         choice = BackendChoice(requested, "asked for")
-    if choice.backend == "onnxruntime" and runs_in_streams(workload):
-        return BackendChoice(choice.backend, f"{choice.reason}; {_STREAMS[workload]}")
+    if choice.backend == "onnxruntime" and workload == "bulk":
+        return BackendChoice(choice.backend, f"{choice.reason}; {BULK_STREAMS}")
     return choice
 
 
@@ -91,10 +68,5 @@ _AUTO = {
             "EPYCs measured; OpenVINO 1.1-1.25x faster on an Intel Xeon with AMX)",
 }
 
-#: How onnxruntime runs each workload in streams (the reason's second half, for ``info``,
-#: ``/v1/info`` and the job's log).
-_STREAMS = {
-    "bulk": "bulk work runs one batch per CPU at once, one thread each",
-    "interactive": "on this CPU (AVX-512 VNNI) a text runs on one thread and a batch's parts "
-                   "one per CPU at once: faster than splitting a sentence over threads",
-}
+#: How bulk work runs on onnxruntime (the reason's second half, for ``info`` and the job's log).
+BULK_STREAMS = "bulk work runs one batch per CPU at once, one thread each"

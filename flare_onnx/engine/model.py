@@ -18,7 +18,7 @@ from tokenizers import Encoding
 
 from ..errors import BundleError, InferenceError, InputError
 from .batching import pad_batch, plan_batches
-from .backends import choose_backend, runs_in_streams
+from .backends import choose_backend
 from .bundle import VerifiedBundle, open_bundle
 from .cache import bundle_dir
 from .postprocess import softmax
@@ -428,7 +428,7 @@ def _create_backend_session(bundle: VerifiedBundle, opts: Mapping[str, Any]) -> 
         return create_openvino_session(bundle.graph_bytes, bundle.weights_bytes, threads=opts["threads"])
     threads = opts["threads"] or available_cpus()
     settings = {"arena": opts["arena"], "spin": opts["spin"]}
-    if threads > 1 and runs_in_streams(opts["workload"]):  # one batch per thread (StreamedSession)
+    if opts["workload"] == "bulk" and threads > 1:  # one batch per thread (StreamedSession)
         return StreamedSession(create_session(bundle, threads=1, **settings), streams=threads)
     return create_session(bundle, threads=threads, **settings)
 
@@ -461,7 +461,7 @@ def load(
             work of one text); ``None`` lifts the cap, for trusted batch jobs.
         spin: idle worker threads spin-wait between calls (fastest on a dedicated machine);
             pass ``False`` on shared machines, in containers and in serverless functions.
-        backend: ``"onnxruntime"`` (lean, fast start, fastest at batch 1 and, run as bulk work,
+        backend: ``"onnxruntime"`` (lean, fast start, fast at batch 1 and, run as bulk work,
             as fast as OpenVINO in bulk on AMD EPYCs; 0.8-0.9x it on an Intel Xeon with AMX),
             ``"openvino"`` (the NNCF INT8 IR of a bundle exported with ``--openvino``) or
             ``"auto"`` (the default): onnxruntime for either workload (``model.backend_choice``
@@ -469,10 +469,9 @@ def load(
         arena: keep onnxruntime's memory arena (faster; off keeps RSS flat as shapes vary).
         workload: ``"interactive"`` or ``"bulk"``: how onnxruntime runs (and the reason
             ``backend="auto"`` gives): bulk work runs one batch per thread at once (``model.streams``
-            of them; a lone text then uses one thread). Interactive work splits each batch over
-            all threads, except on CPUs with AVX-512 VNNI (AMX CPUs included), where it runs
-            like bulk work: one thread answers a sentence sooner there, and only a lone text of
-            a few hundred tokens answers later (docs/benchmarks.md).
+            of them; a lone text then uses one thread), interactive work splits each batch
+            over all threads (lowest latency for one request, but for texts of up to ~64
+            tokens on AVX-512 VNNI CPUs: docs/benchmarks.md).
 
     Raises:
         BundleError: not a bundle, a file missing or altered, or a graph with external data.

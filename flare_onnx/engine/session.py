@@ -114,9 +114,8 @@ def create_session(
 
 class StreamedSession:
     """One onnxruntime session that runs ``streams`` batches at once, each on one thread: how
-    bulk work (``workload="bulk"``) runs on onnxruntime, and interactive work on CPUs with
-    AVX-512 VNNI (:func:`~flare_onnx.engine.backends.runs_in_streams`). A lone batch runs on the
-    calling thread; the pool starts with the first call that has several.
+    bulk work (``workload="bulk"``) runs on onnxruntime. A lone batch runs on the calling
+    thread; the pool starts with the first call that has several.
 
     A session with several intra-op threads splits every operator of one batch over them and
     waits for the slowest at each of the graph's ~270 operators; beside a busy core that thread

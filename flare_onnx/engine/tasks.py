@@ -342,8 +342,7 @@ LOAD_OPTIONS: tuple[Option, ...] = (
     Option(
         "workload", str, "interactive",
         "'interactive' (requests, batch 1) or 'bulk' (the file job and Ray set it): "
-        "bulk work on onnxruntime runs one batch per thread at once, and so does "
-        "interactive work on CPUs with AVX-512 VNNI",
+        "bulk work on onnxruntime runs one batch per thread at once",
         choices=("interactive", "bulk"),
     ),
     Option("threads", int, None, "onnxruntime threads (default: the CPUs this process may use)", minimum=1, maximum=1024, nullable=True),
