@@ -10,7 +10,7 @@ onnxruntime holds the least memory of the engines measured on every CPU. For bul
 onnxruntime's streams ran as fast as flare-onnx's OpenVINO backend or faster on both AMD EPYCs
 measured: 1.06-1.08x it quietly and 0.99-1.00x beside a busy core on an AVX-512 VNNI EPYC and
 ~2x on an AVX2-only EPYC; on an Intel Xeon with AMX, where OpenVINO's INT8 kernels are at their
-best, the OpenVINO backend ran 1.11-1.24x faster. onnxruntime holds a quarter of its peak
+best, the OpenVINO backend ran 1.10-1.24x faster. onnxruntime holds a quarter of its peak
 memory (133-138 MB against 519-659 MB, over the 300 MB a batch job's engine may take) and
 starts in a third of its time, so ``auto`` stays on onnxruntime and its reason says what
 OpenVINO would give. ``auto`` used to choose OpenVINO for bulk work on CPUs with 8-bit dot-
@@ -65,7 +65,7 @@ def choose_backend(requested: str, workload: str) -> BackendChoice:
 _AUTO = {
     "interactive": "auto: interactive work runs on onnxruntime (fastest at batch 1, leanest)",
     "bulk": "auto: onnxruntime, at a quarter of OpenVINO's memory (as fast or faster on the AMD "
-            "EPYCs measured; OpenVINO 1.1-1.25x faster on an Intel Xeon with AMX)",
+            "EPYCs measured; OpenVINO 1.1-1.24x faster on an Intel Xeon with AMX)",
 }
 
 #: How bulk work runs on onnxruntime (the reason's second half, for ``info`` and the job's log).
