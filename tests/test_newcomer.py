@@ -25,6 +25,14 @@ def test_spin_is_off_by_default_everywhere():
     assert inspect.signature(flare_onnx.pipeline).parameters["spin"].default is False
 
 
+def test_spinning_workers_stop_when_a_call_returns(tiny_bundle):
+    """spin=True spins only while a call runs: an idle service takes no CPU between requests."""
+    for spin in (False, True):
+        opts = flare_onnx.load(tiny_bundle, precision="fp32", threads=2, spin=spin).session.get_session_options()
+        assert opts.get_session_config_entry("session.intra_op.allow_spinning") == ("1" if spin else "0")
+        assert opts.get_session_config_entry("session.force_spinning_stop") == "1"
+
+
 def test_embed_takes_one_string_and_gives_one_vector(tiny_bundle):
     model = flare_onnx.load(tiny_bundle, precision="fp32")
     one = model.embed("Il gatto dorme.")

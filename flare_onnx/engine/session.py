@@ -76,9 +76,9 @@ def create_session(
         bundle: the opened bundle; its graph must be an ONNX graph (``backend="onnxruntime"``).
         threads: intra-op threads; ``None`` uses :func:`available_cpus`.
         arena: keep onnxruntime's CPU memory arena (faster; RSS keeps its high-water mark).
-        spin: let idle worker threads spin-wait for the next piece of work. Fastest on a
-            dedicated machine; on a shared one the spinning threads steal CPU from everything
-            else (and from this model's own next call), so turn it off there.
+        spin: let idle worker threads spin-wait for the next piece of work while a call runs
+            (they stop when it returns). Fastest on a dedicated machine; on a shared one the
+            spinning threads steal CPU from everything else, so turn it off there.
 
     Raises:
         BundleError: onnxruntime cannot load the graph.
@@ -100,6 +100,9 @@ def create_session(
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
+    # Spin only while a call runs: once the last concurrent run() returns, the workers sleep
+    # instead of spinning on, so an idle service takes no CPU between requests.
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     try:
         session = ort.InferenceSession(bundle.graph_bytes, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own untyped exceptions
