@@ -54,13 +54,11 @@ def test_import_is_light():
     assert not loaded & {"torch", "transformers", "optimum", "onnx", "flare_onnx_export"}
 
 
-def test_a_lone_text_does_not_import_the_streams_pool(tiny_bundle):
-    """The thread pool (concurrent.futures, and logging with it) is imported by the first call
-    with several batches to run at once: a serverless cold start or a CLI call on one text does
-    not pay for it, whichever way the CPU runs interactive work."""
-    code = ("import sys, json, flare_onnx; m = flare_onnx.load(sys.argv[1], threads=2); m.embed(['Il gatto dorme.']);"
-            "a = 'concurrent.futures' in sys.modules;"
-            "flare_onnx.load(sys.argv[1], workload='bulk', threads=2, max_batch_tokens=16).embed(['Il gatto dorme.'] * 8);"
+def test_interactive_use_does_not_import_the_bulk_streams_pool(tiny_bundle):
+    """The thread pool (concurrent.futures, and logging with it) is imported by bulk work only:
+    a serverless cold start or a CLI call does not pay for it."""
+    code = ("import sys, json, flare_onnx; m = flare_onnx.load(sys.argv[1]); m.embed(['Il gatto dorme.']);"
+            "a = 'concurrent.futures' in sys.modules; flare_onnx.load(sys.argv[1], workload='bulk', threads=2);"
             "print(json.dumps([a, 'concurrent.futures' in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code, str(tiny_bundle)], capture_output=True, text=True, timeout=60, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [False, True]

@@ -6,17 +6,16 @@ service, serverless) and bulk work (the file job, Ray), which runs in streams
 once, each on one thread, instead of every batch split over all threads.
 
 Measured (``python -m benchmarks.bulk``, docs/benchmarks.md, one interleaved run per machine):
-onnxruntime holds the least memory of the engines measured on every CPU. For bulk work,
-onnxruntime's streams ran as fast as flare-onnx's OpenVINO backend or faster on both AMD EPYCs
-measured: 1.06-1.08x it quietly and 0.99-1.00x beside a busy core on an AVX-512 VNNI EPYC and
-~2x on an AVX2-only EPYC; on an Intel Xeon with AMX, where OpenVINO's INT8 kernels are at their
-best, the OpenVINO backend ran 1.10-1.24x faster. onnxruntime holds a quarter of its peak
-memory (133-138 MB against 519-659 MB, over the 300 MB a batch job's engine may take) and
-starts in a third of its time, so ``auto`` stays on onnxruntime and its reason says what
-OpenVINO would give. ``auto`` used to choose OpenVINO for bulk work on CPUs with 8-bit dot-
-product instructions, from a comparison with onnxruntime's batches split over all threads,
-before bulk work ran in streams. ``backend="openvino"`` still runs a bundle exported with
-``--openvino``.
+for bulk work, onnxruntime's streams ran as fast as flare-onnx's OpenVINO backend or faster on
+both AMD EPYCs measured: 1.06-1.08x it quietly and 0.99-1.00x beside a busy core on an AVX-512
+VNNI EPYC and ~2x on an AVX2-only EPYC; on an Intel Xeon with AMX, where OpenVINO's INT8
+kernels are at their best, the OpenVINO backend ran 1.10-1.24x faster. onnxruntime holds a
+quarter of its peak memory (133-138 MB against 519-659 MB, over the 300 MB a batch job's engine
+may take) and starts in a third of its time, so ``auto`` stays on onnxruntime and its reason
+says what OpenVINO would give. ``auto`` used to choose OpenVINO for bulk work on CPUs with
+8-bit dot-product instructions, from a comparison with onnxruntime's batches split over all
+threads, before bulk work ran in streams. ``backend="openvino"`` still runs a bundle exported
+with ``--openvino``.
 """
 
 from __future__ import annotations
@@ -63,7 +62,7 @@ def choose_backend(requested: str, workload: str) -> BackendChoice:
 
 #: Why ``auto`` chose onnxruntime, by workload.
 _AUTO = {
-    "interactive": "auto: interactive work runs on onnxruntime (fastest at batch 1, leanest)",
+    "interactive": "auto: interactive work runs on onnxruntime (leanest, quick to start and to answer)",
     "bulk": "auto: onnxruntime, at a quarter of OpenVINO's memory (as fast or faster on the AMD "
             "EPYCs measured; OpenVINO 1.1-1.24x faster on an Intel Xeon with AMX)",
 }

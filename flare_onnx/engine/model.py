@@ -459,8 +459,9 @@ def load(
         max_batch_size: most texts in one batch.
         max_text_tokens: most tokens one text may hold when read in sliding windows (bounds the
             work of one text); ``None`` lifts the cap, for trusted batch jobs.
-        spin: idle worker threads spin-wait between calls (fastest on a dedicated machine);
-            pass ``False`` on shared machines, in containers and in serverless functions.
+        spin: worker threads spin-wait between a call's operators instead of sleeping, and stop
+            when it returns (fastest on a dedicated machine); leave it off on shared machines,
+            in containers and in serverless functions.
         backend: ``"onnxruntime"`` (lean, fast start, fast at batch 1 and, run as bulk work,
             as fast as OpenVINO in bulk on AMD EPYCs; 0.8-0.9x it on an Intel Xeon with AMX),
             ``"openvino"`` (the NNCF INT8 IR of a bundle exported with ``--openvino``) or

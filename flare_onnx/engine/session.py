@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 import weakref
 from collections import deque
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import onnxruntime as ort
 from ..errors import BundleError, InputError
 
 if TYPE_CHECKING:
-    from concurrent.futures import Future, ThreadPoolExecutor
+    from concurrent.futures import Future
 
     from .bundle import VerifiedBundle
 
@@ -117,8 +116,7 @@ def create_session(
 
 class StreamedSession:
     """One onnxruntime session that runs ``streams`` batches at once, each on one thread: how
-    bulk work (``workload="bulk"``) runs on onnxruntime. A lone batch runs on the calling
-    thread; the pool starts with the first call that has several.
+    bulk work (``workload="bulk"``) runs on onnxruntime.
 
     A session with several intra-op threads splits every operator of one batch over them and
     waits for the slowest at each of the graph's ~270 operators; beside a busy core that thread
@@ -132,20 +130,12 @@ class StreamedSession:
     """
 
     def __init__(self, session: Any, streams: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor  # here: bulk work only (logging, ~5 ms to import)
+
         self._session = session
         self.streams = streams
-        self._pool: ThreadPoolExecutor | None = None  # started by the first call with several batches
-        self._pool_lock = threading.Lock()
-
-    def _started_pool(self) -> ThreadPoolExecutor:
-        with self._pool_lock:
-            if self._pool is None:
-                # imported here: a lone text never needs it (logging with it, ~5 ms to import)
-                from concurrent.futures import ThreadPoolExecutor
-
-                self._pool = ThreadPoolExecutor(self.streams, thread_name_prefix="flare-onnx-stream")
-                weakref.finalize(self, self._pool.shutdown, wait=False)
-            return self._pool
+        self._pool = ThreadPoolExecutor(streams, thread_name_prefix="flare-onnx-stream")
+        weakref.finalize(self, self._pool.shutdown, wait=False)
 
     def get_inputs(self) -> Any:
         return self._session.get_inputs()
@@ -159,13 +149,12 @@ class StreamedSession:
     def run_many(self, batches: Iterator[dict[str, Any]]) -> Iterator[Any]:
         """Outputs of each batch, in order, with every stream busy (and one batch queued per
         stream, so a stream that finishes early never waits for the consumer)."""
-        pool = self._started_pool()
         flight: deque[Future[Any]] = deque()
         try:
             for feeds in batches:
                 if len(flight) >= 2 * self.streams:
                     yield flight.popleft().result()
-                flight.append(pool.submit(self._session.run, None, feeds))
+                flight.append(self._pool.submit(self._session.run, None, feeds))
             while flight:
                 yield flight.popleft().result()
         finally:  # a consumer that stopped early: drop what has not started, let the rest end

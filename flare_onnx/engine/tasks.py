@@ -359,8 +359,8 @@ LOAD_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "spin", bool, False,
-        "let idle onnxruntime threads spin between calls (no faster on a quiet machine, "
-        "1.6-2x slower for everyone on a shared one; turn on only on a dedicated machine)",
+        "let onnxruntime's threads spin while a call runs instead of sleeping (faster on a "
+        "machine of its own, slower for everyone on a shared one; turn on only on a dedicated machine)",
     ),
 )
 
