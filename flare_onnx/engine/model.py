@@ -471,8 +471,9 @@ def load(
         workload: ``"interactive"`` or ``"bulk"``: how onnxruntime runs (and the reason
             ``backend="auto"`` gives): bulk work runs one batch per thread at once (``model.streams``
             of them; a lone text then uses one thread), interactive work splits each batch
-            over all threads (lowest latency for one request, but for texts of up to ~64
-            tokens on AVX-512 VNNI CPUs: docs/benchmarks.md).
+            over all threads (lowest latency for one long text; on AVX-512 VNNI CPUs one thread
+            answered texts of up to 64 tokens on an AMD EPYC and 128 on an Intel Xeon with AMX
+            sooner: docs/benchmarks.md).
 
     Raises:
         BundleError: not a bundle, a file missing or altered, or a graph with external data.

@@ -335,7 +335,7 @@ LOAD_OPTIONS: tuple[Option, ...] = (
     Option("precision", str, None, "'int8' or 'fp32' (default: int8 when the bundle has it)", choices=("int8", "fp32"), nullable=True),
     Option(
         "backend", str, "auto",
-        "'onnxruntime' (lean, fastest at batch 1), 'openvino' (the bundle's OpenVINO IR; export with "
+        "'onnxruntime' (lean, quick to start), 'openvino' (the bundle's OpenVINO IR; export with "
         "--openvino) or 'auto': onnxruntime, for interactive and bulk work alike",
         choices=("auto", "onnxruntime", "openvino"),
     ),
