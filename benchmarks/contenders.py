@@ -231,6 +231,7 @@ class FlareLeanContender(FlareInt8Contender):
     def load(self) -> None:
         import flare_onnx
         import onnxruntime as ort
+        from flare_onnx.engine.session import OrtSession
 
         self.model = flare_onnx.load(self.art.bundle, precision="int8", threads=self.threads, arena=False)
         opts = ort.SessionOptions()
@@ -240,7 +241,7 @@ class FlareLeanContender(FlareInt8Contender):
         opts.enable_mem_pattern = False
         opts.add_session_config_entry("session.disable_prepacking", "1")
         graph = Path(self.art.bundle) / "model.int8.onnx"
-        self.model.session = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
+        self.model.session = OrtSession(ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"]))
 
 
 class FlareOpenVinoContender(FlareContender):

@@ -188,7 +188,7 @@ def _files(out: Path, npy: Path) -> dict[str, bytes | None]:
 def test_a_crash_at_any_step_then_a_rerun_gives_the_clean_output(tiny_bundle, tmp_path, monkeypatch, point):
     """Crash at the k-th call of each file operation, for every k the job makes, then rerun
     the same command: the result must be the clean run's bytes (no NULs, no lost rows)."""
-    import flare_onnx.job as job
+    import flare_onnx.job.checkpoint as job
 
     src = tmp_path / "in.jsonl"
     _write_jsonl(src, 120, bad=True)
@@ -200,8 +200,8 @@ def test_a_crash_at_any_step_then_a_rerun_gives_the_clean_output(tiny_bundle, tm
     (tmp_path / "clean").mkdir()
     assert run_job(cfg(tmp_path / "clean")) == EXIT_RECORD_ERRORS
     clean = _files(tmp_path / "clean" / "out.jsonl", tmp_path / "clean" / "emb.npy")
-    owner, name = {"os.replace": (job.os, "replace"), "os.fsync": (job.os, "fsync"),
-                   "Path.unlink": (job.Path, "unlink"), "Checkpoint.save": (job.Checkpoint, "save")}[point]
+    owner, name = {"os.replace": (os, "replace"), "os.fsync": (os, "fsync"),
+                   "Path.unlink": (Path, "unlink"), "Checkpoint.save": (job.Checkpoint, "save")}[point]
     real = getattr(owner, name)
     k = 0
     while True:
@@ -234,7 +234,7 @@ def test_a_crash_at_any_step_then_a_rerun_gives_the_clean_output(tiny_bundle, tm
 
 
 def test_resume_refuses_changed_options_or_input(tiny_bundle, tmp_path, monkeypatch):
-    import flare_onnx.job as job
+    import flare_onnx.job.checkpoint as job
 
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     _write_jsonl(src, 100)

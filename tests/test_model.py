@@ -254,7 +254,7 @@ def test_the_session_keeps_no_second_copy_of_the_graph(tiny_bundle, sentences):
     """onnxruntime's Python wrapper would hold the serialized graph for the session's whole
     life (17 MB of the reference bundle's serving peak); the loaded model lets it go."""
     model = flare_onnx.load(tiny_bundle, precision="int8")
-    assert not getattr(model.session, "_model_bytes", None)
+    assert not getattr(model.session.inner, "_model_bytes", None)
     assert model.embed(sentences[:2]).shape[0] == 2
 
 
@@ -281,7 +281,7 @@ def test_bulk_work_runs_one_batch_per_thread_with_the_same_results(tiny_bundle, 
 
 
 class _FailingOnce:
-    """The session inside a StreamedSession, failing (or poisoning its output) on call ``at``."""
+    """The onnxruntime session inside a streamed OrtSession, failing (or poisoning its output) on call ``at``."""
 
     def __init__(self, real, at: int, how: str) -> None:
         self.real, self.at, self.how, self.calls = real, at, how, 0
@@ -307,11 +307,11 @@ def test_a_failing_stream_is_an_inference_error_and_the_model_goes_on(tiny_bundl
     texts = many_sentences[:120]
     bulk = flare_onnx.load(tiny_bundle, precision="fp32", threads=2, workload="bulk", max_batch_tokens=128)
     expected = bulk.embed(texts)
-    real = bulk.session._session
-    bulk.session._session = _FailingOnce(real, at=3, how=how)
+    real = bulk.session.inner
+    bulk.session.inner = _FailingOnce(real, at=3, how=how)
     with pytest.raises(InferenceError, match=message):
         bulk.embed(texts)
-    bulk.session._session = real
+    bulk.session.inner = real
     np.testing.assert_array_equal(bulk.embed(texts), expected)  # the streams still run, in order
 
 

@@ -28,7 +28,7 @@ def test_spin_is_off_by_default_everywhere():
 def test_spinning_workers_stop_when_a_call_returns(tiny_bundle):
     """spin=True spins only while a call runs: an idle service takes no CPU between requests."""
     for spin in (False, True):
-        opts = flare_onnx.load(tiny_bundle, precision="fp32", threads=2, spin=spin).session.get_session_options()
+        opts = flare_onnx.load(tiny_bundle, precision="fp32", threads=2, spin=spin).session.inner.get_session_options()
         assert opts.get_session_config_entry("session.intra_op.allow_spinning") == ("1" if spin else "0")
         assert opts.get_session_config_entry("session.force_spinning_stop") == "1"
 
@@ -125,11 +125,11 @@ def test_ctrl_c_says_a_rerun_resumes(tiny_bundle, tmp_path, monkeypatch, capsys)
 
 
 def test_a_resume_refuses_another_backend(tiny_bundle, tmp_path, monkeypatch):
-    import flare_onnx.job as job
+    import flare_onnx.job.run as job
 
     src, out = tmp_path / "in.txt", tmp_path / "out.jsonl"
     src.write_text("".join(f"frase numero {i}\n" for i in range(50)))
-    real, calls = job._write_chunk, []
+    real, calls = job.write_chunk, []
 
     def crash_after_first(*args, **kwargs):
         if calls:
@@ -137,12 +137,12 @@ def test_a_resume_refuses_another_backend(tiny_bundle, tmp_path, monkeypatch):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(job, "_write_chunk", crash_after_first)
+    monkeypatch.setattr(job, "write_chunk", crash_after_first)
     cfg = JobConfig(task="embed", bundle=str(tiny_bundle), input=str(src), output=str(out), chunk=10, progress=False)
     with pytest.raises(RuntimeError):
         run_job(cfg)
     assert (tmp_path / "out.jsonl.state").exists()
-    monkeypatch.setattr(job, "_write_chunk", real)
+    monkeypatch.setattr(job, "write_chunk", real)
     other = JobConfig(task="embed", bundle=str(tiny_bundle), input=str(src), output=str(out), progress=False,
                       model_options={"backend": "openvino"})
     with pytest.raises(InputError, match="another task, bundle, options or input"):

@@ -13,6 +13,7 @@ from onnx import numpy_helper
 
 import flare_onnx
 from flare_onnx import ExportError
+from flare_onnx.engine.session import OrtSession
 from flare_onnx_export import export_bundle
 from flare_onnx_export.quantize import q4_blocks, quantizable_nodes, quantize_int8
 
@@ -81,7 +82,7 @@ def test_split_first_keeps_outlier_token_from_spoiling_the_rest(minilm_bundle, s
     ids, mask = pad_batch([w.ids for w in windows], model.manifest.special.pad_id)
 
     def pooled(path: Path) -> np.ndarray:
-        s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]))
         h = s.run(None, {"input_ids": ids, "attention_mask": mask})[0]
         e = (h * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
         return e / np.linalg.norm(e, axis=1, keepdims=True)
@@ -115,7 +116,7 @@ def test_halves_stay_apart_between_matmuls_with_the_same_numbers(minilm_bundle, 
     model = flare_onnx.load(minilm_bundle, precision="fp32")
     windows = model.tokenizer.windows(model.tokenizer.encode(sentences), sliding=False, stride=0)
     ids, mask = pad_batch([w.ids for w in windows], model.manifest.special.pad_id)
-    sessions = {k: ort.InferenceSession(str(tmp_path / f"{k}.onnx"), providers=["CPUExecutionProvider"])
+    sessions = {k: ort.InferenceSession(str(tmp_path / f"{k}.onnx"), providers=["CPUExecutionProvider"]))
                 for k in ("apart", "joined")}
     for feeds in ({"input_ids": ids, "attention_mask": mask},
                   {"input_ids": ids[:1, :3], "attention_mask": mask[:1, :3]}):  # and a three-token text
@@ -166,7 +167,7 @@ def test_word_table_in_4bit_blocks(minilm_bundle, sentences, tmp_path):
     ids, mask = pad_batch([w.ids for w in windows], flare.manifest.special.pad_id)
 
     def hidden(path: Path) -> np.ndarray:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]))
         return session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
 
     np.testing.assert_allclose(hidden(tmp_path / "lookup.onnx"), hidden(tmp_path / "grid.onnx"), atol=1e-5)
@@ -224,7 +225,7 @@ def test_block_quantized_layers_are_matmulnbits_and_close_to_fp32(tiny_bundle, s
 
     m = flare_onnx.load(tiny_bundle, precision="fp32")
     ref = m.embed(sentences)
-    m.session = ort.InferenceSession(str(tmp_path / "block.onnx"), providers=["CPUExecutionProvider"])
+    m.session = OrtSession(ort.InferenceSession(str(tmp_path / "block.onnx"), providers=["CPUExecutionProvider"]))
     assert (ref * m.embed(sentences)).sum(1).min() > 0.9999
 
 
@@ -239,9 +240,9 @@ def test_blocks_keep_real_weights_closer_to_fp32_than_the_fast_recipe(minilm_bun
     quantize_int8(fp32, tmp_path / "ffn.onnx", block={n: 32 for n in ffn})
     m = flare_onnx.load(minilm_bundle, precision="fp32")
     ref = m.embed(sentences)
-    m.session = ort.InferenceSession(str(tmp_path / "ffn.onnx"), providers=["CPUExecutionProvider"])
+    m.session = OrtSession(ort.InferenceSession(str(tmp_path / "ffn.onnx"), providers=["CPUExecutionProvider"]))
     blocked = (ref * m.embed(sentences)).sum(1)
-    m.session = ort.InferenceSession(str(minilm_bundle / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    m.session = OrtSession(ort.InferenceSession(str(minilm_bundle / "model.int8.onnx"), providers=["CPUExecutionProvider"]))
     fast = (ref * m.embed(sentences)).sum(1)
     assert blocked.mean() > fast.mean() and blocked.min() > fast.min() and blocked.mean() >= 0.998
 

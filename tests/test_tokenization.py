@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flare_onnx.engine.bundle import SpecialTokens
+from flare_onnx.engine.tokenization import SpecialTokens
 from flare_onnx.errors import InputError
 from flare_onnx.engine.batching import pad_batch, plan_batches
 from flare_onnx.engine.tokenization import TextEncoder, check_texts

@@ -19,25 +19,15 @@ surface (``tests/test_layout.py`` checks both directions).
 
 from ._json import to_jsonable
 from .backends import BackendChoice, choose_backend
-from .bundle import MANIFEST_NAME, Manifest, SpecialTokens, open_bundle, read_manifest
+from .bundle import MANIFEST_NAME, Manifest, open_bundle, read_manifest
 from .model import FlareModel, load
 from .postprocess import Entity, WordLabel, class_scores, entity_runs, similarity
 from .request import Limits, Request, merge_requests, payload_parts
 from .runners import Label, MaskPrediction, TagResult
 from .session import available_cpus
-from .tasks import (
-    EXPORT_TASKS,
-    LOAD_OPTIONS,
-    MAX_TOP_K,
-    TASKS,
-    Option,
-    TaskSpec,
-    get_task,
-    parse_load_options,
-    register_task,
-    unregister_task,
-)
-from .tokenization import check_texts
+from .options import LOAD_OPTIONS, MAX_TOP_K, Option, TaskSpec, parse_load_options
+from .tasks import EXPORT_TASKS, TASKS, get_task, register_task, unregister_task
+from .tokenization import SpecialTokens, check_texts
 
 __all__ = [
     "load",

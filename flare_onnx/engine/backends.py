@@ -2,7 +2,7 @@
 
 ``auto`` is onnxruntime for every workload: interactive work (the Python API, the HTTP
 service, serverless) and bulk work (the file job, Ray), which runs in streams
-(:class:`.session.StreamedSession`, which says why and what it measured): one batch per CPU at
+(:class:`.session.OrtSession` with streams, which says why and what it measured): one batch per CPU at
 once, each on one thread, instead of every batch split over all threads.
 
 Measured (``python -m benchmarks.bulk``, docs/benchmarks.md, one interleaved run per machine):

@@ -20,7 +20,9 @@ from typing import Any
 
 from ..errors import BundleError, InputError, TaskNotAvailableError
 from ._onnx_scan import MalformedModel, has_external_data
-from .tasks import EXPORT_TASKS, TaskSpec, get_task
+from .options import TaskSpec
+from .tasks import EXPORT_TASKS, get_task
+from .tokenization import SpecialTokens
 from .tokenizer_check import check_tokenizer_json
 
 __all__ = [
@@ -46,18 +48,6 @@ PRECISIONS = ("int8", "fp32")
 def file_record(data: bytes) -> dict[str, Any]:
     """The manifest entry of one file: its sha256 and size."""
     return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-
-
-@dataclass(frozen=True)
-class SpecialTokens:
-    """Ids of the special tokens the runtime adds or looks for."""
-
-    cls_id: int
-    sep_id: int
-    pad_id: int
-    unk_id: int
-    mask_id: int | None
-    mask_token: str | None
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,9 @@ from .cache import bundle_dir
 from .postprocess import softmax
 from .request import Limits, Request
 from .runners import Label, MaskPrediction, TagResult
-from .session import StreamedSession, available_cpus, create_session
-from .tasks import LOAD_OPTIONS, TASKS, TaskSpec, parse_load_options
+from .session import Session, available_cpus, create_session
+from .options import LOAD_OPTIONS, parse_load_options
+from .tasks import TASKS
 from .tokenization import TextEncoder, Window, check_texts
 
 __all__ = ["FlareModel", "MaskPrediction", "Label", "TagResult", "load"]
@@ -105,11 +106,9 @@ class FlareModel:
         self.max_text_tokens: int | None = opts["max_text_tokens"]
         # attention scores are batch × heads × length² floats: two full-length rows at most
         self.max_batch_cells = 2 * bundle.manifest.max_length**2
-        self.session: Any = _create_backend_session(bundle, opts)
+        self.session: Session = _create_backend_session(bundle, opts)
         self._inputs = tuple(i.name for i in self.session.get_inputs())
         self._outputs = tuple(o.name for o in self.session.get_outputs())
-        #: batches run at once: OpenVINO's THROUGHPUT streams, or onnxruntime's for bulk work
-        self.streams = int(getattr(self.session, "streams", 1))
         _check_graph(bundle, self._inputs, self._outputs)
         self._encoder = TextEncoder(bundle.tokenizer_json, bundle.manifest.special, max_length=bundle.manifest.max_length)
         _check_sizes(bundle, self._encoder.tokenizer.get_vocab_size(), self.session.get_outputs())
@@ -118,6 +117,11 @@ class FlareModel:
     def tasks(self) -> tuple[str, ...]:
         """The tasks this bundle offers, by registry name (for example ``("fill-mask", "embed")``)."""
         return self.manifest.tasks
+
+    @property
+    def streams(self) -> int:
+        """Batches run at once: OpenVINO's THROUGHPUT streams, or onnxruntime's for bulk work."""
+        return self.session.streams
 
     @property
     def tokenizer(self) -> TextEncoder:
@@ -295,10 +299,7 @@ class FlareModel:
         if self.streams > 1:  # each batch in one part per stream, alike in length: none waits for another
             plans = [idx[i::self.streams] for idx in plans for i in range(min(self.streams, len(idx)))]
         feeds = (self._feeds(windows, mask_rows, idx) for idx in plans)
-        if len(plans) > 1 and hasattr(self.session, "run_many"):  # streams: every one busy
-            results: Iterator[list[np.ndarray]] = self.session.run_many(feeds)
-        else:
-            results = (self.session.run(None, f) for f in feeds)
+        results = self.session.run_many(feeds)
         for idx in plans:
             try:
                 values = next(results)
@@ -418,7 +419,7 @@ class FlareModel:
         )
 
 
-def _create_backend_session(bundle: VerifiedBundle, opts: Mapping[str, Any]) -> Any:
+def _create_backend_session(bundle: VerifiedBundle, opts: Mapping[str, Any]) -> Session:
     """The bundle's graph in its backend: onnxruntime, or OpenVINO for an IR."""
     if bundle.graph.backend == "openvino":
         from .openvino_session import create_openvino_session
@@ -428,8 +429,8 @@ def _create_backend_session(bundle: VerifiedBundle, opts: Mapping[str, Any]) -> 
         return create_openvino_session(bundle.graph_bytes, bundle.weights_bytes, threads=opts["threads"])
     threads = opts["threads"] or available_cpus()
     settings = {"arena": opts["arena"], "spin": opts["spin"]}
-    if opts["workload"] == "bulk" and threads > 1:  # one batch per thread (StreamedSession)
-        return StreamedSession(create_session(bundle, threads=1, **settings), streams=threads)
+    if opts["workload"] == "bulk" and threads > 1:  # one batch per thread (OrtSession's streams)
+        return create_session(bundle, threads=1, streams=threads, **settings)
     return create_session(bundle, threads=threads, **settings)
 
 

@@ -1,5 +1,6 @@
 """The OpenVINO backend: a compiled OpenVINO model behind the same small interface the engine
-uses for an onnxruntime session (``get_inputs``, ``get_outputs``, ``run``).
+uses for an onnxruntime session (:class:`~.session.Session`: ``get_inputs``, ``get_outputs``,
+``run_many``, ``streams``).
 
 A bundle exported with ``--openvino`` carries an NNCF INT8 IR (``model.int8.xml`` and
 ``model.int8.bin``), made at export under the same fidelity guard as the onnxruntime INT8
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -44,14 +45,15 @@ class OpenVINOSession:
     def get_outputs(self) -> list[_Port]:
         return list(self._outputs)
 
-    def run(self, names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The graph's outputs for one batch, in the graph's order."""
         result = self._request.infer(feeds, share_inputs=True)
-        wanted = names or [p.name for p in self._outputs]
+        wanted = [p.name for p in self._outputs]
         by_name = {port.get_any_name(): value for port, value in result.items()}
         # copies: the request reuses its output buffers on the next call
         return [np.array(by_name[n]) for n in wanted]
 
-    def run_many(self, batches: Iterator[dict[str, np.ndarray]]) -> Iterator[list[np.ndarray]]:
+    def run_many(self, batches: Iterable[dict[str, np.ndarray]]) -> Iterator[list[np.ndarray]]:
         """Outputs of each batch, in order, with up to ``streams`` batches in flight.
 
         Plain infer requests, started and awaited in turn (no Python callback runs on
@@ -59,7 +61,7 @@ class OpenVINOSession:
         """
         if self.streams == 1:
             for feeds in batches:
-                yield self.run(None, feeds)
+                yield self.run(feeds)
             return
         ports = list(self._compiled.outputs)
         free = list(self._requests)

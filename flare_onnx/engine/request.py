@@ -21,7 +21,7 @@ import numpy as np
 from tokenizers import Encoding
 
 from ..errors import InputError, RequestTooLarge
-from .tasks import TaskSpec
+from .options import TaskSpec
 from .tokenization import Window
 
 __all__ = ["Limits", "Request", "merge_requests", "payload_parts"]

@@ -1,7 +1,9 @@
 """What each built-in task does with the graph's outputs: one function per task, from a
 :class:`~flare_onnx.engine.request.Request` to one result per text.
 
-A runner uses only the model's public engine API (:meth:`window_outputs`,
+A runner is typed against :class:`TaskModel`, the small protocol of what it reads from a model
+(:class:`~flare_onnx.engine.model.FlareModel` implements it), so this module imports neither
+the model nor the bundle reader. It uses only the model's public engine API (:meth:`window_outputs`,
 :meth:`mask_probabilities`, :meth:`label_probabilities`, :meth:`class_logits`) and the pure
 functions of :mod:`.postprocess`; the registry (:mod:`.tasks`) names it as the task's ``run``.
 A new task is one :class:`~flare_onnx.engine.tasks.TaskSpec` with its runner.
@@ -10,9 +12,11 @@ A new task is one :class:`~flare_onnx.engine.tasks.TaskSpec` with its runner.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import Protocol
 
 import numpy as np
+from tokenizers import Encoding
 
 from .postprocess import (
     Entity,
@@ -25,11 +29,37 @@ from .postprocess import (
     top_k,
 )
 
-if TYPE_CHECKING:
-    from .model import FlareModel
-    from .request import Request
+from .request import Request
+from .tokenization import Window
 
-__all__ = ["MaskPrediction", "Label", "TagResult", "run_fill_mask", "run_embed", "run_tag", "run_classify"]
+__all__ = ["TaskModel", "MaskPrediction", "Label", "TagResult", "run_fill_mask", "run_embed", "run_tag", "run_classify"]
+
+
+class _ModelFacts(Protocol):
+    @property
+    def hidden_size(self) -> int: ...
+    @property
+    def labels(self) -> tuple[str, ...] | None: ...
+
+
+class _Vocabulary(Protocol):
+    def id_to_token(self, token_id: int) -> str: ...
+
+
+class TaskModel(Protocol):
+    """What a runner reads from a model: the manifest's sizes and labels, the vocabulary, and
+    the graph's outputs for a checked request."""
+
+    @property
+    def manifest(self) -> _ModelFacts: ...
+    @property
+    def tokenizer(self) -> _Vocabulary: ...
+    @property
+    def class_function(self) -> str: ...
+    def window_outputs(self, request: Request) -> Iterator[tuple[Window, dict[str, np.ndarray]]]: ...
+    def mask_probabilities(self, request: Request) -> list[np.ndarray]: ...
+    def label_probabilities(self, request: Request) -> list[tuple[Encoding, np.ndarray]]: ...
+    def class_logits(self, request: Request) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -57,7 +87,7 @@ class TagResult:
     entities: list[Entity]
 
 
-def run_fill_mask(model: FlareModel, request: Request) -> list[list[list[MaskPrediction]]]:
+def run_fill_mask(model: TaskModel, request: Request) -> list[list[list[MaskPrediction]]]:
     """Per text, per mask, the ``top_k`` candidates."""
     k = request.options["top_k"]
     results = []
@@ -70,7 +100,7 @@ def run_fill_mask(model: FlareModel, request: Request) -> list[list[list[MaskPre
     return results
 
 
-def run_embed(model: FlareModel, request: Request) -> list[np.ndarray]:
+def run_embed(model: TaskModel, request: Request) -> list[np.ndarray]:
     """Per text, its pooled (and by default unit-length) embedding."""
     pool = WindowPool(len(request.texts), model.manifest.hidden_size)
     for window, out in model.window_outputs(request):
@@ -81,7 +111,7 @@ def run_embed(model: FlareModel, request: Request) -> list[np.ndarray]:
     return list(emb)
 
 
-def run_tag(model: FlareModel, request: Request) -> list[TagResult]:
+def run_tag(model: TaskModel, request: Request) -> list[TagResult]:
     """Per text, a label per word and the entities they form."""
     labels = model.manifest.labels or ()
     results = []
@@ -94,7 +124,7 @@ def run_tag(model: FlareModel, request: Request) -> list[TagResult]:
     return results
 
 
-def run_classify(model: FlareModel, request: Request) -> list[list[Label]]:
+def run_classify(model: TaskModel, request: Request) -> list[list[Label]]:
     """Per text, its ``top_k`` labels (all when ``top_k`` is ``None``)."""
     labels = model.manifest.labels or ()
     k = request.options["top_k"]

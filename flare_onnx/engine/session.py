@@ -6,20 +6,21 @@ import math
 import os
 import weakref
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
 import onnxruntime as ort
 
 from ..errors import BundleError, InputError
 
 if TYPE_CHECKING:
-    from concurrent.futures import Future
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     from .bundle import VerifiedBundle
 
-__all__ = ["available_cpus", "create_session", "StreamedSession"]
+__all__ = ["available_cpus", "create_session", "Session", "OrtSession", "Port"]
 
 
 def _cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
@@ -62,8 +63,9 @@ def create_session(
     *,
     threads: int | None = None,
     arena: bool = True,
-    spin: bool = True,
-) -> ort.InferenceSession:
+    spin: bool = False,
+    streams: int = 1,
+) -> OrtSession:
     """An onnxruntime CPU session for a verified bundle's ONNX graph.
 
     The graph comes only from :func:`~flare_onnx.engine.bundle.open_bundle`, which checked its
@@ -76,8 +78,9 @@ def create_session(
         threads: intra-op threads; ``None`` uses :func:`available_cpus`.
         arena: keep onnxruntime's CPU memory arena (faster; RSS keeps its high-water mark).
         spin: let idle worker threads spin-wait for the next piece of work while a call runs
-            (they stop when it returns). Fastest on a dedicated machine; on a shared one the
-            spinning threads steal CPU from everything else, so turn it off there.
+            (they stop when it returns). Off by default, as everywhere: fastest on a dedicated
+            machine, but on a shared one the spinning threads steal CPU from everything else.
+        streams: batches run at once, each on ``threads`` threads (:class:`OrtSession`).
 
     Raises:
         BundleError: onnxruntime cannot load the graph.
@@ -110,17 +113,38 @@ def create_session(
     # to re-create the session if its providers change (flare-onnx never changes them): a second
     # copy of the graph in memory (17 MB for the reference bundle's INT8 graph). Let go.
     if getattr(session, "_model_bytes", None) is not None:
-        session._model_bytes = None
-    return session
+        session._model_bytes = None  # onnxruntime's own attribute: nothing public lets it go
+    return OrtSession(session, streams=streams)
 
 
-class StreamedSession:
-    """One onnxruntime session that runs ``streams`` batches at once, each on one thread: how
-    bulk work (``workload="bulk"``) runs on onnxruntime.
+class Port(Protocol):
+    """A graph input or output as a backend describes it."""
 
-    A session with several intra-op threads splits every operator of one batch over them and
-    waits for the slowest at each of the graph's ~270 operators; beside a busy core that thread
-    sets the pace of all. Independent batches, one per thread, do not wait for each other.
+    @property
+    def name(self) -> str: ...
+
+
+class Session(Protocol):
+    """What the engine asks of a backend session; the onnxruntime one (:class:`OrtSession`) and
+    the OpenVINO one (:class:`~.openvino_session.OpenVINOSession`) both implement it."""
+
+    #: batches the session runs at once (1: one at a time, split over its threads)
+    streams: int
+
+    def get_inputs(self) -> Sequence[Port]: ...
+    def get_outputs(self) -> Sequence[Port]: ...
+    def run_many(self, batches: Iterable[dict[str, np.ndarray]]) -> Iterator[list[np.ndarray]]: ...
+
+
+class OrtSession:
+    """An onnxruntime session behind the engine's :class:`Session` protocol.
+
+    With ``streams`` 1 each batch runs in the caller's thread, split over the session's intra-op
+    threads. With ``streams`` > 1 (bulk work, ``workload="bulk"``) a session with one intra-op
+    thread runs ``streams`` batches at once, each on one thread. A session with several intra-op
+    threads splits every operator of one batch over them and waits for the slowest at each of the
+    graph's ~270 operators; beside a busy core that thread sets the pace of all. Independent
+    batches, one per thread, do not wait for each other.
     Measured (``python -m benchmarks.bulk``, 2 CPUs, 480 ISDT sentences), against the same graph
     with each batch split over both threads: +17–23% quietly on an AVX-512 VNNI EPYC (beside a
     busy core −14% to +8% over two runs: no steady difference); +4–5% quietly and +16–20%
@@ -129,32 +153,43 @@ class StreamedSession:
     threads and releases the GIL.
     """
 
-    def __init__(self, session: Any, streams: int) -> None:
-        from concurrent.futures import ThreadPoolExecutor  # here: bulk work only (logging, ~5 ms to import)
-
-        self._session = session
+    def __init__(self, session: ort.InferenceSession, streams: int = 1) -> None:
+        #: the onnxruntime session itself (its options, providers, profiling)
+        self.inner = session
         self.streams = streams
-        self._pool = ThreadPoolExecutor(streams, thread_name_prefix="flare-onnx-stream")
-        weakref.finalize(self, self._pool.shutdown, wait=False)
+        self._pool: ThreadPoolExecutor | None = None
+        if streams > 1:
+            from concurrent.futures import ThreadPoolExecutor  # here: bulk work only (logging, ~5 ms to import)
 
-    def get_inputs(self) -> Any:
-        return self._session.get_inputs()
+            self._pool = ThreadPoolExecutor(streams, thread_name_prefix="flare-onnx-stream")
+            weakref.finalize(self, self._pool.shutdown, wait=False)
 
-    def get_outputs(self) -> Any:
-        return self._session.get_outputs()
+    def get_inputs(self) -> Sequence[Port]:
+        ports: Sequence[Port] = self.inner.get_inputs()
+        return ports
 
-    def run(self, names: list[str] | None, feeds: dict[str, Any]) -> Any:
-        return self._session.run(names, feeds)
+    def get_outputs(self) -> Sequence[Port]:
+        ports: Sequence[Port] = self.inner.get_outputs()
+        return ports
 
-    def run_many(self, batches: Iterator[dict[str, Any]]) -> Iterator[Any]:
-        """Outputs of each batch, in order, with every stream busy (and one batch queued per
-        stream, so a stream that finishes early never waits for the consumer)."""
-        flight: deque[Future[Any]] = deque()
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The graph's outputs for one batch, in the graph's order."""
+        outputs: list[np.ndarray] = self.inner.run(None, feeds)
+        return outputs
+
+    def run_many(self, batches: Iterable[dict[str, np.ndarray]]) -> Iterator[list[np.ndarray]]:
+        """Outputs of each batch, in order; with streams, every stream busy (and one batch queued
+        per stream, so a stream that finishes early never waits for the consumer)."""
+        if self._pool is None:
+            for feeds in batches:
+                yield self.run(feeds)
+            return
+        flight: deque[Future[list[np.ndarray]]] = deque()
         try:
             for feeds in batches:
                 if len(flight) >= 2 * self.streams:
                     yield flight.popleft().result()
-                flight.append(self._pool.submit(self._session.run, None, feeds))
+                flight.append(self._pool.submit(self.run, feeds))
             while flight:
                 yield flight.popleft().result()
         finally:  # a consumer that stopped early: drop what has not started, let the rest end

@@ -12,10 +12,21 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from .bundle import SpecialTokens
 from ..errors import BundleError, InputError
 
-__all__ = ["TextEncoder", "Window", "check_texts"]
+__all__ = ["SpecialTokens", "TextEncoder", "Window", "check_texts"]
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """Ids of the special tokens the runtime adds or looks for."""
+
+    cls_id: int
+    sep_id: int
+    pad_id: int
+    unk_id: int
+    mask_id: int | None
+    mask_token: str | None
 
 
 def check_texts(texts: object, *, verb: str) -> list[str]:
