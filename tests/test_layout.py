@@ -70,6 +70,70 @@ def test_surfaces_use_only_the_engines_public_names():
         assert "model._" not in text and "._session" not in text, f"{path.relative_to(ROOT)} uses a private part of the model"
 
 
+def _module_graph() -> dict[str, set[str]]:
+    """flare_onnx's modules and the modules of flare_onnx each imports: every import counted,
+    at module level, inside functions and under TYPE_CHECKING alike."""
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        deps = set()
+        for module, names in _imports(path):
+            for target in [module] + [f"{module}.{n}" for n in names]:
+                while target and target not in modules:
+                    target = target.rpartition(".")[0]
+                # a module importing its own package's __init__ (or the top package) is no ring
+                if target and target != name and target != "flare_onnx" and not name.startswith(target + "."):
+                    deps.add(target)
+        graph[name] = deps
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_import_graph_has_no_circle():
+    assert not _cycles(_module_graph()), "import circles in flare_onnx: " + "; ".join(
+        " -> ".join(c) for c in _cycles(_module_graph()))
+
+
+def test_the_circle_check_finds_a_circle():
+    graph = _module_graph()
+    graph["flare_onnx.engine.options"] = graph["flare_onnx.engine.options"] | {"flare_onnx.engine.model"}
+    assert any("flare_onnx.engine.options" in c and "flare_onnx.engine.model" in c for c in _cycles(graph))
+
+
 def test_no_function_is_longer_than_sixty_lines():
     long = []
     for folder in ("flare_onnx", "export"):
