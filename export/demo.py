@@ -90,7 +90,7 @@ def run_demo(work_dir: str | Path = "artifacts", *, model: str = "osiria/flare-i
     print("flare-onnx demo")
     source, name, reference = _source(work, model)
     bundle, reused = _bundle(work, source, name)
-    files = flare_onnx.load(bundle, precision="fp32", threads=1).manifest.raw["files"]
+    files = flare_onnx.load(bundle, precision="fp32", threads=1).manifest.files
     print(f"bundle: {bundle} ({'reused, verified' if reused else 'exported and verified now'}; "
           f"FP32 graph {files['model.fp32.onnx']['size'] / 1e6:.1f} MB, INT8 {files['model.int8.onnx']['size'] / 1e6:.1f} MB)")
     threads = 2

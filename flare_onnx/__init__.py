@@ -13,7 +13,9 @@ from .errors import (
     FlareOnnxError,
     InferenceError,
     InputError,
+    RequestTooLarge,
     TaskNotAvailableError,
+    TextError,
 )
 from .engine import (
     TASKS,
@@ -48,7 +50,9 @@ __all__ = [
     "FlareOnnxError",
     "BundleError",
     "InputError",
+    "RequestTooLarge",
     "TaskNotAvailableError",
+    "TextError",
     "InferenceError",
     "ExportError",
     "__version__",

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
 from .errors import FlareOnnxError, InputError
-from .engine import EXPORT_TASKS, LOAD_OPTIONS, TASKS, Option
+from .engine import EXPORT_TASKS, LOAD_OPTIONS, TASKS, Limits, Option
 
 INSTALL_EXPORT = 'pip install ".[export]"  (from a clone of flare-onnx; torch==2.13.0 CPU build first)'
 
@@ -129,8 +129,9 @@ def _run_job(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from .serve import ServeConfig, serve
 
+    limits = dataclasses.replace(Limits.SERVICE, **{name: getattr(args, name) for name in _SERVICE_LIMITS})
     cfg = ServeConfig(
-        max_body_bytes=args.max_body_bytes, max_texts=args.max_texts, max_chars=args.max_chars,
+        max_body_bytes=args.max_body_bytes, limits=limits,
         queue_size=args.queue_size, max_batch_texts=args.max_batch_texts, max_wait_ms=args.max_wait_ms,
         slice_tokens=max(16, args.slice_tokens),
         deadline_s=args.deadline, api_key=_api_key(args.api_key_file),
@@ -141,6 +142,16 @@ def _serve(args: argparse.Namespace) -> int:
     )
     serve(args.bundle, host=args.host, port=args.port, cfg=cfg, model_options=_given(args, LOAD_OPTIONS))
     return 0
+
+
+#: the service's request limits (flare_onnx.engine.Limits, whose defaults these flags show)
+_SERVICE_LIMITS = {
+    "max_texts": "texts per request",
+    "max_chars": "characters per text",
+    "max_request_chars": "characters in all texts of a request, prefix included (before tokenizing)",
+    "max_tokens": "tokens per request, every window counted",
+    "max_candidates": "fill-mask candidates (masks x top_k) per request",
+}
 
 
 def _seconds(text: str) -> float:
@@ -172,18 +183,21 @@ def _info(args: argparse.Namespace) -> int:
     from .engine import choose_backend, open_bundle, read_manifest
 
     manifest = read_manifest(args.bundle)
-    for precision in manifest.graphs:
-        open_bundle(args.bundle, precision=precision)  # verifies every graph's hash and size
-    raw = dict(manifest.raw)
+    # every file the bundle can run, hashed and checked as load() checks it: each precision's
+    # ONNX graph and, where the bundle has one, its OpenVINO IR (.xml and .bin)
+    for backend, graphs in (("onnxruntime", manifest.graphs), ("openvino", manifest.openvino)):
+        for precision in graphs:
+            open_bundle(args.bundle, precision=precision, backend=backend)
     summary = {
         "task": manifest.task,
         "tasks": list(manifest.tasks),
-        "source": raw.get("source"),
-        "graphs": {p: {**g.__dict__, **raw["files"][g.file]} for p, g in manifest.graphs.items()},
-        "verification": raw.get("verification"),
-        "quantization": raw.get("quantization"),
-        "vocabulary": raw.get("vocabulary") or {"pruned": False},
-        "prompts": raw["model"].get("prompts") or {},
+        "source": manifest.source or None,
+        "graphs": {p: {**g.__dict__, **manifest.files[g.file]} for p, g in manifest.graphs.items()},
+        "openvino": {p: {**g.__dict__, **manifest.files[g.file]} for p, g in manifest.openvino.items()} or None,
+        "verification": manifest.verification or None,
+        "quantization": manifest.quantization or None,
+        "vocabulary": manifest.vocabulary,
+        "prompts": dict(manifest.prompts),
         "engine": {work: {"backend": c.backend, "why": c.reason}
                    for work in ("interactive", "bulk") for c in [choose_backend("auto", work)]},
         "verified": True,
@@ -419,8 +433,9 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--allowed-hosts", help="comma-separated Host names the service answers ('*': any); "
                                            "default: the loopback names on a loopback bind, any otherwise")
     p.add_argument("--max-body-bytes", type=int, default=1_000_000)
-    p.add_argument("--max-texts", type=int, default=64, help="texts per request")
-    p.add_argument("--max-chars", type=int, default=10_000, help="characters per text")
+    for name, help in _SERVICE_LIMITS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=_nullable_int, default=getattr(Limits.SERVICE, name),
+                       metavar="N", help=f"{help} (none: no limit)")
     p.add_argument("--queue-size", type=int, default=256, help="texts waiting before 503")
     p.add_argument("--max-batch-texts", type=int, default=64, help="texts in one round of the inference thread")
     p.add_argument("--slice-tokens", type=int, default=512,

@@ -12,6 +12,7 @@ __all__ = [
     "BundleError",
     "InputError",
     "RequestTooLarge",
+    "TextError",
     "TaskNotAvailableError",
     "InferenceError",
     "ExportError",
@@ -45,6 +46,28 @@ class RequestTooLarge(InputError):
 
     http_status = 413
     exit_code = 2
+
+
+class TextError(InputError):
+    """One text of a request that the model cannot take: ``index`` is its place in the
+    request, ``reason`` what is wrong with it (``"is empty or only whitespace"``).
+
+    Surfaces that keep going past a bad text (the file job, Ray Data) report it with the
+    text's own place, through :meth:`~flare_onnx.engine.FlareModel.predict_each`.
+    """
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"text {index} {reason}")
+        self.index = index
+        self.reason = reason
+
+    def moved(self, index: int) -> TextError:
+        """The same error for the same text at another place (a request of one text -> its
+        place in the batch it came from)."""
+        error = type(self)(index, self.reason)
+        error.__cause__ = self.__cause__
+        return error
+
 
 
 class TaskNotAvailableError(FlareOnnxError):

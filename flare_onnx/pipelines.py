@@ -91,7 +91,7 @@ class _Pipeline:
 
     def _decode(self, ids: Sequence[int], *, skip_special_tokens: bool) -> str:
         text: str = self.model.tokenizer.tokenizer.decode(list(map(int, ids)), skip_special_tokens=skip_special_tokens)
-        if self.model.manifest.raw["model"].get("clean_up_tokenization_spaces") is True:
+        if self.model.manifest.clean_up_tokenization_spaces:
             text = _clean_up(text)
         return text
 

@@ -32,16 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from .engine import MANIFEST_NAME, get_task, load, parse_load_options, read_manifest, to_jsonable
+from .engine import MANIFEST_NAME, cache_root, get_task, load, parse_load_options, read_manifest, to_jsonable
 from .errors import BundleError, InputError
 from .job import EXIT_RECORD_ERRORS
 
 __all__ = ["FillMask", "Embed", "Tag", "Classify", "share_bundle", "materialize", "PREDICTORS"]
-
-def _cache() -> Path:
-    """The node-local bundle cache: ``$FLARE_ONNX_CACHE``, else a folder in the temp directory."""
-    return Path(os.environ.get("FLARE_ONNX_CACHE") or Path(tempfile.gettempdir()) / "flare-onnx-bundles")
-
 
 def share_bundle(path: str | Path) -> Any:
     """Put a bundle's files in Ray's object store; pass the result as ``bundle=``."""
@@ -63,7 +58,7 @@ def materialize(bundle: Any) -> str:
         bundle = ray.get(bundle)
     if not isinstance(bundle, dict) or "files" not in bundle:
         raise InputError("bundle must be a path or the result of share_bundle()")
-    cache = _cache()
+    cache = cache_root() / "shared-bundles"  # node-local, beside load()'s exports
     target = cache / bundle["digest"]
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / f"{bundle['digest']}.lock", "w") as lock:
@@ -157,17 +152,9 @@ class _Predictor:
         errors: list[str | None] = [e if isinstance(e, str) else None for e in prior]
         todo = [i for i, e in enumerate(errors) if e is None]
         results: list[Any] = [None] * len(texts)
-        try:
-            for i, r in zip(todo, self.model.predict(self.spec.name, [texts[i] for i in todo], self.options) if todo else []):
-                results[i] = r
-            return results, errors
-        except InputError:
-            pass
-        for i in todo:  # isolate the refused ones, as the local job does
-            try:
-                results[i] = self.model.predict(self.spec.name, [texts[i]], self.options)[0]
-            except InputError as exc:
-                errors[i] = str(exc).replace("text 0", "the text")
+        outcomes = self.model.predict_each(self.spec.name, [texts[i] for i in todo], self.options) if todo else []
+        for i, outcome in zip(todo, outcomes):  # the refused ones isolated by the engine, as in the local job
+            results[i], errors[i] = outcome
         return results, errors
 
     def _column(self, results: list[Any]) -> Any:

@@ -67,6 +67,21 @@ def test_an_altered_ir_is_refused(ov_bundle, tmp_path):
     flare_onnx.load(bundle)  # the onnxruntime graphs are untouched and still load
 
 
+@pytest.mark.parametrize("name", ["model.int8.xml", "model.int8.bin"])
+def test_info_and_verify_hash_the_openvino_ir_too(ov_bundle, tmp_path, capsys, name):
+    from flare_onnx.cli import main
+
+    bundle = tmp_path / "b"
+    shutil.copytree(ov_bundle, bundle)
+    assert main(["info", str(bundle)]) == 0
+    assert json.loads(capsys.readouterr().out)["openvino"]["int8"]["file"] == "model.int8.xml"
+    data = bytearray((bundle / name).read_bytes())
+    data[-2] ^= 0x01  # one byte
+    (bundle / name).write_bytes(bytes(data))
+    assert main(["info", str(bundle)]) == 1
+    assert f"{name} does not match its sha256" in capsys.readouterr().err
+
+
 def test_the_cli_reaches_the_backend(ov_bundle, capsys):
     from flare_onnx.cli import main
 

@@ -35,7 +35,7 @@ def model(tiny_bundle):
 
 @pytest.fixture(scope="module")
 def client(model):
-    cfg = ServeConfig(max_body_bytes=20_000, max_texts=8, max_chars=500)
+    cfg = ServeConfig(max_body_bytes=20_000, limits=Limits(max_texts=8, max_chars=500))
     with TestClient(create_app(model, cfg)) as c:
         yield c
 
@@ -237,7 +237,7 @@ def test_a_stop_signal_finishes_in_flight_requests(tiny_bundle, sentences, sig):
 
 
 def test_work_is_bounded_in_tokens_and_candidates(model):
-    cfg = ServeConfig(max_tokens=60, max_candidates=20)
+    cfg = ServeConfig(limits=Limits(max_tokens=60, max_candidates=20))
     with TestClient(create_app(model, cfg)) as c:
         long = "Roma è la capitale d'Italia. " * 10
         r = c.post("/v1/embed", json={"texts": [long, long]})

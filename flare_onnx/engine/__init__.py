@@ -19,8 +19,9 @@ surface (``tests/test_layout.py`` checks both directions).
 
 from ._json import to_jsonable
 from .backends import BackendChoice, choose_backend
-from .bundle import MANIFEST_NAME, Manifest, open_bundle, read_manifest
-from .model import FlareModel, load
+from .cache import cache_root
+from .bundle import HUB_ID, MANIFEST_NAME, Manifest, open_bundle, read_manifest
+from .model import FlareModel, Outcome, load
 from .postprocess import Entity, WordLabel, class_scores, entity_runs, similarity
 from .request import Limits, Request, merge_requests, payload_parts
 from .runners import Label, MaskPrediction, TagResult
@@ -32,6 +33,7 @@ from .tokenization import SpecialTokens, check_texts
 __all__ = [
     "load",
     "FlareModel",
+    "Outcome",
     "Request",
     "Limits",
     "merge_requests",
@@ -54,6 +56,8 @@ __all__ = [
     "Manifest",
     "SpecialTokens",
     "MANIFEST_NAME",
+    "HUB_ID",
+    "cache_root",
     "open_bundle",
     "read_manifest",
     "available_cpus",

@@ -39,6 +39,8 @@ __all__ = [
 ]
 
 MANIFEST_NAME = "manifest.json"
+#: what a Hugging Face model id looks like (``osiria/flare-it``): the one spelling of it
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 FORMAT_NAME = "flare-onnx-bundle"
 FORMAT_VERSION = 1
 PRECISIONS = ("int8", "fp32")
@@ -77,7 +79,14 @@ class Manifest:
     graphs: Mapping[str, GraphSpec]
     openvino: Mapping[str, GraphSpec]  # precision -> OpenVINO IR, when exported with --openvino
     files: Mapping[str, Mapping[str, Any]]
-    raw: Mapping[str, Any]
+    prompts: Mapping[str, str]  # stored at export, by name (E5: query, passage)
+    problem_type: str | None  # a classifier's transformers problem_type (regression, multi-label)
+    clean_up_tokenization_spaces: bool  # the tokenizer's setting, which the pipelines follow
+    # what the exporter recorded, shown by `flare-onnx info` and /v1/info as they are
+    source: Mapping[str, Any]
+    verification: Mapping[str, Any]
+    quantization: Mapping[str, Any]
+    vocabulary: Mapping[str, Any]
 
     def require(self, task: str) -> TaskSpec:
         """The spec of ``task`` (a name, verb or alias), or :class:`TaskNotAvailableError`
@@ -119,6 +128,18 @@ def _special(special: Mapping[str, Any], key: str) -> tuple[str, int] | None:
     ):
         raise BundleError(f"manifest.json: model.special_tokens.{key} must be [token, id], not {entry!r}; re-export the bundle")
     return entry[0], entry[1]
+
+
+def _special_tokens(special: Mapping[str, Any]) -> SpecialTokens:
+    mask = _special(special, "mask")
+    return SpecialTokens(
+        cls_id=_special_id(special, "cls"),
+        sep_id=_special_id(special, "sep"),
+        pad_id=_special_id(special, "pad"),
+        unk_id=_special_id(special, "unk"),
+        mask_id=mask[1] if mask else None,
+        mask_token=mask[0] if mask else None,
+    )
 
 
 def _bounded(value: int, name: str, low: int, high: int) -> int:
@@ -196,16 +217,7 @@ def parse_manifest(raw: Mapping[str, Any]) -> Manifest:
     if task not in EXPORT_TASKS:
         raise BundleError(f"manifest.json: unknown task {task!r}; this flare-onnx reads {', '.join(EXPORT_TASKS)}")
     model = _get(raw, "model", dict, "manifest")
-    special = _get(model, "special_tokens", dict, "model")
-    mask = _special(special, "mask")
-    spec = SpecialTokens(
-        cls_id=_special_id(special, "cls"),
-        sep_id=_special_id(special, "sep"),
-        pad_id=_special_id(special, "pad"),
-        unk_id=_special_id(special, "unk"),
-        mask_id=mask[1] if mask else None,
-        mask_token=mask[0] if mask else None,
-    )
+    spec = _special_tokens(_get(model, "special_tokens", dict, "model"))
     if task == "fill-mask" and spec.mask_id is None:
         raise BundleError("manifest.json: a fill-mask bundle must record its mask token; re-export the bundle")
     labels = model.get("labels")
@@ -220,6 +232,10 @@ def parse_manifest(raw: Mapping[str, Any]) -> Manifest:
     if not isinstance(openvino, dict):
         raise BundleError("manifest.json: openvino must be an object; re-export the bundle")
     files = _files(raw)
+    prompts = model.get("prompts") or {}
+    if not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()):
+        raise BundleError("manifest.json: model.prompts must map names to texts; re-export the bundle")
+    problem = model.get("problem_type")
     return Manifest(
         task=task,
         tasks=EXPORT_TASKS[task],
@@ -231,8 +247,22 @@ def parse_manifest(raw: Mapping[str, Any]) -> Manifest:
         graphs=graphs,
         openvino=_graphs(openvino, "openvino", backend="openvino"),
         files=files,
-        raw=raw,
+        prompts=prompts,
+        problem_type=problem if isinstance(problem, str) else None,
+        clean_up_tokenization_spaces=model.get("clean_up_tokenization_spaces") is True,
+        source=_section(raw, "source"),
+        verification=_section(raw, "verification"),
+        quantization=_section(raw, "quantization"),
+        vocabulary=_section(raw, "vocabulary") or {"pruned": False},
     )
+
+
+def _section(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """An informational section of the manifest (an object, or nothing)."""
+    value = raw.get(key) or {}
+    if not isinstance(value, dict):
+        raise BundleError(f"manifest.json: {key} must be an object; re-export the bundle")
+    return value
 
 
 #: the manifest is small; anything larger is not one
@@ -269,7 +299,7 @@ def _not_a_bundle(path: Path) -> str:
     if path.exists():
         return f"{str(path)!r} is a file, not a bundle directory (a bundle is the folder `flare-onnx export` writes)"
     text = str(path)
-    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) and not text.startswith("."):
+    if HUB_ID.fullmatch(text):
         return (
             f"there is no bundle directory {text!r}; if {text!r} is a Hugging Face model id, export it first "
             f"with `flare-onnx export {text} -o {path.name}-onnx` (needs the export extra and the Hub), "

@@ -12,14 +12,13 @@ import sys
 from pathlib import Path
 
 from ..errors import BundleError
-from .bundle import MANIFEST_NAME
+from .bundle import HUB_ID, MANIFEST_NAME
 
 __all__ = ["bundle_dir", "cache_root"]
 
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
 def cache_root() -> Path:
+    """Where exported checkpoints and shared bundles are kept: ``$FLARE_ONNX_CACHE``, by default
+    ``~/.cache/flare-onnx`` (the one place that says so)."""
     return Path(os.environ.get("FLARE_ONNX_CACHE") or "~/.cache/flare-onnx").expanduser()
 
 
@@ -36,7 +35,7 @@ def bundle_dir(path: str | Path) -> Path:
     if (given / MANIFEST_NAME).exists() or given.is_file():
         return given
     checkpoint = given.is_dir() and (given / "config.json").is_file()
-    hub_id = not given.exists() and bool(_HUB_ID.fullmatch(str(path)))
+    hub_id = not given.exists() and bool(HUB_ID.fullmatch(str(path)))
     if not (checkpoint or hub_id):
         return given
     key = str(given.resolve()) if checkpoint else str(path)

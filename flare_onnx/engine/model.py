@@ -11,25 +11,32 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from tokenizers import Encoding
 
-from ..errors import BundleError, InferenceError, InputError
+from ..errors import BundleError, InferenceError, InputError, TextError
 from .batching import pad_batch, plan_batches
 from .backends import choose_backend
 from .bundle import VerifiedBundle, open_bundle
 from .cache import bundle_dir
 from .postprocess import softmax
-from .request import Limits, Request
+from .request import Limits, Request, merge_requests
 from .runners import Label, MaskPrediction, TagResult
 from .session import Session, available_cpus, create_session
 from .options import LOAD_OPTIONS, parse_load_options
 from .tasks import TASKS
 from .tokenization import TextEncoder, Window, check_texts
 
-__all__ = ["FlareModel", "MaskPrediction", "Label", "TagResult", "load"]
+__all__ = ["FlareModel", "Outcome", "MaskPrediction", "Label", "TagResult", "load"]
+
+
+class Outcome(NamedTuple):
+    """One text's result, or why the model refused the text (:meth:`FlareModel.predict_each`)."""
+
+    result: Any
+    error: str | None
 
 _DEFAULTS = {o.name: o.default for o in LOAD_OPTIONS}
 
@@ -131,7 +138,7 @@ class FlareModel:
     # -- the request path -------------------------------------------------------------------
 
     def request(
-        self, task: str, texts: Sequence[str], options: Mapping[str, Any] | None = None,
+        self, task: str, texts: Sequence[object], options: Mapping[str, Any] | None = None,
         *, limits: Limits = Limits.TRUSTED,
     ) -> Request:
         """Check a request once and encode it: the task is offered, the options valid (defaults
@@ -145,23 +152,28 @@ class FlareModel:
         """
         spec = self.manifest.require(task)
         opts = spec.resolve(options)
-        texts = check_texts(texts, verb=spec.verb)
-        limits.check_texts(texts)
+        checked = check_texts(texts, verb=spec.verb)
+        # the prefix and a stored prompt are part of every text: counted before any work
         prefix = self._prompt(opts.get("prompt") or "") + (opts.get("prefix") or "")
-        if prefix:
-            texts = [prefix + t for t in texts]
-        encodings = self._encoder.encode(texts)
-        windows = self._windows(encodings, window=opts.get("window", "truncate"), stride=opts.get("stride"))
+        limits.check_texts(checked, prefix=len(prefix))
+        full = [prefix + t for t in checked] if prefix else checked
+        encodings = self._encoder.encode(full)
+        sliding = opts.get("window", "truncate") == "sliding"
+        stride = self._stride(encodings, sliding=sliding, stride=opts.get("stride"))
+        # what the model will read of each text, every window counted, checked before the
+        # windows are made: a small stride over a long text multiplies the work
+        text_tokens = tuple(self._encoder.read_tokens(len(e), sliding=sliding, stride=stride) for e in encodings)
+        limits.check_work(sum(text_tokens), 0)
+        windows = self._encoder.windows(encodings, sliding=sliding, stride=stride)
         mask_rows = self._mask_rows(encodings, windows) if "mask_positions" in spec.graph_inputs else None
-        req = Request(spec, texts, opts, encodings, windows, mask_rows, text_tokens=tuple(len(e) + 2 for e in encodings))
+        req = Request(spec, full, opts, encodings, windows, mask_rows, text_tokens=text_tokens)
         limits.check_work(req.tokens, req.candidates)
         return req
 
     @property
     def prompts(self) -> dict[str, str]:
         """Prompts stored with the model at export, by name (E5: ``query``, ``passage``)."""
-        stored = self.manifest.raw["model"].get("prompts") or {}
-        return {str(k): str(v) for k, v in stored.items()} if isinstance(stored, dict) else {}
+        return dict(self.manifest.prompts)
 
     def _prompt(self, name: str) -> str:
         if not name:
@@ -176,24 +188,56 @@ class FlareModel:
         return request.spec.run(self, request)
 
     def predict(
-        self, task: str, texts: Sequence[str], options: Mapping[str, Any] | None = None,
+        self, task: str, texts: Sequence[object], options: Mapping[str, Any] | None = None,
         *, limits: Limits = Limits.TRUSTED,
     ) -> list[Any]:
         """Run ``task`` (a registry name or alias) with ``options`` given by name; one result
         per text. ``request`` then ``run``, for callers that need not keep the request."""
         return self.run(self.request(task, texts, options, limits=limits))
 
-    def _windows(self, encodings: list[Encoding], *, window: str, stride: int | None) -> list[Window]:
-        if window == "sliding" and self.max_text_tokens is not None:
+    def predict_each(
+        self, task: str, texts: Sequence[object], options: Mapping[str, Any] | None = None,
+        *, limits: Limits = Limits.TRUSTED,
+    ) -> list[Outcome]:
+        """Run ``task`` on every text that the model can take, and say why for the others: one
+        :class:`Outcome` per text, in order. What the file job and Ray Data do with a chunk.
+
+        The chunk runs as one request; only when a text in it is refused is each text checked
+        and encoded alone (the refused ones get their reason, the rest still run as one batch).
+
+        Raises:
+            TaskNotAvailableError: the bundle does not offer ``task``.
+            InputError: a bad option (it would refuse every text alike).
+        """
+        spec = self.manifest.require(task)
+        opts = spec.resolve(options)
+        try:
+            return [Outcome(result, None) for result in self.predict(spec.name, texts, opts, limits=limits)]
+        except TextError:
+            pass
+        outcomes: list[Outcome | None] = [None] * len(texts)
+        good: list[tuple[int, Request]] = []
+        for i, text in enumerate(texts):
+            try:
+                good.append((i, self.request(spec.name, [text], opts, limits=limits)))
+            except TextError as exc:
+                outcomes[i] = Outcome(None, "the text " + exc.reason)
+        if good:
+            for (i, _), result in zip(good, self.run(merge_requests([r for _, r in good]))):
+                outcomes[i] = Outcome(result, None)
+        return [o for o in outcomes if o is not None]
+
+    def _stride(self, encodings: list[Encoding], *, sliding: bool, stride: int | None) -> int:
+        """The stride sliding windows take (checked), after the model's cap on one text."""
+        if sliding and self.max_text_tokens is not None:
             for i, enc in enumerate(encodings):
                 if len(enc.ids) > self.max_text_tokens:
-                    raise InputError(
-                        f"text {i} holds {len(enc.ids)} tokens; sliding windows read at most "
+                    raise TextError(
+                        i, f"holds {len(enc.ids)} tokens; sliding windows read at most "
                         f"{self.max_text_tokens} per text (the model option max_text_tokens; "
                         f"None lifts the cap for trusted batch jobs)"
                     )
-        stride = self.manifest.max_length // 4 if stride is None else stride
-        return self._encoder.windows(encodings, sliding=window == "sliding", stride=stride)
+        return self.manifest.max_length // 4 if stride is None else stride
 
     def _mask_rows(self, encodings: list[Encoding], windows: list[Window]) -> list[np.ndarray]:
         """Where each text's masks sit in its window (one at least, none past what the model reads)."""
@@ -202,11 +246,11 @@ class FlareModel:
         for i, (enc, w) in enumerate(zip(encodings, windows)):
             positions = np.flatnonzero(np.asarray(enc.ids) == special.mask_id)
             if positions.size == 0:
-                raise InputError(f"text {i} has no {special.mask_token} token to fill")
+                raise TextError(i, f"has no {special.mask_token} token to fill")
             kept = len(w.ids) - 2
             if positions[-1] >= kept:
-                raise InputError(
-                    f"text {i} has a {special.mask_token} at token {int(positions[-1])}, past the "
+                raise TextError(
+                    i, f"has a {special.mask_token} at token {int(positions[-1])}, past the "
                     f"{kept} tokens the model reads; shorten the text around the mask"
                 )
             rows.append(positions + 1)  # +1 for <s>
@@ -265,7 +309,7 @@ class FlareModel:
         """How :meth:`classify` turns logits into scores, as transformers' text-classification
         pipeline does: ``"sigmoid"`` for multi-label models and single-logit models,
         ``"none"`` for regression, ``"softmax"`` otherwise."""
-        problem = self.manifest.raw["model"].get("problem_type")
+        problem = self.manifest.problem_type
         if problem == "regression":
             return "none"
         if problem == "multi_label_classification" or len(self.manifest.labels or ()) == 1:

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 from tokenizers import Encoding
 
-from ..errors import InputError, RequestTooLarge
+from ..errors import InputError, RequestTooLarge, TextError
 from .options import TaskSpec
 from .tokenization import Window
 
@@ -47,8 +47,9 @@ class Limits:
     SERVICE: ClassVar[Limits]
     TRUSTED: ClassVar[Limits]
 
-    def check_texts(self, texts: Sequence[str]) -> None:
-        """The cheap checks, on counts and characters (before tokenization).
+    def check_texts(self, texts: Sequence[str], *, prefix: int = 0) -> None:
+        """The cheap checks, on counts and characters (before tokenization). ``prefix``: the
+        characters put before every text (a prefix or a stored prompt), counted in each.
 
         Raises:
             InputError: too many texts, or a text too long.
@@ -58,10 +59,11 @@ class Limits:
             raise InputError(f"the request has {len(texts)} texts; at most {self.max_texts} per request")
         if self.max_chars is not None:
             for i, text in enumerate(texts):
-                if len(text) > self.max_chars:
-                    raise InputError(f"text {i} has {len(text)} characters; at most {self.max_chars}")
+                if prefix + len(text) > self.max_chars:
+                    with_prefix = f" with its {prefix}-character prefix" if prefix else ""
+                    raise TextError(i, f"has {prefix + len(text)} characters{with_prefix}; at most {self.max_chars}")
         if self.max_request_chars is not None:
-            total = sum(len(t) for t in texts)
+            total = sum(len(t) for t in texts) + prefix * len(texts)
             if total > self.max_request_chars:
                 raise RequestTooLarge(
                     f"the request holds {total} characters; at most {self.max_request_chars} per request: split it"
@@ -74,7 +76,10 @@ class Limits:
             RequestTooLarge: over ``max_tokens`` or ``max_candidates``.
         """
         if self.max_tokens is not None and tokens > self.max_tokens:
-            raise RequestTooLarge(f"the request holds {tokens} tokens; at most {self.max_tokens} per request: split it")
+            raise RequestTooLarge(
+                f"the request holds {tokens} tokens; at most {self.max_tokens} per request: split it "
+                f"(every sliding window counts: a smaller stride reads fewer)"
+            )
         if self.max_candidates is not None and candidates > self.max_candidates:
             raise RequestTooLarge(
                 f"the request asks for {candidates} fill-mask candidates (masks x top_k); "

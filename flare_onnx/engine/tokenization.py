@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from ..errors import BundleError, InputError
+from ..errors import BundleError, InputError, TextError
 
 __all__ = ["SpecialTokens", "TextEncoder", "Window", "check_texts"]
 
@@ -44,15 +44,13 @@ def check_texts(texts: object, *, verb: str) -> list[str]:
     out = list(texts)
     for i, text in enumerate(out):
         if not isinstance(text, str):
-            raise InputError(f"text {i} is {type(text).__name__}, not str")
+            raise TextError(i, f"is {type(text).__name__}, not str")
         if not text.strip():
-            raise InputError(f"text {i} is empty or only whitespace")
+            raise TextError(i, "is empty or only whitespace")
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise InputError(
-                f"text {i} is not valid Unicode: {exc.reason} at character {exc.start}"
-            ) from exc
+            raise TextError(i, f"is not valid Unicode: {exc.reason} at character {exc.start}") from exc
     return out
 
 
@@ -100,8 +98,34 @@ class TextEncoder:
             return encodings
         except (KeyboardInterrupt, SystemExit):
             raise
-        except BaseException as exc:  # untyped errors, and pyo3's PanicException (a BaseException)
-            raise InputError(f"the tokenizer could not encode the input ({type(exc).__name__}: {str(exc)[:200]})") from None
+        except BaseException:  # untyped errors, and pyo3's PanicException (a BaseException)
+            pass
+        for i, text in enumerate(texts):  # which text: the error names it
+            try:
+                self._tokenizer.encode(text, add_special_tokens=False)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:
+                raise TextError(i, f"could not be tokenized ({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise InputError("the tokenizer could not encode the input")
+
+    def _starts(self, n: int, *, sliding: bool, stride: int) -> list[int]:
+        """Where each window of a text of ``n`` tokens starts."""
+        content = self.max_length - 2
+        if sliding and not 0 <= stride < content:
+            raise InputError(f"stride must be between 0 and {content - 1}, not {stride}")
+        if not sliding or n <= content:
+            return [0]
+        return list(range(0, n - content, content - stride)) + [n - content]
+
+    def read_tokens(self, n: int, *, sliding: bool, stride: int) -> int:
+        """Tokens the model reads for a text of ``n`` tokens, every window counted with its
+        ``<s>``/``</s>``; a truncated text counts whole (it was tokenized whole)."""
+        if not sliding or n <= self.max_length - 2:
+            return n + 2
+        content = self.max_length - 2
+        starts = len(range(0, n - content, content - stride)) + 1 if 0 <= stride < content else 1
+        return starts * self.max_length
 
     def windows(
         self, encodings: list[Encoding], *, sliding: bool, stride: int
@@ -114,18 +138,13 @@ class TextEncoder:
             stride: tokens shared by consecutive windows when ``sliding``.
         """
         content = self.max_length - 2
-        if sliding and not 0 <= stride < content:
-            raise InputError(f"stride must be between 0 and {content - 1}, not {stride}")
         out: list[Window] = []
         for i, enc in enumerate(encodings):
             ids = enc.ids
             n = len(ids)
             if n == 0:
-                raise InputError(f"text {i} has no tokens after normalization")
-            starts = [0]
-            if sliding and n > content:
-                step = content - stride
-                starts = list(range(0, n - content, step)) + [n - content]
+                raise TextError(i, "has no tokens after normalization")
+            starts = self._starts(n, sliding=sliding, stride=stride)
             for w, s in enumerate(starts):
                 e = min(n, s + content)
                 # Overlapping tokens belong to the window where they sit farther from an edge.

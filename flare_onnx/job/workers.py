@@ -7,8 +7,7 @@ import functools
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
-from ..engine import TaskSpec
-from ..errors import InputError
+from ..engine import FlareModel, Outcome, TaskSpec
 from .config import JobConfig
 
 __all__ = ["Predictor", "predict_chunk"]
@@ -24,26 +23,14 @@ def _worker_model(bundle: str, model_options: tuple[tuple[str, Any], ...]) -> An
     return load(bundle, **dict(model_options))
 
 
-def predict_chunk(model: Any, task: str, texts: list[str], options: dict[str, Any]) -> list[tuple[Any, str | None]]:
-    """Results for a chunk; a text the model refuses is isolated, the rest still run."""
-    if not texts:
-        return []
-    try:
-        return [(r, None) for r in model.predict(task, texts, options)]
-    except InputError:
-        pass
-    out: list[tuple[Any, str | None]] = []
-    for text in texts:
-        try:
-            out.append((model.predict(task, [text], options)[0], None))
-        except InputError as exc:
-            out.append((None, str(exc).replace("text 0", "the text")))
-    return out
+def predict_chunk(model: FlareModel, task: str, texts: list[str], options: dict[str, Any]) -> list[Outcome]:
+    """Results for a chunk; a text the model refuses is isolated by the engine, the rest run."""
+    return model.predict_each(task, texts, options) if texts else []
 
 
 def _worker_chunk(
     bundle: str, model_options: tuple[tuple[str, Any], ...], task: str, texts: list[str], options: dict[str, Any]
-) -> list[tuple[Any, str | None]]:
+) -> list[Outcome]:
     return predict_chunk(_worker_model(bundle, model_options), task, texts, options)
 
 
@@ -69,7 +56,7 @@ class Predictor:
             self.model = load(cfg.bundle, **model_options)
         self.in_flight = 2 * cfg.workers if self.pool else 0
 
-    def submit(self, texts: list[str]) -> Future[Any] | list[tuple[Any, str | None]]:
+    def submit(self, texts: list[str]) -> Future[Any] | list[Outcome]:
         if self.pool is not None:
             return self.pool.submit(_worker_chunk, self.bundle, self.model_options, self.spec.name, texts, self.options)
         return predict_chunk(self.model, self.spec.name, texts, self.options)

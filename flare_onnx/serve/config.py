@@ -19,9 +19,9 @@ class ServeConfig:
     """
 
     max_body_bytes: int = 1_000_000
-    max_texts: int = 64
-    max_chars: int = 10_000
-    max_request_chars: int = 131_072  # all texts of one request, checked before any tokenization (4 per token)
+    #: what one request may ask of the model (texts, characters, tokens, window work,
+    #: fill-mask candidates): the engine's one :class:`~flare_onnx.engine.Limits`
+    limits: Limits = Limits.SERVICE
     queue_size: int = 256  # texts waiting, across requests
     max_batch_texts: int = 64
     # a request is served in slices of at most this many tokens, one slice per request per
@@ -33,8 +33,6 @@ class ServeConfig:
     deadline_s: float = 30.0
     api_key: str | None = None
     max_connections: int = 512  # open connections before uvicorn answers 503
-    max_tokens: int = 32_768  # tokens one request may hold (all its texts, whole texts for sliding windows)
-    max_candidates: int = 10_000  # fill-mask: masks x top_k one request may ask for
     http: str = "auto"  # uvicorn's HTTP parser: "httptools" (C, where installed), "h11", or "auto"
     loop: str = "auto"  # event loop: "uvloop" (where installed), "asyncio", or "auto"
     max_connections_per_ip: int = 128  # open connections from one client address (0: no cap, e.g. behind a proxy)
@@ -45,14 +43,6 @@ class ServeConfig:
     # service under its own name); None: every name. serve() sets the loopback names for a
     # loopback bind when none are given.
     allowed_hosts: tuple[str, ...] | None = None
-
-    @property
-    def limits(self) -> Limits:
-        """The engine's limits object for this service's requests."""
-        return Limits(
-            max_texts=self.max_texts, max_chars=self.max_chars, max_request_chars=self.max_request_chars,
-            max_tokens=self.max_tokens, max_candidates=self.max_candidates,
-        )
 
 
 #: the names a loopback service answers to

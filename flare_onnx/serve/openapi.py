@@ -16,7 +16,7 @@ __all__ = ["bundle_info", "model_name", "openapi_spec", "page"]
 def model_name(model: FlareModel) -> str:
     """The served model's name for people: the Hub id it was exported from, or the last part of
     a local path (a machine's folders are nobody else's business), or the bundle's name."""
-    source = (model.manifest.raw.get("source") or {}).get("model")
+    source = model.manifest.source.get("model")
     if not isinstance(source, str) or not source.strip():
         return model.path.name
     looks_like_path = source.startswith(("/", ".", "~")) or "\\" in source or source.count("/") > 1
@@ -31,7 +31,7 @@ def bundle_info(model: FlareModel, reference: FlareModel | None = None) -> dict[
     graphs = manifest.openvino if model.backend == "openvino" else manifest.graphs
     graph = graphs[model.precision]
     files = [graph.file] + ([graph.weights] if graph.weights else [])
-    verification = manifest.raw.get("verification") or {}
+    verification = manifest.verification
     fidelity = verification.get(model.precision) if isinstance(verification, dict) else None
     return {
         "model": model_name(model),
@@ -48,7 +48,7 @@ def bundle_info(model: FlareModel, reference: FlareModel | None = None) -> dict[
         "mask_token": manifest.special.mask_token,
         "fidelity": {k: v for k, v in fidelity.items() if isinstance(v, (int, float, str))} if isinstance(fidelity, dict) else {},
         "reference": reference.precision if reference is not None else None,
-        "random_weights": bool((manifest.raw.get("source") or {}).get("random_weights")),
+        "random_weights": bool(manifest.source.get("random_weights")),
         "prompts": model.prompts,
         "flare_onnx": __version__,
     }
@@ -76,11 +76,18 @@ def page() -> tuple[bytes, str]:
     return html.encode("utf-8"), csp
 
 
+def _bounded(schema: dict[str, Any], key: str, limit: int | None) -> dict[str, Any]:
+    """``schema`` with ``key: limit``, or as it is when the limit is lifted (``None``)."""
+    return schema if limit is None else {**schema, key: limit}
+
+
 def openapi_spec(model: FlareModel, cfg: ServeConfig, reference: FlareModel | None = None) -> dict[str, Any]:
+    limits = cfg.limits
+    text_schema = _bounded({"type": "string"}, "maxLength", limits.max_chars)
+    texts_schema = _bounded({"type": "array", "items": text_schema, "minItems": 1}, "maxItems", limits.max_texts)
+
     def op(spec: TaskSpec) -> dict[str, Any]:
-        props: dict[str, Any] = {
-            "texts": {"type": "array", "items": {"type": "string", "maxLength": cfg.max_chars}, "minItems": 1, "maxItems": cfg.max_texts}
-        }
+        props: dict[str, Any] = {"texts": texts_schema}
         for opt in spec.options:
             props[opt.name] = opt.json_schema()
         return {
@@ -99,7 +106,7 @@ def openapi_spec(model: FlareModel, cfg: ServeConfig, reference: FlareModel | No
             "summary": "OpenAI-compatible embeddings",
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "type": "object", "required": ["input"],
-                "properties": {"input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": cfg.max_texts}]},
+                "properties": {"input": {"oneOf": [{"type": "string"}, {**texts_schema, "items": {"type": "string"}}]},
                                "model": {"type": "string"}, "encoding_format": {"type": "string", "enum": ["float", "base64"]}},
             }}}},
             "responses": {"200": {"description": "{object: list, data: [{object: embedding, index, embedding}], model, usage}"},
