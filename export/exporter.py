@@ -14,7 +14,7 @@ from typing import Any
 
 from flare_onnx.engine.bundle import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, file_record
 from flare_onnx.engine.tasks import EXPORT_TASKS
-from flare_onnx.errors import ExportError
+from flare_onnx.errors import BundleError, ExportError
 
 from ._deps import require
 from .checkpoint import DEFAULT_MODEL, load_checkpoint, resolve_checkpoint
@@ -209,6 +209,17 @@ class _Prepared:
     prompts: dict[str, str]
 
 
+def _check_runtime_takes(tokenizer: Any) -> None:
+    """Refuse at export a tokenizer that ``load()`` would refuse (the runtime's own checks)."""
+    from flare_onnx.engine.tokenizer_check import check_tokenizer_json, probe_normalizer
+
+    try:
+        check_tokenizer_json(tokenizer.to_str(pretty=False))
+        probe_normalizer(tokenizer)
+    except BundleError as exc:
+        raise ExportError(f"the checkpoint's tokenizer would be refused when the bundle is loaded: {exc}") from exc
+
+
 def _prepare(model: str, *, revision: str | None, task: str | None, calibration: str | Path | None,
              prompts: dict[str, str] | None, log: Callable[[str], None]) -> _Prepared:
     """Load the checkpoint, build and check the tokenizer, run PyTorch on the verification text."""
@@ -218,6 +229,7 @@ def _prepare(model: str, *, revision: str | None, task: str | None, calibration:
     config = ckpt.config
     tokens = special_tokens(source_dir)
     fast = build_tokenizer(source_dir, pair_type_id=0 if config.type_vocab_size == 1 else 1)
+    _check_runtime_takes(fast)
     slow = load_reference_tokenizer(source_dir)
     texts = read_corpus(calibration, limit=CALIBRATION_LIMIT) if calibration else italian_sentences()
     if not texts:

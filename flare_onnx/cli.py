@@ -180,14 +180,9 @@ def _api_key(path: str | None) -> str | None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .engine import choose_backend, open_bundle, read_manifest
+    from .engine import choose_backend, verify_bundle
 
-    manifest = read_manifest(args.bundle)
-    # every file the bundle can run, hashed and checked as load() checks it: each precision's
-    # ONNX graph and, where the bundle has one, its OpenVINO IR (.xml and .bin)
-    for backend, graphs in (("onnxruntime", manifest.graphs), ("openvino", manifest.openvino)):
-        for precision in graphs:
-            open_bundle(args.bundle, precision=precision, backend=backend)
+    manifest = verify_bundle(args.bundle)  # every file it can run hashed; the tokenizer probed, as load() does
     summary = {
         "task": manifest.task,
         "tasks": list(manifest.tasks),

@@ -210,3 +210,18 @@ def test_openvino_export_without_nncf_fails_before_any_work(tiny_checkpoint, tmp
     with pytest.raises(ExportError, match=r'--openvino needs OpenVINO and NNCF at export time: pip install "\.\[openvino-export\]"'):
         export_bundle(str(tiny_checkpoint), tmp_path / "b", openvino=True)
     assert not any(tmp_path.iterdir())  # nothing was started, nothing left behind
+
+
+def test_a_tokenizer_load_would_refuse_fails_the_export_saying_why():
+    """A SentencePiece character map written as one Replace rule per character: load() refuses
+    more than 32 stages, so the export must fail too, not write a bundle no one can load."""
+    import tokenizers as tk
+
+    from flare_onnx_export.exporter import _check_runtime_takes
+
+    tok = tk.Tokenizer(tk.models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    tok.normalizer = tk.normalizers.Sequence([tk.normalizers.Replace(chr(0xC0 + i), "a") for i in range(3000)])
+    with pytest.raises(ExportError, match="would be refused when the bundle is loaded: .*3000 normalizer"):
+        _check_runtime_takes(tok)
+    tok.normalizer = tk.normalizers.Sequence([tk.normalizers.NFKC(), tk.normalizers.Lowercase()])
+    _check_runtime_takes(tok)  # a real tokenizer's stages pass

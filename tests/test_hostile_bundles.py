@@ -143,6 +143,25 @@ def _backtracking(tok: dict) -> None:
     tok["pre_tokenizer"] = {"type": "Split", "pattern": {"Regex": "(a+)+$"}, "behavior": "Isolated", "invert": False}
 
 
+def _zero_width_replace(tok: dict) -> None:
+    """The red team's: a character before every non-boundary, fourteen times over (16 M
+    characters from 1,000)."""
+    stage = {"type": "Replace", "pattern": {"Regex": "\\B"}, "content": "a"}
+    tok["normalizer"] = {"type": "Sequence", "normalizers": [stage] * 14}
+
+
+def _expanding_chain(tok: dict) -> None:
+    """The red team's: every character made U+FDFA, which NFKC writes as 18, four times over."""
+    stage = [{"type": "Replace", "pattern": {"Regex": "[\\s\\S]"}, "content": "\ufdfa"}, {"type": "NFKC"}]
+    tok["normalizer"] = {"type": "Sequence", "normalizers": stage * 4}
+
+
+def _rules_for_every_character(tok: dict) -> None:
+    """A character map written as one Replace rule per character (as some converters do)."""
+    rules = [{"type": "Replace", "pattern": {"String": chr(0xC0 + i)}, "content": "a"} for i in range(3000)]
+    tok["normalizer"] = {"type": "Sequence", "normalizers": rules}
+
+
 def _not_a_tokenizer(tok: dict) -> None:
     tok.clear()
     tok["hello"] = "world"
@@ -163,7 +182,11 @@ def _unknown_stage(tok: dict) -> None:
     (_not_a_tokenizer, "not a tokenizer"),
     (_huge_vocabulary, "1 to 1,000,000 entries"),
     (_unknown_stage, "'SomethingNew' is not allowed"),
-], ids=["nested-replace", "empty-match", "backtracking-regex", "not-a-tokenizer", "huge-vocabulary", "unknown-stage"])
+    (_zero_width_replace, "no empty matches, no backtracking"),
+    (_expanding_chain, "can multiply a text's length by 104,976, more than 64"),
+    (_rules_for_every_character, "has 3002 normalizer and pre-tokenizer stages, more than 32"),
+], ids=["nested-replace", "empty-match", "backtracking-regex", "not-a-tokenizer", "huge-vocabulary", "unknown-stage",
+        "zero-width-replace", "expanding-chain", "a-rule-per-character"])
 def test_a_tokenizer_that_could_hurt_the_host_is_refused_at_load_and_by_info(tiny_bundle, tmp_path, capsys, change, message):
     from flare_onnx.cli import main
 
@@ -184,10 +207,46 @@ def test_a_panic_in_the_tokenizer_is_an_input_error(tiny_bundle):
         def encode_batch(self, texts, add_special_tokens=False):
             raise PanicException("regex backtrack limit")
 
+        def encode(self, text, add_special_tokens=False):
+            raise PanicException("regex backtrack limit")
+
     model = flare_onnx.load(tiny_bundle)
     model.tokenizer._tokenizer = Panicking()
     with pytest.raises(InputError, match="PanicException: regex backtrack limit"):
         model.embed(["ciao"])
+
+
+@pytest.mark.parametrize("pattern", ["\\x{200B}", "[\\x{200B}]", "\\p{Mn}", "[\\p{Mn}]+", " {2,}"])
+def test_patterns_are_judged_by_what_they_match_not_how_they_are_spelled(tiny_bundle, tmp_path, pattern):
+    bundle = _copy(tiny_bundle, tmp_path / "b")
+    _rewrite_tokenizer(bundle, lambda tok: tok.update(
+        normalizer={"type": "Replace", "pattern": {"Regex": pattern}, "content": ""}))
+    flare_onnx.load(bundle).embed(["Il gatto\u200b dorme."])  # one character (or a run of one class): taken
+
+
+@given(st.lists(st.sampled_from([
+    {"type": "NFKC"}, {"type": "NFD"}, {"type": "NFC"}, {"type": "Lowercase"}, {"type": "StripAccents"},
+    {"type": "Replace", "pattern": {"Regex": "[\\s\\S]"}, "content": "\ufdfa"},
+    {"type": "Replace", "pattern": {"Regex": "\\p{L}"}, "content": "\u0130"},
+    {"type": "Replace", "pattern": {"String": "a"}, "content": "\u3300"},
+    {"type": "Prepend", "prepend": "\u2581"},
+    {"type": "BertNormalizer", "clean_text": True, "lowercase": True, "strip_accents": True, "handle_chinese_chars": True},
+]), min_size=1, max_size=6))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_no_normalizer_grows_text_beyond_its_bound_or_it_is_refused(tiny_bundle, tmp_path_factory, stages):
+    """Any sequence of allowed normalizers: the bundle is refused, or a text of the characters
+    that grow most grows by at most MAX_GROWTH."""
+    from flare_onnx.engine.tokenizer_check import MAX_GROWTH
+
+    bundle = _copy(tiny_bundle, tmp_path_factory.mktemp("n") / "b")
+    _rewrite_tokenizer(bundle, lambda tok: tok.update(normalizer={"type": "Sequence", "normalizers": stages}))
+    try:
+        model = flare_onnx.load(bundle)
+    except BundleError as exc:
+        assert "multiply a text's length" in str(exc) or "grew a" in str(exc)
+        return
+    text = "a\ufdfa\u3300\u0130\u1f82\u4e00 Roma è"
+    assert len(model.tokenizer.tokenizer.normalizer.normalize_str(text)) <= MAX_GROWTH * len(text)
 
 
 def test_numbers_and_file_names_in_the_manifest_are_checked(tiny_bundle, tmp_path, capsys):

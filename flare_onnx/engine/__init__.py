@@ -20,7 +20,7 @@ surface (``tests/test_layout.py`` checks both directions).
 from ._json import to_jsonable
 from .backends import BackendChoice, choose_backend
 from .cache import cache_root
-from .bundle import HUB_ID, MANIFEST_NAME, Manifest, open_bundle, read_manifest
+from .bundle import HUB_ID, MANIFEST_NAME, Manifest, open_bundle, read_manifest, verify_bundle
 from .model import FlareModel, Outcome, load
 from .postprocess import Entity, WordLabel, class_scores, entity_runs, similarity
 from .request import Limits, Request, merge_requests, payload_parts
@@ -60,6 +60,7 @@ __all__ = [
     "cache_root",
     "open_bundle",
     "read_manifest",
+    "verify_bundle",
     "available_cpus",
     "BackendChoice",
     "choose_backend",

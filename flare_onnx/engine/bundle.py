@@ -22,7 +22,7 @@ from ..errors import BundleError, InputError, TaskNotAvailableError
 from ._onnx_scan import MalformedModel, has_external_data
 from .options import TaskSpec
 from .tasks import EXPORT_TASKS, get_task
-from .tokenization import SpecialTokens
+from .tokenization import SpecialTokens, TextEncoder
 from .tokenizer_check import check_tokenizer_json
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "SpecialTokens",
     "VerifiedBundle",
     "open_bundle",
+    "verify_bundle",
     "read_manifest",
     "file_record",
 ]
@@ -435,3 +436,21 @@ def open_bundle(directory: str | Path, *, precision: str | None = None, backend:
         tokenizer_json=tokenizer_json,
         weights_bytes=weights,
     )
+
+
+def verify_bundle(directory: str | Path) -> Manifest:
+    """Check a bundle as :func:`~flare_onnx.load` would, without creating a session: every
+    graph it can run (each precision's ONNX graph and OpenVINO IR) hashed and checked, and its
+    tokenizer built and probed once. What ``flare-onnx info`` runs.
+
+    Raises:
+        BundleError: as :func:`open_bundle`, for the first file or check that fails.
+    """
+    manifest = read_manifest(directory)
+    opened = [
+        open_bundle(directory, precision=precision, backend=backend)
+        for backend, graphs in (("onnxruntime", manifest.graphs), ("openvino", manifest.openvino))
+        for precision in graphs
+    ]
+    TextEncoder(opened[0].tokenizer_json, manifest.special, max_length=manifest.max_length)
+    return manifest

@@ -13,6 +13,7 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from ..errors import BundleError, InputError, TextError
+from .tokenizer_check import probe_normalizer
 
 __all__ = ["SpecialTokens", "TextEncoder", "Window", "check_texts"]
 
@@ -78,6 +79,7 @@ class TextEncoder:
         except Exception as exc:  # the Rust tokenizer raises untyped exceptions
             raise BundleError(f"tokenizer.json is not a tokenizer the tokenizers library can read ({exc}); "
                               f"re-export the bundle") from exc
+        probe_normalizer(self._tokenizer)  # the growth its stages promised (check_tokenizer_json)
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
         self.special = special
