@@ -44,7 +44,15 @@ def get_model() -> FlareModel:
     path = os.environ.get("FLARE_ONNX_BUNDLE")
     if not path:
         raise BundleError("set FLARE_ONNX_BUNDLE to the bundle directory shipped with the function")
-    return _load(path, tuple(sorted(model_options_from_env().items())))
+    try:
+        return _load(path, tuple(sorted(model_options_from_env().items())))
+    except InputError as exc:  # an option the deployment set that its bundle cannot take: not the request's fault
+        raise FlareOnnxError(f"the function's model cannot be loaded from FLARE_ONNX_BUNDLE={path}: {exc}") from exc
+    except OSError as exc:  # a bundle or cache the function cannot read or write
+        raise FlareOnnxError(
+            f"the function's model cannot be loaded from FLARE_ONNX_BUNDLE={path}: {exc.strerror or exc}"
+            f"{': ' + str(exc.filename) if exc.filename else ''}"
+        ) from exc
 
 
 @functools.lru_cache(maxsize=1)  # one model per container, kept between invocations on purpose

@@ -66,3 +66,19 @@ def test_model_options_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("FLARE_ONNX_SPIN", "perhaps")
     r = sl.handler({"task": "embed", "texts": ["x"]})
     assert r["statusCode"] == 500 and "FLARE_ONNX_SPIN: option spin must be true or false, not 'perhaps'" in json.loads(r["body"])["error"]
+
+
+def test_a_checkpoint_with_a_cache_it_cannot_write_answers_500_naming_it(tiny_checkpoint, tmp_path, monkeypatch):
+    blocked = tmp_path / "ro"
+    blocked.write_text("a file where the cache's folder should be")
+    monkeypatch.setenv("FLARE_ONNX_BUNDLE", str(tiny_checkpoint))
+    monkeypatch.setenv("FLARE_ONNX_CACHE", str(blocked / "cache"))
+    r = sl.handler({"body": json.dumps({"task": "embed", "texts": ["ciao"]})})
+    assert r["statusCode"] == 500 and "FLARE_ONNX_CACHE" in json.loads(r["body"])["error"]
+
+
+def test_a_backend_the_bundle_lacks_is_the_deployments_error_500(monkeypatch):
+    monkeypatch.setenv("FLARE_ONNX_BACKEND", "openvino")  # the tiny bundle has no OpenVINO IR
+    r = sl.handler({"task": "embed", "texts": ["ciao"]})
+    assert r["statusCode"] == 500 and "FLARE_ONNX_BUNDLE=" in json.loads(r["body"])["error"]
+    assert "no OpenVINO IR" in json.loads(r["body"])["error"]

@@ -20,7 +20,7 @@ from ..errors import BundleError, InferenceError, InputError, TextError
 from .batching import pad_batch, plan_batches
 from .backends import choose_backend
 from .bundle import VerifiedBundle, open_bundle
-from .cache import bundle_dir
+from .cache import bundle_dir, rebuild
 from .postprocess import softmax
 from .request import Limits, Request, merge_requests
 from .runners import Label, MaskPrediction, TagResult
@@ -531,7 +531,13 @@ def load(
     """
     choice = parse_load_options({"precision": precision, "backend": backend, "workload": workload})
     engine = choose_backend(choice["backend"], choice["workload"])
-    bundle = open_bundle(bundle_dir(path), precision=choice["precision"], backend=engine.backend)
+    directory, entry = bundle_dir(path)
+    try:
+        bundle = open_bundle(directory, precision=choice["precision"], backend=engine.backend)
+    except BundleError as exc:
+        if entry is None:
+            raise
+        bundle = open_bundle(rebuild(entry, exc), precision=choice["precision"], backend=engine.backend)
     model = FlareModel(bundle, {
         "threads": threads, "max_batch_tokens": max_batch_tokens, "max_batch_size": max_batch_size,
         "max_text_tokens": max_text_tokens, "spin": spin, "arena": arena, "workload": choice["workload"],
