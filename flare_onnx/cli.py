@@ -425,7 +425,7 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--api-key-file", help="require the key on this file's first line (or set $FLARE_ONNX_API_KEY)")
-    p.add_argument("--allowed-hosts", help="comma-separated Host names the service answers ('*': any); "
+    p.add_argument("--allowed-hosts", help="comma-separated Host names the service answers ('*': any; 'loopback': every loopback address); "
                                            "default: the loopback names on a loopback bind, any otherwise")
     p.add_argument("--max-body-bytes", type=int, default=1_000_000)
     for name, help in _SERVICE_LIMITS.items():

@@ -391,7 +391,42 @@ def test_a_loopback_service_answers_only_to_loopback_names(model):
     with TestClient(app, base_url="http://localhost") as c:
         assert c.get("/health").status_code == 200
     with TestClient(app, base_url="http://attacker.example") as c:  # a DNS-rebinding page's name
-        assert c.post("/v1/embed", json={"texts": ["ciao"]}).status_code == 400
+        r = c.post("/v1/embed", json={"texts": ["ciao"]})
+        assert r.status_code == 400 and "does not answer to the Host 'attacker.example'" in r.json()["error"]
+
+
+@pytest.mark.parametrize("host, answered", [
+    ("127.0.0.2", True), ("127.255.0.1:8080", True), ("[0:0:0:0:0:0:0:1]:8080", True), ("[::ffff:127.0.0.1]", True),
+    ("LOCALHOST", True), ("evil.com", False), ("127.0.0.1.evil.com", False), ("10.0.0.1", False), ("", False),
+])
+def test_every_loopback_spelling_and_only_those(model, host, answered):
+    app = create_app(model, ServeConfig(allowed_hosts=("loopback",)))
+    with TestClient(app) as c:
+        r = c.get("/health", headers={"host": host})
+        assert (r.status_code == 200) == answered and r.headers["content-type"].startswith("application/json")
+
+
+def test_two_host_headers_are_refused(model):
+    from flare_onnx.serve.guards import HostGuard
+
+    sent = []
+
+    async def app(scope, receive, send):
+        raise AssertionError("a request with two Host headers reached the app")
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "headers": [(b"host", b"127.0.0.1"), (b"host", b"evil.com")]}
+    asyncio.run(HostGuard(app, ("loopback",))(scope, None, send))
+    assert sent[0]["status"] == 400 and b"2 Host headers" in sent[1]["body"]
+
+
+@pytest.mark.parametrize("bind", ["127.0.0.2", "::1", "0:0:0:0:0:0:0:1", "localhost"])
+def test_a_loopback_bind_in_any_spelling_guards_its_host(bind):
+    from flare_onnx.serve.guards import is_loopback
+
+    assert is_loopback(bind) and not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2")
 
 
 def test_with_a_key_only_health_and_the_page_are_open(model):

@@ -31,7 +31,6 @@ from typing import Any
 try:
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
-    from starlette.middleware.trustedhost import TrustedHostMiddleware
     from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
@@ -43,7 +42,7 @@ from ..engine import Request as EngineRequest
 from ..errors import FlareOnnxError, InputError, RequestTooLarge
 from .batcher import MicroBatcher
 from .config import LOOPBACK_HOSTS, HTTPError, ServeConfig, api_key_from_env
-from .guards import guarded_protocol, read_body
+from .guards import HostGuard, guarded_protocol, is_loopback, read_body
 from .metrics import ServiceMetrics, access_log
 from .openai import openai_answer, openai_error_body, openai_texts
 from .openapi import bundle_info, model_name, openapi_spec, page
@@ -267,7 +266,7 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None, reference: Fla
     service = _Service(model, cfg, reference)
     middleware = []
     if cfg.allowed_hosts is not None and "*" not in cfg.allowed_hosts:
-        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(cfg.allowed_hosts)))
+        middleware.append(Middleware(HostGuard, allowed=cfg.allowed_hosts))
     return Starlette(routes=service.routes(), lifespan=service.lifespan, middleware=middleware,
                      exception_handlers={404: _not_found, 405: _not_allowed})
 
@@ -331,7 +330,7 @@ def serve(
         reference = load(bundle, **options, precision="fp32")
     if cfg.api_key is None and api_key_from_env(os.environ.get("FLARE_ONNX_API_KEY")):
         cfg = dataclasses.replace(cfg, api_key=api_key_from_env(os.environ.get("FLARE_ONNX_API_KEY")))
-    if cfg.allowed_hosts is None and host in LOOPBACK_HOSTS:
+    if cfg.allowed_hosts is None and is_loopback(host):
         cfg = dataclasses.replace(cfg, allowed_hosts=LOOPBACK_HOSTS)
     _check_port(host, port)
     _access_log_to_stderr()

@@ -40,13 +40,13 @@ class ServeConfig:
     body_timeout_s: float = 10.0  # and its body within this, once the head is in
     reference_fp32: bool = False  # also serve the bundle's FP32 graph at /v1/reference/... (the page compares)
     # Host header names the service answers (a DNS-rebinding page cannot reach a loopback
-    # service under its own name); None: every name. serve() sets the loopback names for a
-    # loopback bind when none are given.
+    # service under its own name); "loopback" stands for every loopback address and spelling;
+    # None: every name. serve() sets LOOPBACK_HOSTS for a loopback bind when none are given.
     allowed_hosts: tuple[str, ...] | None = None
 
 
-#: the names a loopback service answers to
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+#: the names a loopback service answers to: every spelling of a loopback address
+LOOPBACK_HOSTS = ("loopback",)
 
 
 def api_key_from_env(value: str | None) -> str | None:

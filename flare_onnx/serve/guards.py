@@ -13,12 +13,73 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import ipaddress
+import json
 from collections import Counter
 from typing import Any
 
 from .config import HTTPError
 
-__all__ = ["guarded_protocol", "read_body"]
+__all__ = ["guarded_protocol", "read_body", "HostGuard", "is_loopback"]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address or a Host name is this machine's loopback, in any spelling:
+    ``127.0.0.2``, ``::1``, ``[0:0:0:0:0:0:0:1]``, ``::ffff:127.0.0.1``, ``localhost``."""
+    name = host.strip().lower().removeprefix("[").removesuffix("]").rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def _host_name(header: str) -> str:
+    """The name of a Host header, without its port (``[::1]:8080`` -> ``::1``)."""
+    value = header.strip()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+class HostGuard:
+    """ASGI middleware answering only to the allowed Host names (a DNS-rebinding page cannot
+    reach a loopback service under its own name). ``"loopback"`` in ``allowed`` takes every
+    spelling of a loopback address; a request with no Host or with two is refused. Refusals
+    are JSON, like every other error of the service."""
+
+    def __init__(self, app: Any, allowed: tuple[str, ...]) -> None:
+        self.app = app
+        self.loopback = "loopback" in allowed
+        self.names = {h.lower() for h in allowed if h != "loopback"}
+
+    def allows(self, name: str) -> bool:
+        return name.lower() in self.names or (self.loopback and is_loopback(name))
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        hosts = [v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"host"]
+        if len(hosts) != 1:
+            await _refuse(send, f"the request has {len(hosts)} Host headers; send exactly one")
+            return
+        if not self.allows(_host_name(hosts[0])):
+            await _refuse(send, f"this service does not answer to the Host {hosts[0][:100]!r} "
+                                f"(serve --allowed-hosts names the ones it does)")
+            return
+        await self.app(scope, receive, send)
+
+
+async def _refuse(send: Any, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": 400,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def read_body(receive_stream: Any, limit: int, timeout_s: float) -> bytes:
