@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import importlib.util
 import json
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn
 
 from .errors import FlareOnnxError, InputError
@@ -43,6 +44,7 @@ def _nullable_int(text: str) -> int | None:
 def _add_option(parser: argparse.ArgumentParser, opt: Option, *, show_default: bool = True) -> None:
     """Add ``opt`` as a flag whose value is left out of the namespace unless given."""
     default = f" (default: {opt.default})" if show_default and opt.default not in (None, "") else ""
+    # the default is left out of the namespace (argparse.SUPPRESS): the help says it once, here
     kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": opt.help + default, "dest": opt.name}
     if opt.kind is bool:
         parser.add_argument(opt.flag, action=argparse.BooleanOptionalAction, **kwargs)
@@ -95,7 +97,7 @@ def _job_options() -> list[Option]:
             choices = None if first.choices is None or o.choices is None else tuple(dict.fromkeys(first.choices + o.choices))
             seen[o.name] = dataclasses.replace(
                 first, nullable=first.nullable or o.nullable, choices=choices, minimum=None, maximum=None,
-                help=first.help if first is o else f"{first.help}; for {spec.name}: {o.help}",
+                help=first.help if o.help in first.help else f"{first.help}; for {spec.name}: {o.help}",
             )
     return list(seen.values())
 
@@ -104,16 +106,25 @@ def _run_job(args: argparse.Namespace) -> int:
     from .engine import get_task
 
     spec = get_task(args.task)
+    if args.engine == "local":
+        ignored = [flag for flag, given in _LOCAL_IGNORES.items() if given(args)]
+        if ignored:
+            raise InputError(f"{', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} for --engine ray")
     options = _given(args, _job_options())  # checked once, by the job against the task's spec
     model_options = _given(args, LOAD_OPTIONS)
     if args.engine == "ray":
-        try:
-            from .ray_data import run_ray_job
-        except ImportError as exc:
-            raise ImportError(f'--engine ray needs Ray Data: pip install ".[ray]" ({exc})') from exc
+        ignored = [flag for flag, given in _RAY_IGNORES.items() if given(args)]
+        if ignored:
+            raise InputError(f"--engine ray does not take {', '.join(ignored)} (the local engine does); leave "
+                             f"{'it' if len(ignored) == 1 else 'them'} out or run without --engine ray")
+        if importlib.util.find_spec("ray") is None:
+            raise ImportError('--engine ray needs Ray Data: pip install ".[ray]" (Ray is not installed)')
+        from .ray_data import run_ray_job
+
         return run_ray_job(
             spec.name, args.bundle, args.input, args.output, address=args.address, actors=args.actors,
             batch_size=args.chunk, text_column=args.text_field, options=options, model_options=model_options,
+            replace=args.restart,
         )
     from .job import JobConfig, run_job
 
@@ -124,6 +135,17 @@ def _run_job(args: argparse.Namespace) -> int:
         progress=False if args.no_progress else None, resume=not args.restart,
     )
     return run_job(cfg)
+
+
+#: flags of `run` that only the local engine honours, and whether each was given
+_RAY_IGNORES: dict[str, Callable[[argparse.Namespace], bool]] = {
+    "--npy": lambda a: a.npy is not None,
+    "--errors": lambda a: a.errors is not None,
+    "--format": lambda a: a.format != "auto",
+    "--workers": lambda a: a.workers != 1,
+    "--no-progress": lambda a: a.no_progress,
+}
+_LOCAL_IGNORES: dict[str, Callable[[argparse.Namespace], bool]] = {"--address": lambda a: a.address is not None, "--actors": lambda a: a.actors is not None}
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -248,6 +270,16 @@ def _prompts(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _task_name(text: str) -> str:
+    """A runtime task by its name, verb or alias (``ner`` -> ``tag``), as Python and HTTP take it."""
+    from .engine import get_task
+
+    try:
+        return get_task(text).name
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _export_task(text: str) -> str:
     """An export task, also by a runtime task's name or alias: ``ner`` -> token-classification."""
     if text in EXPORT_TASKS:
@@ -273,9 +305,11 @@ def _demo(args: argparse.Namespace) -> int:
     return int(run_demo(args.work_dir, model=args.model))
 
 
-def _add_load_options(p: argparse.ArgumentParser) -> None:
+def _add_load_options(p: argparse.ArgumentParser, **defaults: Any) -> None:
+    """The model's options as flags; ``defaults`` names those a command sets otherwise (the
+    file job runs bulk work), so its help shows what it does."""
     for opt in LOAD_OPTIONS:
-        _add_option(p, opt)
+        _add_option(p, dataclasses.replace(opt, default=defaults[opt.name]) if opt.name in defaults else opt)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -330,9 +364,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
     """A subcommand whose --help shows every option's default."""
-    parser: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help,
-                                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help, formatter_class=_DefaultsShown)
     return parser
+
+
+class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help, once; none where there is nothing to show (a flag
+    that is off, an option that is unset unless given)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or "(default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action) or ""
 
 
 def _add_export(sub: Any) -> None:
@@ -351,7 +394,7 @@ def _add_export(sub: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     p.add_argument(
         "--fidelity-target", type=float, default=0.995,
-        help="least mean cosine of INT8 to PyTorch FP32 on the calibration text (default 0.995)",
+        help="least mean cosine of INT8 to PyTorch FP32 on the calibration text",
     )
     p.add_argument("--prune-vocab", metavar="CORPUS",
                    help="cut the vocabulary to the tokens this text uses (a file, a folder, or - for stdin), "
@@ -397,33 +440,35 @@ def _add_reference(sub: Any) -> None:
 
 def _add_run(sub: Any) -> None:
     p = _command(sub, "run", "streaming, resumable batch job over a JSONL or text file")
-    p.add_argument("task", metavar="TASK", choices=list(TASKS))
+    p.add_argument("task", metavar="TASK", type=_task_name,
+                   help=f"{', '.join(TASKS)}, or an alias (ner, pos, embedding, ...): as every surface takes them")
     p.add_argument("bundle")
     p.add_argument("--input", "-i", required=True, help="JSONL or text file, one record per line; - for stdin")
     p.add_argument("--output", "-o", required=True, help="JSONL results in input order; - for stdout")
-    p.add_argument("--text-field", default="text", help="JSONL field holding the text (default: text)")
+    p.add_argument("--text-field", default="text", help="JSONL field holding the text")
     p.add_argument("--format", choices=["auto", "jsonl", "text"], default="auto")
-    p.add_argument("--errors", help="bad records go here (default: OUTPUT.errors.jsonl)")
+    p.add_argument("--errors", help="bad records go here (when not given: OUTPUT.errors.jsonl)")
     p.add_argument("--npy", help="embed: write vectors to this .npy; records carry their row")
     p.add_argument("--workers", type=int, default=1, help="processes, each with its own session")
     p.add_argument("--chunk", type=int, default=256, help="records per checkpoint")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--restart", action="store_true", help="ignore a previous run's checkpoint")
+    p.add_argument("--restart", action="store_true",
+                   help="ignore a previous run's checkpoint and replace its output (with --engine ray: replace the output folder)")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="ray: Ray Data reads, predicts and writes (OUTPUT is a directory; .jsonl name: JSON files, else Parquet)")
     p.add_argument("--address", help="Ray cluster address (default: start or join a local one)")
     p.add_argument("--actors", type=int, help="Ray actors (default: cluster CPUs / threads)")
     for opt in _job_options():
         _add_option(p, opt, show_default=False)
-    _add_load_options(p)
+    _add_load_options(p, workload="bulk")
     p.set_defaults(func=_run_job)
 
 
 def _add_serve(sub: Any) -> None:
     p = _command(sub, "serve", "HTTP JSON service with micro-batching (needs the serve extra)")
     p.add_argument("bundle")
-    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on")
     p.add_argument("--api-key-file", help="require the key on this file's first line (or set $FLARE_ONNX_API_KEY)")
     p.add_argument("--allowed-hosts", help="comma-separated Host names the service answers ('*': any; 'loopback': every loopback address); "
                                            "default: the loopback names on a loopback bind, any otherwise")

@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -97,11 +98,17 @@ class _JsonlRecords:
         rows = []
         for raw in batch["text"]:
             text, carried, error = parse_record(str(raw).encode("utf-8"), fmt="jsonl", text_field=self.text_field)
+            wide = [k for k, v in carried.items() if isinstance(v, int) and not -(1 << 63) <= v < (1 << 63)]
+            if error is None and wide:
+                error = f"field {wide[0]!r} holds an integer beyond 64 bits, which Ray Data cannot carry (run it locally)"
             row: dict[str, Any] = dict(carried) if error is None else {}
             row[self.text_field] = text
             row[_ERRORS] = None if error is None else f"{error} (record: {str(raw)[:200]})"
             rows.append(row)
-        return pd.DataFrame(rows)
+        # object columns with None in the gaps (a refused record, a field some records lack): an
+        # integer field stays an integer, not a float with NaN
+        names = list(dict.fromkeys(k for row in rows for k in row))
+        return pd.DataFrame({k: pd.Series([row.get(k) for row in rows], dtype=object) for k in names})
 
 
 def _texts(batch: Any, column: str) -> list[Any]:
@@ -228,8 +235,14 @@ def run_ray_job(
     text_column: str = "text",
     options: dict[str, Any] | None = None,
     model_options: dict[str, Any] | None = None,
+    replace: bool = False,
 ) -> int:
-    """``flare-onnx run ... --engine ray``: read, predict and write with Ray Data."""
+    """``flare-onnx run ... --engine ray``: read, predict and write with Ray Data.
+
+    Args:
+        replace: replace an existing output (``--restart``); without it an existing output is
+            refused rather than added to (Ray writes new files beside the old ones).
+    """
     import ray
 
     spec = get_task(task)
@@ -237,6 +250,7 @@ def run_ray_job(
     model_options = parse_load_options(dict(model_options or {}))
     threads = model_options.pop("threads", None) or 1
     read_manifest(bundle).require(spec.name)
+    _check_paths(input_path, output_path, replace=replace)
     ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
     try:
         # Reads and writes are I/O: they take no CPU slot, or on a small node the actors would
@@ -264,6 +278,7 @@ def run_ray_job(
             concurrency=n,
             num_cpus=threads,
             batch_size=batch_size,
+            batch_format="pyarrow",  # numpy and pandas batches turn an integer column with gaps into floats
         ).materialize()  # read and predicted once; written in two parts below
         refused = _write_outputs(ds, output_path, spec.result_key, io)
     finally:
@@ -275,6 +290,20 @@ def run_ray_job(
 
 
 _ERRORS = "_flare_onnx_error"
+
+
+def _check_paths(input_path: str, output_path: str, *, replace: bool) -> None:
+    """Files only (Ray reads and writes folders of parts, not a stream), and no output added
+    to an earlier run's."""
+    if "-" in (input_path, output_path):
+        raise InputError("--engine ray reads and writes files: give -i and -o paths, not - (the local engine streams)")
+    if not Path(input_path).exists():
+        raise InputError(f"the input {input_path!r} does not exist")
+    for path in (Path(output_path), Path(output_path + ".errors")):
+        if path.exists() and replace:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        elif path.exists():
+            raise InputError(f"the output {str(path)!r} exists; run again with --restart to replace it, or choose another output")
 
 
 def _write_outputs(ds: Any, output_path: str, result_key: str, io: dict[str, Any]) -> int:

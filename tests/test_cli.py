@@ -97,3 +97,56 @@ def test_demo_main_job(tiny_checkpoint, tmp_path, capsys):
     assert "3 passes" in out and "top-1 passage identical for" in out
     if "real weights: multilingual-e5-small" in out:  # the search runs on e5 pruned by Flare-IT's recipe
         assert "Flare-IT's recipe: e5 pruned to Italian with --prune-words 400000" in out
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--npy", "x.npy"], "--npy"), (["--errors", "e.jsonl"], "--errors"), (["--format", "text"], "--format"),
+    (["--workers", "2"], "--workers"), (["--no-progress"], "--no-progress"),
+])
+def test_run_with_ray_refuses_the_flags_it_would_ignore(tiny_bundle, tmp_path, capsys, flags, named):
+    src = tmp_path / "in.txt"
+    src.write_text("ciao\n")
+    code = main(["run", "embed", str(tiny_bundle), "-i", str(src), "-o", str(tmp_path / "out"), "--engine", "ray", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--engine ray does not take {named}" in err and not (tmp_path / "out").exists()
+
+
+def test_run_locally_refuses_rays_own_flags(tiny_bundle, tmp_path, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text("ciao\n")
+    assert main(["run", "embed", str(tiny_bundle), "-i", str(src), "-o", str(tmp_path / "o.jsonl"), "--actors", "2"]) == 2
+    assert "--actors is for --engine ray" in capsys.readouterr().err
+
+
+def test_run_without_ray_installed_says_how_to_get_it(tiny_bundle, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    src = tmp_path / "in.txt"
+    src.write_text("ciao\n")
+    assert main(["run", "embed", str(tiny_bundle), "-i", str(src), "-o", str(tmp_path / "out"), "--engine", "ray"]) == 1
+    assert 'pip install ".[ray]"' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("alias", ["ner", "pos", "token-classification"])
+def test_run_takes_every_alias_the_other_surfaces_take(tiny_tagger, tmp_path, alias):
+    src, out = tmp_path / "in.txt", tmp_path / "out.jsonl"
+    src.write_text("Mario Rossi vive a Roma.\n")
+    assert main(["run", alias, str(tiny_tagger), "-i", str(src), "-o", str(out), "--no-progress"]) == 0
+    assert "tags" in json.loads(out.read_text().splitlines()[0])
+
+
+def test_help_shows_each_default_once_and_none_that_is_not_one(capsys):
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.count("0.995") == 1
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text and "batch per thread at once (default: bulk)" in text
+    assert text.count("'truncate' reads the first max_length tokens") == 1
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    assert "port to listen on (default: 8080)" in " ".join(capsys.readouterr().out.split())

@@ -136,3 +136,26 @@ def test_bad_records_get_the_local_jobs_outcome(tiny_bundle, tmp_path):
     assert [e["line"] for e in local_errors] == [41, 42, 43] and len(ray_errors) == 3
     for reason in ("empty", "is int, not a string", "invalid JSON"):
         assert any(reason in e["error"] for e in local_errors) and any(reason in e for e in ray_errors), reason
+    raw = "".join(f.read_text() for f in sorted(remote.iterdir()))
+    assert '"id": 0,' in raw.replace('"id":0,', '"id": 0,') and '.0,' not in raw.split('"embedding"')[0]  # ids stay integers
+
+    # run again: refused, not added to (the red team saw 40 -> 80 results); --restart replaces
+    again = ["run", "embed", str(tiny_bundle), "-i", str(src), "-o", str(remote), "--engine", "ray", "--actors", "1"]
+    assert main(again) == 2
+    assert main([*again, "--restart"]) == 3
+    assert sum(len(f.read_text().splitlines()) for f in remote.iterdir()) == 40
+
+
+def test_an_id_beyond_64_bits_is_a_refused_record_not_a_traceback(tiny_bundle, tmp_path):
+    from flare_onnx.cli import main
+
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"id": 1 << 70, "text": "ciao"}) + "\n" + json.dumps({"id": 1 << 60, "text": None}) + "\n"
+                   + json.dumps({"id": 3, "text": "buongiorno"}) + "\n")
+    out = tmp_path / "out.jsonl"
+    assert main(["run", "embed", str(tiny_bundle), "-i", str(src), "-o", str(out), "--engine", "ray", "--actors", "1"]) == 3
+    rows = [json.loads(line) for f in sorted(out.iterdir()) for line in f.read_text().splitlines()]
+    errors = [json.loads(line)["error"] for f in sorted((tmp_path / "out.jsonl.errors").iterdir())
+              for line in f.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [3] and len(errors) == 2
+    assert any("beyond 64 bits" in e for e in errors) and any("NoneType" in e or "not a string" in e for e in errors)
