@@ -59,19 +59,45 @@ CHUNK_LINES = 2048
 WORD_FORMS = 40_000
 
 
+#: a corpus line is read in pieces of at most this many bytes, each a document: memory stays
+#: bounded whatever the corpus (the red team's was one line of 50 MB: 8.2 GB before)
+MAX_LINE_BYTES = 1 << 16
+
+
 def _documents(corpus: str | Path) -> Iterator[str]:
-    """One document per non-empty line of a file, of every file in a folder, or of stdin."""
+    """One document per non-empty line (lines starting with ``#`` are comments) of a file, of
+    every file in a folder, or of stdin; a line longer than :data:`MAX_LINE_BYTES` in pieces.
+
+    Raises:
+        ExportError: no such file or folder, or a file that is not UTF-8 text (compressed, binary).
+    """
     if str(corpus) == "-":
-        stream = open(sys.stdin.fileno(), encoding="utf-8", errors="replace", closefd=False)
-        yield from (line.strip() for line in stream if line.strip())
+        yield from _lines(sys.stdin.buffer, "standard input")
         return
     path = Path(corpus)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     if not files or not all(f.exists() for f in files):
         raise ExportError(f"the pruning corpus {str(corpus)!r} is not a file, a folder of files, or -")
     for f in files:
-        with open(f, encoding="utf-8", errors="replace") as lines:
-            yield from (line.strip() for line in lines if line.strip() and not line.startswith("#"))
+        with open(f, "rb") as stream:
+            yield from _lines(stream, str(f))
+
+
+def _lines(stream: Any, name: str) -> Iterator[str]:
+    """The documents of one byte stream, refused when it is not UTF-8 text."""
+    head = stream.peek(4)[:4] if hasattr(stream, "peek") else b""
+    if head.startswith(b"\x1f\x8b") or head.startswith(b"PK\x03\x04") or head.startswith(b"BZh") or head.startswith(b"\xfd7zXZ"):
+        raise ExportError(f"the pruning corpus {name} is compressed; decompress it first (zcat FILE | ... --prune-vocab -)")
+    checked, comment, line_start = 0, False, True
+    while piece := stream.readline(MAX_LINE_BYTES):
+        text = piece.decode("utf-8", errors="replace")
+        if checked < MAX_LINE_BYTES and ("\0" in text or text.count("\ufffd") > 8):
+            raise ExportError(f"the pruning corpus {name} is not UTF-8 text (binary data in its first lines)")
+        checked += len(piece)
+        comment = text.startswith("#") if line_start else comment  # a long line's pieces are its own
+        line_start = piece.endswith(b"\n")
+        if not comment and text.strip():
+            yield text.strip()
 
 
 def italian_words(n: int, forms: int = WORD_FORMS) -> list[str]:
@@ -236,7 +262,7 @@ def prune_checkpoint(source: Path, out: Path, corpus: str | Path | None, *, min_
         ImportError: ``words`` without wordfreq installed.
     """
     tk = require("tokenizers")
-    if not min_doc_freq > 0:
+    if not 0 < min_doc_freq < float("inf"):
         raise ExportError(f"min_doc_freq must be a count >= 1 or a share in (0, 1), not {min_doc_freq!r}")
     if isinstance(words, bool) or not isinstance(words, int) or words < 0:
         raise ExportError(f"the number of words to keep (prune_words, --prune-words) must be >= 0, not {words!r}")

@@ -267,6 +267,11 @@ class _Int8Pass:
         """The word table as 4-bit blocks, if asked for (or lossless under ``auto``) and possible:
         not tied to an MLM projection (that one multiplies by INT8 rows), width a multiple of 32."""
         tied = any(n.op_type == "Gemm" and n.input[1] == name for n in self.graph.node)
+        if self.embedding_bits == "4" and (tied or dims[1] % Q4_BLOCK):
+            why = ("the MLM projection multiplies by the same table's INT8 rows (a fill-mask graph)" if tied
+                   else f"its width {dims[1]} is not a multiple of {Q4_BLOCK}")
+            raise ExportError(f"--embedding-bits 4 cannot store this word table in 4-bit blocks: {why}; "
+                              f"use --embedding-bits 8 or auto")
         if self.embedding_bits == "8" or tied or dims[1] % Q4_BLOCK:
             return False
         packed, scales, lossless = self.cache.table(f"{name}#q4", lambda: self._q4(name))

@@ -176,6 +176,17 @@ _SERVICE_LIMITS = {
 }
 
 
+def _positive_int(text: str) -> int:
+    """A whole number of at least 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
+
+
 def _seconds(text: str) -> float:
     """A positive, finite number of seconds (argparse type)."""
     try:
@@ -233,6 +244,8 @@ def _export_api() -> Any:
 
 
 def _export(args: argparse.Namespace) -> int:
+    if args.min_doc_freq is not None and not args.prune_vocab:
+        raise InputError("--min-doc-freq counts lines of --prune-vocab's corpus; give --prune-vocab CORPUS too")
     api = _export_api()
 
     def log(msg: str) -> None:
@@ -252,8 +265,8 @@ def _export(args: argparse.Namespace) -> int:
         openvino=args.openvino,
         fidelity=args.fidelity,
         prune_vocab=args.prune_vocab,
-        min_doc_freq=args.min_doc_freq,
-        prune_words=args.prune_words,
+        min_doc_freq=1 if args.min_doc_freq is None else args.min_doc_freq,
+        prune_words=args.prune_words or 0,
         prompts=_prompts(args.prompt),
         log=log,
     )
@@ -401,11 +414,11 @@ def _add_export(sub: Any) -> None:
                         "as flare-it was made from mMiniLMv2")
     p.add_argument("--prompt", action="append", default=[], metavar="NAME=TEXT",
                    help="a prompt to store with the model, used as embed --prompt NAME (E5: query='query: ')")
-    p.add_argument("--prune-words", type=int, default=0, metavar="N",
+    p.add_argument("--prune-words", type=_positive_int, metavar="N",
                    help="prune to (--prune-vocab's corpus and) the N most frequent Italian words, as text writes "
                         "them (wordfreq; pip install \".[prune]\"); 400000 takes the whole list (docs/export.md)")
-    p.add_argument("--min-doc-freq", type=float, default=1,
-                   help="with --prune-vocab: lines a token must appear in (a count, or a share below 1)")
+    p.add_argument("--min-doc-freq", type=float, metavar="COUNT_OR_SHARE",
+                   help="with --prune-vocab: lines a token must appear in (a count, or a share below 1; when not given: 1)")
     p.add_argument(
         "--fidelity", choices=["fast", "balanced", "faithful"], default="fast",
         help="INT8 preset: fast (every MatMul dynamic INT8), balanced (FFN outputs block-quantized), "

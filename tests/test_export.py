@@ -225,3 +225,9 @@ def test_a_tokenizer_load_would_refuse_fails_the_export_saying_why():
         _check_runtime_takes(tok)
     tok.normalizer = tk.normalizers.Sequence([tk.normalizers.NFKC(), tk.normalizers.Lowercase()])
     _check_runtime_takes(tok)  # a real tokenizer's stages pass
+
+
+def test_four_bit_embeddings_on_a_fill_mask_graph_are_refused_not_stored_as_eight(tiny_checkpoint, tmp_path):
+    with pytest.raises(ExportError, match="--embedding-bits 4 cannot store this word table in 4-bit blocks: the MLM"):
+        export_bundle(str(tiny_checkpoint), tmp_path / "b", embedding_bits="4", precisions=("int8",), log=lambda m: None)
+    assert not (tmp_path / "b").exists()

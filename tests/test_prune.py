@@ -149,3 +149,62 @@ def test_the_stored_prompts_keep_their_tokens(tiny_checkpoint, tiny_feature_bund
     before = [full.tokenizer.id_to_token(i) for i in full.tokenizer.encode([text])[0].ids]
     after = [cut.tokenizer.id_to_token(i) for i in cut.tokenizer.encode([text])[0].ids]
     assert word in before and before == after
+
+
+def test_a_corpus_that_is_one_huge_line_is_read_in_bounded_pieces(tmp_path):
+    """The red team's: one 50 MB line took 8.2 GB. Read in pieces, no document is larger than
+    MAX_LINE_BYTES, whatever the line."""
+    from flare_onnx_export.prune import MAX_LINE_BYTES, _documents
+
+    corpus = tmp_path / "one-line.txt"
+    corpus.write_bytes(b"ciao mondo " * 300_000)  # 3.3 MB, no newline
+    docs = list(_documents(corpus))
+    assert len(docs) > 40 and max(len(d.encode()) for d in docs) <= MAX_LINE_BYTES
+    assert sum(d.count("ciao") for d in docs) >= 299_000  # (a word cut at a piece's edge at most)
+
+
+def test_comment_lines_are_comments_from_a_file_and_from_stdin_alike(tmp_path, monkeypatch):
+    import io
+    import sys
+
+    from flare_onnx_export.prune import _documents
+
+    data = b"# solo commenti\n# " + b"x" * 70_000 + b"\n# ancora\n"
+    (tmp_path / "c.txt").write_bytes(data)
+    assert list(_documents(tmp_path / "c.txt")) == []
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(io.BytesIO(data))))
+    assert list(_documents("-")) == []
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x1f\x8b\x08\x00" + bytes(200), "is compressed; decompress it first"),
+    (bytes(range(256)) * 40, "is not UTF-8 text"),
+])
+def test_a_compressed_or_binary_corpus_is_refused(tmp_path, content, message):
+    from flare_onnx_export.prune import _documents
+
+    corpus = tmp_path / "corpus.gz"
+    corpus.write_bytes(content)
+    with pytest.raises(ExportError, match=message):
+        list(_documents(corpus))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--min-doc-freq", "2"], "--min-doc-freq counts lines of --prune-vocab's corpus"),
+    (["--prune-words", "0"], "must be a whole number of at least 1"),
+])
+def test_pruning_flags_that_would_do_nothing_are_refused(tiny_checkpoint, tmp_path, capsys, argv, message):
+    from flare_onnx.cli import main
+
+    try:
+        code = main(["export", str(tiny_checkpoint), "-o", str(tmp_path / "b"), *argv])
+    except SystemExit as exc:  # argparse's own refusal
+        code = exc.code
+    assert code == 2 and message in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_an_infinite_document_frequency_is_refused(tiny_checkpoint, tmp_path):
+    from flare_onnx_export.prune import prune_checkpoint
+
+    with pytest.raises(ExportError, match="min_doc_freq must be a count >= 1 or a share in"):
+        prune_checkpoint(tiny_checkpoint, tmp_path / "c", "-", min_doc_freq=float("inf"), log=_quiet)
