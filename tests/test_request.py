@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import flare_onnx
 from flare_onnx import InputError, RequestTooLarge, TextError
@@ -80,3 +82,38 @@ def test_predict_each_isolates_bad_texts_and_runs_the_rest_as_one(model):
 def test_predict_each_refuses_a_bad_option_for_the_whole_chunk(model):
     with pytest.raises(InputError, match="option pooling must be one of"):
         model.predict_each("embed", ["Il gatto dorme."], {"pooling": "max"})
+
+
+# -- the work admitted is bounded by the limits, whatever the options -------------------------
+
+SMALL = Limits(max_texts=8, max_chars=400, max_request_chars=1_000, max_tokens=600, max_candidates=50)
+
+
+@given(
+    texts=st.lists(st.text(min_size=1, max_size=500), min_size=1, max_size=10),
+    prefix=st.text(max_size=600),
+    window=st.sampled_from(["truncate", "sliding"]),
+    stride=st.one_of(st.none(), st.integers(min_value=0, max_value=200)),
+)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_an_admitted_request_is_within_every_limit(model, texts, prefix, window, stride):
+    try:
+        request = model.request("embed", texts, {"prefix": prefix, "window": window, "stride": stride}, limits=SMALL)
+    except InputError:
+        return  # refused: a limit, or a text the model cannot take
+    assert len(request.texts) <= SMALL.max_texts
+    assert all(len(t) <= SMALL.max_chars for t in request.texts)  # prefix included
+    assert sum(len(t) for t in request.texts) <= SMALL.max_request_chars
+    assert sum(len(w.ids) for w in request.windows) <= request.tokens <= SMALL.max_tokens
+
+
+@given(texts=st.lists(st.sampled_from(["Roma è la <mask>.", "<mask> <mask> <mask> dorme.", "ciao"]), min_size=1, max_size=8),
+       top_k=st.integers(min_value=1, max_value=100))
+@settings(max_examples=60, deadline=None)
+def test_fill_mask_candidates_admitted_are_within_the_limit(model, texts, top_k):
+    """(The tiny bundle is a fill-mask bundle.)"""
+    try:
+        request = model.request("fill-mask", texts, {"top_k": top_k}, limits=SMALL)
+    except InputError:
+        return
+    assert request.candidates <= SMALL.max_candidates
