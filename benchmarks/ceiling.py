@@ -18,9 +18,11 @@ def int8_gemm_rate(threads: int, *, rows: int = 2048, k: int = 384, n: int = 153
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.integers(-127, 128, (k, n), dtype=np.int8), "w")
     graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["a", "w"], ["y"])], "gemm",
+        [helper.make_node("MatMulInteger", ["a", "w"], ["y"])],
+        "gemm",
         [helper.make_tensor_value_info("a", TensorProto.UINT8, [rows, k])],
-        [helper.make_tensor_value_info("y", TensorProto.INT32, [rows, n])], [w],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [rows, n])],
+        [w],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     opts = ort.SessionOptions()

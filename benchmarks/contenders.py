@@ -26,7 +26,9 @@ class Artifacts:
     optimum: dict[str, str]  # task -> optimum avx2 dynamic INT8 directory
     mask_token: str | None
     label: str  # which model this is, for the report
-    peers: dict[str, str] = field(default_factory=dict)  # "ort-dynamic" / "nncf": graphs made from the bundle's FP32 graph
+    peers: dict[str, str] = field(
+        default_factory=dict
+    )  # "ort-dynamic" / "nncf": graphs made from the bundle's FP32 graph
 
     def dump(self) -> str:
         return json.dumps(asdict(self))
@@ -218,8 +220,9 @@ class FlareBulkContender(FlareInt8Contender):
     def load(self) -> None:
         import flare_onnx
 
-        self.model = flare_onnx.load(self.art.bundle, precision="int8", threads=self.threads, workload="bulk",
-                                     backend="onnxruntime")
+        self.model = flare_onnx.load(
+            self.art.bundle, precision="int8", threads=self.threads, workload="bulk", backend="onnxruntime"
+        )
 
 
 class FlareLeanContender(FlareInt8Contender):
@@ -355,8 +358,10 @@ class NncfThroughputContender(NncfContender):
         core = ov.Core()
         config = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "THROUGHPUT"}
         self.compiled = core.compile_model(self.path(), "CPU", config)
-        self.requests = [self.compiled.create_infer_request()
-                         for _ in range(max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))))]
+        self.requests = [
+            self.compiled.create_infer_request()
+            for _ in range(max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))))
+        ]
         self.has_masks = any(i.get_any_name() == "mask_positions" for i in self.compiled.inputs)
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -412,8 +417,9 @@ class Ct2Contender(GraphContender):
     def compile(self) -> None:
         import ctranslate2
 
-        self.ct2 = ctranslate2.Encoder(self.art.peers["ct2"], device="cpu", compute_type="int8",
-                                       intra_threads=self.threads, inter_threads=1)
+        self.ct2 = ctranslate2.Encoder(
+            self.art.peers["ct2"], device="cpu", compute_type="int8", intra_threads=self.threads, inter_threads=1
+        )
 
     def _ids(self, texts: list[str]) -> list[list[int]]:
         return [w.ids for w in self.encoder.windows(self.encoder.encode(texts), sliding=False, stride=0)]
@@ -443,8 +449,9 @@ class Ct2StreamsContender(Ct2Contender):
 
         import ctranslate2
 
-        self.ct2 = ctranslate2.Encoder(self.art.peers["ct2"], device="cpu", compute_type="int8",
-                                       intra_threads=1, inter_threads=self.threads)
+        self.ct2 = ctranslate2.Encoder(
+            self.art.peers["ct2"], device="cpu", compute_type="int8", intra_threads=1, inter_threads=self.threads
+        )
         self.pool = ThreadPoolExecutor(self.threads)
 
     def embed(self, texts: list[str]) -> np.ndarray:
@@ -459,9 +466,21 @@ class Ct2StreamsContender(Ct2Contender):
 CONTENDERS: dict[str, type[Contender]] = {
     c.key: c
     for c in (
-        TorchContender, TorchInt8Contender, OptimumContender, OrtDynamicContender, OpenVinoContender,
-        OpenVinoF32Contender, NncfContender, NncfThroughputContender, FlareContender, FlareInt8Contender,
-        FlareLeanContender, FlareOpenVinoContender, FlareBulkContender, Ct2Contender, Ct2StreamsContender,
+        TorchContender,
+        TorchInt8Contender,
+        OptimumContender,
+        OrtDynamicContender,
+        OpenVinoContender,
+        OpenVinoF32Contender,
+        NncfContender,
+        NncfThroughputContender,
+        FlareContender,
+        FlareInt8Contender,
+        FlareLeanContender,
+        FlareOpenVinoContender,
+        FlareBulkContender,
+        Ct2Contender,
+        Ct2StreamsContender,
     )
 }
 BASELINE = "torch-fp32"
@@ -471,7 +490,13 @@ def available(keys: list[str]) -> list[str]:
     """The contenders whose libraries are installed."""
     import importlib.util
 
-    needs = {"optimum-int8": "optimum", "openvino-fp32": "openvino", "openvino-f32": "openvino",
-             "nncf-latency": "nncf", "nncf-throughput": "nncf", "flare-openvino": "nncf",
-             "ct2-int8": "ctranslate2"}
+    needs = {
+        "optimum-int8": "optimum",
+        "openvino-fp32": "openvino",
+        "openvino-f32": "openvino",
+        "nncf-latency": "nncf",
+        "nncf-throughput": "nncf",
+        "flare-openvino": "nncf",
+        "ct2-int8": "ctranslate2",
+    }
     return [k for k in keys if k not in needs or importlib.util.find_spec(needs[k]) is not None]

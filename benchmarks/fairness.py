@@ -49,7 +49,9 @@ async def _hostile(port: int, body: bytes, stop: asyncio.Event, answered: list[i
         answered.extend(statuses)
 
 
-async def _pass(port: int, texts: list[str], clients: int, seconds: float, hostile_body: bytes | None) -> dict[str, Any]:
+async def _pass(
+    port: int, texts: list[str], clients: int, seconds: float, hostile_body: bytes | None
+) -> dict[str, Any]:
     stop, answered = asyncio.Event(), []
     task = asyncio.create_task(_hostile(port, hostile_body, stop, answered)) if hostile_body else None
     if task:
@@ -59,8 +61,12 @@ async def _pass(port: int, texts: list[str], clients: int, seconds: float, hosti
     if task:
         await task
     latencies.sort()
-    return {"requests": len(latencies), "p50_ms": 1e3 * statistics.median(latencies),
-            "p99_ms": 1e3 * latencies[int(0.99 * (len(latencies) - 1))], "hostile_answers": answered}
+    return {
+        "requests": len(latencies),
+        "p50_ms": 1e3 * statistics.median(latencies),
+        "p99_ms": 1e3 * latencies[int(0.99 * (len(latencies) - 1))],
+        "hostile_answers": answered,
+    }
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -78,7 +84,12 @@ def _refusal_cost(port: int, pid: int, n: int) -> dict[str, Any]:
     asyncio.run(_client(port, [body] * n, [], statuses))
     wall = time.perf_counter() - t0
     cpu = _cpu_seconds(pid) - before
-    return {"requests": n, "statuses": sorted(set(statuses)), "cpu_ms_per_request": 1e3 * cpu / n, "wall_ms_per_request": 1e3 * wall / n}
+    return {
+        "requests": n,
+        "statuses": sorted(set(statuses)),
+        "cpu_ms_per_request": 1e3 * cpu / n,
+        "wall_ms_per_request": 1e3 * wall / n,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,8 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     ratio = result["with hostile client"]["p99_ms"] / result["alone"]["p99_ms"]
     result["p99_ratio"] = ratio
     print(f"p99 with the hostile client / alone: {ratio:.2f}x (target <= 5x)")
-    print(f"refused requests (640,000 characters, over the character budget): statuses {refusal['statuses']}, "
-          f"{refusal['cpu_ms_per_request']:.2f} ms of server CPU each (target < 50 ms)")
+    print(
+        f"refused requests (640,000 characters, over the character budget): statuses {refusal['statuses']}, "
+        f"{refusal['cpu_ms_per_request']:.2f} ms of server CPU each (target < 50 ms)"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
     return 0

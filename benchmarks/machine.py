@@ -9,7 +9,17 @@ from pathlib import Path
 from typing import Any
 
 FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8")
-LIBRARIES = ("flare-onnx", "onnxruntime", "tokenizers", "numpy", "torch", "transformers", "optimum", "optimum-onnx", "openvino")
+LIBRARIES = (
+    "flare-onnx",
+    "onnxruntime",
+    "tokenizers",
+    "numpy",
+    "torch",
+    "transformers",
+    "optimum",
+    "optimum-onnx",
+    "openvino",
+)
 
 
 def describe() -> dict[str, Any]:

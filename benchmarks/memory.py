@@ -21,7 +21,14 @@ from typing import Any
 
 from .worker import status_mb
 
-STAGES = ("python", "numpy + tokenizers + onnxruntime", "import flare_onnx", "load()", "first embedding", "batches of 32")
+STAGES = (
+    "python",
+    "numpy + tokenizers + onnxruntime",
+    "import flare_onnx",
+    "load()",
+    "first embedding",
+    "batches of 32",
+)
 
 
 def _status(field: str) -> float:
@@ -88,17 +95,36 @@ def main(argv: list[str] | None = None) -> int:
     for tokens, arena in settings:
         runs = []
         for _ in range(args.runs):
-            out = subprocess.run([sys.executable, "-m", "benchmarks.memory", args.bundle, "--child", str(texts_file),
-                                  str(tokens), "1" if arena else "0", str(args.threads)],
-                                 capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1])
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.memory",
+                    args.bundle,
+                    "--child",
+                    str(texts_file),
+                    str(tokens),
+                    "1" if arena else "0",
+                    str(args.threads),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=Path(__file__).parents[1],
+            )
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        row = {"max_batch_tokens": tokens, "arena": arena,
-               "rss_mb": {s: statistics.median(r["rss_mb"][s] for r in runs) for s in STAGES},
-               "seconds": {s: statistics.median(r["seconds"][s] for r in runs) for s in STAGES},
-               "peak_mb": statistics.median(r["peak_mb"] for r in runs)}
+        row = {
+            "max_batch_tokens": tokens,
+            "arena": arena,
+            "rss_mb": {s: statistics.median(r["rss_mb"][s] for r in runs) for s in STAGES},
+            "seconds": {s: statistics.median(r["seconds"][s] for r in runs) for s in STAGES},
+            "peak_mb": statistics.median(r["peak_mb"] for r in runs),
+        }
         rows.append(row)
-    print(f"{args.bundle}, {len(texts)} texts ({source}), {args.threads} threads; resident MB after each stage, "
-          f"medians of {args.runs} fresh processes\n")
+    print(
+        f"{args.bundle}, {len(texts)} texts ({source}), {args.threads} threads; resident MB after each stage, "
+        f"medians of {args.runs} fresh processes\n"
+    )
     head = ["max_batch_tokens", "arena", *STAGES, "peak"]
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in rows:
@@ -106,11 +132,18 @@ def main(argv: list[str] | None = None) -> int:
         cells += [f"{r['rss_mb'][s]:.0f}" for s in STAGES] + [f"**{r['peak_mb']:.0f}**"]
         print("| " + " | ".join(cells) + " |")
     first = next((r for r in rows if r["max_batch_tokens"] == 1024 and r["arena"]), rows[0])  # the defaults
-    print(f"\nseconds per stage (max_batch_tokens {first['max_batch_tokens']:,}; python: not measured, before the script): "
-          + ", ".join(f"{s} {first['seconds'][s]:.3f}" for s in STAGES[1:]))
+    print(
+        f"\nseconds per stage (max_batch_tokens {first['max_batch_tokens']:,}; python: not measured, before the script): "
+        + ", ".join(f"{s} {first['seconds'][s]:.3f}" for s in STAGES[1:])
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps({"bundle": args.bundle, "corpus": source, "texts": len(texts),
-                                               "threads": args.threads, "rows": rows}, indent=2), encoding="utf-8")
+        Path(args.json).write_text(
+            json.dumps(
+                {"bundle": args.bundle, "corpus": source, "texts": len(texts), "threads": args.threads, "rows": rows},
+                indent=2,
+            ),
+            encoding="utf-8",
+        )
     return 0
 
 

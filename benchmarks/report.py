@@ -47,7 +47,9 @@ def markdown(results: dict[str, Any]) -> str:
                 _fmt(thr.get("tokens_per_s"), ",.0f"),
                 _fmt(thr.get("speedup_vs_baseline"), ".2f", "×"),
                 _fmt(thr["tokens_per_s"] / best_nncf if best_nncf and thr.get("tokens_per_s") else None, ".2f", "×"),
-                _fmt(100 * thr["fraction_of_int8_ceiling"] if thr.get("fraction_of_int8_ceiling") else None, ".0f", "%"),
+                _fmt(
+                    100 * thr["fraction_of_int8_ceiling"] if thr.get("fraction_of_int8_ceiling") else None, ".0f", "%"
+                ),
                 _fmt(row.get("peak_rss_mb"), ",.0f", " MB"),
                 _fmt(row.get("cold_start_s"), ".2f", " s"),
                 _fmt(row["size_bytes"] / 1e6 if row.get("size_bytes") else None, ".1f", " MB"),
@@ -80,8 +82,20 @@ def markdown(results: dict[str, Any]) -> str:
 
 #: one question per chart: (file, question, what to read from a row, format, higher is better)
 CHARTS = (
-    ("chart.png", "Bulk throughput: tokens/s (higher is better)", lambda r: r.get("throughput", {}).get("tokens_per_s"), "{:,.0f}", True),
-    ("latency.png", "Batch-1 p50 latency: ms (lower is better)", lambda r: r.get("latency", {}).get("p50_ms"), "{:.1f}", False),
+    (
+        "chart.png",
+        "Bulk throughput: tokens/s (higher is better)",
+        lambda r: r.get("throughput", {}).get("tokens_per_s"),
+        "{:,.0f}",
+        True,
+    ),
+    (
+        "latency.png",
+        "Batch-1 p50 latency: ms (lower is better)",
+        lambda r: r.get("latency", {}).get("p50_ms"),
+        "{:.1f}",
+        False,
+    ),
     ("memory.png", "Peak RSS serving batches: MB (lower is better)", lambda r: r.get("peak_rss_mb"), "{:,.0f}", False),
 )
 

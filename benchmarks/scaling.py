@@ -18,8 +18,14 @@ from pathlib import Path
 
 CONFIGS = {
     "local, 1 worker × 2 threads": ["--workers", "1", "--threads", "2"],
-    "local, 1 worker × 2 threads, each batch split over both (--workload interactive)":
-        ["--workers", "1", "--threads", "2", "--workload", "interactive"],
+    "local, 1 worker × 2 threads, each batch split over both (--workload interactive)": [
+        "--workers",
+        "1",
+        "--threads",
+        "2",
+        "--workload",
+        "interactive",
+    ],
     "local, 2 workers × 1 thread": ["--workers", "2", "--threads", "1"],
     "ray, 1 actor × 2 threads": ["--engine", "ray", "--actors", "1", "--threads", "2"],
     "ray, 2 actors × 1 thread": ["--engine", "ray", "--actors", "2", "--threads", "1"],
@@ -43,21 +49,45 @@ def main(argv: list[str] | None = None) -> int:
     texts = (texts * (args.records // len(texts) + 1))[: args.records]
     work = Path(tempfile.mkdtemp(prefix="flare-scaling-"))
     src = work / "in.jsonl"
-    src.write_text("".join(json.dumps({"id": i, "text": t}, ensure_ascii=False) + "\n" for i, t in enumerate(texts)), encoding="utf-8")
+    src.write_text(
+        "".join(json.dumps({"id": i, "text": t}, ensure_ascii=False) + "\n" for i, t in enumerate(texts)),
+        encoding="utf-8",
+    )
     times: dict[str, list[float]] = {k: [] for k in configs}
     for r in range(args.repeats):
         for name, extra in configs.items():
             out = work / f"out-{r}-{len(times[name])}-{'ray' if 'ray' in name else 'local'}"
             out = out.with_suffix(".jsonl") if "ray" not in name else out
-            cmd = [sys.executable, "-m", "flare_onnx", "run", args.task, args.bundle, "-i", str(src), "-o", str(out),
-                   "--no-progress", "--chunk", "256", *extra]
+            cmd = [
+                sys.executable,
+                "-m",
+                "flare_onnx",
+                "run",
+                args.task,
+                args.bundle,
+                "-i",
+                str(src),
+                "-o",
+                str(out),
+                "--no-progress",
+                "--chunk",
+                "256",
+                *extra,
+            ]
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True, capture_output=True)
             times[name].append(time.perf_counter() - t0)
-    rows = {k: {"seconds": statistics.median(v), "records_per_s": args.records / statistics.median(v), "runs": v} for k, v in times.items()}
+    rows = {
+        k: {"seconds": statistics.median(v), "records_per_s": args.records / statistics.median(v), "runs": v}
+        for k, v in times.items()
+    }
     base = rows["local, 1 worker × 2 threads"]["records_per_s"]
-    lines = [f"{args.records:,} records, task {args.task}, bundle {args.bundle}; median of {args.repeats} fresh-process runs", "",
-             "| configuration | records/s | vs 1 local worker |", "|---|---|---|"]
+    lines = [
+        f"{args.records:,} records, task {args.task}, bundle {args.bundle}; median of {args.repeats} fresh-process runs",
+        "",
+        "| configuration | records/s | vs 1 local worker |",
+        "|---|---|---|",
+    ]
     for k, row in rows.items():
         lines.append(f"| {k} | {row['records_per_s']:,.0f} | {row['records_per_s'] / base:.2f}× |")
     table = "\n".join(lines) + "\n"

@@ -30,8 +30,10 @@ async def _client(port: int, bodies: list[bytes], latencies: list[float], status
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         for body in bodies:
-            head = (f"POST /v1/embed HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
-                    f"content-length: {len(body)}\r\n\r\n").encode()
+            head = (
+                f"POST /v1/embed HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\n\r\n"
+            ).encode()
             t0 = time.perf_counter()
             writer.write(head + body)
             await writer.drain()
@@ -58,8 +60,11 @@ async def _load(port: int, texts: list[str], clients: int) -> tuple[float, list[
 
 
 def _serve(bundle: str, port: int, extra: list[str]) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "flare_onnx", "serve", bundle, "--port", str(port), "--queue-size", "4096", *extra],
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flare_onnx", "serve", bundle, "--port", str(port), "--queue-size", "4096", *extra],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stderr is not None
     proc.stderr.readline()  # the start-up line: the model is loaded
     # then keep draining the access log, or the server blocks once the pipe is full
@@ -102,16 +107,24 @@ def main(argv: list[str] | None = None) -> int:
     offline = tokens / statistics.median(sorted_s)
     chunked = tokens / statistics.median(chunked_s)
     del model
-    results: dict[str, Any] = {"texts": len(texts), "tokens": tokens, "clients": args.clients, "offline_tokens_per_s": offline,
-                               "offline_chunked_tokens_per_s": chunked, "runs": []}
-    print(f"offline: {offline:,.0f} tokens/s ({len(texts)} texts, {tokens:,} tokens, length-sorted); "
-          f"{chunked:,.0f} tokens/s in arrival-order chunks of {args.clients} (what {args.clients} one-text clients allow)")
+    results: dict[str, Any] = {
+        "texts": len(texts),
+        "tokens": tokens,
+        "clients": args.clients,
+        "offline_tokens_per_s": offline,
+        "offline_chunked_tokens_per_s": chunked,
+        "runs": [],
+    }
+    print(
+        f"offline: {offline:,.0f} tokens/s ({len(texts)} texts, {tokens:,} tokens, length-sorted); "
+        f"{chunked:,.0f} tokens/s in arrival-order chunks of {args.clients} (what {args.clients} one-text clients allow)"
+    )
     h11 = ["--http", "h11", "--loop", "asyncio"]  # pure-Python parser and loop: what uvicorn uses without extras
     settings = [(5, 64, h11), (5, 64, []), (10, 64, []), (5, 32, []), (2, 32, []), (5, 64, ["--spin"])]
     # passes in alternating order (forward, backward, ...): the machine's drift hits every setting alike
     passes: list[list[dict[str, Any]]] = [[] for _ in settings]
     for rep in range(args.repeats):
-        for k in (range(len(settings)) if rep % 2 == 0 else reversed(range(len(settings)))):
+        for k in range(len(settings)) if rep % 2 == 0 else reversed(range(len(settings))):
             wait_ms, batch, extra = settings[k]
             port = _free_port()
             proc = _serve(args.bundle, port, ["--max-wait-ms", str(wait_ms), "--max-batch-texts", str(batch), *extra])
@@ -122,20 +135,35 @@ def main(argv: list[str] | None = None) -> int:
                 proc.terminate()
                 proc.wait(timeout=30)
             lat.sort()
-            passes[k].append({"tokens_per_s": tokens / wall, "p50_ms": 1e3 * statistics.median(lat),
-                              "p99_ms": 1e3 * lat[int(0.99 * (len(lat) - 1))], "non_200": sum(s != 200 for s in statuses)})
+            passes[k].append(
+                {
+                    "tokens_per_s": tokens / wall,
+                    "p50_ms": 1e3 * statistics.median(lat),
+                    "p99_ms": 1e3 * lat[int(0.99 * (len(lat) - 1))],
+                    "non_200": sum(s != 200 for s in statuses),
+                }
+            )
     for (wait_ms, batch, extra), runs in zip(settings, passes):
         tps = statistics.median(r["tokens_per_s"] for r in runs)
-        row = {"max_wait_ms": wait_ms, "max_batch_texts": batch, "flags": extra, "tokens_per_s": tps,
-               "tokens_per_s_passes": [r["tokens_per_s"] for r in runs],
-               "fraction_of_offline": tps / offline, "fraction_of_offline_chunked": tps / chunked,
-               "p50_ms": statistics.median(r["p50_ms"] for r in runs), "p99_ms": statistics.median(r["p99_ms"] for r in runs),
-               "non_200": sum(r["non_200"] for r in runs)}
+        row = {
+            "max_wait_ms": wait_ms,
+            "max_batch_texts": batch,
+            "flags": extra,
+            "tokens_per_s": tps,
+            "tokens_per_s_passes": [r["tokens_per_s"] for r in runs],
+            "fraction_of_offline": tps / offline,
+            "fraction_of_offline_chunked": tps / chunked,
+            "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+            "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+            "non_200": sum(r["non_200"] for r in runs),
+        }
         results["runs"].append(row)
-        print(f"max_wait_ms={wait_ms:>2} max_batch_texts={batch} {' '.join(extra) or 'defaults'}: {tps:,.0f} tokens/s "
-              f"(passes {', '.join(f'{r:,.0f}' for r in row['tokens_per_s_passes'])}; {row['fraction_of_offline']:.0%} of offline, "
-              f"{row['fraction_of_offline_chunked']:.0%} of chunked), p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms, "
-              f"{row['non_200']} not 200")
+        print(
+            f"max_wait_ms={wait_ms:>2} max_batch_texts={batch} {' '.join(extra) or 'defaults'}: {tps:,.0f} tokens/s "
+            f"(passes {', '.join(f'{r:,.0f}' for r in row['tokens_per_s_passes'])}; {row['fraction_of_offline']:.0%} of offline, "
+            f"{row['fraction_of_offline_chunked']:.0%} of chunked), p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms, "
+            f"{row['non_200']} not 200"
+        )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)

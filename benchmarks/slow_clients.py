@@ -108,16 +108,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default="benchmarks/results/slow_clients.json")
     args = p.parse_args(argv)
     results = {
-        "bundle": args.bundle, "attackers": args.attackers, "seconds": args.seconds,
+        "bundle": args.bundle,
+        "attackers": args.attackers,
+        "seconds": args.seconds,
         "guarded": measure(args.bundle, True, args.attackers, args.seconds),
         "unguarded": measure(args.bundle, False, args.attackers, args.seconds),
     }
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     for key in ("guarded", "unguarded"):
         r = results[key]
-        print(f"{key:>9}: {r['answered']}/{r['requests']} answered ({100 * r['success_rate']:.0f}%), "
-              f"p50 {r['p50_ms'] or float('nan'):.0f} ms, p99 {r['p99_ms'] or float('nan'):.0f} ms, "
-              f"attacker opened {r['attacker_connections_opened']} connections")
+        print(
+            f"{key:>9}: {r['answered']}/{r['requests']} answered ({100 * r['success_rate']:.0f}%), "
+            f"p50 {r['p50_ms'] or float('nan'):.0f} ms, p99 {r['p99_ms'] or float('nan'):.0f} ms, "
+            f"attacker opened {r['attacker_connections_opened']} connections"
+        )
     return 0
 
 

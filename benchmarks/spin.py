@@ -63,14 +63,18 @@ def main(argv: list[str] | None = None) -> int:
         rates: dict[bool, list[float]] = {True: [], False: []}
         with busy_core(load != "quiet"):
             for r in range(args.repeats):
-                for spin in ((True, False) if r % 2 == 0 else (False, True)):
+                for spin in (True, False) if r % 2 == 0 else (False, True):
                     models[spin].embed(texts[:32])
                     t0 = time.perf_counter()
                     models[spin].embed(texts)
                     rates[spin].append(tokens / (time.perf_counter() - t0))
         on, off = statistics.median(rates[True]), statistics.median(rates[False])
-        results[load] = {"spin_on_tokens_per_s": on, "spin_off_tokens_per_s": off, "off_vs_on": off / on,
-                         "runs": {"on": rates[True], "off": rates[False]}}
+        results[load] = {
+            "spin_on_tokens_per_s": on,
+            "spin_off_tokens_per_s": off,
+            "off_vs_on": off / on,
+            "runs": {"on": rates[True], "off": rates[False]},
+        }
         print(f"{load:>14}: spin on {on:,.0f} tokens/s, spin off {off:,.0f} tokens/s ({off / on:.2f}x)")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -95,7 +95,9 @@ def word_of(starts: Sequence[int], ends: Sequence[int], span: tuple[int, int]) -
     return None
 
 
-def first_token_labels(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]], tags: Sequence[int]) -> list[int]:
+def first_token_labels(
+    offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]], tags: Sequence[int]
+) -> list[int]:
     """A label for the first token of each word, -100 (ignored by the loss) everywhere else."""
     labels = [-100] * len(offsets)
     real = [(i, a, b) for i, (a, b) in enumerate(offsets) if b > a]
@@ -167,7 +169,9 @@ def fine_tune(
     order = list(range(len(ids)))
     steps = epochs * ((len(ids) + batch_size - 1) // batch_size)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (0.1 * steps)) * max(0.0, 1 - s / steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / (0.1 * steps)) * max(0.0, 1 - s / steps)
+    )
     rng = random.Random(seed)
     model.train()
     t0 = time.perf_counter()
@@ -248,12 +252,17 @@ def evaluate(model_dir: Path, bundle: Path, test: list[Sentence], *, scheme: str
         scores = macro_prf(flat_gold, flat, labels)
         if scheme == "ner":
             scores.update(entity_prf(gold, pred))
-        scores["agreement_with_pytorch_fp32"] = float(np.mean(np.array(flat) == np.array([t for row in preds["pytorch_fp32"] for t in row])))
+        scores["agreement_with_pytorch_fp32"] = float(
+            np.mean(np.array(flat) == np.array([t for row in preds["pytorch_fp32"] for t in row]))
+        )
         if key in timings:
             scores["tag_seconds"] = timings[key]
         results[key] = scores
     results["int8_fp32_agreement"] = float(
-        np.mean(np.array([t for r in preds["flare_int8"] for t in r]) == np.array([t for r in preds["flare_fp32"] for t in r]))
+        np.mean(
+            np.array([t for r in preds["flare_int8"] for t in r])
+            == np.array([t for r in preds["flare_fp32"] for t in r])
+        )
     )
     return results
 
@@ -276,21 +285,43 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     log(f"== {args.scheme}: fine-tuning {args.encoder} on {len(train)} sentences for {args.epochs} epochs")
     t0 = time.perf_counter()
     model_dir = fine_tune(
-        args.encoder, train, work / "model", epochs=args.epochs, threads=args.threads, lr=args.lr,
-        freeze_embeddings=not args.train_embeddings, seed=args.seed, log=log,
+        args.encoder,
+        train,
+        work / "model",
+        epochs=args.epochs,
+        threads=args.threads,
+        lr=args.lr,
+        freeze_embeddings=not args.train_embeddings,
+        seed=args.seed,
+        log=log,
     )
     train_s = time.perf_counter() - t0
     calibration = work / "calibration.txt"
     calibration.write_text("\n".join(t for t, _, _ in train[:1000]) + "\n", encoding="utf-8")
     log("== exporting FP32 and INT8 graphs")
-    bundle = export_bundle(str(model_dir), work / "bundle", overwrite=True, calibration=str(calibration),
-                           fidelity=args.fidelity, log=lambda _: None)
+    bundle = export_bundle(
+        str(model_dir),
+        work / "bundle",
+        overwrite=True,
+        calibration=str(calibration),
+        fidelity=args.fidelity,
+        log=lambda _: None,
+    )
     log(f"== scoring {len(test)} test sentences")
     result = evaluate(model_dir, bundle, test, scheme=args.scheme, threads=args.threads)
     result.update(
-        scheme=args.scheme, encoder=str(args.encoder), train=str(args.train), test=str(args.test or f"{args.train} (split)"),
-        train_sentences=len(train), epochs=args.epochs, lr=args.lr, seed=args.seed,
-        embeddings_frozen=not args.train_embeddings, fine_tune_seconds=train_s, bundle=str(bundle), fidelity=args.fidelity,
+        scheme=args.scheme,
+        encoder=str(args.encoder),
+        train=str(args.train),
+        test=str(args.test or f"{args.train} (split)"),
+        train_sentences=len(train),
+        epochs=args.epochs,
+        lr=args.lr,
+        seed=args.seed,
+        embeddings_frozen=not args.train_embeddings,
+        fine_tune_seconds=train_s,
+        bundle=str(bundle),
+        fidelity=args.fidelity,
         model_card={**MODEL_CARD[args.scheme], "model": "osiria/flare-it, FP32 PyTorch (a different encoder)"},
     )
     return result
@@ -326,18 +357,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-test", type=int, default=None, help="score the first N test sentences")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--train-embeddings", action="store_true", help="also train the embedding table (slow; frozen by default)")
+    p.add_argument(
+        "--train-embeddings", action="store_true", help="also train the embedding table (slow; frozen by default)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", help="directory for the fine-tuned checkpoint and bundle (default: a temporary one)")
-    p.add_argument("--fidelity", choices=["fast", "balanced", "faithful"], default="fast", help="the export's INT8 preset")
+    p.add_argument(
+        "--fidelity", choices=["fast", "balanced", "faithful"], default="fast", help="the export's INT8 preset"
+    )
     args = p.parse_args(argv)
     for path in (args.encoder, args.train, args.test):
         if path and not Path(path).exists():
             p.error(f"{path} does not exist")
     missing = [m for m in ("seqeval", "sklearn", "torch", "transformers") if importlib.util.find_spec(m) is None]
     if missing:  # checked before 20-40 minutes of fine-tuning, not at scoring time
-        p.error(f"{', '.join(missing)} not installed: pip install \".[bench]\" (seqeval brings scikit-learn)")
+        p.error(f'{", ".join(missing)} not installed: pip install ".[bench]" (seqeval brings scikit-learn)')
     result = run(args, log=lambda m: print(m, file=sys.stderr, flush=True))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

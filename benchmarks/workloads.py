@@ -28,9 +28,7 @@ def _rotations(keys: list[str], i: int) -> list[str]:
     return keys[k:] + keys[:k]
 
 
-def latency(
-    contenders: dict[str, Contender], task: str, texts: list[str], *, block: int = 20
-) -> dict[str, Any]:
+def latency(contenders: dict[str, Contender], task: str, texts: list[str], *, block: int = 20) -> dict[str, Any]:
     """Batch-1 calls. Contenders take turns in blocks of ``block`` sentences (the order of the
     turns rotates); each block starts with an untimed call, so thread pools still spinning
     from the previous contender do not count against the next one."""
@@ -107,7 +105,12 @@ def fidelity(task: str, outputs: dict[str, list[Outputs]], batches: list[list[st
             top1 = np.mean([g[0] == b[0] for g, b in zip(got, base)])
             in5 = np.mean([b[0] in g for g, b in zip(got, base)])
             overlap = np.mean([len(set(g) & set(b)) / len(b) for g, b in zip(got, base)])
-            res[key] = {"masks": len(base), "top1_agreement": float(top1), "top1_in_top5": float(in5), "top5_overlap": float(overlap)}
+            res[key] = {
+                "masks": len(base),
+                "top1_agreement": float(top1),
+                "top1_in_top5": float(in5),
+                "top5_overlap": float(overlap),
+            }
     else:
         flat = [t for batch in batches for t in batch]
         first = sorted({t: i for i, t in reversed(list(enumerate(flat)))}.values())
@@ -145,9 +148,22 @@ def fresh_process(
 ) -> dict[str, Any]:
     """Run one contender in a new interpreter: ``cold`` (start to first result) or ``rss``."""
     compile_bytecode()
-    cmd = [sys.executable, "-m", "benchmarks.worker", key, task, art.dump(), str(texts_file), mode, str(threads), str(batch)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.worker",
+        key,
+        task,
+        art.dump(),
+        str(texts_file),
+        mode,
+        str(threads),
+        str(batch),
+    ]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1]
+    )
     assert proc.stdout is not None
     first = proc.stdout.readline()
     elapsed = time.perf_counter() - t0

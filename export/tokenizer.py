@@ -75,8 +75,14 @@ def _class(pred: Callable[[int], bool]) -> str:
 
 # transformers' BasicTokenizer._is_chinese_char ranges
 _CJK = [
-    (0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
-    (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F),
+    (0x4E00, 0x9FFF),
+    (0x3400, 0x4DBF),
+    (0x20000, 0x2A6DF),
+    (0x2A700, 0x2B73F),
+    (0x2B740, 0x2B81F),
+    (0x2B820, 0x2CEAF),
+    (0xF900, 0xFAFF),
+    (0x2F800, 0x2FA1F),
 ]
 
 
@@ -133,9 +139,7 @@ def build_tokenizer(directory: Path, *, pair_type_id: int = 1) -> Any:
     vocab = _read_vocab(vocab_file, tokens)
     lowercase = bool(cfg.get("do_lower_case", True))
     strip_accents = cfg.get("strip_accents")  # None: strip when lowercasing, as BERT does
-    tok = tk.Tokenizer(
-        tk.models.WordPiece(vocab, unk_token=tokens["unk"], max_input_chars_per_word=100)
-    )
+    tok = tk.Tokenizer(tk.models.WordPiece(vocab, unk_token=tokens["unk"], max_input_chars_per_word=100))
     chinese = bool(cfg.get("tokenize_chinese_chars", True))
     control, whitespace, isolated = _python_character_classes(chinese)
     tok.normalizer = tk.normalizers.Sequence(

@@ -80,9 +80,7 @@ def _nn_agreement(ref: np.ndarray, got: np.ndarray) -> float:
     return float((sa.argmax(1) == sb.argmax(1)).mean())
 
 
-def compare(
-    batches: list[Batch], ref: list[dict[str, np.ndarray]], got: list[dict[str, np.ndarray]]
-) -> dict[str, Any]:
+def compare(batches: list[Batch], ref: list[dict[str, np.ndarray]], got: list[dict[str, np.ndarray]]) -> dict[str, Any]:
     """Agreement figures of ``got`` against ``ref`` (real tokens only; padding ignored)."""
     max_diff = 0.0
     pooled_ref, pooled_got = [], []

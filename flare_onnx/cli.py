@@ -94,9 +94,15 @@ def _job_options() -> list[Option]:
     for spec in TASKS.values():
         for o in spec.options:
             first = seen.setdefault(o.name, o)
-            choices = None if first.choices is None or o.choices is None else tuple(dict.fromkeys(first.choices + o.choices))
+            choices = (
+                None if first.choices is None or o.choices is None else tuple(dict.fromkeys(first.choices + o.choices))
+            )
             seen[o.name] = dataclasses.replace(
-                first, nullable=first.nullable or o.nullable, choices=choices, minimum=None, maximum=None,
+                first,
+                nullable=first.nullable or o.nullable,
+                choices=choices,
+                minimum=None,
+                maximum=None,
                 help=first.help if o.help in first.help else f"{first.help}; for {spec.name}: {o.help}",
             )
     return list(seen.values())
@@ -115,24 +121,44 @@ def _run_job(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         ignored = [flag for flag, given in _RAY_IGNORES.items() if given(args)]
         if ignored:
-            raise InputError(f"--engine ray does not take {', '.join(ignored)} (the local engine does); leave "
-                             f"{'it' if len(ignored) == 1 else 'them'} out or run without --engine ray")
+            raise InputError(
+                f"--engine ray does not take {', '.join(ignored)} (the local engine does); leave "
+                f"{'it' if len(ignored) == 1 else 'them'} out or run without --engine ray"
+            )
         if importlib.util.find_spec("ray") is None:
             raise ImportError('--engine ray needs Ray Data: pip install ".[ray]" (Ray is not installed)')
         from .ray_data import run_ray_job
 
         return run_ray_job(
-            spec.name, args.bundle, args.input, args.output, address=args.address, actors=args.actors,
-            batch_size=args.chunk, text_column=args.text_field, options=options, model_options=model_options,
+            spec.name,
+            args.bundle,
+            args.input,
+            args.output,
+            address=args.address,
+            actors=args.actors,
+            batch_size=args.chunk,
+            text_column=args.text_field,
+            options=options,
+            model_options=model_options,
             replace=args.restart,
         )
     from .job import JobConfig, run_job
 
     cfg = JobConfig(
-        task=spec.name, bundle=args.bundle, input=args.input, output=args.output, options=options,
-        model_options=model_options, text_field=args.text_field, input_format=args.format, errors=args.errors,
-        npy=args.npy, workers=args.workers, chunk=args.chunk,
-        progress=False if args.no_progress else None, resume=not args.restart,
+        task=spec.name,
+        bundle=args.bundle,
+        input=args.input,
+        output=args.output,
+        options=options,
+        model_options=model_options,
+        text_field=args.text_field,
+        input_format=args.format,
+        errors=args.errors,
+        npy=args.npy,
+        workers=args.workers,
+        chunk=args.chunk,
+        progress=False if args.no_progress else None,
+        resume=not args.restart,
     )
     return run_job(cfg)
 
@@ -145,7 +171,10 @@ _RAY_IGNORES: dict[str, Callable[[argparse.Namespace], bool]] = {
     "--workers": lambda a: a.workers != 1,
     "--no-progress": lambda a: a.no_progress,
 }
-_LOCAL_IGNORES: dict[str, Callable[[argparse.Namespace], bool]] = {"--address": lambda a: a.address is not None, "--actors": lambda a: a.actors is not None}
+_LOCAL_IGNORES: dict[str, Callable[[argparse.Namespace], bool]] = {
+    "--address": lambda a: a.address is not None,
+    "--actors": lambda a: a.actors is not None,
+}
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -153,12 +182,19 @@ def _serve(args: argparse.Namespace) -> int:
 
     limits = dataclasses.replace(Limits.SERVICE, **{name: getattr(args, name) for name in _SERVICE_LIMITS})
     cfg = ServeConfig(
-        max_body_bytes=args.max_body_bytes, limits=limits,
-        queue_size=args.queue_size, max_batch_texts=args.max_batch_texts, max_wait_ms=args.max_wait_ms,
+        max_body_bytes=args.max_body_bytes,
+        limits=limits,
+        queue_size=args.queue_size,
+        max_batch_texts=args.max_batch_texts,
+        max_wait_ms=args.max_wait_ms,
         slice_tokens=max(16, args.slice_tokens),
-        deadline_s=args.deadline, api_key=_api_key(args.api_key_file),
-        header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
-        max_connections_per_ip=max(0, args.max_connections_per_ip), http=args.http, loop=args.loop,
+        deadline_s=args.deadline,
+        api_key=_api_key(args.api_key_file),
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        max_connections_per_ip=max(0, args.max_connections_per_ip),
+        http=args.http,
+        loop=args.loop,
         reference_fp32=args.reference_fp32,
         allowed_hosts=tuple(h.strip() for h in args.allowed_hosts.split(",")) if args.allowed_hosts else None,
     )
@@ -226,8 +262,11 @@ def _info(args: argparse.Namespace) -> int:
         "quantization": manifest.quantization or None,
         "vocabulary": manifest.vocabulary,
         "prompts": dict(manifest.prompts),
-        "engine": {work: {"backend": c.backend, "why": c.reason}
-                   for work in ("interactive", "bulk") for c in [choose_backend("auto", work)]},
+        "engine": {
+            work: {"backend": c.backend, "why": c.reason}
+            for work in ("interactive", "bulk")
+            for c in [choose_backend("auto", work)]
+        },
         "verified": True,
     }
     json.dump(summary, sys.stdout, ensure_ascii=False, indent=2)
@@ -300,7 +339,9 @@ def _export_task(text: str) -> str:
     for export, offered in EXPORT_TASKS.items():
         if offered and text in (offered[0], *TASKS[offered[0]].aliases, TASKS[offered[0]].verb):
             return export
-    raise argparse.ArgumentTypeError(f"unknown task {text!r}; choose from {', '.join(EXPORT_TASKS)} (or ner, pos, embed, classify)")
+    raise argparse.ArgumentTypeError(
+        f"unknown task {text!r}; choose from {', '.join(EXPORT_TASKS)} (or ner, pos, embed, classify)"
+    )
 
 
 def _reference(args: argparse.Namespace) -> int:
@@ -348,9 +389,7 @@ def _did_you_mean(parser: argparse.ArgumentParser, message: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="flare-onnx", description="Export osiria/flare-it to INT8 ONNX and run it without torch."
-    )
+    parser = _Parser(prog="flare-onnx", description="Export osiria/flare-it to INT8 ONNX and run it without torch.")
     parser.add_argument("--version", action="version", version=f"flare-onnx {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_export(sub)
@@ -396,46 +435,78 @@ def _add_export(sub: Any) -> None:
     p.add_argument("model", nargs="?", default="osiria/flare-it", help="Hub id or local directory")
     p.add_argument("-o", "--output", required=True, help="bundle directory to write")
     p.add_argument(
-        "--task", type=_export_task, metavar="TASK",
+        "--task",
+        type=_export_task,
+        metavar="TASK",
         help=f"{', '.join(EXPORT_TASKS)}, or a runtime task or alias (ner, pos, embed, classify...); "
-             f"default: the checkpoint's architecture",
+        f"default: the checkpoint's architecture",
     )
-    p.add_argument("--precision", nargs="+", choices=["fp32", "int8"], default=["fp32", "int8"],
-                   help="graphs to write; --precision int8 leaves out the FP32 graph (a bundle about 5x smaller)")
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        choices=["fp32", "int8"],
+        default=["fp32", "int8"],
+        help="graphs to write; --precision int8 leaves out the FP32 graph (a bundle about 5x smaller)",
+    )
     p.add_argument("--revision", help="Hub revision (branch, tag or commit)")
     p.add_argument("--calibration", help="Italian text (one sentence per line, or CoNLL-U) for checks")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     p.add_argument(
-        "--fidelity-target", type=float, default=0.995,
+        "--fidelity-target",
+        type=float,
+        default=0.995,
         help="least mean cosine of INT8 to PyTorch FP32 on the calibration text",
     )
-    p.add_argument("--prune-vocab", metavar="CORPUS",
-                   help="cut the vocabulary to the tokens this text uses (a file, a folder, or - for stdin), "
-                        "as flare-it was made from mMiniLMv2")
-    p.add_argument("--prompt", action="append", default=[], metavar="NAME=TEXT",
-                   help="a prompt to store with the model, used as embed --prompt NAME (E5: query='query: ')")
-    p.add_argument("--prune-words", type=_positive_int, metavar="N",
-                   help="prune to (--prune-vocab's corpus and) the N most frequent Italian words, as text writes "
-                        "them (wordfreq; pip install \".[prune]\"); 400000 takes the whole list (docs/export.md)")
-    p.add_argument("--min-doc-freq", type=float, metavar="COUNT_OR_SHARE",
-                   help="with --prune-vocab: lines a token must appear in (a count, or a share below 1; when not given: 1)")
     p.add_argument(
-        "--fidelity", choices=["fast", "balanced", "faithful"], default="fast",
+        "--prune-vocab",
+        metavar="CORPUS",
+        help="cut the vocabulary to the tokens this text uses (a file, a folder, or - for stdin), "
+        "as flare-it was made from mMiniLMv2",
+    )
+    p.add_argument(
+        "--prompt",
+        action="append",
+        default=[],
+        metavar="NAME=TEXT",
+        help="a prompt to store with the model, used as embed --prompt NAME (E5: query='query: ')",
+    )
+    p.add_argument(
+        "--prune-words",
+        type=_positive_int,
+        metavar="N",
+        help="prune to (--prune-vocab's corpus and) the N most frequent Italian words, as text writes "
+        'them (wordfreq; pip install ".[prune]"); 400000 takes the whole list (docs/export.md)',
+    )
+    p.add_argument(
+        "--min-doc-freq",
+        type=float,
+        metavar="COUNT_OR_SHARE",
+        help="with --prune-vocab: lines a token must appear in (a count, or a share below 1; when not given: 1)",
+    )
+    p.add_argument(
+        "--fidelity",
+        choices=["fast", "balanced", "faithful"],
+        default="fast",
         help="INT8 preset: fast (every MatMul dynamic INT8), balanced (FFN outputs block-quantized), "
-             "faithful (every FFN MatMul and more block-quantized, nearest neighbours kept); docs/int8.md",
+        "faithful (every FFN MatMul and more block-quantized, nearest neighbours kept); docs/int8.md",
     )
     p.add_argument(
-        "--target-cpu", choices=["auto", "vnni", "avx2", "arm64"], default="auto",
+        "--target-cpu",
+        choices=["auto", "vnni", "avx2", "arm64"],
+        default="auto",
         help="CPU the INT8 graph is built for (default: this machine's; arm64 and vnni keep full-range "
-             "weights, avx2 halves their range for its saturating kernel; docs/edge.md)",
+        "weights, avx2 halves their range for its saturating kernel; docs/edge.md)",
     )
     p.add_argument(
-        "--embedding-bits", choices=["auto", "8", "4"], default="auto",
+        "--embedding-bits",
+        choices=["auto", "8", "4"],
+        default="auto",
         help="the INT8 graph's word-embedding table: 8-bit rows, or 4-bit blocks of 32 (half the size; "
-             "auto: 4 where that loses nothing, as for weights already in 4-bit blocks; docs/int8.md)",
+        "auto: 4 where that loses nothing, as for weights already in 4-bit blocks; docs/int8.md)",
     )
     p.add_argument(
-        "--openvino", action="store_true",
+        "--openvino",
+        action="store_true",
         help="also write an OpenVINO INT8 IR (NNCF) for --backend openvino (docs/benchmarks.md compares the engines)",
     )
     p.set_defaults(func=_export)
@@ -453,8 +524,12 @@ def _add_reference(sub: Any) -> None:
 
 def _add_run(sub: Any) -> None:
     p = _command(sub, "run", "streaming, resumable batch job over a JSONL or text file")
-    p.add_argument("task", metavar="TASK", type=_task_name,
-                   help=f"{', '.join(TASKS)}, or an alias (ner, pos, embedding, ...): as every surface takes them")
+    p.add_argument(
+        "task",
+        metavar="TASK",
+        type=_task_name,
+        help=f"{', '.join(TASKS)}, or an alias (ner, pos, embedding, ...): as every surface takes them",
+    )
     p.add_argument("bundle")
     p.add_argument("--input", "-i", required=True, help="JSONL or text file, one record per line; - for stdin")
     p.add_argument("--output", "-o", required=True, help="JSONL results in input order; - for stdout")
@@ -465,10 +540,17 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=1, help="processes, each with its own session")
     p.add_argument("--chunk", type=int, default=256, help="records per checkpoint")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--restart", action="store_true",
-                   help="ignore a previous run's checkpoint and replace its output (with --engine ray: replace the output folder)")
-    p.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="ray: Ray Data reads, predicts and writes (OUTPUT is a directory; .jsonl name: JSON files, else Parquet)")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="ignore a previous run's checkpoint and replace its output (with --engine ray: replace the output folder)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="ray: Ray Data reads, predicts and writes (OUTPUT is a directory; .jsonl name: JSON files, else Parquet)",
+    )
     p.add_argument("--address", help="Ray cluster address (default: start or join a local one)")
     p.add_argument("--actors", type=int, help="Ray actors (default: cluster CPUs / threads)")
     for opt in _job_options():
@@ -483,24 +565,62 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on")
     p.add_argument("--api-key-file", help="require the key on this file's first line (or set $FLARE_ONNX_API_KEY)")
-    p.add_argument("--allowed-hosts", help="comma-separated Host names the service answers ('*': any; 'loopback': every loopback address); "
-                                           "default: the loopback names on a loopback bind, any otherwise")
+    p.add_argument(
+        "--allowed-hosts",
+        help="comma-separated Host names the service answers ('*': any; 'loopback': every loopback address); "
+        "default: the loopback names on a loopback bind, any otherwise",
+    )
     p.add_argument("--max-body-bytes", type=int, default=1_000_000)
     for name, help in _SERVICE_LIMITS.items():
-        p.add_argument("--" + name.replace("_", "-"), type=_nullable_int, default=getattr(Limits.SERVICE, name),
-                       metavar="N", help=f"{help} (none: no limit)")
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=_nullable_int,
+            default=getattr(Limits.SERVICE, name),
+            metavar="N",
+            help=f"{help} (none: no limit)",
+        )
     p.add_argument("--queue-size", type=int, default=256, help="texts waiting before 503")
     p.add_argument("--max-batch-texts", type=int, default=64, help="texts in one round of the inference thread")
-    p.add_argument("--slice-tokens", type=int, default=512,
-                   help="a request is served in slices of this many tokens, one per request per round (fairness)")
+    p.add_argument(
+        "--slice-tokens",
+        type=int,
+        default=512,
+        help="a request is served in slices of this many tokens, one per request per round (fairness)",
+    )
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for company")
     p.add_argument("--deadline", type=float, default=30.0, help="seconds per request before 504")
-    p.add_argument("--http", choices=["auto", "httptools", "h11"], default="auto", help="HTTP parser (auto: httptools where installed)")
-    p.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto", help="event loop (auto: uvloop where installed)")
-    p.add_argument("--max-connections-per-ip", type=int, default=128, help="open connections from one client address (0: no cap, e.g. behind a proxy)")
-    p.add_argument("--reference-fp32", action="store_true", help="also serve the bundle's FP32 graph at /v1/reference/... (the page shows INT8 beside FP32; more memory)")
-    p.add_argument("--header-timeout", type=_seconds, default=10.0, help="seconds for a request's head to arrive (slow clients are cut off)")
-    p.add_argument("--body-timeout", type=_seconds, default=10.0, help="seconds for a request's body to arrive, then 408")
+    p.add_argument(
+        "--http",
+        choices=["auto", "httptools", "h11"],
+        default="auto",
+        help="HTTP parser (auto: httptools where installed)",
+    )
+    p.add_argument(
+        "--loop",
+        choices=["auto", "uvloop", "asyncio"],
+        default="auto",
+        help="event loop (auto: uvloop where installed)",
+    )
+    p.add_argument(
+        "--max-connections-per-ip",
+        type=int,
+        default=128,
+        help="open connections from one client address (0: no cap, e.g. behind a proxy)",
+    )
+    p.add_argument(
+        "--reference-fp32",
+        action="store_true",
+        help="also serve the bundle's FP32 graph at /v1/reference/... (the page shows INT8 beside FP32; more memory)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=_seconds,
+        default=10.0,
+        help="seconds for a request's head to arrive (slow clients are cut off)",
+    )
+    p.add_argument(
+        "--body-timeout", type=_seconds, default=10.0, help="seconds for a request's body to arrive, then 408"
+    )
     _add_load_options(p)
     p.set_defaults(func=_serve)
 

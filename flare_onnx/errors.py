@@ -69,7 +69,6 @@ class TextError(InputError):
         return error
 
 
-
 class TaskNotAvailableError(FlareOnnxError):
     """The bundle was not exported for the task that was asked of it."""
 

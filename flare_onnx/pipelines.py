@@ -46,8 +46,18 @@ FUNCTIONS = ("softmax", "sigmoid", "none")
 def _clean_up(text: str) -> str:
     """transformers' ``clean_up_tokenization``: the spaces WordPiece decoding leaves before
     punctuation and English contractions."""
-    for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
-                 (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+    for a, b in (
+        (" .", "."),
+        (" ?", "?"),
+        (" !", "!"),
+        (" ,", ","),
+        (" ' ", "'"),
+        (" n't", "n't"),
+        (" 'm", "'m"),
+        (" 's", "'s"),
+        (" 've", "'ve"),
+        (" 're", "'re"),
+    ):
         text = text.replace(a, b)
     return text
 
@@ -128,7 +138,9 @@ class FillMaskPipeline(_Pipeline):
         request = self.model.request("fill-mask", texts, {"top_k": k})
         pad = self.model.manifest.special.pad_id
         results: list[Any] = []
-        for window, positions, probs in zip(request.windows, request.mask_rows or [], self.model.mask_probabilities(request)):
+        for window, positions, probs in zip(
+            request.windows, request.mask_rows or [], self.model.mask_probabilities(request)
+        ):
             single_mask = len(positions) == 1
             per_mask = []
             for position, p in zip(positions, probs):
@@ -138,12 +150,14 @@ class FillMaskPipeline(_Pipeline):
                     token = int(j) if target_ids is None else int(target_ids[j])
                     filled = window.ids.copy()
                     filled[position] = token
-                    candidates.append({
-                        "score": float(p[j]),
-                        "token": token,
-                        "token_str": self._decode([token], skip_special_tokens=False),
-                        "sequence": self._decode(filled[filled != pad], skip_special_tokens=single_mask),
-                    })
+                    candidates.append(
+                        {
+                            "score": float(p[j]),
+                            "token": token,
+                            "token_str": self._decode([token], skip_special_tokens=False),
+                            "sequence": self._decode(filled[filled != pad], skip_special_tokens=single_mask),
+                        }
+                    )
                 per_mask.append(candidates)
             results.append(per_mask[0] if single_mask else per_mask)
         return results[0] if len(results) == 1 else results
@@ -191,7 +205,9 @@ class TokenClassificationPipeline(_Pipeline):
         opts = {**self._defaults, **self._check(options)}
         strategy = opts.get("aggregation_strategy") or "none"
         if strategy not in AGGREGATION_STRATEGIES:
-            raise InputError(f"aggregation_strategy must be one of {', '.join(AGGREGATION_STRATEGIES)}, not {strategy!r}")
+            raise InputError(
+                f"aggregation_strategy must be one of {', '.join(AGGREGATION_STRATEGIES)}, not {strategy!r}"
+            )
         ignore = opts.get("ignore_labels")
         ignore = ["O"] if ignore is None else ignore
         if not isinstance(ignore, Sequence) or isinstance(ignore, str) or not all(isinstance(x, str) for x in ignore):
@@ -200,14 +216,18 @@ class TokenClassificationPipeline(_Pipeline):
         texts, single = self._inputs(inputs)
         window = "truncate" if stride is None else "sliding"
         outputs = self.model.label_probabilities(self.model.request("tag", texts, {"window": window, "stride": stride}))
-        results = [self._entities(text, enc, probs, strategy, set(ignore)) for text, (enc, probs) in zip(texts, outputs)]
+        results = [
+            self._entities(text, enc, probs, strategy, set(ignore)) for text, (enc, probs) in zip(texts, outputs)
+        ]
         return results[0] if single else results
 
     def _convert_tokens_to_string(self, tokens: list[str]) -> str:
         decoder = self.model.tokenizer.tokenizer.decoder
         return decoder.decode(tokens) if decoder is not None else " ".join(tokens)
 
-    def _entities(self, text: str, enc: Any, probs: np.ndarray, strategy: str, ignore: set[str]) -> list[dict[str, Any]]:
+    def _entities(
+        self, text: str, enc: Any, probs: np.ndarray, strategy: str, ignore: set[str]
+    ) -> list[dict[str, Any]]:
         labels = self.model.manifest.labels or ()
         unk = self.model.manifest.special.unk_id
         wordpiece = getattr(self.model.tokenizer.tokenizer.model, "continuing_subword_prefix", None)
@@ -221,13 +241,23 @@ class TokenClassificationPipeline(_Pipeline):
                 subword = start > 0 and " " not in text[start - 1 : start + 1]
             if enc.ids[t] == unk:
                 token, subword = ref, False
-            tokens.append({"word": token, "scores": probs[t], "start": start, "end": end, "index": t + 1, "is_subword": subword})
+            tokens.append(
+                {"word": token, "scores": probs[t], "start": start, "end": end, "index": t + 1, "is_subword": subword}
+            )
         if strategy in ("none", "simple"):
             entities = []
             for tok in tokens:
                 best = int(tok["scores"].argmax())
-                entities.append({"entity": labels[best], "score": float(tok["scores"][best]), "index": tok["index"],
-                                 "word": tok["word"], "start": tok["start"], "end": tok["end"]})
+                entities.append(
+                    {
+                        "entity": labels[best],
+                        "score": float(tok["scores"][best]),
+                        "index": tok["index"],
+                        "word": tok["word"],
+                        "start": tok["start"],
+                        "end": tok["end"],
+                    }
+                )
         else:
             entities = [self._word(group, strategy) for group in _words(tokens)]
         if strategy != "none":
@@ -243,15 +273,22 @@ class TokenClassificationPipeline(_Pipeline):
         else:
             scores = np.nanmean(np.stack([tok["scores"] for tok in group]), axis=0)
         best = int(scores.argmax())
-        return {"entity": labels[best], "score": float(scores[best]),
-                "word": self._convert_tokens_to_string([tok["word"] for tok in group]),
-                "start": group[0]["start"], "end": group[-1]["end"]}
+        return {
+            "entity": labels[best],
+            "score": float(scores[best]),
+            "word": self._convert_tokens_to_string([tok["word"] for tok in group]),
+            "start": group[0]["start"],
+            "end": group[-1]["end"],
+        }
 
     def _group(self, run: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"entity_group": run[0]["entity"].split("-", 1)[-1],
-                "score": float(np.nanmean([e["score"] for e in run])),
-                "word": self._convert_tokens_to_string([e["word"] for e in run]),
-                "start": run[0]["start"], "end": run[-1]["end"]}
+        return {
+            "entity_group": run[0]["entity"].split("-", 1)[-1],
+            "score": float(np.nanmean([e["score"] for e in run])),
+            "word": self._convert_tokens_to_string([e["word"] for e in run]),
+            "start": run[0]["start"],
+            "end": run[-1]["end"],
+        }
 
 
 def _words(tokens: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -334,8 +371,12 @@ _PIPELINES: dict[str, type[_Pipeline]] = {
     "sentiment-analysis": TextClassificationPipeline,
     "feature-extraction": FeatureExtractionPipeline,
 }
-_NEEDS = {FillMaskPipeline: "fill-mask", TokenClassificationPipeline: "tag",
-          TextClassificationPipeline: "classify", FeatureExtractionPipeline: "embed"}
+_NEEDS = {
+    FillMaskPipeline: "fill-mask",
+    TokenClassificationPipeline: "tag",
+    TextClassificationPipeline: "classify",
+    FeatureExtractionPipeline: "embed",
+}
 
 
 def pipeline(

@@ -39,6 +39,7 @@ from .job import EXIT_RECORD_ERRORS
 
 __all__ = ["FillMask", "Embed", "Tag", "Classify", "share_bundle", "materialize", "PREDICTORS"]
 
+
 def share_bundle(path: str | Path) -> Any:
     """Put a bundle's files in Ray's object store; pass the result as ``bundle=``."""
     import ray
@@ -100,7 +101,9 @@ class _JsonlRecords:
             text, carried, error = parse_record(str(raw).encode("utf-8"), fmt="jsonl", text_field=self.text_field)
             wide = [k for k, v in carried.items() if isinstance(v, int) and not -(1 << 63) <= v < (1 << 63)]
             if error is None and wide:
-                error = f"field {wide[0]!r} holds an integer beyond 64 bits, which Ray Data cannot carry (run it locally)"
+                error = (
+                    f"field {wide[0]!r} holds an integer beyond 64 bits, which Ray Data cannot carry (run it locally)"
+                )
             row: dict[str, Any] = dict(carried) if error is None else {}
             row[self.text_field] = text
             row[_ERRORS] = None if error is None else f"{error} (record: {str(raw)[:200]})"
@@ -262,7 +265,10 @@ def run_ray_job(
             # lines parsed by the local job's record parser, not Ray's JSON reader, which types a
             # column from its first rows and fails the whole job on one {"text": 42}
             ds = ray.data.read_text(input_path, num_cpus=0).map_batches(
-                _JsonlRecords, fn_constructor_kwargs={"text_field": text_column}, batch_format="pandas", num_cpus=0,
+                _JsonlRecords,
+                fn_constructor_kwargs={"text_field": text_column},
+                batch_format="pandas",
+                num_cpus=0,
                 concurrency=1,
             )
         else:
@@ -273,8 +279,14 @@ def run_ray_job(
         n = actors or max(1, cpus // threads)
         ds = ds.map_batches(
             PREDICTORS[spec.name],
-            fn_constructor_kwargs={"bundle": share_bundle(bundle), "text_column": text_column, "threads": threads,
-                                   "options": options, "model_options": model_options, "errors_column": _ERRORS},
+            fn_constructor_kwargs={
+                "bundle": share_bundle(bundle),
+                "text_column": text_column,
+                "threads": threads,
+                "options": options,
+                "model_options": model_options,
+                "errors_column": _ERRORS,
+            },
             concurrency=n,
             num_cpus=threads,
             batch_size=batch_size,
@@ -303,7 +315,9 @@ def _check_paths(input_path: str, output_path: str, *, replace: bool) -> None:
         if path.exists() and replace:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         elif path.exists():
-            raise InputError(f"the output {str(path)!r} exists; run again with --restart to replace it, or choose another output")
+            raise InputError(
+                f"the output {str(path)!r} exists; run again with --restart to replace it, or choose another output"
+            )
 
 
 def _write_outputs(ds: Any, output_path: str, result_key: str, io: dict[str, Any]) -> int:

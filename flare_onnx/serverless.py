@@ -22,6 +22,7 @@ from .errors import BundleError, FlareOnnxError, InputError
 
 __all__ = ["handle", "handler", "get_model", "model_options_from_env"]
 
+
 def model_options_from_env() -> dict[str, Any]:
     """The model options of the registry from ``FLARE_ONNX_<OPTION>`` variables
     (``FLARE_ONNX_THREADS=1``, ``FLARE_ONNX_PRECISION=fp32``...). ``spin`` defaults to false
@@ -99,4 +100,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
 
 
 def _answer(status: int, body: dict[str, Any]) -> dict[str, Any]:
-    return {"statusCode": status, "headers": {"content-type": "application/json"}, "body": json.dumps(body, ensure_ascii=False)}
+    return {
+        "statusCode": status,
+        "headers": {"content-type": "application/json"},
+        "body": json.dumps(body, ensure_ascii=False),
+    }

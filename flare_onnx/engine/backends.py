@@ -64,7 +64,7 @@ def choose_backend(requested: str, workload: str) -> BackendChoice:
 _AUTO = {
     "interactive": "auto: interactive work runs on onnxruntime (leanest, quick to start and to answer)",
     "bulk": "auto: onnxruntime, at a quarter of OpenVINO's memory (as fast or faster on the AMD "
-            "EPYCs measured; OpenVINO 1.1-1.24x faster on an Intel Xeon with AMX)",
+    "EPYCs measured; OpenVINO 1.1-1.24x faster on an Intel Xeon with AMX)",
 }
 
 #: How bulk work runs on onnxruntime (the reason's second half, for ``info`` and the job's log).

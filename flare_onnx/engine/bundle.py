@@ -47,7 +47,6 @@ FORMAT_VERSION = 1
 PRECISIONS = ("int8", "fp32")
 
 
-
 def file_record(data: bytes) -> dict[str, Any]:
     """The manifest entry of one file: its sha256 and size."""
     return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
@@ -124,10 +123,16 @@ def _special(special: Mapping[str, Any], key: str) -> tuple[str, int] | None:
     if entry is None:
         return None
     if (
-        not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[0], str)
-        or not isinstance(entry[1], int) or isinstance(entry[1], bool) or entry[1] < 0
+        not isinstance(entry, list)
+        or len(entry) != 2
+        or not isinstance(entry[0], str)
+        or not isinstance(entry[1], int)
+        or isinstance(entry[1], bool)
+        or entry[1] < 0
     ):
-        raise BundleError(f"manifest.json: model.special_tokens.{key} must be [token, id], not {entry!r}; re-export the bundle")
+        raise BundleError(
+            f"manifest.json: model.special_tokens.{key} must be [token, id], not {entry!r}; re-export the bundle"
+        )
     return entry[0], entry[1]
 
 
@@ -156,9 +161,12 @@ def _files(raw: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     files: dict[str, Mapping[str, Any]] = _get(raw, "files", dict, "manifest")
     for name, record in files.items():
         if (
-            not isinstance(record, dict) or not isinstance(record.get("sha256"), str)
-            or not _SHA256.fullmatch(record["sha256"]) or not isinstance(record.get("size"), int)
-            or isinstance(record.get("size"), bool) or record["size"] < 0
+            not isinstance(record, dict)
+            or not isinstance(record.get("sha256"), str)
+            or not _SHA256.fullmatch(record["sha256"])
+            or not isinstance(record.get("size"), int)
+            or isinstance(record.get("size"), bool)
+            or record["size"] < 0
         ):
             raise BundleError(f"manifest.json: files.{name} must be {{sha256, size}}; re-export the bundle")
     return files
@@ -185,7 +193,9 @@ def _graphs(section: Mapping[str, Any], where: str, *, backend: str) -> dict[str
     out: dict[str, GraphSpec] = {}
     for precision, g in section.items():
         if precision not in PRECISIONS or not isinstance(g, dict):
-            raise BundleError(f"manifest.json: {where}.{precision} is not a graph of a known precision; re-export the bundle")
+            raise BundleError(
+                f"manifest.json: {where}.{precision} is not a graph of a known precision; re-export the bundle"
+            )
         file = _get(g, "file", str, f"{where}.{precision}")
         if not file.startswith(f"model.{precision}."):
             raise BundleError(
@@ -288,7 +298,9 @@ def _read_regular(path: Path, limit: int) -> bytes:
         raise BundleError(f"{path.name} in the bundle is not a regular file; re-export the bundle")
     with os.fdopen(fd, "rb") as f:
         if st.st_size > limit:
-            raise BundleError(f"{path.name} has {st.st_size} bytes, more than the {limit} expected; re-export the bundle")
+            raise BundleError(
+                f"{path.name} has {st.st_size} bytes, more than the {limit} expected; re-export the bundle"
+            )
         data = f.read(limit + 1)
     if len(data) > limit:
         raise BundleError(f"{path.name} grew while it was read; re-export the bundle")
@@ -345,8 +357,7 @@ def _read_verified(root: Path, name: str, record: Mapping[str, Any]) -> bytes:
         )
     if actual["sha256"] != expected[1]:
         raise BundleError(
-            f"bundle file {name} does not match its sha256 in the manifest: it was altered; "
-            f"re-export the bundle"
+            f"bundle file {name} does not match its sha256 in the manifest: it was altered; re-export the bundle"
         )
     return data
 
@@ -409,9 +420,7 @@ def open_bundle(directory: str | Path, *, precision: str | None = None, backend:
         precision = next(p for p in PRECISIONS if p in graphs)
     if precision not in graphs:
         if precision in PRECISIONS:
-            raise InputError(
-                f"this bundle has no {precision} graph for {backend}; it has {', '.join(graphs)}"
-            )
+            raise InputError(f"this bundle has no {precision} graph for {backend}; it has {', '.join(graphs)}")
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     graph = graphs[precision]
     needed = [graph.file, "tokenizer.json"] + ([graph.weights] if graph.weights else [])

@@ -70,7 +70,9 @@ def _entry(path: str | Path) -> CacheEntry | None:
         return CacheEntry(str(path), "a checkpoint directory", str(resolved), cache_root() / name)
     if not given.exists() and HUB_ID.fullmatch(str(path)):
         digest = hashlib.sha256(f"hub\0{path}\0main".encode()).hexdigest()
-        return CacheEntry(str(path), "a Hugging Face model id", str(path), cache_root() / f"{_slug(str(path))}-{digest[:24]}")
+        return CacheEntry(
+            str(path), "a Hugging Face model id", str(path), cache_root() / f"{_slug(str(path))}-{digest[:24]}"
+        )
     return None
 
 
@@ -132,10 +134,11 @@ def _export(entry: CacheEntry, *, reason: str) -> None:
     except ImportError:
         raise BundleError(
             f"{entry.source!r} is {entry.kind}, not a bundle: install the "
-            f"exporter (pip install \".[export]\", torch 2.13.0 CPU first) and load() exports it into "
+            f'exporter (pip install ".[export]", torch 2.13.0 CPU first) and load() exports it into '
             f"{cache_root()}; or run `flare-onnx export {entry.source} -o DIR` where the exporter is installed, "
             f"and load DIR"
         ) from None
     print(f"flare-onnx: exporting {entry.source} into {entry.path} ({reason})", file=sys.stderr, flush=True)
-    export_bundle(entry.export_from, entry.path, overwrite=True,
-                  log=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
+    export_bundle(
+        entry.export_from, entry.path, overwrite=True, log=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True)
+    )

@@ -38,6 +38,7 @@ class Outcome(NamedTuple):
     result: Any
     error: str | None
 
+
 _DEFAULTS = {o.name: o.default for o in LOAD_OPTIONS}
 
 
@@ -67,15 +68,20 @@ def _check_graph(bundle: VerifiedBundle, inputs: tuple[str, ...], outputs: tuple
     odd = [i for i in inputs if i not in allowed] + [i for i in ("input_ids", "attention_mask") if i not in inputs]
     if odd:
         raise BundleError(
-            f"the graph's inputs {inputs} do not fit the tasks {', '.join(bundle.manifest.tasks)}; "
-            f"re-export the bundle"
+            f"the graph's inputs {inputs} do not fit the tasks {', '.join(bundle.manifest.tasks)}; re-export the bundle"
         )
 
 
 def _check_sizes(bundle: VerifiedBundle, vocab_size: int, outputs: Sequence[Any]) -> None:
     """Special ids within the tokenizer's vocabulary; the hidden size the graph says."""
     special = bundle.manifest.special
-    ids = {"cls": special.cls_id, "sep": special.sep_id, "pad": special.pad_id, "unk": special.unk_id, "mask": special.mask_id}
+    ids = {
+        "cls": special.cls_id,
+        "sep": special.sep_id,
+        "pad": special.pad_id,
+        "unk": special.unk_id,
+        "mask": special.mask_id,
+    }
     bad = {k: v for k, v in ids.items() if v is not None and v >= vocab_size}
     if bad:
         raise BundleError(
@@ -84,7 +90,12 @@ def _check_sizes(bundle: VerifiedBundle, vocab_size: int, outputs: Sequence[Any]
         )
     for port in outputs:
         shape = getattr(port, "shape", None)
-        if port.name == "last_hidden_state" and shape and isinstance(shape[-1], int) and shape[-1] != bundle.manifest.hidden_size:
+        if (
+            port.name == "last_hidden_state"
+            and shape
+            and isinstance(shape[-1], int)
+            and shape[-1] != bundle.manifest.hidden_size
+        ):
             raise BundleError(
                 f"manifest.json: model.hidden_size is {bundle.manifest.hidden_size} but the graph's "
                 f"hidden states have {shape[-1]}; re-export the bundle"
@@ -117,7 +128,9 @@ class FlareModel:
         self._inputs = tuple(i.name for i in self.session.get_inputs())
         self._outputs = tuple(o.name for o in self.session.get_outputs())
         _check_graph(bundle, self._inputs, self._outputs)
-        self._encoder = TextEncoder(bundle.tokenizer_json, bundle.manifest.special, max_length=bundle.manifest.max_length)
+        self._encoder = TextEncoder(
+            bundle.tokenizer_json, bundle.manifest.special, max_length=bundle.manifest.max_length
+        )
         _check_sizes(bundle, self._encoder.tokenizer.get_vocab_size(), self.session.get_outputs())
 
     @property
@@ -138,8 +151,12 @@ class FlareModel:
     # -- the request path -------------------------------------------------------------------
 
     def request(
-        self, task: str, texts: Sequence[object], options: Mapping[str, Any] | None = None,
-        *, limits: Limits = Limits.TRUSTED,
+        self,
+        task: str,
+        texts: Sequence[object],
+        options: Mapping[str, Any] | None = None,
+        *,
+        limits: Limits = Limits.TRUSTED,
     ) -> Request:
         """Check a request once and encode it: the task is offered, the options valid (defaults
         filled in), the texts within ``limits`` (cheap checks before tokenization, work after),
@@ -188,16 +205,24 @@ class FlareModel:
         return request.spec.run(self, request)
 
     def predict(
-        self, task: str, texts: Sequence[object], options: Mapping[str, Any] | None = None,
-        *, limits: Limits = Limits.TRUSTED,
+        self,
+        task: str,
+        texts: Sequence[object],
+        options: Mapping[str, Any] | None = None,
+        *,
+        limits: Limits = Limits.TRUSTED,
     ) -> list[Any]:
         """Run ``task`` (a registry name or alias) with ``options`` given by name; one result
         per text. ``request`` then ``run``, for callers that need not keep the request."""
         return self.run(self.request(task, texts, options, limits=limits))
 
     def predict_each(
-        self, task: str, texts: Sequence[object], options: Mapping[str, Any] | None = None,
-        *, limits: Limits = Limits.TRUSTED,
+        self,
+        task: str,
+        texts: Sequence[object],
+        options: Mapping[str, Any] | None = None,
+        *,
+        limits: Limits = Limits.TRUSTED,
     ) -> list[Outcome]:
         """Run ``task`` on every text that the model can take, and say why for the others: one
         :class:`Outcome` per text, in order. What the file job and Ray Data do with a chunk.
@@ -233,9 +258,10 @@ class FlareModel:
             for i, enc in enumerate(encodings):
                 if len(enc.ids) > self.max_text_tokens:
                     raise TextError(
-                        i, f"holds {len(enc.ids)} tokens; sliding windows read at most "
+                        i,
+                        f"holds {len(enc.ids)} tokens; sliding windows read at most "
                         f"{self.max_text_tokens} per text (the model option max_text_tokens; "
-                        f"None lifts the cap for trusted batch jobs)"
+                        f"None lifts the cap for trusted batch jobs)",
                     )
         return self.manifest.max_length // 4 if stride is None else stride
 
@@ -250,8 +276,9 @@ class FlareModel:
             kept = len(w.ids) - 2
             if positions[-1] >= kept:
                 raise TextError(
-                    i, f"has a {special.mask_token} at token {int(positions[-1])}, past the "
-                    f"{kept} tokens the model reads; shorten the text around the mask"
+                    i,
+                    f"has a {special.mask_token} at token {int(positions[-1])}, past the "
+                    f"{kept} tokens the model reads; shorten the text around the mask",
                 )
             rows.append(positions + 1)  # +1 for <s>
         return rows
@@ -337,18 +364,22 @@ class FlareModel:
     ) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
         """Run windows through the session in length batches; yield (window indices, outputs)."""
         lengths = [len(w.ids) for w in windows]
-        plans = list(plan_batches(
-            lengths, max_tokens=self.max_batch_tokens, max_batch=self.max_batch_size, max_cells=self.max_batch_cells
-        ))
+        plans = list(
+            plan_batches(
+                lengths, max_tokens=self.max_batch_tokens, max_batch=self.max_batch_size, max_cells=self.max_batch_cells
+            )
+        )
         if self.streams > 1:  # each batch in one part per stream, alike in length: none waits for another
-            plans = [idx[i::self.streams] for idx in plans for i in range(min(self.streams, len(idx)))]
+            plans = [idx[i :: self.streams] for idx in plans for i in range(min(self.streams, len(idx)))]
         feeds = (self._feeds(windows, mask_rows, idx) for idx in plans)
         results = self.session.run_many(feeds)
         for idx in plans:
             try:
                 values = next(results)
             except Exception as exc:  # onnxruntime and OpenVINO raise their own untyped exceptions
-                raise InferenceError(f"the {self.backend} session failed on a batch of {len(idx)} texts: {exc}") from exc
+                raise InferenceError(
+                    f"the {self.backend} session failed on a batch of {len(idx)} texts: {exc}"
+                ) from exc
             outputs = dict(zip(self._outputs, values))
             for name, value in outputs.items():
                 if value.size and not np.isfinite(value).all():
@@ -358,7 +389,9 @@ class FlareModel:
                     )
             yield idx, outputs
 
-    def _feeds(self, windows: list[Window], mask_rows: list[np.ndarray] | None, idx: list[int]) -> dict[str, np.ndarray]:
+    def _feeds(
+        self, windows: list[Window], mask_rows: list[np.ndarray] | None, idx: list[int]
+    ) -> dict[str, np.ndarray]:
         ids, attention = pad_batch([windows[i].ids for i in idx], self._encoder.special.pad_id)
         feeds = {"input_ids": ids, "attention_mask": attention}
         if "mask_positions" in self._inputs:
@@ -414,8 +447,14 @@ class FlareModel:
             >>> model.embed(["Il gatto dorme.", "Piove a Milano."]).shape
             (2, 384)
         """
-        options = {"pooling": pooling, "normalize": normalize, "prefix": prefix, "prompt": prompt,
-                   "window": window, "stride": stride}
+        options = {
+            "pooling": pooling,
+            "normalize": normalize,
+            "prefix": prefix,
+            "prompt": prompt,
+            "window": window,
+            "stride": stride,
+        }
         if isinstance(texts, str):
             return np.asarray(self.predict("embed", [texts], options)[0], dtype=np.float32)
         return np.stack(self.predict("embed", texts, options)).astype(np.float32, copy=False)
@@ -538,9 +577,17 @@ def load(
         if entry is None:
             raise
         bundle = open_bundle(rebuild(entry, exc), precision=choice["precision"], backend=engine.backend)
-    model = FlareModel(bundle, {
-        "threads": threads, "max_batch_tokens": max_batch_tokens, "max_batch_size": max_batch_size,
-        "max_text_tokens": max_text_tokens, "spin": spin, "arena": arena, "workload": choice["workload"],
-    })
+    model = FlareModel(
+        bundle,
+        {
+            "threads": threads,
+            "max_batch_tokens": max_batch_tokens,
+            "max_batch_size": max_batch_size,
+            "max_text_tokens": max_text_tokens,
+            "spin": spin,
+            "arena": arena,
+            "workload": choice["workload"],
+        },
+    )
     model.backend_choice = engine.reason
     return model

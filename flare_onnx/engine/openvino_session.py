@@ -86,7 +86,10 @@ class OpenVINOSession:
             for request in flight:  # a consumer that stopped early: let running requests end
                 request.wait()
 
-def create_openvino_session(xml: bytes, weights: bytes, *, threads: int | None, hint: str = "THROUGHPUT") -> OpenVINOSession:
+
+def create_openvino_session(
+    xml: bytes, weights: bytes, *, threads: int | None, hint: str = "THROUGHPUT"
+) -> OpenVINOSession:
     """Compile a verified IR for this machine's CPU.
 
     Raises:
@@ -104,7 +107,9 @@ def create_openvino_session(xml: bytes, weights: bytes, *, threads: int | None, 
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = threads
     try:
-        model = core.read_model(model=xml.decode("utf-8"), weights=ov.Tensor(np.frombuffer(weights, dtype=np.uint8).copy()))
+        model = core.read_model(
+            model=xml.decode("utf-8"), weights=ov.Tensor(np.frombuffer(weights, dtype=np.uint8).copy())
+        )
         compiled = core.compile_model(model, "CPU", config)
     except Exception as exc:  # OpenVINO raises its own untyped exceptions
         raise BundleError(f"OpenVINO could not load the bundle's IR ({exc}); re-export with --openvino") from exc

@@ -53,13 +53,9 @@ class Option:
         if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if isinstance(value, bool) != (self.kind is bool) or not isinstance(value, self.kind):
-            raise InputError(
-                f"option {self.name} must be {_kind_name(self.kind)}, not {value!r}; {self.help}"
-            )
+            raise InputError(f"option {self.name} must be {_kind_name(self.kind)}, not {value!r}; {self.help}")
         if self.choices is not None and value not in self.choices:
-            raise InputError(
-                f"option {self.name} must be one of {', '.join(map(repr, self.choices))}, not {value!r}"
-            )
+            raise InputError(f"option {self.name} must be one of {', '.join(map(repr, self.choices))}, not {value!r}")
         if self.minimum is not None and value < self.minimum:  # type: ignore[operator]
             raise InputError(f"option {self.name} must be at least {self.minimum}, not {value!r}")
         if self.maximum is not None and value > self.maximum:  # type: ignore[operator]
@@ -73,7 +69,16 @@ class Option:
             return None
         value: Any = text
         if self.kind is bool:
-            truth = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+            truth = {
+                "1": True,
+                "true": True,
+                "yes": True,
+                "on": True,
+                "0": False,
+                "false": False,
+                "no": False,
+                "off": False,
+            }
             if text.lower() not in truth:
                 raise InputError(f"option {self.name} must be true or false, not {raw!r}")
             value = truth[text.lower()]
@@ -164,36 +169,69 @@ class TaskSpec:
         return {self.result_key: to_jsonable(value)}
 
 
-
 #: Options of the model itself (how it runs), the same on every surface.
 LOAD_OPTIONS: tuple[Option, ...] = (
-    Option("precision", str, None, "'int8' or 'fp32' (default: int8 when the bundle has it)", choices=("int8", "fp32"), nullable=True),
     Option(
-        "backend", str, "auto",
+        "precision",
+        str,
+        None,
+        "'int8' or 'fp32' (default: int8 when the bundle has it)",
+        choices=("int8", "fp32"),
+        nullable=True,
+    ),
+    Option(
+        "backend",
+        str,
+        "auto",
         "'onnxruntime' (lean, quick to start), 'openvino' (the bundle's OpenVINO IR; export with "
         "--openvino) or 'auto': onnxruntime, for interactive and bulk work alike",
         choices=("auto", "onnxruntime", "openvino"),
     ),
     Option(
-        "workload", str, "interactive",
+        "workload",
+        str,
+        "interactive",
         "'interactive' (requests, batch 1) or 'bulk' (the file job and Ray set it): "
         "bulk work on onnxruntime runs one batch per thread at once",
         choices=("interactive", "bulk"),
     ),
-    Option("threads", int, None, "onnxruntime threads (default: the CPUs this process may use)", minimum=1, maximum=1024, nullable=True),
-    Option("max_batch_tokens", int, 1024, "tokens in one batch (batch x padded length); bounds memory", minimum=16, maximum=1 << 20),
-    Option("max_batch_size", int, 64, "texts in one batch", minimum=1, maximum=4096),
     Option(
-        "max_text_tokens", int, 65_536,
-        "tokens one text may hold, read in sliding windows (null: no cap, for trusted batch jobs)",
-        minimum=16, maximum=1 << 26, nullable=True,
+        "threads",
+        int,
+        None,
+        "onnxruntime threads (default: the CPUs this process may use)",
+        minimum=1,
+        maximum=1024,
+        nullable=True,
     ),
     Option(
-        "arena", bool, True,
+        "max_batch_tokens",
+        int,
+        1024,
+        "tokens in one batch (batch x padded length); bounds memory",
+        minimum=16,
+        maximum=1 << 20,
+    ),
+    Option("max_batch_size", int, 64, "texts in one batch", minimum=1, maximum=4096),
+    Option(
+        "max_text_tokens",
+        int,
+        65_536,
+        "tokens one text may hold, read in sliding windows (null: no cap, for trusted batch jobs)",
+        minimum=16,
+        maximum=1 << 26,
+        nullable=True,
+    ),
+    Option(
+        "arena",
+        bool,
+        True,
         "keep onnxruntime's memory arena (faster; off keeps RSS from holding its high-water mark)",
     ),
     Option(
-        "spin", bool, False,
+        "spin",
+        bool,
+        False,
         "let onnxruntime's threads spin while a call runs instead of sleeping (faster on a "
         "machine of its own, slower for everyone on a shared one; turn on only on a dedicated machine)",
     ),

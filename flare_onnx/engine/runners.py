@@ -93,10 +93,12 @@ def run_fill_mask(model: TaskModel, request: Request) -> list[list[list[MaskPred
     results = []
     for probs in model.mask_probabilities(request):
         ids, scores = top_k(probs, k)
-        results.append([
-            [MaskPrediction(model.tokenizer.id_to_token(int(t)), int(t), float(s)) for t, s in zip(id_row, s_row)]
-            for id_row, s_row in zip(ids, scores)
-        ])
+        results.append(
+            [
+                [MaskPrediction(model.tokenizer.id_to_token(int(t)), int(t), float(s)) for t, s in zip(id_row, s_row)]
+                for id_row, s_row in zip(ids, scores)
+            ]
+        )
     return results
 
 
@@ -131,4 +133,3 @@ def run_classify(model: TaskModel, request: Request) -> list[list[Label]]:
     scores = class_scores(model.class_logits(request), model.class_function)
     ids, values = top_k(scores, len(labels) if k is None else k)
     return [[Label(labels[int(j)], float(s)) for j, s in zip(i_row, s_row)] for i_row, s_row in zip(ids, values)]
-

@@ -25,14 +25,19 @@ from .runners import run_classify, run_embed, run_fill_mask, run_tag
 __all__ = ["TASKS", "EXPORT_TASKS", "get_task", "register_task", "unregister_task"]
 
 _WINDOW = Option(
-    "window", str, "truncate",
+    "window",
+    str,
+    "truncate",
     "'truncate' reads the first max_length tokens; 'sliding' covers the whole text with overlapping windows",
     choices=("truncate", "sliding"),
 )
 _STRIDE = Option(
-    "stride", int, None,
+    "stride",
+    int,
+    None,
     "tokens shared by consecutive sliding windows (default: a quarter of max_length)",
-    minimum=0, nullable=True,
+    minimum=0,
+    nullable=True,
 )
 
 TASKS: dict[str, TaskSpec] = {
@@ -48,9 +53,7 @@ TASKS: dict[str, TaskSpec] = {
             result_key="masks",
             run=run_fill_mask,
             offered_by=("fill-mask",),
-            options=(
-                Option("top_k", int, 5, f"candidates per mask, 1 to {MAX_TOP_K}", minimum=1, maximum=MAX_TOP_K),
-            ),
+            options=(Option("top_k", int, 5, f"candidates per mask, 1 to {MAX_TOP_K}", minimum=1, maximum=MAX_TOP_K),),
         ),
         TaskSpec(
             name="embed",
@@ -63,11 +66,18 @@ TASKS: dict[str, TaskSpec] = {
             run=run_embed,
             offered_by=("fill-mask", "feature-extraction"),
             options=(
-                Option("pooling", str, "mean", "'mean' over all tokens or 'cls' (the <s> vector)", choices=("mean", "cls")),
+                Option(
+                    "pooling", str, "mean", "'mean' over all tokens or 'cls' (the <s> vector)", choices=("mean", "cls")
+                ),
                 Option("normalize", bool, True, "scale each embedding to unit length"),
                 Option("prefix", str, "", "text put before every input (E5 models want 'query: ' or 'passage: ')"),
-                Option("prompt", str, "", "the name of a prompt stored with the model, put before every input "
-                                          "(E5: 'query' or 'passage'; flare-onnx info lists them)"),
+                Option(
+                    "prompt",
+                    str,
+                    "",
+                    "the name of a prompt stored with the model, put before every input "
+                    "(E5: 'query' or 'passage'; flare-onnx info lists them)",
+                ),
                 _WINDOW,
                 _STRIDE,
             ),
@@ -84,7 +94,10 @@ TASKS: dict[str, TaskSpec] = {
             offered_by=("token-classification",),
             options=(
                 Option(
-                    "aggregation", str, "first", "how sub-tokens vote for their word",
+                    "aggregation",
+                    str,
+                    "first",
+                    "how sub-tokens vote for their word",
                     choices=("first", "average", "max"),
                 ),
                 _WINDOW,
@@ -102,7 +115,15 @@ TASKS: dict[str, TaskSpec] = {
             run=run_classify,
             offered_by=("text-classification",),
             options=(
-                Option("top_k", int, 1, f"labels per text, 1 to {MAX_TOP_K} (null: all)", minimum=1, maximum=MAX_TOP_K, nullable=True),
+                Option(
+                    "top_k",
+                    int,
+                    1,
+                    f"labels per text, 1 to {MAX_TOP_K} (null: all)",
+                    minimum=1,
+                    maximum=MAX_TOP_K,
+                    nullable=True,
+                ),
             ),
         ),
     )
@@ -129,7 +150,9 @@ def register_task(spec: TaskSpec) -> TaskSpec:
         raise InputError(f"task name(s) {', '.join(map(repr, taken))} are taken; choose others")
     unknown = [t for t in spec.offered_by if t not in EXPORT_TASKS]
     if unknown or not spec.offered_by:
-        raise InputError(f"offered_by must name export tasks among {', '.join(EXPORT_TASKS)}, not {list(spec.offered_by)}")
+        raise InputError(
+            f"offered_by must name export tasks among {', '.join(EXPORT_TASKS)}, not {list(spec.offered_by)}"
+        )
     TASKS[spec.name] = spec
     for alias in (spec.name, spec.verb, *spec.aliases):
         _BY_ALIAS[alias] = spec

@@ -77,8 +77,9 @@ class TextEncoder:
         try:
             self._tokenizer = Tokenizer.from_str(tokenizer_json)
         except Exception as exc:  # the Rust tokenizer raises untyped exceptions
-            raise BundleError(f"tokenizer.json is not a tokenizer the tokenizers library can read ({exc}); "
-                              f"re-export the bundle") from exc
+            raise BundleError(
+                f"tokenizer.json is not a tokenizer the tokenizers library can read ({exc}); re-export the bundle"
+            ) from exc
         probe_normalizer(self._tokenizer)  # the growth its stages promised (check_tokenizer_json)
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
@@ -129,9 +130,7 @@ class TextEncoder:
         starts = len(range(0, n - content, content - stride)) + 1 if 0 <= stride < content else 1
         return starts * self.max_length
 
-    def windows(
-        self, encodings: list[Encoding], *, sliding: bool, stride: int
-    ) -> list[Window]:
+    def windows(self, encodings: list[Encoding], *, sliding: bool, stride: int) -> list[Window]:
         """Cut each encoding into model-sized windows.
 
         Args:

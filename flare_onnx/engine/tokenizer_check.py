@@ -28,8 +28,16 @@ from typing import Any
 
 from ..errors import BundleError
 
-__all__ = ["check_tokenizer_json", "normalizer_growth", "probe_normalizer", "MAX_VOCAB", "MAX_MERGES",
-           "MAX_ADDED_TOKENS", "MAX_STAGES", "MAX_GROWTH"]
+__all__ = [
+    "check_tokenizer_json",
+    "normalizer_growth",
+    "probe_normalizer",
+    "MAX_VOCAB",
+    "MAX_MERGES",
+    "MAX_ADDED_TOKENS",
+    "MAX_STAGES",
+    "MAX_GROWTH",
+]
 
 MAX_VOCAB = 1_000_000  # XLM-R: 250,002
 MAX_MERGES = 1_000_000
@@ -44,21 +52,57 @@ MAX_GROWTH = 64
 # worst-case characters out per character in, by normalizer (Replace and Prepend: below)
 _GROWTH = {"NFKC": 18, "NFKD": 18, "NFC": 4, "NFD": 4, "Lowercase": 2, "StripAccents": 1, "Strip": 1, "Nmt": 1}
 
-_NORMALIZERS = {"Sequence", "BertNormalizer", "NFC", "NFD", "NFKC", "NFKD", "Lowercase", "StripAccents",
-                "Strip", "Replace", "Prepend", "Precompiled", "Nmt"}
-_PRE_TOKENIZERS = {"Sequence", "BertPreTokenizer", "Whitespace", "WhitespaceSplit", "Metaspace", "Punctuation",
-                   "Digits", "ByteLevel", "Split", "UnicodeScripts", "CharDelimiterSplit"}
+_NORMALIZERS = {
+    "Sequence",
+    "BertNormalizer",
+    "NFC",
+    "NFD",
+    "NFKC",
+    "NFKD",
+    "Lowercase",
+    "StripAccents",
+    "Strip",
+    "Replace",
+    "Prepend",
+    "Precompiled",
+    "Nmt",
+}
+_PRE_TOKENIZERS = {
+    "Sequence",
+    "BertPreTokenizer",
+    "Whitespace",
+    "WhitespaceSplit",
+    "Metaspace",
+    "Punctuation",
+    "Digits",
+    "ByteLevel",
+    "Split",
+    "UnicodeScripts",
+    "CharDelimiterSplit",
+}
 _MODELS = {"WordPiece", "Unigram", "BPE", "WordLevel"}
 _PROCESSORS = {"TemplateProcessing", "RobertaProcessing", "BertProcessing", "ByteLevel", "Sequence"}
-_DECODERS = {"WordPiece", "Metaspace", "ByteLevel", "BPEDecoder", "Sequence", "Replace", "Strip", "Fuse",
-             "ByteFallback", "CTC"}
+_DECODERS = {
+    "WordPiece",
+    "Metaspace",
+    "ByteLevel",
+    "BPEDecoder",
+    "Sequence",
+    "Replace",
+    "Strip",
+    "Fuse",
+    "ByteFallback",
+    "CTC",
+}
 # one character class, one escape that stands for one character (or a class of them) or one
 # character, optionally repeated at least once: no empty match, nothing to backtrack over.
 # Escapes that match no character (\b \B \A \z \Z \G \K) and back-references are not here.
-_ATOM = (r"\[(?:\\.|[^\]\\])+\]"  # [...]
-         r"|\\[pP]\{\^?[\w ]+\}|\\x\{[0-9A-Fa-f]{1,6}\}|\\x[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}"
-         r"|\\[sSdDwWhHtnrfve]|\\[^\w\s]"  # a class escape, a control, escaped punctuation
-         r"|[^\\\[\](){}*+?|^$.]")  # a plain character
+_ATOM = (
+    r"\[(?:\\.|[^\]\\])+\]"  # [...]
+    r"|\\[pP]\{\^?[\w ]+\}|\\x\{[0-9A-Fa-f]{1,6}\}|\\x[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}"
+    r"|\\[sSdDwWhHtnrfve]|\\[^\w\s]"  # a class escape, a control, escaped punctuation
+    r"|[^\\\[\](){}*+?|^$.]"
+)  # a plain character
 _SAFE_REGEX = re.compile(rf"(?:{_ATOM})(?:\+|\{{[1-9]\d*,\d*\}})?")
 
 
@@ -104,7 +148,9 @@ def check_tokenizer_json(text: str) -> None:
 def _check_model(model: Mapping[str, Any]) -> None:
     kind = model.get("type")
     if kind not in _MODELS:
-        raise BundleError(f"tokenizer.json: model type {kind!r} is not one flare-onnx runs ({', '.join(sorted(_MODELS))})")
+        raise BundleError(
+            f"tokenizer.json: model type {kind!r} is not one flare-onnx runs ({', '.join(sorted(_MODELS))})"
+        )
     vocab = model.get("vocab")
     if not isinstance(vocab, (list, dict)) or not vocab or len(vocab) > MAX_VOCAB:
         raise BundleError(f"tokenizer.json: the vocabulary must hold 1 to {MAX_VOCAB:,} entries")
@@ -174,7 +220,7 @@ def _charsmap_growth(charsmap: Any) -> int:
     try:
         blob = base64.b64decode(charsmap, validate=True) if isinstance(charsmap, str) else bytes(charsmap)
         (trie_size,) = struct.unpack_from("<I", blob, 0)
-        strings = blob[4 + trie_size:].split(b"\0")
+        strings = blob[4 + trie_size :].split(b"\0")
         return max([1] + [len(s.decode("utf-8")) for s in strings])
     except (ValueError, TypeError, struct.error, UnicodeDecodeError) as exc:
         raise BundleError(f"tokenizer.json: a Precompiled normalizer's character map is malformed ({exc})") from exc
@@ -198,7 +244,9 @@ def probe_normalizer(tokenizer: Any) -> None:
     try:
         out = normalizer.normalize_str(_PROBE)
     except Exception as exc:  # the Rust tokenizer raises untyped exceptions
-        raise BundleError(f"tokenizer.json: its normalizer fails on ordinary text ({exc}); re-export the bundle") from exc
+        raise BundleError(
+            f"tokenizer.json: its normalizer fails on ordinary text ({exc}); re-export the bundle"
+        ) from exc
     if len(out) > MAX_GROWTH * len(_PROBE):
         raise BundleError(
             f"tokenizer.json: its normalizer grew a {len(_PROBE)}-character text to {len(out):,} characters, "

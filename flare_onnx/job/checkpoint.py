@@ -25,8 +25,19 @@ class Checkpoint:
         self.state: dict[str, Any] = self.fresh()
 
     def fresh(self) -> dict[str, Any]:
-        return {"signature": self.signature, "input_offset": 0, "line": 0, "input_sha256": hashlib.sha256().hexdigest(),
-                "output_bytes": 0, "errors_bytes": 0, "rows": 0, "errors": 0, "skipped": 0, "dim": None, "finishing": False}
+        return {
+            "signature": self.signature,
+            "input_offset": 0,
+            "line": 0,
+            "input_sha256": hashlib.sha256().hexdigest(),
+            "output_bytes": 0,
+            "errors_bytes": 0,
+            "rows": 0,
+            "errors": 0,
+            "skipped": 0,
+            "dim": None,
+            "finishing": False,
+        }
 
     def load(self) -> bool:
         """Take the saved state if it belongs to this job; True when resuming."""
@@ -53,10 +64,22 @@ class Checkpoint:
 
 def job_signature(cfg: JobConfig, spec: TaskSpec, fmt: str) -> str:
     manifest = (Path(cfg.bundle) / "manifest.json").read_bytes()
-    parts = [spec.name, fmt, cfg.text_field, json.dumps({**spec.defaults(), **cfg.options}, sort_keys=True),
-             json.dumps({"precision": cfg.model_options.get("precision"),  # a resume never mixes engines
-                         "backend": cfg.model_options.get("backend", "onnxruntime")}, sort_keys=True),
-             str(bool(cfg.npy)), str(Path(cfg.input).resolve()), hashlib.sha256(manifest).hexdigest()]
+    parts = [
+        spec.name,
+        fmt,
+        cfg.text_field,
+        json.dumps({**spec.defaults(), **cfg.options}, sort_keys=True),
+        json.dumps(
+            {
+                "precision": cfg.model_options.get("precision"),  # a resume never mixes engines
+                "backend": cfg.model_options.get("backend", "onnxruntime"),
+            },
+            sort_keys=True,
+        ),
+        str(bool(cfg.npy)),
+        str(Path(cfg.input).resolve()),
+        hashlib.sha256(manifest).hexdigest(),
+    ]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 

@@ -113,8 +113,9 @@ def run_job(cfg: JobConfig) -> int:
     return EXIT_OK
 
 
-def _stream(cfg: JobConfig, spec: TaskSpec, fmt: str, in_hash: Any, outputs: Outputs,
-            checkpoint: Checkpoint | None) -> None:
+def _stream(
+    cfg: JobConfig, spec: TaskSpec, fmt: str, in_hash: Any, outputs: Outputs, checkpoint: Checkpoint | None
+) -> None:
     """Read, predict and write chunk by chunk, checkpointing after each."""
     state = outputs.state
     in_f: IO[bytes] = sys.stdin.buffer if cfg.input == "-" else open(cfg.input, "rb")
@@ -144,8 +145,9 @@ def _stream(cfg: JobConfig, spec: TaskSpec, fmt: str, in_hash: Any, outputs: Out
             in_f.close()
 
 
-def write_chunk(item: Any, spec: TaskSpec, outputs: Outputs, state: dict[str, Any],
-                 checkpoint: Checkpoint | None, progress: Any) -> None:
+def write_chunk(
+    item: Any, spec: TaskSpec, outputs: Outputs, state: dict[str, Any], checkpoint: Checkpoint | None, progress: Any
+) -> None:
     first, parsed, work, (consumed, in_hash) = item
     results = iter(work.result() if isinstance(work, Future) else work)
     out_lines: list[str] = []

@@ -22,8 +22,10 @@ class Outputs:
     def __init__(self, cfg: JobConfig, state: dict[str, Any]) -> None:
         self.streaming = cfg.output == "-"
         self.out_path = None if self.streaming else Path(cfg.output)
-        self.errors_path = Path(cfg.errors) if cfg.errors else (
-            self.out_path.with_name(self.out_path.name + ".errors.jsonl") if self.out_path else None
+        self.errors_path = (
+            Path(cfg.errors)
+            if cfg.errors
+            else (self.out_path.with_name(self.out_path.name + ".errors.jsonl") if self.out_path else None)
         )
         self.npy_path = Path(cfg.npy) if cfg.npy else None
         self.state = state

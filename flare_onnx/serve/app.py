@@ -163,14 +163,18 @@ class _Service:
 
     # -- the request path -------------------------------------------------------------------
 
-    async def infer(self, task: str, texts: Any, options: dict[str, Any], which: str = "main") -> tuple[list[Any], EngineRequest]:
+    async def infer(
+        self, task: str, texts: Any, options: dict[str, Any], which: str = "main"
+    ) -> tuple[list[Any], EngineRequest]:
         """Check and encode the request (admission thread), queue it for the inference
         thread, and wait within the deadline; its results and the request."""
         model, batcher = self.models[which], self.batchers[which]
         if model is None or batcher is None:
             raise HTTPError(503, "the model is not ready", {"Retry-After": "1"})
         loop = asyncio.get_running_loop()
-        request = await loop.run_in_executor(self.admission, lambda: model.request(task, texts, options, limits=self.cfg.limits))
+        request = await loop.run_in_executor(
+            self.admission, lambda: model.request(task, texts, options, limits=self.cfg.limits)
+        )
         self.metrics.tokens.inc(request.tokens)
         future = batcher.submit(request)
         try:
@@ -187,7 +191,9 @@ class _Service:
             texts, options = payload_parts(await self.read_json(request))
             request.state.texts = len(texts)
             results, _ = await self.infer(spec.name, texts, options, which)
-            return self.answer({"task": spec.name, "precision": precision, "results": [spec.record(r) for r in results]})
+            return self.answer(
+                {"task": spec.name, "precision": precision, "results": [spec.record(r) for r in results]}
+            )
 
         return self.answered(handle)
 
@@ -212,8 +218,14 @@ class _Service:
         batcher = self.batchers["main"]
         if batcher is None:
             return _error(503, "loading")
-        return JSONResponse({"status": "ready", "tasks": list(self.model.tasks), "precision": self.model.precision,
-                             "queued_texts": batcher.queued_texts})
+        return JSONResponse(
+            {
+                "status": "ready",
+                "tasks": list(self.model.tasks),
+                "precision": self.model.precision,
+                "queued_texts": batcher.queued_texts,
+            }
+        )
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_spec(self.model, self.cfg, self.reference))
@@ -222,10 +234,16 @@ class _Service:
         return JSONResponse(bundle_info(self.model, self.reference))
 
     async def index(self, request: Request) -> Response:
-        return Response(self.page, media_type="text/html; charset=utf-8", headers={
-            "content-security-policy": self.page_csp, "x-content-type-options": "nosniff",
-            "referrer-policy": "no-referrer", "cache-control": "no-cache",
-        })
+        return Response(
+            self.page,
+            media_type="text/html; charset=utf-8",
+            headers={
+                "content-security-policy": self.page_csp,
+                "x-content-type-options": "nosniff",
+                "referrer-policy": "no-referrer",
+                "cache-control": "no-cache",
+            },
+        )
 
     async def prometheus(self, request: Request) -> Response:
         body, content_type = self.metrics.exposition()
@@ -246,14 +264,25 @@ class _Service:
     def routes(self) -> list[Route]:
         # a task answers at its name and at each alias (/v1/ner, /v1/feature-extraction...);
         # /v1/embeddings is OpenAI's route, not the embed task's alias
-        routes = [Route(f"/v1/{name}", self.task_route(spec), methods=["POST"])
-                  for spec in TASKS.values() for name in dict.fromkeys((spec.name, *spec.aliases)) if name != "embeddings"]
+        routes = [
+            Route(f"/v1/{name}", self.task_route(spec), methods=["POST"])
+            for spec in TASKS.values()
+            for name in dict.fromkeys((spec.name, *spec.aliases))
+            if name != "embeddings"
+        ]
         routes.append(Route("/v1/embeddings", self.answered(self.openai_embeddings, _openai_error), methods=["POST"]))
         if self.reference is not None:
-            routes += [Route(f"/v1/reference/{spec.name}", self.task_route(spec, "reference"), methods=["POST"])
-                       for spec in TASKS.values()]
+            routes += [
+                Route(f"/v1/reference/{spec.name}", self.task_route(spec, "reference"), methods=["POST"])
+                for spec in TASKS.values()
+            ]
         # with an API key, everything but /health and the page (which asks for the key) needs it
-        private = {"/v1/info": self.info, "/ready": self.ready, "/openapi.json": self.openapi, "/metrics": self.prometheus}
+        private = {
+            "/v1/info": self.info,
+            "/ready": self.ready,
+            "/openapi.json": self.openapi,
+            "/metrics": self.prometheus,
+        }
         routes += [Route(path, self.answered(handler, observed=False)) for path, handler in private.items()]
         routes += [Route("/", self.index), Route("/health", self.health)]
         return routes
@@ -267,14 +296,21 @@ def create_app(model: FlareModel, cfg: ServeConfig | None = None, reference: Fla
     middleware = []
     if cfg.allowed_hosts is not None and "*" not in cfg.allowed_hosts:
         middleware.append(Middleware(HostGuard, allowed=cfg.allowed_hosts))
-    return Starlette(routes=service.routes(), lifespan=service.lifespan, middleware=middleware,
-                     exception_handlers={404: _not_found, 405: _not_allowed})
+    return Starlette(
+        routes=service.routes(),
+        lifespan=service.lifespan,
+        middleware=middleware,
+        exception_handlers={404: _not_found, 405: _not_allowed},
+    )
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
     tasks = ", ".join(f"/v1/{name}" for name in TASKS)
-    return _error(404, f"no route {request.url.path}; the API is POST {tasks}, POST /v1/embeddings, "
-                       f"and GET /openapi.json describes it")
+    return _error(
+        404,
+        f"no route {request.url.path}; the API is POST {tasks}, POST /v1/embeddings, "
+        f"and GET /openapi.json describes it",
+    )
 
 
 async def _not_allowed(request: Request, exc: Exception) -> Response:
@@ -340,13 +376,20 @@ def serve(
         f"- API at {where}/v1/..., OpenAPI at {where}/openapi.json"
         + (", API key required" if cfg.api_key else "")
         + (f", FP32 reference at {where}/v1/reference/..." if reference is not None else ""),
-        file=sys.stderr, flush=True,
+        file=sys.stderr,
+        flush=True,
     )
     config = uvicorn.Config(
-        create_app(model, cfg, reference), host=host, port=port, log_level="warning", access_log=False,
+        create_app(model, cfg, reference),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
         timeout_graceful_shutdown=math.ceil(cfg.deadline_s),
-        timeout_keep_alive=5, limit_concurrency=cfg.max_connections,
-        http=guarded_protocol(cfg.header_timeout_s, cfg.max_connections_per_ip, cfg.http), loop=cfg.loop,
+        timeout_keep_alive=5,
+        limit_concurrency=cfg.max_connections,
+        http=guarded_protocol(cfg.header_timeout_s, cfg.max_connections_per_ip, cfg.http),
+        loop=cfg.loop,
     )
     _draining_server_class()(config).run()
 

@@ -42,7 +42,7 @@ def _host_name(header: str) -> str:
     """The name of a Host header, without its port (``[::1]:8080`` -> ``::1``)."""
     value = header.strip()
     if value.startswith("["):
-        return value[1:value.find("]")] if "]" in value else value
+        return value[1 : value.find("]")] if "]" in value else value
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
@@ -69,16 +69,24 @@ class HostGuard:
             await _refuse(send, f"the request has {len(hosts)} Host headers; send exactly one")
             return
         if not self.allows(_host_name(hosts[0])):
-            await _refuse(send, f"this service does not answer to the Host {hosts[0][:100]!r} "
-                                f"(serve --allowed-hosts names the ones it does)")
+            await _refuse(
+                send,
+                f"this service does not answer to the Host {hosts[0][:100]!r} "
+                f"(serve --allowed-hosts names the ones it does)",
+            )
             return
         await self.app(scope, receive, send)
 
 
 async def _refuse(send: Any, message: str) -> None:
     body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": 400,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 400,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

@@ -28,17 +28,37 @@ class ServiceMetrics:
 
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("flare_onnx_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
-        self.latency = Histogram("flare_onnx_request_seconds", "request time by route", ["route"], buckets=_BUCKETS, registry=r)
+        self.requests = Counter(
+            "flare_onnx_requests", "HTTP requests by route and status", ["route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "flare_onnx_request_seconds", "request time by route", ["route"], buckets=_BUCKETS, registry=r
+        )
         self.tokens = Counter("flare_onnx_tokens", "tokens of the texts accepted for inference", registry=r)
-        self.batch_texts = Histogram("flare_onnx_batch_texts", "texts per inference batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
-        self.queue_wait = Histogram("flare_onnx_queue_wait_seconds", "time a request waited for its batch", buckets=_BUCKETS, registry=r)
-        self.inference = Histogram("flare_onnx_inference_seconds", "inference time per batch", buckets=_BUCKETS, registry=r)
+        self.batch_texts = Histogram(
+            "flare_onnx_batch_texts",
+            "texts per inference batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "flare_onnx_queue_wait_seconds", "time a request waited for its batch", buckets=_BUCKETS, registry=r
+        )
+        self.inference = Histogram(
+            "flare_onnx_inference_seconds", "inference time per batch", buckets=_BUCKETS, registry=r
+        )
         queue = Gauge("flare_onnx_queue_texts", "texts waiting for the inference thread", registry=r)
         queue.set_function(queued)
         info = Info("flare_onnx_model", "the loaded bundle", registry=r)
-        info.info({"task": model.manifest.task, "tasks": ",".join(model.tasks), "precision": model.precision,
-                   "backend": model.backend, "bundle": str(model.path.name)})
+        info.info(
+            {
+                "task": model.manifest.task,
+                "tasks": ",".join(model.tasks),
+                "precision": model.precision,
+                "backend": model.backend,
+                "bundle": str(model.path.name),
+            }
+        )
 
     def observe_request(self, route: str, status: int, started: float, texts: int | None) -> None:
         elapsed = time.perf_counter() - started

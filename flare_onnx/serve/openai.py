@@ -47,8 +47,12 @@ def openai_answer(vectors: list[Any], encoding: str, model_name: str, tokens: in
         array = np.asarray(vector, dtype="<f4")
         value: Any = base64.b64encode(array.tobytes()).decode("ascii") if encoding == "base64" else array.tolist()
         data.append({"object": "embedding", "index": i, "embedding": value})
-    return {"object": "list", "data": data, "model": model_name,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    return {
+        "object": "list",
+        "data": data,
+        "model": model_name,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
 
 
 def openai_error_body(status: int, message: str) -> dict[str, Any]:

@@ -46,7 +46,9 @@ def bundle_info(model: FlareModel, reference: FlareModel | None = None) -> dict[
         "hidden_size": manifest.hidden_size,
         "labels": list(manifest.labels) if manifest.labels else None,
         "mask_token": manifest.special.mask_token,
-        "fidelity": {k: v for k, v in fidelity.items() if isinstance(v, (int, float, str))} if isinstance(fidelity, dict) else {},
+        "fidelity": {k: v for k, v in fidelity.items() if isinstance(v, (int, float, str))}
+        if isinstance(fidelity, dict)
+        else {},
         "reference": reference.precision if reference is not None else None,
         "random_weights": bool(manifest.source.get("random_weights")),
         "prompts": model.prompts,
@@ -93,8 +95,24 @@ def openapi_spec(model: FlareModel, cfg: ServeConfig, reference: FlareModel | No
         return {
             "post": {
                 "summary": spec.summary,
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "required": ["texts"], "properties": props}}}},
-                "responses": {str(c): {"description": d} for c, d in [(200, "results"), (401, "API key"), (404, "task not in bundle"), (413, "body too large"), (422, "invalid input"), (503, "queue full, retry after"), (504, "deadline")]},
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"type": "object", "required": ["texts"], "properties": props}}
+                    },
+                },
+                "responses": {
+                    str(c): {"description": d}
+                    for c, d in [
+                        (200, "results"),
+                        (401, "API key"),
+                        (404, "task not in bundle"),
+                        (413, "body too large"),
+                        (422, "invalid input"),
+                        (503, "queue full, retry after"),
+                        (504, "deadline"),
+                    ]
+                },
             }
         }
 
@@ -102,21 +120,50 @@ def openapi_spec(model: FlareModel, cfg: ServeConfig, reference: FlareModel | No
     if reference is not None:  # the same routes on the bundle's FP32 graph (--reference-fp32)
         paths.update({f"/v1/reference/{spec.name}": op(spec) for spec in TASKS.values() if spec.name in model.tasks})
     if "embed" in model.tasks:
-        paths["/v1/embeddings"] = {"post": {
-            "summary": "OpenAI-compatible embeddings",
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "required": ["input"],
-                "properties": {"input": {"oneOf": [{"type": "string"}, {**texts_schema, "items": {"type": "string"}}]},
-                               "model": {"type": "string"}, "encoding_format": {"type": "string", "enum": ["float", "base64"]}},
-            }}}},
-            "responses": {"200": {"description": "{object: list, data: [{object: embedding, index, embedding}], model, usage}"},
-                          "400": {"description": "invalid input (OpenAI error shape)"}, "401": {"description": "API key"}},
-        }}
-    paths["/v1/info"] = {"get": {"summary": "the bundle's facts (model, tasks, precision, graph size, export checks)",
-                                 "responses": {"200": {"description": "facts"}, "401": {"description": "API key"}}}}
-    paths["/"] = {"get": {"summary": "a page to try the bundle in a browser", "responses": {"200": {"description": "HTML"}}}}
+        paths["/v1/embeddings"] = {
+            "post": {
+                "summary": "OpenAI-compatible embeddings",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["input"],
+                                "properties": {
+                                    "input": {
+                                        "oneOf": [{"type": "string"}, {**texts_schema, "items": {"type": "string"}}]
+                                    },
+                                    "model": {"type": "string"},
+                                    "encoding_format": {"type": "string", "enum": ["float", "base64"]},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "{object: list, data: [{object: embedding, index, embedding}], model, usage}"
+                    },
+                    "400": {"description": "invalid input (OpenAI error shape)"},
+                    "401": {"description": "API key"},
+                },
+            }
+        }
+    paths["/v1/info"] = {
+        "get": {
+            "summary": "the bundle's facts (model, tasks, precision, graph size, export checks)",
+            "responses": {"200": {"description": "facts"}, "401": {"description": "API key"}},
+        }
+    }
+    paths["/"] = {
+        "get": {"summary": "a page to try the bundle in a browser", "responses": {"200": {"description": "HTML"}}}
+    }
     paths["/health"] = {"get": {"summary": "process alive", "responses": {"200": {"description": "ok"}}}}
-    paths["/ready"] = {"get": {"summary": "model loaded", "responses": {"200": {"description": "ready"}, "503": {"description": "loading"}}}}
+    paths["/ready"] = {
+        "get": {
+            "summary": "model loaded",
+            "responses": {"200": {"description": "ready"}, "503": {"description": "loading"}},
+        }
+    }
     return {"openapi": "3.0.3", "info": {"title": "flare-onnx", "version": "1"}, "paths": paths}
-
-
