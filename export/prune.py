@@ -267,6 +267,27 @@ def _prune_weights(source: Path, out: Path, keep: list[int]) -> None:
     require("safetensors.torch").save_file(pruned, str(out / "model.safetensors"))
 
 
+def _check_pruning(corpus: str | Path | None, min_doc_freq: float, words: int) -> None:
+    if not 0 < min_doc_freq < float("inf"):
+        raise ExportError(f"min_doc_freq must be a count >= 1 or a share in (0, 1), not {min_doc_freq!r}")
+    if isinstance(words, bool) or not isinstance(words, int) or words < 0:
+        raise ExportError(f"the number of words to keep (prune_words, --prune-words) must be >= 0, not {words!r}")
+    if corpus is None and not words:
+        raise ExportError("pruning needs a corpus, a number of words, or both")
+
+
+def _tokenizer_json(source: Path) -> dict[str, Any]:
+    """The checkpoint's tokenizer.json, or the one the exporter builds for a WordPiece checkpoint."""
+    tok_file = source / "tokenizer.json"
+    if tok_file.exists():
+        parsed: dict[str, Any] = json.loads(tok_file.read_text(encoding="utf-8"))
+        return parsed
+    from .tokenizer import build_tokenizer
+
+    built: dict[str, Any] = json.loads(build_tokenizer(source).to_str())
+    return built
+
+
 def prune_checkpoint(
     source: Path,
     out: Path,
@@ -288,20 +309,9 @@ def prune_checkpoint(
         ImportError: ``words`` without wordfreq installed.
     """
     tk = require("tokenizers")
-    if not 0 < min_doc_freq < float("inf"):
-        raise ExportError(f"min_doc_freq must be a count >= 1 or a share in (0, 1), not {min_doc_freq!r}")
-    if isinstance(words, bool) or not isinstance(words, int) or words < 0:
-        raise ExportError(f"the number of words to keep (prune_words, --prune-words) must be >= 0, not {words!r}")
-    if corpus is None and not words:
-        raise ExportError("pruning needs a corpus, a number of words, or both")
+    _check_pruning(corpus, min_doc_freq, words)
     listed = italian_words(words) if words else []
-    tok_file = source / "tokenizer.json"
-    if not tok_file.exists():
-        from .tokenizer import build_tokenizer
-
-        tok_json = json.loads(build_tokenizer(source).to_str())
-    else:
-        tok_json = json.loads(tok_file.read_text(encoding="utf-8"))
+    tok_json = _tokenizer_json(source)
     tokenizer = tk.Tokenizer.from_str(json.dumps(tok_json))
     log(f"counting tokens over {corpus or 'no corpus'}" + (f" and {len(listed):,} word forms" if listed else ""))
     texts = [p for p in prompts if p.strip()]

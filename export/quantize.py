@@ -720,7 +720,7 @@ def _shape_of_halves(helper: Any, node: Any, second: str, one_more: str) -> list
     ]
 
 
-def keep_halves_apart(model: Any) -> dict[str, int]:
+def keep_halves_apart(model: Any) -> dict[str, int]:  # noqa: C901 (one pass over the nodes; a branch per case of one rewrite)
     """Position 0 and positions 1.. kept apart from one quantized MatMul to the next.
 
     Between two split MatMuls a layer only adds biases and residuals, normalizes each position

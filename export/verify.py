@@ -80,6 +80,21 @@ def _nn_agreement(ref: np.ndarray, got: np.ndarray) -> float:
     return float((sa.argmax(1) == sb.argmax(1)).mean())
 
 
+def _max_abs_diff(name: str, rv: np.ndarray, gv: np.ndarray, keep: np.ndarray) -> float:
+    """The largest difference of one output, over real tokens for token-level outputs."""
+    token_level = name == "last_hidden_state" or (name == "logits" and rv.ndim == 3)
+    diff = np.abs(rv - gv)[keep] if token_level else np.abs(rv - gv)
+    return float(diff.max()) if diff.size else 0.0
+
+
+def _label_agreement(ref: np.ndarray, got: np.ndarray, keep: np.ndarray) -> tuple[int, int]:
+    """(labels agreeing, labels compared): per real token for token classification."""
+    rl, gl = ref.argmax(-1), got.argmax(-1)
+    if rl.ndim == 2:
+        return int((rl == gl)[keep].sum()), int(keep.sum())
+    return int((rl == gl).sum()), int(rl.size)
+
+
 def compare(batches: list[Batch], ref: list[dict[str, np.ndarray]], got: list[dict[str, np.ndarray]]) -> dict[str, Any]:
     """Agreement figures of ``got`` against ``ref`` (real tokens only; padding ignored)."""
     max_diff = 0.0
@@ -88,14 +103,7 @@ def compare(batches: list[Batch], ref: list[dict[str, np.ndarray]], got: list[di
     label_agree = label_total = 0
     for b, r, g in zip(batches, ref, got):
         keep = b["attention_mask"].astype(bool)
-        for name in r:
-            rv, gv = r[name], g[name]
-            if name in ("last_hidden_state",) or (name == "logits" and rv.ndim == 3):
-                diff = np.abs(rv - gv)[keep]
-            else:
-                diff = np.abs(rv - gv)
-            if diff.size:
-                max_diff = max(max_diff, float(diff.max()))
+        max_diff = max([max_diff] + [_max_abs_diff(name, r[name], g[name], keep) for name in r])
         if "last_hidden_state" in r:
             pooled_ref.append(_pooled(r["last_hidden_state"], b["attention_mask"]))
             pooled_got.append(_pooled(g["last_hidden_state"], b["attention_mask"]))
@@ -107,13 +115,8 @@ def compare(batches: list[Batch], ref: list[dict[str, np.ndarray]], got: list[di
             top5 += int(sum(best[i] in top5_got[i] for i in range(len(best))))
             masks += len(best)
         if "logits" in r:
-            rl, gl = r["logits"].argmax(-1), g["logits"].argmax(-1)
-            if rl.ndim == 2:
-                label_agree += int((rl == gl)[keep].sum())
-                label_total += int(keep.sum())
-            else:
-                label_agree += int((rl == gl).sum())
-                label_total += rl.size
+            agree, total = _label_agreement(r["logits"], g["logits"], keep)
+            label_agree, label_total = label_agree + agree, label_total + total
     result: dict[str, Any] = {"max_abs_diff": max_diff}
     if pooled_ref:
         ref_all, got_all = np.concatenate(pooled_ref), np.concatenate(pooled_got)

@@ -2,8 +2,9 @@
 
 The bundle is loaded once per container (on first use) from ``FLARE_ONNX_BUNDLE`` and kept
 for later invocations. A request takes the engine's one request path with the HTTP service's
-limits (:attr:`flare_onnx.engine.Limits.SERVICE`): a function answers the network too. Threads default to the CPUs the container is granted (its cgroup
-quota), not the host's. Import cost is the runtime's: onnxruntime, tokenizers, numpy.
+limits (:attr:`flare_onnx.engine.Limits.SERVICE`): a function answers the network too.
+Threads default to the CPUs the container is granted (its cgroup quota), not the host's.
+Import cost is the runtime's: onnxruntime, tokenizers, numpy.
 
     # handler.py of a function whose package holds the bundle in ./bundle
     from flare_onnx.serverless import handler  # noqa: F401  (set FLARE_ONNX_BUNDLE=bundle)

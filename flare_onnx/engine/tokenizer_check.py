@@ -228,7 +228,10 @@ def _charsmap_growth(charsmap: Any) -> int:
 
 #: characters whose normalization grows most (NFKC: U+FDFA -> 18, U+3300 -> 4; CJK spaced;
 #: Hangul and Greek decomposed; İ lowercased to two), with ordinary Italian text around them
-_PROBE = "Roma è la capitale d'Italia; perché? \ufdfa\ufdfb\u3300\u337f\u4e00\u4e8c\uac00\u1f82\u0130\u00bd\uff21\u2026\u0390 "
+_PROBE = (
+    "Roma è la capitale d'Italia; perché? "
+    "\ufdfa\ufdfb\u3300\u337f\u4e00\u4e8c\uac00\u1f82\u0130\u00bd\uff21\u2026\u0390 "
+)
 
 
 def probe_normalizer(tokenizer: Any) -> None:
