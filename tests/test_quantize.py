@@ -82,7 +82,7 @@ def test_split_first_keeps_outlier_token_from_spoiling_the_rest(minilm_bundle, s
     ids, mask = pad_batch([w.ids for w in windows], model.manifest.special.pad_id)
 
     def pooled(path: Path) -> np.ndarray:
-        s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]))
+        s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         h = s.run(None, {"input_ids": ids, "attention_mask": mask})[0]
         e = (h * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
         return e / np.linalg.norm(e, axis=1, keepdims=True)
@@ -116,7 +116,7 @@ def test_halves_stay_apart_between_matmuls_with_the_same_numbers(minilm_bundle, 
     model = flare_onnx.load(minilm_bundle, precision="fp32")
     windows = model.tokenizer.windows(model.tokenizer.encode(sentences), sliding=False, stride=0)
     ids, mask = pad_batch([w.ids for w in windows], model.manifest.special.pad_id)
-    sessions = {k: ort.InferenceSession(str(tmp_path / f"{k}.onnx"), providers=["CPUExecutionProvider"]))
+    sessions = {k: ort.InferenceSession(str(tmp_path / f"{k}.onnx"), providers=["CPUExecutionProvider"])
                 for k in ("apart", "joined")}
     for feeds in ({"input_ids": ids, "attention_mask": mask},
                   {"input_ids": ids[:1, :3], "attention_mask": mask[:1, :3]}):  # and a three-token text
@@ -167,7 +167,7 @@ def test_word_table_in_4bit_blocks(minilm_bundle, sentences, tmp_path):
     ids, mask = pad_batch([w.ids for w in windows], flare.manifest.special.pad_id)
 
     def hidden(path: Path) -> np.ndarray:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]))
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
 
     np.testing.assert_allclose(hidden(tmp_path / "lookup.onnx"), hidden(tmp_path / "grid.onnx"), atol=1e-5)
