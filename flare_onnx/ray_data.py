@@ -145,7 +145,7 @@ class _Predictor:
                 and the others go on, as in the local file job; by default it raises.
         """
         spec = get_task(self.task)
-        self.options = spec.parse_options(options)
+        self.options = spec.resolve(options)  # once per actor: every batch takes these
         model_opts = parse_load_options({"threads": threads, "workload": "bulk", **(model_options or {})})
         self.model = load(materialize(bundle), **model_opts)
         print(f"flare-onnx: engine: {self.model.backend} ({self.model.backend_choice})", file=sys.stderr)

@@ -117,3 +117,19 @@ def test_fill_mask_candidates_admitted_are_within_the_limit(model, texts, top_k)
     except InputError:
         return
     assert request.candidates <= SMALL.max_candidates
+
+
+def test_options_are_parsed_once_per_job_not_per_chunk(model, monkeypatch):
+    """A job resolves its options once; every chunk's request takes them as they are."""
+    from flare_onnx.engine import get_task
+
+    spec = get_task("embed")
+    resolved = spec.resolve({"pooling": "cls"})
+    calls = []
+    real = type(spec).parse_options
+    monkeypatch.setattr(type(spec), "parse_options", lambda self, o=None: calls.append(o) or real(self, o))
+    for chunk in (["Il gatto dorme."], ["Piove.", "Roma."]):
+        model.predict_each("embed", chunk, resolved)
+    assert calls == []
+    model.predict_each("embed", ["Il gatto dorme."], {"pooling": "cls"})  # a plain mapping is parsed
+    assert len(calls) == 1

@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import InputError
 from ._json import to_jsonable
 
-__all__ = ["Option", "TaskSpec", "LOAD_OPTIONS", "parse_load_options", "MAX_TOP_K"]
+__all__ = ["Option", "TaskSpec", "ResolvedOptions", "LOAD_OPTIONS", "parse_load_options", "MAX_TOP_K"]
 
 #: The most candidates one ``<mask>`` (or one text's labels) may ask for. Bounds the work
 #: and the answer of a single request: 14,610 candidates per mask × 500 masks is ~35 GB.
@@ -112,6 +112,14 @@ def _kind_name(kind: type) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[kind]
 
 
+class ResolvedOptions(dict[str, Any]):
+    """A task's options, checked and with every default filled in (:meth:`TaskSpec.resolve`)."""
+
+    def __init__(self, task: str, options: Mapping[str, Any]) -> None:
+        super().__init__(options)
+        self.task = task
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """What one task is, for every surface."""
@@ -160,9 +168,13 @@ class TaskSpec:
     def defaults(self) -> dict[str, Any]:
         return {o.name: o.default for o in self.options}
 
-    def resolve(self, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Every option of the task: the defaults, overridden by ``options`` (checked)."""
-        return {**self.defaults(), **self.parse_options(options)}
+    def resolve(self, options: Mapping[str, Any] | None = None) -> ResolvedOptions:
+        """Every option of the task: the defaults, overridden by ``options`` (checked). Options
+        this spec resolved already come back as they are: a job or a Ray actor parses its
+        options once and hands the result to every chunk."""
+        if isinstance(options, ResolvedOptions) and options.task == self.name:
+            return options
+        return ResolvedOptions(self.name, {**self.defaults(), **self.parse_options(options)})
 
     def record(self, value: Any) -> dict[str, Any]:
         """One text's result as the JSON record every surface writes: ``{result_key: value}``."""

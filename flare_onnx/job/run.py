@@ -41,7 +41,7 @@ def _validate(cfg: JobConfig) -> tuple[TaskSpec, str]:
     from ..engine import choose_backend, read_manifest
 
     spec = get_task(cfg.task)
-    cfg.options = spec.parse_options(cfg.options)
+    cfg.options = spec.resolve(cfg.options)  # once for the whole job: every chunk takes these
     cfg.model_options = {"workload": "bulk", **parse_load_options(cfg.model_options)}
     fmt = detect_format(cfg.input, cfg.input_format)
     if cfg.npy and spec.name != "embed":
