@@ -201,10 +201,13 @@ def _escalate(
         trial_keep = keep + [g] if remedy == "fp32" else keep
         gains[g] = score(run(groups, trial_block, trial_keep))
     figures: dict[str, Any] = {}
-    for count, g in enumerate(sorted(candidates, key=lambda c: -gains[c]), 1):
+    ordered = sorted(candidates, key=lambda c: -gains[c])
+    for count, g in enumerate(ordered, 1):
         chosen.append(g)
         figures = run(groups, block, keep)
-        log(f"  {count} more group(s) {remedy} (last: {g}): {_brief(figures)}")
-        if meets_preset(figures, preset):
+        met = meets_preset(figures, preset)
+        if met or count == len(ordered) or count & (count - 1) == 0:  # 1, 2, 4, 8... and the last: a short log
+            log(f"  {count} more group(s) {remedy} (last: {g}): {_brief(figures)}")
+        if met:
             break
     return figures

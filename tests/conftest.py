@@ -22,7 +22,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-network", action="store_true", help="run tests that need the Hub")
 
 
+#: session fixtures that export or load a full-size model: a test using one is slow
+HEAVY_FIXTURES = {"reference_checkpoint", "reference_bundle", "minilm_dir", "minilm_bundle"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark slow every test that needs a full-size export, so `-m "not slow"` is the quick loop;
+    skip the network tests unless asked for."""
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
     if config.getoption("--run-network"):
         return
     skip = pytest.mark.skip(reason="needs the Hugging Face Hub; opt in with --run-network")

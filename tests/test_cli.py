@@ -88,6 +88,7 @@ def test_export_offline_hub_error(monkeypatch, capsys):
     assert "there is no directory 'flare-onnx-tests/absent', and it could not be fetched" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the README's main job end to end (exports, PyTorch, the e5 search)
 def test_demo_main_job(tiny_checkpoint, tmp_path, capsys):
     assert main(["demo", "--work-dir", str(tmp_path), "--model", str(tiny_checkpoint)]) == 0
     out = capsys.readouterr().out

@@ -57,8 +57,8 @@ def test_the_readmes_shell_quick_start_runs(workdir: Path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     for line in block.splitlines():
         command = line.split("  #")[0].strip()
-        if not command or command.startswith(("flare-onnx serve", "curl")):
-            continue  # the service: the next test
+        if not command or command.startswith(("flare-onnx serve", "curl", "until", "kill")):
+            continue  # the service: the next tests
         done = subprocess.run(command, shell=True, cwd=workdir, capture_output=True, text=True, timeout=300, env=env)
         assert done.returncode == 0, f"README line fails as written: {command}\n{done.stderr[-2000:]}"
     assert (workdir / "texts.emb.jsonl").read_text().count("\n") == 2
@@ -80,3 +80,25 @@ def test_the_readmes_curl_call_is_answered(reference_bundle: Path):
         answer = client.post(path, content=body.encode(), headers=headers)
     assert answer.status_code == 200, answer.text
     assert len(answer.json()["results"][0]["embedding"]) == 384 and json.loads(body)["texts"] == ["Ciao"]
+
+
+def test_the_readmes_http_quick_start_prints_an_answer(workdir: Path):
+    """The README's service lines as a newcomer pastes them into one shell (on a free port):
+    the loop waits for /ready, so the curl call prints an answer rather than nothing."""
+    import socket
+
+    block = next(b for b in _blocks("bash") if "flare-onnx fill-mask artifacts/" in b[1])[1]
+    lines = [ln.split("  #")[0].strip() for ln in block.splitlines()]
+    service = [ln for ln in lines if ln.startswith(("flare-onnx serve", "until", "curl", "kill"))]
+    assert [ln.split()[0] for ln in service] == ["flare-onnx", "until", "curl", "kill"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = "\n".join(ln.replace("8080", str(port)) for ln in service)
+    script = script.replace("flare-onnx serve artifacts/flare-it-reference-onnx",
+                            f"flare-onnx serve artifacts/flare-it-reference-onnx --port {port}")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "-c", "set -m\n" + script + "\nwait"], cwd=workdir, capture_output=True,
+                          text=True, timeout=120, env=env)
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(answer["results"][0]["embedding"]) == 384, done.stderr[-2000:]

@@ -326,3 +326,21 @@ def test_a_killed_worker_is_one_line_and_the_job_resumes(tiny_bundle, tmp_path):
     rerun = subprocess.run(_cmd(tiny_bundle, src, out, "--workers", "2"), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == list(range(20_000))
+
+
+def test_rerunning_a_finished_job_says_so_and_does_nothing(tiny_bundle, tmp_path, capsys):
+    src, out = tmp_path / "in.txt", tmp_path / "out.jsonl"
+    src.write_text("Il gatto dorme.\nPiove.\n", encoding="utf-8")
+
+    def cfg() -> JobConfig:
+        return JobConfig(task="embed", bundle=str(tiny_bundle), input=str(src), output=str(out), progress=False)
+
+    assert run_job(cfg()) == 0
+    stamp = out.stat().st_mtime_ns
+    capsys.readouterr()
+    assert run_job(cfg()) == 0
+    assert "already this job's finished output (2 input lines" in capsys.readouterr().err
+    assert out.stat().st_mtime_ns == stamp
+    src.write_text("Il gatto dorme.\nPiove.\nNevica.\n", encoding="utf-8")  # the same file, other contents
+    assert run_job(cfg()) == 0
+    assert len(out.read_text().splitlines()) == 3

@@ -40,17 +40,46 @@ def test_embed_takes_one_string_and_gives_one_vector(tiny_bundle):
     np.testing.assert_allclose(one, model.embed(["Il gatto dorme."])[0], atol=1e-6)
 
 
+def _hub_reachable() -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def offline():
+    """For tests of what a user without the Hub sees (this workplace has no Hub)."""
+    if _hub_reachable():
+        pytest.skip("the Hugging Face Hub is reachable here: this test checks the offline message")
+
+
 def test_hints_fit_what_was_given(tmp_path, monkeypatch):
     text_file = tmp_path / "texts.txt"
     text_file.write_text("ciao\n")
     with pytest.raises(BundleError, match="is a file, not a bundle directory"):
         flare_onnx.load(text_file)
     monkeypatch.setenv("FLARE_ONNX_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(ExportError, match="could not be fetched from the Hugging Face Hub"):  # offline here
-        flare_onnx.load("osiria/flare-it")
     monkeypatch.setitem(sys.modules, "flare_onnx_export", None)  # the runtime-only install
     with pytest.raises(BundleError, match=r"a Hugging Face model id, not a bundle: install the exporter .* or run `flare-onnx export osiria/flare-it -o DIR`"):
         flare_onnx.load("osiria/flare-it")
+
+
+def test_offline_a_hub_id_says_the_hub_could_not_be_reached(tmp_path, monkeypatch, offline):
+    monkeypatch.setenv("FLARE_ONNX_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ExportError, match="could not be fetched from the Hugging Face Hub"):
+        flare_onnx.load("osiria/flare-it")
+
+
+@pytest.mark.network
+def test_a_hub_id_is_exported_once_into_the_cache(tmp_path, monkeypatch):
+    """With the Hub (--run-network): load() of a model id exports it once and serves it."""
+    monkeypatch.setenv("FLARE_ONNX_CACHE", str(tmp_path / "cache"))
+    model = flare_onnx.load("sentence-transformers/all-MiniLM-L6-v2", precision="int8")
+    assert model.path.parent == tmp_path / "cache" and model.embed("Il gatto dorme.").shape == (384,)
 
 
 def test_a_checkpoint_directory_is_exported_once_into_the_cache(tiny_checkpoint, tmp_path, monkeypatch, capsys):

@@ -18,10 +18,10 @@ import pytest
 from .test_serve import _start, _stop
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not (CHROMIUM and DRIVER),
     reason="the browser tests need Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
-)
+)]
 webdriver = pytest.importorskip("selenium.webdriver", reason="the browser tests need selenium (in the test extra)")
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402

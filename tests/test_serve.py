@@ -164,27 +164,36 @@ def _load(url: str, texts: list[str], clients: int, per_client: int) -> tuple[li
     latencies: list[float] = []
     statuses: list[int] = []
     answers: list[tuple[str, list]] = []
+    retry_after: list[str | None] = []
+    failures: list[BaseException] = []  # raised in a client thread: re-raised in the test's below
     lock = threading.Lock()
 
     def worker(k: int) -> None:
-        with httpx.Client(timeout=30) as c:
-            for i in range(per_client):
-                text = texts[(k * per_client + i) % len(texts)]
-                t0 = time.perf_counter()
-                r = c.post(url + "/v1/embed", json={"texts": [text]})
-                with lock:
-                    latencies.append(time.perf_counter() - t0)
-                    statuses.append(r.status_code)
-                    if r.status_code == 200:
-                        answers.append((text, r.json()["results"][0]["embedding"]))
-                    elif r.status_code == 503:
-                        assert r.headers.get("retry-after") == "1"
+        try:
+            with httpx.Client(timeout=30) as c:
+                for i in range(per_client):
+                    text = texts[(k * per_client + i) % len(texts)]
+                    t0 = time.perf_counter()
+                    r = c.post(url + "/v1/embed", json={"texts": [text]})
+                    with lock:
+                        latencies.append(time.perf_counter() - t0)
+                        statuses.append(r.status_code)
+                        if r.status_code == 200:
+                            answers.append((text, r.json()["results"][0]["embedding"]))
+                        elif r.status_code == 503:
+                            retry_after.append(r.headers.get("retry-after"))
+        except BaseException as exc:
+            failures.append(exc)
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a client did not finish in 120 s"
+    if failures:
+        raise failures[0]
+    assert set(retry_after) <= {"1"}, f"a 503 without Retry-After: 1 ({set(retry_after)})"
     return latencies, statuses, answers
 
 

@@ -102,6 +102,7 @@ def test_property_same_ids_on_arbitrary_unicode(pair, text):
     assert fast.encode(text).ids == slow(text)["input_ids"]
 
 
+@pytest.mark.slow  # ~300,000 code points through the slow Python tokenizer: ~50 s
 def test_same_ids_for_every_code_point(pair):
     """Each code point alone and after a digit: controls, spaces, punctuation, CJK, newer scripts."""
     fast, slow = pair

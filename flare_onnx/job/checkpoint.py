@@ -13,7 +13,7 @@ from ..engine import TaskSpec
 from ..errors import InputError
 from .config import JobConfig
 
-__all__ = ["Checkpoint", "job_signature", "prefix_hash", "refuse_another_finished_output", "mark_finished"]
+__all__ = ["Checkpoint", "job_signature", "prefix_hash", "finished_before", "mark_finished"]
 
 
 class Checkpoint:
@@ -94,25 +94,43 @@ def prefix_hash(path: str, size: int) -> Any:
     return h
 
 
-def refuse_another_finished_output(cfg: JobConfig, signature: str) -> None:
-    """A finished output is replaced only by a run of the same job (or with --restart)."""
+def finished_before(cfg: JobConfig, signature: str) -> dict[str, Any] | None:
+    """What ``OUTPUT.done`` records when the output is this very job's, finished over the same
+    input bytes (a rerun then has nothing to do); None when there is no finished output.
+
+    Raises:
+        InputError: the output is another job's finished output (replaced only with --restart).
+    """
     done = Path(cfg.output + ".done")
     if not (Path(cfg.output).exists() and done.is_file()):
-        return
+        return None
     try:
-        finished = json.loads(done.read_text(encoding="utf-8")).get("signature")
+        record = json.loads(done.read_text(encoding="utf-8"))
+        finished = record.get("signature")
     except (OSError, ValueError, AttributeError):
-        finished = None
+        record, finished = {}, None
     if finished != signature:
         raise InputError(
             f"{cfg.output} is the finished output of a run with another task, options, bundle or input "
             f"file; run again with --restart to replace it, or choose another output"
         )
+    size = Path(cfg.input).stat().st_size
+    if record.get("input_bytes") != size or record.get("input_sha256") != prefix_hash(cfg.input, size).hexdigest():
+        return None  # the same file name with other contents: run it again
+    return dict(record)
 
 
-def mark_finished(cfg: JobConfig, signature: str) -> None:
-    """``OUTPUT.done``: what the finished output was made with (written atomically)."""
+def mark_finished(cfg: JobConfig, signature: str, state: dict[str, Any]) -> None:
+    """``OUTPUT.done``: what the finished output was made with, over which input, and what it
+    held (written atomically)."""
     done = Path(cfg.output + ".done")
     tmp = done.with_name(done.name + ".tmp")
-    tmp.write_text(json.dumps({"signature": signature}), encoding="utf-8")
+    record = {
+        "signature": signature,
+        "input_bytes": state["input_offset"],
+        "input_sha256": state["input_sha256"],
+        "lines": state["line"],
+        "errors": state["errors"],
+    }
+    tmp.write_text(json.dumps(record), encoding="utf-8")
     os.replace(tmp, done)

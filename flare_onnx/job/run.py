@@ -16,7 +16,7 @@ import numpy as np
 
 from ..engine import TaskSpec, get_task, parse_load_options
 from ..errors import InferenceError, InputError
-from .checkpoint import Checkpoint, job_signature, mark_finished, prefix_hash, refuse_another_finished_output
+from .checkpoint import Checkpoint, finished_before, job_signature, mark_finished, prefix_hash
 from .config import EXIT_OK, EXIT_RECORD_ERRORS, JobConfig
 from .records import detect_format, parse_record, read_chunks
 from .workers import Predictor
@@ -74,8 +74,14 @@ def run_job(cfg: JobConfig) -> int:
     if not streaming:
         checkpoint = Checkpoint(Path(cfg.output + ".state"), job_signature(cfg, spec, fmt))
         resuming = cfg.resume and checkpoint.load()
-        if cfg.resume and not resuming:
-            refuse_another_finished_output(cfg, checkpoint.signature)
+        finished = finished_before(cfg, checkpoint.signature) if cfg.resume and not resuming else None
+        if finished is not None:
+            print(
+                f"flare-onnx: {cfg.output} is already this job's finished output ({finished['lines']} input "
+                f"lines, the same input); nothing to do (--restart runs it again)",
+                file=sys.stderr,
+            )
+            return EXIT_RECORD_ERRORS if finished["errors"] else EXIT_OK
         if resuming:
             read = prefix_hash(cfg.input, checkpoint.state["input_offset"])
             if read.hexdigest() != checkpoint.state["input_sha256"]:
@@ -101,7 +107,7 @@ def run_job(cfg: JobConfig) -> int:
         state["finishing"] = True
         checkpoint.save()
         outputs.finish()
-        mark_finished(cfg, checkpoint.signature)
+        mark_finished(cfg, checkpoint.signature, state)
         checkpoint.path.unlink(missing_ok=True)
     if state["line"] == 0:
         print(f"flare-onnx: the input {cfg.input!r} holds no records; the output is empty", file=sys.stderr)
