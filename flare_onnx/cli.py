@@ -17,7 +17,7 @@ import importlib.util
 import json
 import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from .errors import FlareOnnxError, InputError
@@ -368,13 +368,24 @@ def _add_load_options(p: argparse.ArgumentParser, **defaults: Any) -> None:
 
 class _Parser(argparse.ArgumentParser):
     """argparse with short errors: the problem, the nearest command or option when it looks
-    like a typo, and where the help is (not the whole usage)."""
+    like a typo, and where the help is (not the whole usage). It keeps its own list of flags and
+    commands, so nothing reads argparse's private parts."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.flags: list[str] = []  # set before argparse's own __init__ adds --help
+        self.commands: Mapping[str, argparse.ArgumentParser] = {}
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self.flags += action.option_strings
+        return action
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}{_did_you_mean(self, message)}\n(see `{self.prog} --help`)\n")
 
 
-def _did_you_mean(parser: argparse.ArgumentParser, message: str) -> str:
+def _did_you_mean(parser: _Parser, message: str) -> str:
     wrong = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
     if wrong:
         word, known = wrong.group(1), re.findall(r"'?([\w.-]+)'?", wrong.group(2))
@@ -383,12 +394,12 @@ def _did_you_mean(parser: argparse.ArgumentParser, message: str) -> str:
         if not unknown:
             return ""
         word = unknown.group(1).split("=")[0]
-        known = [o for action in parser._actions for o in action.option_strings]
+        known = parser.flags
     close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     parser = _Parser(prog="flare-onnx", description="Export osiria/flare-it to INT8 ONNX and run it without torch.")
     parser.add_argument("--version", action="version", version=f"flare-onnx {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -407,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "info", "verify a bundle and print its manifest summary")
     p.add_argument("bundle")
     p.set_defaults(func=_info)
+    parser.commands = sub.choices
     p = _command(sub, "demo", "export flare-it (or the reference checkpoint offline) and compare with PyTorch")
     p.add_argument("--work-dir", default="artifacts")
     p.add_argument("--model", default="osiria/flare-it")
@@ -629,12 +641,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse a command line; a command's options may stand before or after its texts."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if not argv or argv[0] not in sub.choices:
+    if not argv or argv[0] not in parser.commands:
         return parser.parse_args(argv)  # --help, --version, or an error naming the commands
     # argparse cannot intermix options and positionals through subparsers: the command's own
     # parser takes everything after the command name, in intermixed mode.
-    args: argparse.Namespace = sub.choices[argv[0]].parse_intermixed_args(argv[1:])
+    args: argparse.Namespace = parser.commands[argv[0]].parse_intermixed_args(argv[1:])
     args.command = argv[0]
     return args
 
