@@ -151,3 +151,14 @@ def test_help_shows_each_default_once_and_none_that_is_not_one(capsys):
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
     assert "port to listen on (default: 8080)" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("io", [["-i", "-", "-o", "OUT"], ["-i", "IN", "-o", "-"]])
+def test_run_with_ray_takes_files_not_streams(tiny_bundle, tmp_path, capsys, io):
+    src = tmp_path / "in.txt"
+    src.write_text("ciao\n")
+    args = [{"IN": str(src), "OUT": str(tmp_path / "out")}.get(a, a) for a in io]
+    assert main(["run", "embed", str(tiny_bundle), *args, "--engine", "ray"]) == 2
+    err = capsys.readouterr().err
+    assert "--engine ray reads and writes files: give -i and -o paths, not -" in err
+    assert not (tmp_path / "-").exists() and not (tmp_path / "out").exists()
