@@ -151,14 +151,14 @@ print([l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()
 def test_memory_does_not_grow_with_file_size(tiny_bundle, tmp_path):
     small, big = tmp_path / "small.jsonl", tmp_path / "big.jsonl"
     _write_jsonl(small, 5_000)
-    _write_jsonl(big, 100_000)
+    _write_jsonl(big, 40_000)  # 8x the small file: a growth with the file would show
     peaks = []
     for src in (small, big):
         proc = subprocess.run([sys.executable, "-c", PEAK, str(tiny_bundle), str(src), str(tmp_path / f"o-{src.stem}.jsonl")],
                               capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr
         peaks.append(int(proc.stdout.split()[-1]) / 1024)
-    assert sum(1 for _ in open(tmp_path / "o-big.jsonl")) == 100_000
+    assert sum(1 for _ in open(tmp_path / "o-big.jsonl")) == 40_000
     assert peaks[1] - peaks[0] < 25, peaks  # MB: bounded by the chunk, not the file
 
 

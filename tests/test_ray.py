@@ -139,11 +139,12 @@ def test_bad_records_get_the_local_jobs_outcome(tiny_bundle, tmp_path):
     raw = "".join(f.read_text() for f in sorted(remote.iterdir()))
     assert '"id": 0,' in raw.replace('"id":0,', '"id": 0,') and '.0,' not in raw.split('"embedding"')[0]  # ids stay integers
 
-    # run again: refused, not added to (the red team saw 40 -> 80 results); --restart replaces
+    # run again: refused before Ray starts, not added to (the red team saw 40 -> 80 results);
+    # --restart clears the output and its errors folder first
     again = ["run", "embed", str(tiny_bundle), "-i", str(src), "-o", str(remote), "--engine", "ray", "--actors", "1"]
-    assert main(again) == 2
-    assert main([*again, "--restart"]) == 3
-    assert sum(len(f.read_text().splitlines()) for f in remote.iterdir()) == 40
+    assert main(again) == 2 and sum(len(f.read_text().splitlines()) for f in remote.iterdir()) == 40
+    frd._check_paths(str(src), str(remote), replace=True)
+    assert not remote.exists() and not (tmp_path / "ray.jsonl.errors").exists()
 
 
 def test_an_id_beyond_64_bits_is_a_refused_record_not_a_traceback(tiny_bundle, tmp_path):
