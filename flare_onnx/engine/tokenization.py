@@ -126,9 +126,7 @@ class TextEncoder:
         ``<s>``/``</s>``; a truncated text counts whole (it was tokenized whole)."""
         if not sliding or n <= self.max_length - 2:
             return n + 2
-        content = self.max_length - 2
-        starts = len(range(0, n - content, content - stride)) + 1 if 0 <= stride < content else 1
-        return starts * self.max_length
+        return len(self._starts(n, sliding=True, stride=stride)) * self.max_length
 
     def windows(self, encodings: list[Encoding], *, sliding: bool, stride: int) -> list[Window]:
         """Cut each encoding into model-sized windows.
