@@ -9,9 +9,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
@@ -42,6 +44,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def _quiet(msg: str) -> None:
     pass
+
+
+def _once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Path]) -> Path:
+    """Build ``name`` once for the whole run: under pytest-xdist the workers share the run's
+    temporary folder, and the first to ask builds while the others wait on its lock (the
+    pattern of xdist's docs), so no model is exported twice. ``build`` gets a fresh folder."""
+    base = factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # pytest-N/, shared by gw0, gw1…
+    folder = root / "shared" / name
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        done = folder.parent / f"{name}.done"
+        if done.exists():
+            return Path(done.read_text(encoding="utf-8"))
+        made = build(folder)
+        done.write_text(str(made), encoding="utf-8")
+        return made
 
 
 def poison_outputs(model, value: float) -> None:
@@ -90,35 +109,37 @@ def many_sentences(sentences: list[str]) -> list[str]:
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from flare_onnx_export import write_reference
 
-    return write_reference(tmp_path_factory.mktemp("ckpt") / "tiny", tiny=True)
+    return _once(tmp_path_factory, "tiny-ckpt", lambda d: write_reference(d / "tiny", tiny=True))
 
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from flare_onnx_export import export_bundle
 
-    return export_bundle(str(tiny_checkpoint), tmp_path_factory.mktemp("b") / "tiny", log=_quiet)
+    return _once(tmp_path_factory, "tiny", lambda d: export_bundle(str(tiny_checkpoint), d / "tiny", log=_quiet))
 
 
 @pytest.fixture(scope="session")
 def tiny_feature_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from flare_onnx_export import export_bundle
 
-    return export_bundle(
-        str(tiny_checkpoint), tmp_path_factory.mktemp("b") / "feat", task="feature-extraction", log=_quiet
+    return _once(
+        tmp_path_factory,
+        "feat",
+        lambda d: export_bundle(str(tiny_checkpoint), d / "feat", task="feature-extraction", log=_quiet),
     )
 
 
 def _labelled(factory: pytest.TempPathFactory, name: str, task: str, labels: list[str]) -> Path:
     from flare_onnx_export import write_reference
 
-    return write_reference(factory.mktemp("ckpt") / name, tiny=True, task=task, labels=labels)
+    return _once(factory, f"{name}-ckpt", lambda d: write_reference(d / name, tiny=True, task=task, labels=labels))
 
 
 def _export(checkpoint: Path, factory: pytest.TempPathFactory, name: str) -> Path:
     from flare_onnx_export import export_bundle
 
-    return export_bundle(str(checkpoint), factory.mktemp("b") / name, log=_quiet)
+    return _once(factory, name, lambda d: export_bundle(str(checkpoint), d / name, log=_quiet))
 
 
 @pytest.fixture(scope="session")
@@ -145,14 +166,16 @@ def tiny_classifier(tiny_classifier_checkpoint: Path, tmp_path_factory: pytest.T
 def reference_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from flare_onnx_export import write_reference
 
-    return write_reference(tmp_path_factory.mktemp("ckpt") / "flare-it-reference")
+    return _once(tmp_path_factory, "reference-ckpt", lambda d: write_reference(d / "flare-it-reference"))
 
 
 @pytest.fixture(scope="session")
 def reference_bundle(reference_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from flare_onnx_export import export_bundle
 
-    return export_bundle(str(reference_checkpoint), tmp_path_factory.mktemp("b") / "flare-it", log=_quiet)
+    return _once(
+        tmp_path_factory, "flare-it", lambda d: export_bundle(str(reference_checkpoint), d / "flare-it", log=_quiet)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -167,4 +190,4 @@ def minilm_dir() -> Path:
 def minilm_bundle(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from flare_onnx_export import export_bundle
 
-    return export_bundle(str(minilm_dir), tmp_path_factory.mktemp("b") / "minilm", log=_quiet)
+    return _once(tmp_path_factory, "minilm", lambda d: export_bundle(str(minilm_dir), d / "minilm", log=_quiet))
