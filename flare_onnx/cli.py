@@ -274,6 +274,54 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_package(sub: Any) -> None:
+    p = _command(sub, "package", "a bundle and the runtime as an AWS Lambda package (docs/serverless.md)")
+    p.add_argument("bundle")
+    p.add_argument("-o", "--output", required=True, help="the zip to write (with --layer: a folder for two zips)")
+    p.add_argument("--target", choices=["aws-lambda"], default="aws-lambda", help="where the function runs")
+    p.add_argument("--arch", choices=["x86_64", "arm64"], default="x86_64", help="the function's architecture")
+    p.add_argument("--python", choices=["3.11", "3.12", "3.13"], default="3.12", help="the function's runtime")
+    p.add_argument(
+        "--glibc",
+        type=_glibc,
+        metavar="X.Y",
+        help="the C library of the machine that runs it, for a container image or a test "
+        "(default: the Lambda runtime's: 2.26 for python3.11, 2.34 for 3.12 and 3.13)",
+    )
+    p.add_argument("--precision", choices=["int8", "fp32"], default="int8", help="the graph to ship")
+    p.add_argument(
+        "--layer", action="store_true", help="a layer zip (the runtime) and a function zip (handler, bundle)"
+    )
+    p.add_argument("--via-s3", action="store_true", help="accept a zip over the 50 MiB direct-upload limit")
+    p.add_argument("--dir", action="store_true", help="write an unzipped folder instead of a zip")
+    p.set_defaults(func=_package)
+
+
+def _glibc(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)\.(\d+)", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a glibc version like 2.34, not {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _package(args: argparse.Namespace) -> int:
+    from .package import build_package
+
+    if args.layer and args.dir:
+        raise InputError("--layer writes two zips; it does not take --dir")
+    made = build_package(
+        args.bundle, args.output, arch=args.arch, python=args.python, glibc=args.glibc, precision=args.precision,
+        layer=args.layer, via_s3=args.via_s3, keep_dir=args.dir, log=lambda m: print(m, file=sys.stderr),
+    )  # fmt: skip
+    for note in made.notes:
+        print(f"note: {note}", file=sys.stderr)
+    for path, zipped, unzipped in zip(made.paths, made.zipped, made.unzipped):
+        size = f"{zipped / 1e6:.1f} MB zipped, " if zipped else ""
+        print(f"{path}: {size}{unzipped / 1e6:.1f} MB unzipped")
+    print(f"wheels: {', '.join(made.wheels)}; handler: handler.handler", file=sys.stderr)
+    return 0
+
+
 def _export_api() -> Any:
     try:
         import flare_onnx_export
@@ -418,6 +466,7 @@ def build_parser() -> _Parser:
     p = _command(sub, "info", "verify a bundle and print its manifest summary")
     p.add_argument("bundle")
     p.set_defaults(func=_info)
+    _add_package(sub)
     parser.commands = sub.choices
     p = _command(sub, "demo", "export flare-it (or the reference checkpoint offline) and compare with PyTorch")
     p.add_argument("--work-dir", default="artifacts")
