@@ -307,8 +307,6 @@ def _glibc(text: str) -> tuple[int, int]:
 def _package(args: argparse.Namespace) -> int:
     from .package import build_package
 
-    if args.layer and args.dir:
-        raise InputError("--layer writes two zips; it does not take --dir")
     made = build_package(
         args.bundle, args.output, arch=args.arch, python=args.python, glibc=args.glibc, precision=args.precision,
         layer=args.layer, via_s3=args.via_s3, keep_dir=args.dir, log=lambda m: print(m, file=sys.stderr),

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -29,7 +28,7 @@ import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from .engine import MANIFEST_NAME, verify_bundle
+from .engine import MANIFEST_NAME, Manifest, verify_bundle
 from .errors import FlareOnnxError, InputError
 
 MB = 1_000_000
@@ -128,60 +127,112 @@ def build_package(
 ) -> Package:
     """Build the package of ``bundle`` for Lambda at ``output`` (a ``.zip``, or a folder with
     ``keep_dir``); with ``layer``, ``output`` names a folder that gets ``layer.zip`` (the
-    runtime under ``python/``) and ``function.zip`` (handler and bundle).
+    runtime under ``python/``), ``function.zip`` (handler and bundle) and an AWS SAM
+    ``template.yaml``. Nothing is written when a limit or a check fails.
 
     Raises:
         PackageError: an unknown architecture or Python, wheels pip cannot find for the
             platform, a package over Lambda's limits, or native code of another architecture.
         BundleError: the bundle does not verify, or lacks ``precision``.
     """
+    manifest = _check_request(bundle, arch, python, precision, layer, keep_dir)
+    out = Path(output)
+    parts = ["layer", "function"] if layer else ["function"]
+    targets = [(out / f"{name}.zip") if layer else out for name in parts]
+    for target in targets:  # before minutes of pip: an existing output is refused, not replaced
+        if target.exists():
+            raise InputError(f"{target} exists; remove it or choose another -o")
+    notes = _notes(manifest.quantization, arch, precision)
+    with tempfile.TemporaryDirectory(prefix="flare-package-") as tmp:
+        stage = Path(tmp)
+        wheels = _stage(stage, Path(bundle), arch, python, glibc or LAMBDA_GLIBC[python], precision, layer, log)
+        if not _compile(stage, python):
+            notes.append(
+                f"not compiled to bytecode: no python{python} here could (Lambda's task folder is read-only, "
+                "so every cold start compiles the imports again)"
+            )
+        folders = [stage / ("python" if name == "layer" else "function") for name in parts]
+        unzipped = [_tree_size(folder) for folder in folders]
+        if keep_dir:  # nothing zipped: the folder is written once its size is known to fit
+            _check_limits(targets, [0], unzipped, via_s3)
+            shutil.copytree(stage / "function", out)
+            return Package((out,), (0,), tuple(unzipped), tuple(wheels), tuple(notes))
+        staged = [
+            _zip(f, stage / f"{name}.zip", "python" if name == "layer" else "") for f, name in zip(folders, parts)
+        ]
+        _check_limits(targets, [z.stat().st_size for z in staged], unzipped, via_s3)  # before anything is written
+        for zipped_file, target in zip(staged, targets):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(zipped_file, target)
+    notes += _write_template((out if layer else out.parent) / "template.yaml", arch, python, layer, targets[-1].name)
+    zipped = [t.stat().st_size for t in targets]
+    return Package(tuple(targets), tuple(zipped), tuple(unzipped), tuple(wheels), tuple(notes))
+
+
+def _check_request(bundle: str | Path, arch: str, python: str, precision: str, layer: bool, keep_dir: bool) -> Manifest:
     if arch not in ARCHES:
         raise InputError(f"--arch must be one of {', '.join(ARCHES)}, not {arch!r}")
+    if layer and keep_dir:
+        raise InputError("--layer writes two zips; it does not take --dir")
     if python not in LAMBDA_GLIBC:
         raise InputError(f"--python must be one of {', '.join(LAMBDA_GLIBC)} (Lambda's runtimes), not {python!r}")
     manifest = verify_bundle(bundle)
     if precision not in manifest.graphs:
         raise InputError(f"the bundle has no {precision} graph (it has {', '.join(manifest.graphs)})")
-    libc = glibc or LAMBDA_GLIBC[python]
-    notes = _notes(manifest.quantization, arch, precision)
-    out = Path(output)
-    with tempfile.TemporaryDirectory(prefix="flare-package-") as tmp:
-        stage = Path(tmp)
-        runtime = stage / "python" if layer else stage / "function"
-        function = stage / "function"
-        wheels = _install_wheels(runtime, runtime_requirements(_optimized_by(Path(bundle), precision)), arch, python,
-                                 libc, log)  # fmt: skip
-        _copy_runtime(runtime)
-        _trim(runtime)
-        _check_native_code(runtime, arch)
-        _copy_bundle(Path(bundle), function / "bundle", precision)
-        verify_bundle(function / "bundle")
-        (function / "handler.py").write_text(HANDLER, encoding="utf-8")
-        compiled = _compile(stage, python)
-        if not compiled:
-            notes.append(
-                f"not compiled to bytecode: no python{python} here could (Lambda's task folder is read-only, "
-                "so every cold start compiles the imports again)"
-            )
-        parts = [(stage / "python", "layer"), (function, "function")] if layer else [(function, "function")]
-        paths, zipped, unzipped = [], [], []
-        for folder, name in parts:
-            size = _tree_size(folder)
-            if keep_dir and not layer:
-                target = out
-                if target.exists():
-                    raise InputError(f"{target} exists; remove it or choose another -o")
-                shutil.copytree(folder, target, symlinks=False)
-                packed = 0
-            else:
-                target = (out / f"{name}.zip") if layer else out
-                prefix = "python" if name == "layer" else ""
-                packed = _zip(folder, target, prefix)
-            paths.append(target)
-            zipped.append(packed)
-            unzipped.append(size)
-    _check_limits(paths, zipped, unzipped, via_s3)
-    return Package(tuple(paths), tuple(zipped), tuple(unzipped), tuple(wheels), tuple(notes))
+    return manifest
+
+
+def _stage(
+    stage: Path,
+    bundle: Path,
+    arch: str,
+    python: str,
+    glibc: tuple[int, int],
+    precision: str,
+    layer: bool,
+    log: Callable[[str], None],
+) -> list[str]:
+    """The package's files under ``stage``: ``function/`` (handler, bundle, and the runtime
+    unless ``layer``) and, with ``layer``, ``python/`` (the runtime). Returns the wheels."""
+    runtime = stage / ("python" if layer else "function")
+    function = stage / "function"
+    requirements = runtime_requirements(_optimized_by(bundle, precision))
+    wheels = _install_wheels(runtime, requirements, arch, python, glibc, log)
+    _copy_runtime(runtime)
+    _trim(runtime)
+    _check_native_code(runtime, arch)
+    _copy_bundle(bundle, function / "bundle", precision)
+    verify_bundle(function / "bundle")
+    (function / "handler.py").write_text(HANDLER, encoding="utf-8")
+    return wheels
+
+
+def _write_template(path: Path, arch: str, python: str, layer: bool, code: str) -> list[str]:
+    if path.exists():
+        return [f"{path} exists and was left as it is (flare_onnx.package.sam_template writes this package's)"]
+    path.write_text(sam_template(arch, python, layer=layer, code=code), encoding="utf-8")
+    return []
+
+
+def sam_template(arch: str, python: str, *, layer: bool, code: str = "function.zip") -> str:
+    """An AWS SAM template for the package (``sam deploy --guided`` beside it)."""
+    layers = (
+        "      Layers:\n        - !Ref FlareOnnxRuntime\n"
+        "  FlareOnnxRuntime:\n    Type: AWS::Serverless::LayerVersion\n    Properties:\n"
+        f"      ContentUri: layer.zip\n      CompatibleRuntimes: [python{python}]\n"
+        f"      CompatibleArchitectures: [{arch}]\n"
+        if layer
+        else ""
+    )
+    return (
+        "AWSTemplateFormatVersion: '2010-09-09'\nTransform: AWS::Serverless-2016-10-31\n"
+        "Description: flare-onnx function written by `flare-onnx package`\nResources:\n"
+        "  FlareFunction:\n    Type: AWS::Serverless::Function\n    Properties:\n"
+        f"      CodeUri: {code}\n      Handler: handler.handler\n      Runtime: python{python}\n"
+        f"      Architectures: [{arch}]\n      MemorySize: 1024\n      Timeout: 30\n"
+        "      Environment:\n        Variables:\n          FLARE_ONNX_THREADS: '1'\n"
+        "      FunctionUrlConfig:\n        AuthType: AWS_IAM\n" + layers
+    )
 
 
 def _optimized_by(bundle: Path, precision: str) -> str | None:
@@ -295,16 +346,13 @@ def _tree_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
 
 
-def _zip(folder: Path, target: Path, prefix: str) -> int:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+def _zip(folder: Path, target: Path, prefix: str) -> Path:
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
         for path in sorted(folder.rglob("*")):
             if path.is_file():
                 name = path.relative_to(folder).as_posix()
                 zf.write(path, f"{prefix}/{name}" if prefix else name)
-    os.replace(partial, target)
-    return target.stat().st_size
+    return target
 
 
 def _check_limits(paths: list[Path], zipped: list[int], unzipped: list[int], via_s3: bool) -> None:

@@ -284,3 +284,29 @@ def test_each_lambda_limit_is_named_with_its_excess(tmp_path):
     ):
         _check_limits(zips, [DIRECT_UPLOAD_LIMIT + 2_000_000], [1], via_s3=False)
     _check_limits(zips, [DIRECT_UPLOAD_LIMIT + 2_000_000], [UNZIPPED_LIMIT], via_s3=True)  # S3 takes it
+
+
+def test_a_layer_and_a_function_with_their_sam_template(tiny_feature_bundle, tmp_path, package, monkeypatch, capsys):
+    import yaml
+
+    out = tmp_path / "pkg"
+    assert main(["package", str(tiny_feature_bundle), "-o", str(out), "--layer", "--python", PY, "--glibc", GLIBC]) == 0
+    with zipfile.ZipFile(out / "layer.zip") as zf:
+        layer = zf.namelist()
+    with zipfile.ZipFile(out / "function.zip") as zf:
+        function = zf.namelist()
+    assert all(n.startswith("python/") for n in layer) and "python/flare_onnx/serverless.py" in layer
+    assert any(n.startswith("python/onnxruntime/") for n in layer)
+    assert "handler.py" in function and "bundle/manifest.json" in function
+    assert not any(n.startswith(("numpy/", "onnxruntime/", "flare_onnx/")) for n in function)
+    template = yaml.safe_load((out / "template.yaml").read_text().replace("!Ref ", ""))
+    fn = template["Resources"]["FlareFunction"]["Properties"]
+    assert fn["Handler"] == "handler.handler" and fn["CodeUri"] == "function.zip" and fn["Runtime"] == f"python{PY}"
+    assert template["Resources"]["FlareOnnxRuntime"]["Properties"]["ContentUri"] == "layer.zip"
+    # the zip form wrote its template beside the zip; an existing output is refused before pip runs
+    assert yaml.safe_load((package.parent / "template.yaml").read_text())["Resources"]["FlareFunction"]
+    before = (out / "layer.zip").stat()
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("pip ran for an output that exists"))
+    capsys.readouterr()
+    assert main(["package", str(tiny_feature_bundle), "-o", str(out), "--layer"]) == 2
+    assert "exists" in capsys.readouterr().err and (out / "layer.zip").stat() == before
