@@ -278,7 +278,13 @@ def _add_package(sub: Any) -> None:
     p = _command(sub, "package", "a bundle and the runtime as an AWS Lambda package (docs/serverless.md)")
     p.add_argument("bundle")
     p.add_argument("-o", "--output", required=True, help="the zip to write (with --layer: a folder for two zips)")
-    p.add_argument("--target", choices=["aws-lambda"], default="aws-lambda", help="where the function runs")
+    p.add_argument(
+        "--target",
+        choices=["aws-lambda", "gcp", "azure"],
+        default="aws-lambda",
+        help="where the function runs: a Lambda zip, or a folder for Google Cloud Run functions or Azure "
+        "Functions (their build installs requirements.txt; the Lambda-only flags do not apply)",
+    )
     p.add_argument("--arch", choices=["x86_64", "arm64"], default="x86_64", help="the function's architecture")
     p.add_argument("--python", choices=["3.11", "3.12", "3.13"], default="3.12", help="the function's runtime")
     p.add_argument(
@@ -305,8 +311,16 @@ def _glibc(text: str) -> tuple[int, int]:
 
 
 def _package(args: argparse.Namespace) -> int:
-    from .package import build_package
+    from .package import build_package, build_source_package
 
+    if args.target != "aws-lambda":
+        for flag, given in (("--layer", args.layer), ("--via-s3", args.via_s3), ("--dir", args.dir),
+                            ("--glibc", args.glibc is not None)):  # fmt: skip
+            if given:
+                raise InputError(f"{flag} is for --target aws-lambda")
+        folder = build_source_package(args.bundle, args.output, target=args.target, precision=args.precision)
+        print(f"{folder}: {sum(p.stat().st_size for p in folder.rglob('*') if p.is_file()) / 1e6:.1f} MB")
+        return 0
     made = build_package(
         args.bundle, args.output, arch=args.arch, python=args.python, glibc=args.glibc, precision=args.precision,
         layer=args.layer, via_s3=args.via_s3, keep_dir=args.dir, log=lambda m: print(m, file=sys.stderr),

@@ -214,6 +214,78 @@ def _write_template(path: Path, arch: str, python: str, layer: bool, code: str) 
     return []
 
 
+GCP_MAIN = '''"""Google Cloud Run functions entry point written by `flare-onnx package --target gcp`:
+gcloud functions deploy flare-it --gen2 --runtime python312 --entry-point gcp_function --trigger-http"""
+
+import os
+
+os.environ.setdefault("FLARE_ONNX_BUNDLE", os.path.join(os.path.dirname(os.path.abspath(__file__)), "bundle"))
+
+from flare_onnx.serverless import gcp_function, get_model  # noqa: E402,F401
+
+get_model()  # loaded when the instance starts, not by its first request
+'''
+
+AZURE_APP = '''"""Azure Functions app written by `flare-onnx package --target azure` (Python v2 model):
+func azure functionapp publish APP_NAME"""
+
+import os
+
+os.environ.setdefault("FLARE_ONNX_BUNDLE", os.path.join(os.path.dirname(os.path.abspath(__file__)), "bundle"))
+
+import azure.functions as func  # noqa: E402
+
+from flare_onnx.serverless import azure_function, get_model  # noqa: E402
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+get_model()  # loaded when the worker starts, not by its first request
+
+
+@app.route(route="flare", methods=["POST"])
+def flare(req: func.HttpRequest) -> func.HttpResponse:
+    return azure_function(req)
+'''
+
+AZURE_HOST = {
+    "version": "2.0",
+    "extensionBundle": {"id": "Microsoft.Azure.Functions.ExtensionBundle", "version": "[4.*, 5.0.0)"},
+}
+
+
+def build_source_package(bundle: str | Path, output: str | Path, *, target: str, precision: str = "int8") -> Path:
+    """A folder for Google Cloud Run functions (``target="gcp"``: ``main.py``) or Azure
+    Functions (``"azure"``: ``function_app.py``, ``host.json``): flare-onnx's runtime modules,
+    one precision of the bundle, and a ``requirements.txt`` of the runtime's wheels, which
+    those clouds install for their own platform at deploy time.
+
+    Raises:
+        InputError: an unknown target, an existing output, a precision the bundle lacks.
+        BundleError: the bundle does not verify.
+    """
+    if target not in ("gcp", "azure"):
+        raise InputError(f"--target must be aws-lambda, gcp or azure, not {target!r}")
+    _check_request(bundle, "x86_64", "3.12", precision, layer=False, keep_dir=False)
+    out = Path(output)
+    if out.exists():
+        raise InputError(f"{out} exists; remove it or choose another -o")
+    with tempfile.TemporaryDirectory(prefix="flare-package-") as tmp:
+        stage = Path(tmp) / "function"
+        _copy_bundle(Path(bundle), stage / "bundle", precision)
+        verify_bundle(stage / "bundle")
+        _copy_runtime(stage)
+        requirements = runtime_requirements(_optimized_by(Path(bundle), precision))
+        if target == "gcp":
+            (stage / "main.py").write_text(GCP_MAIN, encoding="utf-8")
+            requirements.append("functions-framework>=3")
+        else:
+            (stage / "function_app.py").write_text(AZURE_APP, encoding="utf-8")
+            (stage / "host.json").write_text(json.dumps(AZURE_HOST, indent=2) + "\n", encoding="utf-8")
+            requirements.append("azure-functions>=1.20")
+        (stage / "requirements.txt").write_text("\n".join(requirements) + "\n", encoding="utf-8")
+        shutil.copytree(stage, out)
+    return out
+
+
 def sam_template(arch: str, python: str, *, layer: bool, code: str = "function.zip") -> str:
     """An AWS SAM template for the package (``sam deploy --guided`` beside it)."""
     layers = (

@@ -1,4 +1,5 @@
-"""Serverless entry points: a plain function for any FaaS and an AWS-Lambda-style handler.
+"""Serverless entry points: a plain function for any FaaS, an AWS-Lambda-style handler, and
+adapters for Google Cloud Run functions and Azure Functions, all answering as the HTTP service.
 
 The bundle is loaded once per container (on first use) from ``FLARE_ONNX_BUNDLE`` and kept
 for later invocations. A request takes the engine's one request path with the HTTP service's
@@ -21,7 +22,7 @@ from typing import Any
 from .engine import LOAD_OPTIONS, FlareModel, Limits, get_task, load, payload_parts
 from .errors import BundleError, FlareOnnxError, InputError
 
-__all__ = ["handle", "handler", "get_model", "model_options_from_env"]
+__all__ = ["azure_function", "gcp_function", "get_model", "handle", "handler", "model_options_from_env", "respond"]
 
 
 def model_options_from_env() -> dict[str, Any]:
@@ -82,22 +83,55 @@ def handle(payload: dict[str, Any]) -> dict[str, Any]:
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     """AWS-Lambda-style handler: API Gateway/function-URL events (JSON body) or a direct payload."""
+    if isinstance(event, dict) and "body" in event:
+        body = event["body"] or ""
+        if event.get("isBase64Encoded"):
+            try:
+                body = base64.b64decode(body)
+            except (ValueError, TypeError) as exc:
+                return _answer(*_bad_body(exc))
+        status, answer = respond(body)
+    else:
+        status, answer = _run(event)
+    return _answer(status, answer)
+
+
+def respond(body: str | bytes) -> tuple[int, dict[str, Any]]:
+    """The service's answer to a request body, with its status: what every cloud's adapter
+    returns (``handler`` for Lambda, ``gcp_function``, ``azure_function``)."""
     try:
-        if isinstance(event, dict) and "body" in event:
-            body = event["body"] or ""
-            if event.get("isBase64Encoded"):
-                body = base64.b64decode(body).decode("utf-8")
-            payload = json.loads(body)
-        else:
-            payload = event
-    except (ValueError, TypeError, RecursionError) as exc:  # bad JSON, base64 or UTF-8
-        return _answer(400, {"error": f"the request body is not valid JSON: {exc}"})
+        payload = json.loads(body)
+    except (ValueError, TypeError, RecursionError) as exc:  # bad JSON or UTF-8
+        return _bad_body(exc)
+    return _run(payload)
+
+
+def _bad_body(exc: Exception) -> tuple[int, dict[str, Any]]:
+    return 400, {"error": f"the request body is not valid JSON: {exc}"}
+
+
+def _run(payload: Any) -> tuple[int, dict[str, Any]]:
     try:
-        return _answer(200, handle(payload))
+        return 200, handle(payload)
     except FlareOnnxError as exc:
-        return _answer(exc.http_status, {"error": str(exc)})
+        return exc.http_status, {"error": str(exc)}
     except RecursionError:
-        return _answer(400, {"error": "the request is nested too deeply"})
+        return 400, {"error": "the request is nested too deeply"}
+
+
+def gcp_function(request: Any) -> tuple[str, int, dict[str, str]]:
+    """Google Cloud Run functions (``functions-framework``; the request is Flask's): deploy with
+    ``--entry-point gcp_function`` from a ``main.py`` that imports it."""
+    status, answer = respond(request.get_data())
+    return json.dumps(answer, ensure_ascii=False), status, {"content-type": "application/json"}
+
+
+def azure_function(req: Any) -> Any:
+    """Azure Functions (``azure-functions``' ``HttpRequest`` in, ``HttpResponse`` out)."""
+    import azure.functions as func  # the platform's own package, present where this runs
+
+    status, answer = respond(req.get_body())
+    return func.HttpResponse(json.dumps(answer, ensure_ascii=False), status_code=status, mimetype="application/json")
 
 
 def _answer(status: int, body: dict[str, Any]) -> dict[str, Any]:

@@ -65,7 +65,10 @@ def test_model_options_come_from_the_environment(monkeypatch):
     assert sl.get_model().precision == "fp32" and sl.get_model().max_batch_tokens == 512
     monkeypatch.setenv("FLARE_ONNX_SPIN", "perhaps")
     r = sl.handler({"task": "embed", "texts": ["x"]})
-    assert r["statusCode"] == 500 and "FLARE_ONNX_SPIN: option spin must be true or false, not 'perhaps'" in json.loads(r["body"])["error"]
+    assert (
+        r["statusCode"] == 500
+        and "FLARE_ONNX_SPIN: option spin must be true or false, not 'perhaps'" in json.loads(r["body"])["error"]
+    )
 
 
 def test_a_checkpoint_with_a_cache_it_cannot_write_answers_500_naming_it(tiny_checkpoint, tmp_path, monkeypatch):
@@ -82,3 +85,76 @@ def test_a_backend_the_bundle_lacks_is_the_deployments_error_500(monkeypatch):
     r = sl.handler({"task": "embed", "texts": ["ciao"]})
     assert r["statusCode"] == 500 and "FLARE_ONNX_BUNDLE=" in json.loads(r["body"])["error"]
     assert "no OpenVINO IR" in json.loads(r["body"])["error"]
+
+
+#: one request of each kind, and the status the HTTP service gives it
+CLOUD_REQUESTS = [
+    (json.dumps({"task": "fill-mask", "texts": ["Roma è la <mask>."], "top_k": 3}), 200),
+    ("{not json", 400),
+    (json.dumps({"task": "embed", "texts": ["x"], "pooling": "nessuno"}), 422),
+    (json.dumps({"task": "embed", "texts": ["ciao " * 500] * 64}), 413),
+]
+
+
+def _service(tiny_bundle, body: str) -> tuple[int, dict]:
+    from starlette.testclient import TestClient
+
+    import flare_onnx
+    from flare_onnx.serve import create_app
+
+    payload = json.loads(body)
+    task = payload.pop("task")  # the service takes the task from the path
+    with TestClient(create_app(flare_onnx.load(tiny_bundle, threads=1))) as client:
+        r = client.post(f"/v1/{task}", json=payload)
+        return r.status_code, r.json()
+
+
+def _same(got: dict, want: dict) -> None:
+    if "error" in want:
+        assert "error" in got
+    else:
+        assert got == want
+
+
+@pytest.fixture()
+def cloud_folder(tiny_bundle, tmp_path, request, monkeypatch):
+    from flare_onnx.cli import main
+
+    folder = tmp_path / request.param
+    assert main(["package", str(tiny_bundle), "-o", str(folder), "--target", request.param]) == 0
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delenv("FLARE_ONNX_BUNDLE")  # the entry point finds the bundle beside itself
+    sl._load.cache_clear()
+    return folder
+
+
+@pytest.mark.parametrize("cloud_folder", ["gcp"], indirect=True)
+def test_cloud_run_functions_answer_as_the_service(cloud_folder, tiny_bundle):
+    from functions_framework import create_app
+
+    assert "functions-framework" in (cloud_folder / "requirements.txt").read_text()
+    client = create_app(
+        target="gcp_function", source=str(cloud_folder / "main.py"), signature_type="http"
+    ).test_client()
+    for body, status in CLOUD_REQUESTS:
+        r = client.post("/", data=body, content_type="application/json")
+        want_status, want = _service(tiny_bundle, body) if status != 400 else (400, {"error": ""})
+        assert r.status_code == status == want_status, (body[:40], r.status_code)
+        _same(r.get_json(), want)
+
+
+@pytest.mark.parametrize("cloud_folder", ["azure"], indirect=True)
+def test_azure_functions_answer_as_the_service(cloud_folder, tiny_bundle):
+    import importlib
+
+    import azure.functions as func
+
+    assert json.loads((cloud_folder / "host.json").read_text())["version"] == "2.0"
+    app = importlib.import_module("function_app").app
+    (function,) = app.get_functions()
+    assert function.get_function_name() == "flare"
+    for body, status in CLOUD_REQUESTS:
+        r = function.get_user_function()(func.HttpRequest(method="POST", url="/api/flare", body=body.encode()))
+        want_status, want = _service(tiny_bundle, body) if status != 400 else (400, {"error": ""})
+        assert r.status_code == status == want_status, (body[:40], r.status_code)
+        _same(json.loads(r.get_body()), want)
