@@ -41,7 +41,7 @@ LAMBDA_GLIBC = {"3.11": (2, 26), "3.12": (2, 34), "3.13": (2, 34)}
 ARCHES = {"x86_64": "x86_64", "arm64": "aarch64"}
 #: ELF e_machine of each architecture's native code
 ELF_MACHINE = {"x86_64": 62, "aarch64": 183}
-#: what a function never loads: test suites, C headers and sources, type stubs' caches, the
+#: what a function never loads: test suites, C headers and sources, the
 #: wheels' console scripts, onnxruntime's converters and tools (licence files are kept)
 TRIM_DIRS = {"tests", "testing", "include", "__pycache__", "bin"}
 TRIM_PATHS = (
