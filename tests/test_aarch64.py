@@ -33,12 +33,8 @@ FULL_SIZE_ON = "neoverse-v1"
 FP32_TOLERANCE = 1e-5
 INT8_MIN_COSINE = 0.9999
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        sys.platform != "linux" or os.uname().machine != "x86_64", reason="emulates aarch64 from an x86_64 Linux host"
-    ),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux" or os.uname().machine != "x86_64",
+                                                   reason="emulates aarch64 from an x86_64 Linux host")]
 
 
 class Emulator:
@@ -46,19 +42,9 @@ class Emulator:
         self.dir = directory
 
     def command(self, args: list[str], cpu: str = "max") -> list[str]:
-        return [
-            str(self.dir / "qemu/usr/bin/qemu-aarch64"),
-            "-cpu",
-            cpu,
-            "-L",
-            str(self.dir / "sysroot"),
-            "-E",
-            f"PYTHONPATH={self.dir / 'site'}{os.pathsep}{ROOT}",
-            "-E",
-            "PYTHONDONTWRITEBYTECODE=1",
-            str(self.dir / "sysroot/usr/bin/python3.11"),
-            *args,
-        ]
+        return [str(self.dir / "qemu/usr/bin/qemu-aarch64"), "-cpu", cpu, "-L", str(self.dir / "sysroot"),
+                "-E", f"PYTHONPATH={self.dir / 'site'}{os.pathsep}{ROOT}", "-E", "PYTHONDONTWRITEBYTECODE=1",
+                str(self.dir / "sysroot/usr/bin/python3.11"), *args]
 
     def run(self, args: list[str], cpu: str = "max", timeout: float = 900) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.command(args, cpu), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
@@ -76,33 +62,20 @@ def emulator() -> Emulator:
     directory = Path(os.environ.get("FLARE_AARCH64_DIR") or default)
     env = {**os.environ, "PYTHON": sys.executable}
     try:
-        proc = subprocess.run(
-            ["bash", str(ROOT / "scripts" / "aarch64.sh"), str(directory)],
-            capture_output=True,
-            text=True,
-            timeout=SETUP_BUDGET_S,
-            env=env,
-        )
+        proc = subprocess.run(["bash", str(ROOT / "scripts" / "aarch64.sh"), str(directory)], capture_output=True,
+                              text=True, timeout=SETUP_BUDGET_S, env=env)
     except subprocess.TimeoutExpired:
         pytest.skip(f"setting up the aarch64 emulator took over {SETUP_BUDGET_S} s (a slow package registry?)")
     if proc.returncode != 0:
-        pytest.skip(
-            f"no aarch64 emulator here: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"
-        )
+        pytest.skip(f"no aarch64 emulator here: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
     return Emulator(Path(proc.stdout.strip().splitlines()[-1]))
 
 
 @pytest.fixture(scope="module")
-def bundles(
-    tiny_bundle: Path, tiny_feature_bundle: Path, tiny_tagger: Path, tiny_classifier: Path, reference_bundle: Path
-) -> dict[str, str]:
-    return {
-        "fill-mask": str(tiny_bundle),
-        "embed": str(tiny_feature_bundle),
-        "tag": str(tiny_tagger),
-        "classify": str(tiny_classifier),
-        "flare-it-shaped": str(reference_bundle),
-    }
+def bundles(tiny_bundle: Path, tiny_feature_bundle: Path, tiny_tagger: Path, tiny_classifier: Path,
+            reference_bundle: Path) -> dict[str, str]:
+    return {"fill-mask": str(tiny_bundle), "embed": str(tiny_feature_bundle), "tag": str(tiny_tagger),
+            "classify": str(tiny_classifier), "flare-it-shaped": str(reference_bundle)}
 
 
 @pytest.fixture(scope="module")
@@ -119,26 +92,15 @@ def arm_runs(emulator: Emulator, bundles: dict[str, str], tmp_path_factory: pyte
     def args(cpu: str) -> list[str]:  # the full-size bundle on FULL_SIZE_ON only: emulating it is most of the time
         return [f"{k}={v}" for k, v in bundles.items() if k != "flare-it-shaped" or cpu == FULL_SIZE_ON]
 
-    procs = {
-        cpu: subprocess.Popen(
-            emulator.command([str(ROOT / "tests" / "aarch64_probe.py"), str(folder / f"{cpu}.json"), *args(cpu)], cpu),
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for cpu in CPUS
-    }
+    procs = {cpu: subprocess.Popen(emulator.command([str(ROOT / "tests" / "aarch64_probe.py"), str(folder / f"{cpu}.json"),
+                                                     *args(cpu)], cpu), cwd=ROOT, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True) for cpu in CPUS}
     runs: dict[str, Any] = {}
     for cpu, proc in procs.items():
         _, err = proc.communicate(timeout=900)
         runs[cpu] = (proc.returncode, err)
-    return {
-        cpu: dict(json.loads((folder / f"{cpu}.json").read_text(encoding="utf-8")), cpu=cpu)
-        if code == 0
-        else {"cpu": cpu, "failed": err[-3000:]}
-        for cpu, (code, err) in runs.items()
-    }
+    return {cpu: dict(json.loads((folder / f"{cpu}.json").read_text(encoding="utf-8")), cpu=cpu) if code == 0
+            else {"cpu": cpu, "failed": err[-3000:]} for cpu, (code, err) in runs.items()}
 
 
 @pytest.fixture(params=CPUS)
@@ -166,17 +128,14 @@ def test_fp32_matches_x86(arm, x86):
             if key.startswith("embed"):
                 assert np.abs(np.subtract(theirs[key], mine[key])).max() <= FP32_TOLERANCE, (arm["cpu"], name, key)
             elif key.startswith("fill-mask"):
-                assert [[[t for t, _ in m] for m in text] for text in theirs[key]] == [
-                    [[t for t, _ in m] for m in text] for text in mine[key]
-                ], (arm["cpu"], name, key)
+                assert [[[t for t, _ in m] for m in text] for text in theirs[key]] == \
+                       [[[t for t, _ in m] for m in text] for text in mine[key]], (arm["cpu"], name, key)
                 scores = lambda r: [s for text in r for m in text for _, s in m]  # noqa: E731
                 assert np.allclose(scores(theirs[key]), scores(mine[key]), atol=FP32_TOLERANCE)
             else:  # tag, classify: the same labels, the same scores
                 flat = lambda r: [x for row in r for x in row]  # noqa: E731
                 assert [x[:-1] for x in flat(theirs[key])] == [x[:-1] for x in flat(mine[key])], (arm["cpu"], name, key)
-                assert np.allclose(
-                    [x[-1] for x in flat(theirs[key])], [x[-1] for x in flat(mine[key])], atol=FP32_TOLERANCE
-                )
+                assert np.allclose([x[-1] for x in flat(theirs[key])], [x[-1] for x in flat(mine[key])], atol=FP32_TOLERANCE)
 
 
 def test_int8_matches_x86(arm, x86):
@@ -200,10 +159,8 @@ def test_the_cli_and_the_serverless_handler_answer_as_on_x86(arm, x86):
         mine = x86["bundles"][name]
         assert theirs["cli"]["code"] == mine["cli"]["code"] == 0
         assert theirs["serverless"]["status"] == mine["serverless"]["status"] == 200
-        for got, want in (
-            (theirs["cli"]["out"], mine["cli"]["out"]),
-            (theirs["serverless"]["body"]["results"], mine["serverless"]["body"]["results"]),
-        ):
+        for got, want in ((theirs["cli"]["out"], mine["cli"]["out"]),
+                          (theirs["serverless"]["body"]["results"], mine["serverless"]["body"]["results"])):
             _same_answer(got, want, name)
 
 
@@ -233,45 +190,12 @@ def test_a_killed_file_job_resumes_on_aarch64(emulator, tiny_feature_bundle, tmp
     texts = tmp_path / "in.txt"
     texts.write_text("".join(f"{aarch64_probe.SENTENCES[i % 6]} ({i})\n" for i in range(240)), encoding="utf-8")
     want = tmp_path / "x86.jsonl"
-    assert (
-        main(
-            [
-                "run",
-                "embed",
-                str(tiny_feature_bundle),
-                "-i",
-                str(texts),
-                "-o",
-                str(want),
-                "--no-progress",
-                "--precision",
-                "fp32",
-            ]
-        )
-        == 0
-    )
+    assert main(["run", "embed", str(tiny_feature_bundle), "-i", str(texts), "-o", str(want), "--no-progress",
+                 "--precision", "fp32"]) == 0
     out = tmp_path / "arm.jsonl"
-    args = [
-        "-m",
-        "flare_onnx.cli",
-        "run",
-        "embed",
-        str(tiny_feature_bundle),
-        "-i",
-        str(texts),
-        "-o",
-        str(out),
-        "--no-progress",
-        "--precision",
-        "fp32",
-        "--chunk",
-        "8",
-        "--threads",
-        "1",
-    ]
-    job = subprocess.Popen(
-        emulator.command(args), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+    args = ["-m", "flare_onnx.cli", "run", "embed", str(tiny_feature_bundle), "-i", str(texts), "-o", str(out),
+            "--no-progress", "--precision", "fp32", "--chunk", "8", "--threads", "1"]
+    job = subprocess.Popen(emulator.command(args), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     state = Path(f"{out}.state")
     deadline = time.monotonic() + 600
     while job.poll() is None and time.monotonic() < deadline:
@@ -289,10 +213,7 @@ def test_a_killed_file_job_resumes_on_aarch64(emulator, tiny_feature_bundle, tmp
     got = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
     ref = [json.loads(x) for x in want.read_text(encoding="utf-8").splitlines()]
     assert len(got) == len(ref) == 240
-    assert (
-        np.abs(np.array([r["embedding"] for r in got]) - np.array([r["embedding"] for r in ref])).max()
-        <= FP32_TOLERANCE
-    )
+    assert np.abs(np.array([r["embedding"] for r in got]) - np.array([r["embedding"] for r in ref])).max() <= FP32_TOLERANCE
 
 
 def test_the_arm64_lambda_package_answers_as_the_x86_64_one(emulator, tiny_feature_bundle, tmp_path):
