@@ -78,3 +78,38 @@ def test_tagging_metric_helpers(tmp_path):
     e = entity_prf(gold, [["B-PER", "O", "O", "B-LOC"]])
     assert e["entity_precision"] == 0.5 and e["entity_recall"] == 0.5  # a span cut short is wrong
     assert entity_prf(gold, [["B-PER", "I-PER", "X", "B-LOC"]])["entity_f1"] == 1.0
+
+
+def test_int8_probe_smoothing_is_exact_in_fp32_and_static_scales_are_batch_invariant(
+        tiny_feature_bundle, sentences, tmp_path, monkeypatch):
+    """The probe's two graph rewrites do what it claims: SmoothQuant's factors moved into the
+    weights (a Mul, or folded into V) leave the FP32 answers unchanged, and fixed activation
+    scales make a text's INT8 vector the same alone and beside a long text."""
+    import numpy as np
+    import onnxruntime as ort
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.int8_probe import _calibration_feeds, _session_feeds, smooth, to_static
+
+    manifest = json.loads((tiny_feature_bundle / "manifest.json").read_text())
+    fp32 = tiny_feature_bundle / manifest["graphs"]["fp32"]["file"]
+    int8 = tiny_feature_bundle / manifest["graphs"]["int8"]["file"]
+    feeds = _calibration_feeds(tiny_feature_bundle, sentences[:24], batch=8)
+    notes = smooth(fp32, tmp_path / "smooth.onnx", feeds, 0.5)
+    assert notes["mul_nodes"] > 0 and notes["folded_into_value"] > 0
+
+    def run(path, feed):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, _session_feeds(session, feed))[0]
+
+    for feed in feeds[:2]:
+        want, got = run(fp32, feed), run(tmp_path / "smooth.onnx", feed)
+        assert np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
+
+    to_static(int8, tmp_path / "static.onnx", feeds, 1.0)
+    alone = _calibration_feeds(tiny_feature_bundle, [sentences[0]])[0]
+    batched = _calibration_feeds(tiny_feature_bundle, [sentences[0], " ".join(sentences[1:6])], batch=2)[0]
+    n = int(alone["attention_mask"].sum())
+    for path, invariant in ((tmp_path / "static.onnx", True), (int8, False)):
+        a, b = run(path, alone)[0, :n], run(path, batched)[0, :n]
+        assert np.allclose(a, b, atol=1e-5) == invariant, path.name

@@ -1,0 +1,361 @@
+"""Probe of INT8 recipes that keep the fast kernels (issue #36):
+``python -m benchmarks.int8_probe BUNDLE [BUNDLE ...] --corpus FILE``.
+
+Every route keeps onnxruntime's u8s8 GEMMs (``DynamicQuantizeMatMul`` or
+``MatMulIntegerToFloat``); only the numbers fed to them change:
+
+* ``fast`` — the bundle's own INT8 graph (per-column weights, activations per tensor at run
+  time, position 0 quantized apart);
+* ``plain-dynamic`` — onnxruntime's ``quantize_dynamic`` of the FP32 graph (per-tensor
+  activations, per-column weights: the recipe optimum's default gives), the fixed point;
+* ``sq<α>`` — SmoothQuant (Xiao et al., 2023): each MatMul input's per-channel range moved
+  into its weight rows by ``s_j = max|x_j|^α / max|W_j|^(1-α)`` — a ``Mul`` by ``1/s`` before
+  the MatMul, folded into the value projection where the input is attention's context — then
+  flare-onnx's INT8 pass without the position-0 split;
+* ``static…`` — activations quantized with scales fixed at export (calibrated on the
+  exporter's own Italian sample): ``QuantizeLinear`` + ``MatMulIntegerToFloat``, one pass less
+  than run-time scales, and a text's numbers no longer depend on its batch-mates.
+
+For each: fidelity to the bundle's FP32 graph on the corpus (mean-pooled cosine, nearest
+neighbour), batch invariance (each text alone against inside length-sorted batches of 32:
+worst cosine), bulk tokens/s in interleaved passes (× fast) and batch-1 p50. Calibration never
+sees the corpus. Export-time only (needs onnx).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .fusion_probe import _fidelity, _plain, _with_graph
+from .machine import describe
+
+
+def _calibration_feeds(bundle: Path, texts: list[str], batch: int = 16) -> list[dict[str, np.ndarray]]:
+    """The graph's inputs for ``texts`` as the runtime builds them (its tokenizer, windows, padding)."""
+    import flare_onnx
+    from flare_onnx.engine.batching import pad_batch
+
+    model = flare_onnx.load(bundle, precision="fp32", threads=2)
+    encoder = model.tokenizer
+    windows = encoder.windows(encoder.encode(texts), sliding=False, stride=0)
+    feeds = []
+    for i in range(0, len(windows), batch):
+        ids, mask = pad_batch([w.ids for w in windows[i : i + batch]], encoder.special.pad_id)
+        feeds.append({"input_ids": ids, "attention_mask": mask})
+    return feeds
+
+
+def _session_feeds(session: Any, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = [i.name for i in session.get_inputs()]
+    out = {k: v for k, v in feed.items() if k in names}
+    if "token_type_ids" in names:
+        out["token_type_ids"] = np.zeros_like(feed["input_ids"])
+    return out
+
+
+def _activations(path: Path, tensors: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
+    """The values of ``tensors`` over the calibration feeds, pad positions dropped (rows of the last axis)."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    have = {o.name for o in model.graph.output}
+    for name in tensors:
+        if name not in have:
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    seen: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
+    for feed in feeds:
+        values = session.run(tensors, _session_feeds(session, feed))
+        keep = feed["attention_mask"].astype(bool)
+        for name, v in zip(tensors, values):
+            seen[name].append(v[keep] if v.ndim == 3 and v.shape[:2] == keep.shape else v.reshape(-1, v.shape[-1]))
+    return seen
+
+
+def _matmuls(model: Any) -> dict[str, list[Any]]:
+    """Weight MatMuls on 3-D activations, grouped by the activation they read."""
+    inits = {t.name for t in model.graph.initializer}
+    groups: dict[str, list[Any]] = {}
+    for n in model.graph.node:
+        if n.op_type == "MatMul" and n.input[1] in inits:
+            groups.setdefault(n.input[0], []).append(n)
+    return groups
+
+
+def smooth(fp32: Path, out: Path, feeds: list[dict[str, np.ndarray]], alpha: float) -> dict[str, Any]:
+    """SmoothQuant of an FP32 graph: ``x W = (x / s) (s W)`` for every weight MatMul group."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(fp32))
+    inits = {t.name: t for t in model.graph.initializer}
+    groups = _matmuls(model)
+    acts = _activations(fp32, list(groups), feeds)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    folded, muls = 0, 0
+    new_nodes: dict[str, Any] = {}
+    for x, members in groups.items():
+        a = np.abs(np.concatenate(acts[x])).max(axis=0)
+        ws = [numpy_helper.to_array(inits[m.input[1]]).astype(np.float32) for m in members]
+        w = np.max([np.abs(v).max(axis=1) for v in ws], axis=0)
+        s = np.clip(a, 1e-5, None) ** alpha / np.clip(w, 1e-5, None) ** (1 - alpha)
+        s = np.clip(s, 1e-2, 1e2).astype(np.float32)
+        for m, v in zip(members, ws):
+            t = numpy_helper.from_array((v * s[:, None]).astype(np.float32), m.input[1] + "_smoothed")
+            model.graph.initializer.append(t)
+            inits[t.name] = t
+            m.input[1] = t.name
+        if _fold_into_value(model, producers, inits, x, s):
+            folded += 1
+            continue
+        name = x + "_smooth"
+        model.graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), name + "_inv"))
+        new_nodes[x] = onnx.helper.make_node("Mul", [x, name + "_inv"], [name], name=name.strip("/") + "_mul")
+        for m in members:
+            m.input[0] = name
+        muls += 1
+    nodes = []
+    for n in model.graph.node:
+        nodes.append(n)
+        nodes += [new_nodes[o] for o in n.output if o in new_nodes]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(out))
+    return {"alpha": alpha, "mul_nodes": muls, "folded_into_value": folded}
+
+
+def _fold_into_value(model: Any, producers: dict[str, Any], inits: dict[str, Any], x: str, s: np.ndarray) -> bool:
+    """Attention's context is ``softmax · V``: dividing V's output columns by ``s`` divides the
+    context's channels by ``s`` exactly (heads concatenated in column order), so no Mul runs."""
+    from onnx import numpy_helper
+
+    node, path = producers.get(x), []
+    while node is not None and node.op_type in ("Reshape", "Transpose"):
+        path.append(node)
+        node = producers.get(node.input[0])
+    if node is None or node.op_type != "MatMul" or node.input[1] in inits:
+        return False  # not softmax(QK^T) @ V
+    v = node.input[1]
+    while v in producers and producers[v].op_type in ("Reshape", "Transpose"):
+        v = producers[v].input[0]
+    add = producers.get(v)
+    if add is None or add.op_type != "Add":
+        return False
+    mm = next((producers[i] for i in add.input if i in producers and producers[i].op_type == "MatMul"), None)
+    # the exporter shares identical tensors (a model's zero biases) through Identity nodes
+    source = {
+        i: producers[i].input[0] if i in producers and producers[i].op_type == "Identity" else i for i in add.input
+    }
+    bias = next((i for i in add.input if source[i] in inits), None)
+    if mm is None or bias is None or mm.input[1] not in inits:
+        return False
+    wv = numpy_helper.to_array(inits[mm.input[1]]).astype(np.float32)
+    bv = numpy_helper.to_array(inits[source[bias]]).astype(np.float32)
+    if wv.shape[1] != s.size:
+        return False
+    for old, new, value in ((mm, 1, wv / s[None, :]), (add, None, bv / s)):
+        name = (mm.input[1] if new else bias) + "_unsmoothed"
+        model.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), name))
+        if new:
+            old.input[1] = name
+        else:
+            old.input[list(old.input).index(bias)] = name
+    return True
+
+
+def to_static(
+    int8: Path, out: Path, feeds: list[dict[str, np.ndarray]], clip: float, levels: int = 255
+) -> dict[str, Any]:
+    """Every ``DynamicQuantizeMatMul`` becomes ``QuantizeLinear`` with a scale fixed from the
+    calibration range (``clip``: the quantile of |x| kept, 1.0 = min/max) + ``MatMulIntegerToFloat``;
+    ``levels`` 127 keeps activations to 7 bits (so AVX2's 16-bit pair sums cannot saturate with
+    full 8-bit weights)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(int8))
+    dq = [n for n in model.graph.node if n.op_type == "DynamicQuantizeMatMul"]
+    acts = _activations(int8, sorted({n.input[0] for n in dq}), feeds)
+    nodes = []
+    for n in model.graph.node:
+        if n.op_type != "DynamicQuantizeMatMul":
+            nodes.append(n)
+            continue
+        v = np.concatenate([a.ravel() for a in acts[n.input[0]]])
+        lo, hi = (float(v.min()), float(v.max())) if clip >= 1 else tuple(np.quantile(v, [1 - clip, clip]))
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        scale = max(hi - lo, 1e-8) / levels
+        zp = int(np.clip(np.rint(-lo / scale), 0, levels))
+        base = n.name + "_static"
+        model.graph.initializer.extend(
+            [
+                numpy_helper.from_array(np.array(scale, np.float32), base + "_scale"),
+                numpy_helper.from_array(np.array(zp, np.uint8), base + "_zp"),
+            ]
+        )
+        inputs = list(n.input) + [""] * (5 - len(n.input))
+        nodes.append(
+            helper.make_node(
+                "QuantizeLinear", [inputs[0], base + "_scale", base + "_zp"], [base + "_q"], name=base + "_quantize"
+            )
+        )
+        nodes.append(
+            helper.make_node(
+                "MatMulIntegerToFloat",
+                [base + "_q", inputs[1], base + "_scale", inputs[2], base + "_zp", inputs[3], inputs[4]],
+                list(n.output),
+                domain="com.microsoft",
+                name=base + "_mm",
+            )
+        )
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(out))
+    return {"static_matmuls": len(dq), "clip": clip, "levels": levels}
+
+
+def _invariance(model: Any, texts: list[str]) -> float:
+    """The worst cosine between a text embedded alone and inside length-sorted batches of 32."""
+    ordered = sorted(texts, key=len)
+    batched = np.concatenate([model.embed(ordered[i : i + 32]) for i in range(0, len(ordered), 32)])
+    alone = np.concatenate([model.embed([t]) for t in ordered])
+    return float((batched * alone).sum(1).min())
+
+
+def _speed(models: dict[str, Any], texts: list[str], tokens: int, passes: int, singles: int) -> dict[str, Any]:
+    ordered = sorted(texts, key=len)
+    batches = [ordered[i : i + 32] for i in range(0, len(ordered), 32)]
+    rates: dict[str, list[float]] = {k: [] for k in models}
+    p50: dict[str, list[float]] = {k: [] for k in models}
+    for p in range(passes):  # interleaved, the order rotated each pass
+        keys = list(models)[p % len(models) :] + list(models)[: p % len(models)]
+        for key in keys:
+            bulk, single = models[key]
+            bulk.embed(batches[0])
+            start = time.perf_counter()
+            for batch in batches:
+                bulk.embed(batch)
+            rates[key].append(tokens / (time.perf_counter() - start))
+            times = []
+            for text in texts[:singles]:
+                t0 = time.perf_counter()
+                single.embed([text])
+                times.append(time.perf_counter() - t0)
+            p50[key].append(1e3 * statistics.median(times))
+    base = rates["fast"]
+    return {
+        k: {
+            "tokens_per_s": statistics.median(rates[k]),
+            "vs_fast": statistics.median([r / b for r, b in zip(rates[k], base)]),
+            "p50_ms": statistics.median(p50[k]),
+        }
+        for k in models
+    }
+
+
+def probe(bundle: Path, texts: list[str], calib: list[str], args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    import flare_onnx
+
+    record = json.loads((bundle / "manifest.json").read_text())
+    fp32 = bundle / record["graphs"]["fp32"]["file"]
+    int8 = bundle / record["graphs"]["int8"]["file"]
+    feeds = _calibration_feeds(bundle, calib)
+    graphs: dict[str, Path] = {"fast": int8}
+    notes: dict[str, Any] = {}
+    _plain(fp32, work / "plain.onnx")
+    graphs["plain-dynamic"] = work / "plain.onnx"
+    notes["static-split"] = to_static(int8, work / "static-split.onnx", feeds, 1.0)
+    graphs["static-split"] = work / "static-split.onnx"
+    from flare_onnx_export.quantize import quantize_int8
+
+    quantize_int8(fp32, work / "w8.onnx", target="vnni")  # |q| <= 127 weights
+    notes["static-split-a7w8"] = to_static(work / "w8.onnx", work / "a7w8.onnx", feeds, 1.0, levels=127)
+    graphs["static-split-a7w8"] = work / "a7w8.onnx"
+    notes["static-split-w8"] = to_static(work / "w8.onnx", work / "a8w8.onnx", feeds, 1.0)
+    graphs["static-split-w8"] = work / "a8w8.onnx"
+    for alpha in args.alphas:
+        sm = work / f"sq{alpha}-fp32.onnx"
+        notes[f"sq{alpha}"] = smooth(fp32, sm, feeds, alpha)
+        quantize_int8(sm, work / f"sq{alpha}.onnx", split_first=False)
+        graphs[f"sq{alpha}"] = work / f"sq{alpha}.onnx"
+        quantize_int8(sm, work / f"sq{alpha}-split.onnx", split_first=True)
+        graphs[f"sq{alpha}-split"] = work / f"sq{alpha}-split.onnx"
+        notes[f"sq{alpha}-static"] = to_static(graphs[f"sq{alpha}-split"], work / f"sq{alpha}-static.onnx", feeds, 1.0)
+        graphs[f"sq{alpha}-static"] = work / f"sq{alpha}-static.onnx"
+        to_static(graphs[f"sq{alpha}"], work / f"sq{alpha}-static-nosplit.onnx", feeds, 1.0)
+        graphs[f"sq{alpha}-static-nosplit"] = work / f"sq{alpha}-static-nosplit.onnx"
+    graphs = {k: g for k, g in graphs.items() if k == "fast" or not args.routes or k in args.routes}
+    bundles = {k: bundle if k == "fast" else _with_graph(bundle, g, work / f"b-{k}") for k, g in graphs.items()}
+    reference = flare_onnx.load(bundle, precision="fp32", threads=2).embed(texts)
+    models = {
+        k: (
+            flare_onnx.load(b, threads=2, workload="bulk", backend="onnxruntime"),
+            flare_onnx.load(b, threads=2, backend="onnxruntime"),
+        )
+        for k, b in bundles.items()
+    }
+    tokens = sum(len(e.ids) + 2 for e in models["fast"][0].tokenizer.encode(texts))
+    speed = _speed(models, texts, tokens, args.passes, args.singles)
+    out: dict[str, Any] = {"bundle": str(bundle), "texts": len(texts), "routes": {}}
+    for key, (bulk, single) in models.items():
+        out["routes"][key] = {
+            **_fidelity(bulk.embed(texts), reference),
+            "alone_vs_batched_min": _invariance(single, texts[: args.invariance]),
+            **speed[key],
+            "size_mb": graphs[key].stat().st_size / 1e6,
+            "notes": notes.get(key, {}),
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from flare_onnx_export import italian_sentences, read_corpus
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundles", nargs="+", help="feature-extraction bundles with an FP32 and an INT8 graph")
+    parser.add_argument("--corpus", required=True, help="held-out Italian text (one sentence per line, or CoNLL-U)")
+    parser.add_argument("--prefix", default="", help="put before every text (e5: 'query: ')")
+    parser.add_argument("--texts", type=int, default=1000)
+    parser.add_argument("--invariance", type=int, default=200, help="texts embedded alone and batched")
+    parser.add_argument("--alphas", type=float, nargs="*", default=[0.5, 0.8])
+    parser.add_argument("--routes", nargs="*", help="only these routes (beside fast)")
+    parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--singles", type=int, default=100)
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    texts = list(dict.fromkeys(t for t in read_corpus(args.corpus) if 3 <= len(t.split()) <= 80))[: args.texts]
+    texts = [args.prefix + t for t in texts]
+    calib = [args.prefix + t for t in italian_sentences()]
+    result: dict[str, Any] = {"machine": describe(), "corpus": Path(args.corpus).name, "runs": []}
+    with tempfile.TemporaryDirectory(prefix="flare-int8-") as tmp:
+        for i, bundle in enumerate(args.bundles):
+            work = Path(tmp) / str(i)
+            work.mkdir()
+            run = probe(Path(bundle), texts, calib, args, work)
+            result["runs"].append(run)
+            print(f"{bundle}: {len(texts)} texts of {Path(args.corpus).name}, calibrated on the shipped sample")
+            print(
+                "| route | cosine mean / min | NN = FP32 | alone vs batched (min) | tokens/s (× fast) | batch-1 p50 |"
+            )
+            print("|---|---|---|---|---|---|")
+            for key, r in run["routes"].items():
+                print(f"| {key} | {r['cosine_mean']:.5f} / {r['cosine_min']:.5f} | {r['nn']:.1%} "
+                      f"| {r['alone_vs_batched_min']:.6f} | {r['tokens_per_s']:,.0f} ({r['vs_fast']:.2f}×) "
+                      f"| {r['p50_ms']:.2f} ms |")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
