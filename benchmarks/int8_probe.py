@@ -263,6 +263,58 @@ def _speed(models: dict[str, Any], texts: list[str], tokens: int, passes: int, s
     }
 
 
+def _build_routes(
+    fp32: Path, int8: Path, feeds: list[dict[str, np.ndarray]], alphas: list[float], wanted: Any, work: Path
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    """The graph of every route asked for (and only those), with what each rewrite did."""
+    from flare_onnx_export.quantize import quantize_int8
+
+    graphs: dict[str, Path] = {"fast": int8}
+    notes: dict[str, Any] = {}
+    if wanted("plain-dynamic"):
+        _plain(fp32, work / "plain.onnx")
+        graphs["plain-dynamic"] = work / "plain.onnx"
+    if wanted("static-split"):
+        notes["static-split"] = to_static(int8, work / "static-split.onnx", feeds, 1.0)
+        graphs["static-split"] = work / "static-split.onnx"
+    if wanted("static-split-a7w8") or wanted("static-split-w8"):
+        quantize_int8(fp32, work / "w8.onnx", target="vnni")  # |q| <= 127 weights
+        for route, levels in (("static-split-a7w8", 127), ("static-split-w8", 255)):
+            if wanted(route):
+                notes[route] = to_static(work / "w8.onnx", work / f"{route}.onnx", feeds, 1.0, levels=levels)
+                graphs[route] = work / f"{route}.onnx"
+    for alpha in alphas:
+        _smoothed_routes(fp32, feeds, alpha, wanted, work, graphs, notes)
+    return graphs, notes
+
+
+def _smoothed_routes(
+    fp32: Path,
+    feeds: list[dict[str, np.ndarray]],
+    alpha: float,
+    wanted: Any,
+    work: Path,
+    graphs: dict[str, Path],
+    notes: dict[str, Any],
+) -> None:
+    """SmoothQuant at ``alpha``, then run-time or static scales, with or without the split."""
+    from flare_onnx_export.quantize import quantize_int8
+
+    sq = f"sq{alpha}"
+    routes = {f"{sq}{tail}": tail for tail in ("", "-split", "-static", "-static-nosplit") if wanted(f"{sq}{tail}")}
+    if not routes:
+        return
+    smoothed = work / f"{sq}-fp32.onnx"
+    factors = smooth(fp32, smoothed, feeds, alpha)
+    for route, tail in routes.items():
+        quantize_int8(smoothed, work / f"{route}-dynamic.onnx", split_first=tail in ("-split", "-static"))
+        graphs[route] = work / f"{route}-dynamic.onnx"
+        notes[route] = dict(factors)
+        if "static" in tail:
+            notes[route].update(to_static(graphs[route], work / f"{route}.onnx", feeds, 1.0))
+            graphs[route] = work / f"{route}.onnx"
+
+
 def probe(bundle: Path, texts: list[str], calib: list[str], args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import flare_onnx
 
@@ -270,31 +322,8 @@ def probe(bundle: Path, texts: list[str], calib: list[str], args: argparse.Names
     fp32 = bundle / record["graphs"]["fp32"]["file"]
     int8 = bundle / record["graphs"]["int8"]["file"]
     feeds = _calibration_feeds(bundle, calib)
-    graphs: dict[str, Path] = {"fast": int8}
-    notes: dict[str, Any] = {}
-    _plain(fp32, work / "plain.onnx")
-    graphs["plain-dynamic"] = work / "plain.onnx"
-    notes["static-split"] = to_static(int8, work / "static-split.onnx", feeds, 1.0)
-    graphs["static-split"] = work / "static-split.onnx"
-    from flare_onnx_export.quantize import quantize_int8
-
-    quantize_int8(fp32, work / "w8.onnx", target="vnni")  # |q| <= 127 weights
-    notes["static-split-a7w8"] = to_static(work / "w8.onnx", work / "a7w8.onnx", feeds, 1.0, levels=127)
-    graphs["static-split-a7w8"] = work / "a7w8.onnx"
-    notes["static-split-w8"] = to_static(work / "w8.onnx", work / "a8w8.onnx", feeds, 1.0)
-    graphs["static-split-w8"] = work / "a8w8.onnx"
-    for alpha in args.alphas:
-        sm = work / f"sq{alpha}-fp32.onnx"
-        notes[f"sq{alpha}"] = smooth(fp32, sm, feeds, alpha)
-        quantize_int8(sm, work / f"sq{alpha}.onnx", split_first=False)
-        graphs[f"sq{alpha}"] = work / f"sq{alpha}.onnx"
-        quantize_int8(sm, work / f"sq{alpha}-split.onnx", split_first=True)
-        graphs[f"sq{alpha}-split"] = work / f"sq{alpha}-split.onnx"
-        notes[f"sq{alpha}-static"] = to_static(graphs[f"sq{alpha}-split"], work / f"sq{alpha}-static.onnx", feeds, 1.0)
-        graphs[f"sq{alpha}-static"] = work / f"sq{alpha}-static.onnx"
-        to_static(graphs[f"sq{alpha}"], work / f"sq{alpha}-static-nosplit.onnx", feeds, 1.0)
-        graphs[f"sq{alpha}-static-nosplit"] = work / f"sq{alpha}-static-nosplit.onnx"
-    graphs = {k: g for k, g in graphs.items() if k == "fast" or not args.routes or k in args.routes}
+    wanted = lambda route: not args.routes or route in args.routes  # noqa: E731
+    graphs, notes = _build_routes(fp32, int8, feeds, args.alphas, wanted, work)
     bundles = {k: bundle if k == "fast" else _with_graph(bundle, g, work / f"b-{k}") for k, g in graphs.items()}
     reference = flare_onnx.load(bundle, precision="fp32", threads=2).embed(texts)
     models = {
