@@ -242,6 +242,10 @@ def run_ray_job(
 ) -> int:
     """``flare-onnx run ... --engine ray``: read, predict and write with Ray Data.
 
+    Runs in the caller's Ray session when there is one (``ray.init()`` called before, as in a
+    notebook or a driver that runs several jobs), and leaves it up; otherwise it starts Ray
+    (at ``address``, or a local one) and shuts it down when done.
+
     Args:
         replace: replace an existing output (``--restart``); without it an existing output is
             refused rather than added to (Ray writes new files beside the old ones).
@@ -254,7 +258,9 @@ def run_ray_job(
     threads = model_options.pop("threads", None) or 1
     read_manifest(bundle).require(spec.name)
     _check_paths(input_path, output_path, replace=replace)
-    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, log_to_driver=False, include_dashboard=False)
     try:
         # Reads and writes are I/O: they take no CPU slot, or on a small node the actors would
         # hold every CPU and the reads could never be scheduled (a deadlock seen on 2 CPUs).
@@ -294,7 +300,8 @@ def run_ray_job(
         ).materialize()  # read and predicted once; written in two parts below
         refused = _write_outputs(ds, output_path, spec.result_key, io)
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
     if refused:
         print(f"flare-onnx: {refused} record(s) could not be processed; see {output_path}.errors", file=sys.stderr)
         return EXIT_RECORD_ERRORS

@@ -41,10 +41,17 @@ def test_predictor_keeps_columns_in_every_batch_format(tiny_bundle, tiny_tagger,
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+def _ray_runtime():
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def local_ray(_ray_runtime):
+    """One local Ray runtime for the module's jobs (starting one costs seconds of both CPUs);
+    run_ray_job works in it and leaves it up."""
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
 
 
 def test_5000_records_match_the_local_batch_job(local_ray, tiny_bundle, tmp_path):
@@ -66,12 +73,13 @@ def test_5000_records_match_the_local_batch_job(local_ray, tiny_bundle, tmp_path
         np.testing.assert_allclose(emb, expected[i], atol=1e-5)
 
 
-def test_cli_engine_ray(tiny_bundle, tmp_path):
+def test_cli_engine_ray(local_ray, tiny_bundle, tmp_path):
     from flare_onnx.cli import main
 
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in _records(300)))
     assert main(["run", "embed", str(tiny_bundle), "-i", str(src), "-o", str(tmp_path / "emb"), "--engine", "ray", "--actors", "2"]) == 0
+    assert ray.is_initialized()  # the caller's Ray session is left up
     import pyarrow.parquet as pq
 
     table = pq.read_table(tmp_path / "emb")
@@ -80,6 +88,8 @@ def test_cli_engine_ray(tiny_bundle, tmp_path):
 
 def test_worker_node_killed_mid_job(reference_bundle, tmp_path):
     from ray.cluster_utils import Cluster
+
+    ray.shutdown()  # a cluster of its own
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
@@ -113,7 +123,7 @@ def test_missing_text_is_an_input_error_not_the_string_none(tiny_bundle):
         frd.Embed(str(tiny_bundle))({"text": np.array(["ciao", None], dtype=object)})
 
 
-def test_bad_records_get_the_local_jobs_outcome(tiny_bundle, tmp_path):
+def test_bad_records_get_the_local_jobs_outcome(local_ray, tiny_bundle, tmp_path):
     """40 good records, an empty text, a number for a text and a line that is not JSON: both
     engines write the 40, set the bad ones aside with their reasons, and exit 3 (the red
     team's first row: Ray's own JSON reader failed the whole job on {"text": 42})."""
@@ -150,11 +160,14 @@ def test_bad_records_get_the_local_jobs_outcome(tiny_bundle, tmp_path):
 def test_an_id_beyond_64_bits_is_a_refused_record_not_a_traceback(tiny_bundle, tmp_path):
     from flare_onnx.cli import main
 
+    ray.shutdown()  # no Ray session: the job starts its own and shuts it down
+
     src = tmp_path / "in.jsonl"
     src.write_text(json.dumps({"id": 1 << 70, "text": "ciao"}) + "\n" + json.dumps({"id": 1 << 60, "text": None}) + "\n"
                    + json.dumps({"id": 3, "text": "buongiorno"}) + "\n")
     out = tmp_path / "out.jsonl"
     assert main(["run", "embed", str(tiny_bundle), "-i", str(src), "-o", str(out), "--engine", "ray", "--actors", "1"]) == 3
+    assert not ray.is_initialized()
     rows = [json.loads(line) for f in sorted(out.iterdir()) for line in f.read_text().splitlines()]
     errors = [json.loads(line)["error"] for f in sorted((tmp_path / "out.jsonl.errors").iterdir())
               for line in f.read_text().splitlines()]
