@@ -177,17 +177,39 @@ _LOCAL_IGNORES: dict[str, Callable[[argparse.Namespace], bool]] = {
 }
 
 
+def _model_limits(given: list[str], names: list[str], base: Limits) -> dict[str, Limits]:
+    """``--limit NAME.FIELD=N`` flags as each named model's limits (the others keep ``base``)."""
+    fields: dict[str, dict[str, int | None]] = {}
+    for item in given:
+        key, sep, value = item.partition("=")
+        name, dot, field = key.rpartition(".")
+        if not sep or not dot or field not in _SERVICE_LIMITS:
+            raise InputError(f"--limit takes NAME.FIELD=N with FIELD one of {', '.join(_SERVICE_LIMITS)}, not {item!r}")
+        if name not in names:
+            raise InputError(f"--limit {item!r}: no model {name!r} is served (models: {', '.join(names)})")
+        try:
+            fields.setdefault(name, {})[field] = _nullable_int(value)
+        except argparse.ArgumentTypeError as exc:
+            raise InputError(f"--limit {item!r}: {exc}") from None
+    return {name: dataclasses.replace(base, **values) for name, values in fields.items()}
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .serve import ServeConfig, serve
+    from .serve.models import parse_model_args
 
     limits = dataclasses.replace(Limits.SERVICE, **{name: getattr(args, name) for name in _SERVICE_LIMITS})
+    entries, named = parse_model_args(args.bundles, args.name)
+    per_model = _model_limits(args.limit or [], [e.name for e in entries], limits)
+    entries = [dataclasses.replace(e, limits=per_model.get(e.name)) for e in entries]
     cfg = ServeConfig(
         max_body_bytes=args.max_body_bytes,
         limits=limits,
         queue_size=args.queue_size,
         max_batch_texts=args.max_batch_texts,
         max_wait_ms=args.max_wait_ms,
-        slice_tokens=max(16, args.slice_tokens),
+        slice_ms=args.slice_ms,
+        slice_tokens=None if args.slice_tokens is None else max(16, args.slice_tokens),
         deadline_s=args.deadline,
         api_key=_api_key(args.api_key_file),
         header_timeout_s=args.header_timeout,
@@ -198,7 +220,8 @@ def _serve(args: argparse.Namespace) -> int:
         reference_fp32=args.reference_fp32,
         allowed_hosts=tuple(h.strip() for h in args.allowed_hosts.split(",")) if args.allowed_hosts else None,
     )
-    serve(args.bundle, host=args.host, port=args.port, cfg=cfg, model_options=_given(args, LOAD_OPTIONS))
+    bundles = entries[0].bundle if len(entries) == 1 and not named else entries
+    serve(bundles, host=args.host, port=args.port, cfg=cfg, model_options=_given(args, LOAD_OPTIONS))
     return 0
 
 
@@ -634,7 +657,20 @@ def _add_run(sub: Any) -> None:
 
 def _add_serve(sub: Any) -> None:
     p = _command(sub, "serve", "HTTP JSON service with micro-batching (needs the serve extra)")
-    p.add_argument("bundle")
+    p.add_argument(
+        "bundles",
+        nargs="+",
+        metavar="[NAME=]BUNDLE",
+        help="the bundle(s) to serve: one, or several as NAME=PATH (ner=./ner pos=./pos embed=./e5), one process "
+        "and one CPU budget for all; the first is also served at /v1/{task}",
+    )
+    p.add_argument("--name", help="the name of a single bundle (/v1/models/NAME/..., the OpenAI 'model' field)")
+    p.add_argument(
+        "--limit",
+        action="append",
+        metavar="NAME.FIELD=N",
+        help="a limit of one model (repeatable), e.g. ner.max_texts=16; FIELD is one of the --max-* limits below",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on")
     p.add_argument("--api-key-file", help="require the key on this file's first line (or set $FLARE_ONNX_API_KEY)")
@@ -655,11 +691,13 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--queue-size", type=int, default=256, help="texts waiting before 503")
     p.add_argument("--max-batch-texts", type=int, default=64, help="texts in one round of the inference thread")
     p.add_argument(
-        "--slice-tokens",
-        type=int,
-        default=512,
-        help="a request is served in slices of this many tokens, one per request per round (fairness)",
+        "--slice-ms",
+        type=float,
+        default=25.0,
+        help="a request is served in slices of about this much model time, one per request per round (fairness); "
+        "each model's speed is measured at start and as it serves",
     )
+    p.add_argument("--slice-tokens", type=int, help="slices of a fixed token count instead of --slice-ms")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for company")
     p.add_argument("--deadline", type=float, default=30.0, help="seconds per request before 504")
     p.add_argument(

@@ -19,7 +19,7 @@ import json
 import os
 from typing import Any
 
-from .engine import LOAD_OPTIONS, FlareModel, Limits, get_task, load, payload_parts
+from .engine import LOAD_OPTIONS, FlareModel, Limits, bundle_name, get_task, load, payload_parts
 from .errors import BundleError, FlareOnnxError, InputError
 
 __all__ = ["azure_function", "gcp_function", "get_model", "handle", "handler", "model_options_from_env", "respond"]
@@ -65,7 +65,8 @@ def _load(path: str, options: tuple[tuple[str, Any], ...]) -> FlareModel:
 
 def handle(payload: dict[str, Any]) -> dict[str, Any]:
     """``{"task": "embed", "texts": [...], ...options}`` -> the same answer as the HTTP
-    service: ``{"task", "precision", "results": [{"embedding": [...]}, ...]}``.
+    service: ``{"task", "model", "precision", "results": [{"embedding": [...]}, ...]}`` (``model``:
+    ``$FLARE_ONNX_NAME``, or the bundle folder's name).
 
     Raises:
         InputError: an unknown task or option, texts the model refuses, or a request over
@@ -78,7 +79,13 @@ def handle(payload: dict[str, Any]) -> dict[str, Any]:
     texts, options = payload_parts(payload, reserved=("task",))
     model = get_model()
     results = model.predict(spec.name, texts, options, limits=Limits.SERVICE)
-    return {"task": spec.name, "precision": model.precision, "results": [spec.record(r) for r in results]}
+    name = os.environ.get("FLARE_ONNX_NAME") or bundle_name(os.environ.get("FLARE_ONNX_BUNDLE") or model.path)
+    return {
+        "task": spec.name,
+        "model": name,
+        "precision": model.precision,
+        "results": [spec.record(r) for r in results],
+    }
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:

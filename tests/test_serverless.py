@@ -96,15 +96,19 @@ CLOUD_REQUESTS = [
 ]
 
 
-def _service(tiny_bundle, body: str) -> tuple[int, dict]:
+def _service(tiny_bundle, body: str, name: str = "bundle") -> tuple[int, dict]:
+    """The service's answer, the model served under ``name`` (a package's function serves its
+    bundle folder, "bundle", under that name unless FLARE_ONNX_NAME says otherwise)."""
     from starlette.testclient import TestClient
 
     import flare_onnx
-    from flare_onnx.serve import create_app
+    from flare_onnx.engine import Limits
+    from flare_onnx.serve import ModelSet, create_app
 
     payload = json.loads(body)
     task = payload.pop("task")  # the service takes the task from the path
-    with TestClient(create_app(flare_onnx.load(tiny_bundle, threads=1))) as client:
+    models = ModelSet.of({name: flare_onnx.load(tiny_bundle, threads=1)}, Limits.SERVICE, strict=False)
+    with TestClient(create_app(models)) as client:
         r = client.post(f"/v1/{task}", json=payload)
         return r.status_code, r.json()
 

@@ -20,7 +20,16 @@ surface (``tests/test_layout.py`` checks both directions).
 from ._json import to_jsonable
 from .backends import BackendChoice, choose_backend
 from .cache import cache_root
-from .bundle import HUB_ID, MANIFEST_NAME, Manifest, open_bundle, read_manifest, verify_bundle
+from .bundle import (
+    HUB_ID,
+    MANIFEST_NAME,
+    MODEL_NAME,
+    Manifest,
+    bundle_name,
+    open_bundle,
+    read_manifest,
+    verify_bundle,
+)
 from .model import FlareModel, Outcome, load
 from .postprocess import Entity, WordLabel, class_scores, entity_runs, similarity
 from .request import Limits, Request, merge_requests, payload_parts
@@ -57,6 +66,8 @@ __all__ = [
     "SpecialTokens",
     "MANIFEST_NAME",
     "HUB_ID",
+    "MODEL_NAME",
+    "bundle_name",
     "cache_root",
     "open_bundle",
     "read_manifest",

@@ -26,6 +26,8 @@ from .tokenization import SpecialTokens, TextEncoder
 from .tokenizer_check import check_tokenizer_json
 
 __all__ = [
+    "MODEL_NAME",
+    "bundle_name",
     "MANIFEST_NAME",
     "FORMAT_VERSION",
     "PRECISIONS",
@@ -42,6 +44,18 @@ __all__ = [
 MANIFEST_NAME = "manifest.json"
 #: what a Hugging Face model id looks like (``osiria/flare-it``): the one spelling of it
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+#: a served model's name: what goes into URLs (``/v1/models/{name}/...``), metrics and logs
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def bundle_name(bundle: str | Path) -> str:
+    """The name a bundle is served under when given none: its folder's (or Hub id's) last
+    part, made a :data:`MODEL_NAME`."""
+    last = Path(str(bundle).rstrip("/\\")).name or "model"
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", last).strip("-._")[:64]
+    return cleaned or "model"
+
+
 FORMAT_NAME = "flare-onnx-bundle"
 FORMAT_VERSION = 1
 PRECISIONS = ("int8", "fp32")

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..engine import TASKS, FlareModel, TaskSpec
 from .config import ServeConfig
+from .models import ModelSet
 
 __all__ = ["bundle_info", "model_name", "openapi_spec", "page"]
 
@@ -83,7 +84,10 @@ def _bounded(schema: dict[str, Any], key: str, limit: int | None) -> dict[str, A
     return schema if limit is None else {**schema, key: limit}
 
 
-def openapi_spec(model: FlareModel, cfg: ServeConfig, reference: FlareModel | None = None) -> dict[str, Any]:
+def openapi_spec(models: ModelSet, cfg: ServeConfig, reference: bool = False) -> dict[str, Any]:
+    """The OpenAPI description of a service: the default model's routes, ``/v1/models/{name}/{task}``
+    for every model, the OpenAI routes and the rest."""
+    model = models.default.model
     limits = cfg.limits
     text_schema = _bounded({"type": "string"}, "maxLength", limits.max_chars)
     texts_schema = _bounded({"type": "array", "items": text_schema, "minItems": 1}, "maxItems", limits.max_texts)
@@ -117,9 +121,37 @@ def openapi_spec(model: FlareModel, cfg: ServeConfig, reference: FlareModel | No
         }
 
     paths = {f"/v1/{spec.name}": op(spec) for spec in TASKS.values() if spec.name in model.tasks}
-    if reference is not None:  # the same routes on the bundle's FP32 graph (--reference-fp32)
+    if reference:  # the same routes on the bundle's FP32 graph (--reference-fp32)
         paths.update({f"/v1/reference/{spec.name}": op(spec) for spec in TASKS.values() if spec.name in model.tasks})
-    if "embed" in model.tasks:
+    every_task = sorted({t for served in models.served.values() for t in served.model.tasks})
+    paths["/v1/models/{name}/{task}"] = {
+        "post": {
+            **op(TASKS["embed"])["post"],
+            "summary": "a task of the model called name (GET /v1/models lists them); the body is the task's, "
+            "as at /v1/{task}",
+            "parameters": [
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "enum": models.names}},
+                {"name": "task", "in": "path", "required": True, "schema": {"type": "string", "enum": every_task}},
+            ],
+        }
+    }
+    paths["/v1/models"] = {
+        "get": {
+            "summary": "the models served (OpenAI's list shape: {object: list, data: [{id, object: model, ...}]})",
+            "responses": {"200": {"description": "models"}, "401": {"description": "API key"}},
+        }
+    }
+    paths["/v1/reload"] = {
+        "post": {
+            "summary": 'reload the bundles changed on disk, verified first (body: none, or {"models": [...]})',
+            "responses": {
+                "200": {"description": "{models: {name: unchanged | reloaded | kept: reason}}"},
+                "401": {"description": "API key"},
+                "409": {"description": "a reload is running"},
+            },
+        }
+    }
+    if any("embed" in served.model.tasks for served in models.served.values()):
         paths["/v1/embeddings"] = {
             "post": {
                 "summary": "OpenAI-compatible embeddings",
@@ -134,7 +166,7 @@ def openapi_spec(model: FlareModel, cfg: ServeConfig, reference: FlareModel | No
                                     "input": {
                                         "oneOf": [{"type": "string"}, {**texts_schema, "items": {"type": "string"}}]
                                     },
-                                    "model": {"type": "string"},
+                                    "model": {"type": "string", **({"enum": models.names} if models.strict else {})},
                                     "encoding_format": {"type": "string", "enum": ["float", "base64"]},
                                 },
                             }
