@@ -4,7 +4,10 @@ Small clients (one Italian sentence per request, kept-alive connections, on 127.
 their latency twice, in alternating passes: alone, and beside one hostile client that sends
 maximal in-limit requests back to back (64 texts, just under the service's token budget). The
 service's fairness rule should keep the small clients' p99 within a small multiple of its
-value without the hostile client. Then the cost of a refused request: the server's CPU time
+value without the hostile client. With ``--other NAME=BUNDLE`` the service serves two models and
+the hostile client floods the other one (``/v1/models/NAME/{its task}``) while the small
+clients embed with the first (``/v1/models/main/embed``): fairness across models, one CPU
+budget for both. Then the cost of a refused request: the server's CPU time
 (user + system, from /proc) per request refused by the character budget before tokenization.
 """
 
@@ -19,12 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .machine import describe
 from .serve_load import _client, _free_port, _serve
 
 HOSTILE_TEXT = "ciao " * 160  # ~800 characters, hundreds of tokens: 64 of them fill the token budget
 
 
-async def _small_clients(port: int, texts: list[str], clients: int, seconds: float) -> list[float]:
+async def _small_clients(port: int, texts: list[str], clients: int, seconds: float, path: str) -> list[float]:
     latencies: list[float] = []
     statuses: list[int] = []
     bodies = [json.dumps({"texts": [t]}, ensure_ascii=False).encode() for t in texts]
@@ -33,7 +37,7 @@ async def _small_clients(port: int, texts: list[str], clients: int, seconds: flo
     async def one(k: int) -> None:
         i = k
         while time.perf_counter() < end:
-            await _client(port, [bodies[i % len(bodies)]], latencies, statuses)
+            await _client(port, [bodies[i % len(bodies)]], latencies, statuses, path)
             i += clients
 
     await asyncio.gather(*(one(k) for k in range(clients)))
@@ -42,21 +46,21 @@ async def _small_clients(port: int, texts: list[str], clients: int, seconds: flo
     return latencies
 
 
-async def _hostile(port: int, body: bytes, stop: asyncio.Event, answered: list[int]) -> None:
+async def _hostile(port: int, body: bytes, stop: asyncio.Event, answered: list[int], path: str) -> None:
     while not stop.is_set():
         statuses: list[int] = []
-        await _client(port, [body], [], statuses)
+        await _client(port, [body], [], statuses, path)
         answered.extend(statuses)
 
 
 async def _pass(
-    port: int, texts: list[str], clients: int, seconds: float, hostile_body: bytes | None
+    port: int, texts: list[str], clients: int, seconds: float, hostile_body: bytes | None, paths: tuple[str, str]
 ) -> dict[str, Any]:
     stop, answered = asyncio.Event(), []
-    task = asyncio.create_task(_hostile(port, hostile_body, stop, answered)) if hostile_body else None
+    task = asyncio.create_task(_hostile(port, hostile_body, stop, answered, paths[1])) if hostile_body else None
     if task:
         await asyncio.sleep(0.5)  # the hostile client's first request is in
-    latencies = await _small_clients(port, texts, clients, seconds)
+    latencies = await _small_clients(port, texts, clients, seconds, paths[0])
     stop.set()
     if task:
         await task
@@ -100,25 +104,43 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=8, help="small clients")
     p.add_argument("--seconds", type=float, default=15.0, help="length of one pass")
     p.add_argument("--repeats", type=int, default=3, help="passes of each kind, alternating")
+    p.add_argument("--other", metavar="NAME=BUNDLE", help="a second model, the one the hostile client floods")
+    p.add_argument("--serve-args", default="", help="more flags for flare-onnx serve, e.g. '--slice-tokens 512'")
     p.add_argument("--json")
     args = p.parse_args(argv)
     texts = [t for t in italian_sentences() if t.strip()]
     hostile_body = json.dumps({"texts": [HOSTILE_TEXT] * 64}).encode()
     port = _free_port()
-    proc = _serve(args.bundle, port, ["--max-body-bytes", "2000000"])
+    bundles, paths = [args.bundle], ("/v1/embed", "/v1/embed")
+    if args.other:
+        from flare_onnx.engine import read_manifest
+
+        name, _, other = args.other.partition("=")
+        bundles = [f"main={args.bundle}", f"{name}={other}"]
+        paths = ("/v1/models/main/embed", f"/v1/models/{name}/{read_manifest(other).tasks[0]}")
+    proc = _serve(bundles, port, ["--max-body-bytes", "2000000", *args.serve_args.split()])
     try:
-        asyncio.run(_pass(port, texts, args.clients, 2.0, None))  # warm-up
+        asyncio.run(_pass(port, texts, args.clients, 2.0, None, paths))  # warm-up
         runs: dict[str, list[dict[str, Any]]] = {"alone": [], "with hostile client": []}
         for rep in range(args.repeats):
             order = ["alone", "with hostile client"] if rep % 2 == 0 else ["with hostile client", "alone"]
             for kind in order:
                 body = hostile_body if kind != "alone" else None
-                runs[kind].append(asyncio.run(_pass(port, texts, args.clients, args.seconds, body)))
+                runs[kind].append(asyncio.run(_pass(port, texts, args.clients, args.seconds, body, paths)))
         refusal = _refusal_cost(port, proc.pid, 50)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    result: dict[str, Any] = {"clients": args.clients, "seconds": args.seconds, "runs": runs, "refused": refusal}
+    result: dict[str, Any] = {
+        "machine": describe(),
+        "bundles": bundles,
+        "paths": paths,
+        "serve_args": args.serve_args,
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "runs": runs,
+        "refused": refusal,
+    }
     for kind, passes in runs.items():
         p99 = statistics.median(r["p99_ms"] for r in passes)
         p50 = statistics.median(r["p50_ms"] for r in passes)

@@ -26,12 +26,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _client(port: int, bodies: list[bytes], latencies: list[float], statuses: list[int]) -> None:
+async def _client(
+    port: int, bodies: list[bytes], latencies: list[float], statuses: list[int], path: str = "/v1/embed"
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         for body in bodies:
             head = (
-                f"POST /v1/embed HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
                 f"content-length: {len(body)}\r\n\r\n"
             ).encode()
             t0 = time.perf_counter()
@@ -59,9 +61,10 @@ async def _load(port: int, texts: list[str], clients: int) -> tuple[float, list[
     return time.perf_counter() - t0, latencies, statuses
 
 
-def _serve(bundle: str, port: int, extra: list[str]) -> subprocess.Popen[str]:
+def _serve(bundle: str | list[str], port: int, extra: list[str]) -> subprocess.Popen[str]:
+    bundles = [bundle] if isinstance(bundle, str) else bundle
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flare_onnx", "serve", bundle, "--port", str(port), "--queue-size", "4096", *extra],
+        [sys.executable, "-m", "flare_onnx", "serve", *bundles, "--port", str(port), "--queue-size", "4096", *extra],
         stderr=subprocess.PIPE,
         text=True,
     )

@@ -299,3 +299,22 @@ def test_the_page_says_what_a_newcomer_needs(browser, servers, artifacts):
     assert len(shades) >= 2  # the off-diagonal values do not all look alike
     _shot(browser, artifacts / "page-newcomer.png")
     browser.set_window_size(1280, 900)
+
+
+def test_a_service_of_several_models_has_a_model_picker(browser, tiny_tagger, tiny_feature_bundle, artifacts):
+    proc, url = _start(f"ner={tiny_tagger}", f"embed={tiny_feature_bundle}")
+    try:
+        _open(browser, url)
+        picker = browser.find_element(By.ID, "model")
+        assert picker.is_displayed() and picker.get_attribute("value") == "ner"
+        tasks = lambda: [e.get_attribute("value") for e in browser.find_elements(By.CSS_SELECTOR, "input[name=task]")]  # noqa: E731
+        assert tasks() == ["tag"]
+        assert _run(browser).startswith("Answered in") and browser.find_elements(By.CSS_SELECTOR, "[data-testid=tagged]")
+        browser.find_element(By.CSS_SELECTOR, "#model option[value=embed]").click()
+        assert tasks() == ["embed"]  # the task choices follow the model
+        _type(browser, "Il gatto dorme sul divano.\nUn gatto riposa sul sofà.")
+        assert _run(browser).startswith("Answered in")
+        assert browser.find_elements(By.CSS_SELECTOR, "[data-testid=similarity]")
+        _shot(browser, artifacts / "page-models.png")
+    finally:
+        _stop(proc)
