@@ -224,7 +224,7 @@ def test_an_api_key_server_refuses_without_the_key(browser, tiny_tagger, tmp_pat
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     logs = proc.stdout.read() + proc.stderr.read()
-    assert '"route": "/v1/tag", "status": 200' in logs and key not in logs and "Traceback" not in logs
+    assert '"route": "/v1/models/{name}/{task}", "status": 200' in logs and key not in logs and "Traceback" not in logs
 
 
 def test_the_page_is_locked_down(servers):
