@@ -324,3 +324,51 @@ def test_a_reload_that_fails_verification_keeps_the_old_model(tiny_feature_bundl
     finally:
         err = _stop(proc)
     assert "reload of 'embed' failed, the old model goes on serving" in err
+
+
+def test_a_request_for_another_model_goes_before_a_long_requests_next_slice(tiny_bundle, tiny_feature_bundle):
+    """Round robin across models: a request that arrives while a long request's slice runs is
+    served before that request's next slice (it waits one slice, not two or more)."""
+    import asyncio
+
+    from flare_onnx.serve.batcher import MicroBatcher
+
+    a = flare_onnx.load(tiny_bundle, precision="fp32")
+    b = flare_onnx.load(tiny_feature_bundle, precision="fp32")
+    big = a.request("embed", ["Roma è la capitale d'Italia e una città antica."] * 40, limits=Limits.SERVICE)
+    small = b.request("embed", ["Ciao."], limits=Limits.SERVICE)
+    cfg = ServeConfig(max_wait_ms=0.0, slice_tokens=64)
+    assert len(big.slices(64)) >= 8
+    order: list[str] = []
+
+    async def scenario() -> list:
+        loop = asyncio.get_running_loop()
+        batcher = MicroBatcher(cfg)
+        futures: list[asyncio.Future] = []
+
+        async def arrive() -> None:
+            futures.append(batcher.submit("b", b, small))
+
+        run_a, run_b = a.run, b.run
+
+        def traced_a(request):
+            order.append("a")
+            if len(order) == 1:  # B's request arrives while A's first slice runs
+                asyncio.run_coroutine_threadsafe(arrive(), loop).result(timeout=30)
+            return run_a(request)
+
+        def traced_b(request):
+            order.append("b")
+            return run_b(request)
+
+        a.run, b.run = traced_a, traced_b
+        try:
+            big_result = await batcher.submit("a", a, big)
+            return [big_result, await futures[0]]
+        finally:
+            await loop.run_in_executor(None, batcher.stop)
+
+    big_result, small_result = asyncio.run(scenario())
+    assert order[:3] == ["a", "b", "a"] and order.count("b") == 1
+    np.testing.assert_allclose(small_result[0], flare_onnx.load(tiny_feature_bundle, precision="fp32").embed(["Ciao."])[0], atol=1e-5)
+    assert len(big_result) == 40

@@ -11,11 +11,11 @@ There is one inference thread for every model of the service: never more inferen
 CPU budget of one model. It works in rounds. **The fairness rule:** a round takes *one* slice
 from each waiting request, oldest first, among those for the first one's model, task and
 options (up to ``max_batch_texts`` texts, after at most ``max_wait_ms`` for company), and a
-request with slices left goes to the back of the line — behind the requests for other models
-too. Within a round the cheapest slices run first, merged into engine calls of at most one
-slice's budget, and each request is answered as soon as its last slice is done, so a
-one-sentence request is not held behind the long slice that shares its round. The event loop
-never runs inference.
+request with slices left goes to the back of the line when its slice is done — behind every
+request that arrived meanwhile, for any model. Within a round the cheapest slices run first,
+merged into engine calls of at most one slice's budget, and each request is answered as soon
+as its last slice is done, so a one-sentence request is not held behind the long slice that
+shares its round. The event loop never runs inference.
 """
 
 from __future__ import annotations
@@ -175,15 +175,22 @@ class MicroBatcher:
                 if job.joins(first) and (not round_ or n + len(part.texts) <= self.cfg.max_batch_texts):
                     round_.append((job, job.slices.popleft()))
                     n += len(part.texts)
-            for job, _ in round_:  # served this round: done, or to the back of the line
+            for job, _ in round_:  # out of the line while served (_requeue puts it back)
                 self._queue.remove(job)
+            self._queued_texts -= n
+            return round_
+
+    def _requeue(self, round_: list[tuple[_Job, Request]]) -> None:
+        """After a round: a request with slices left goes to the back of the line — behind every
+        request that arrived while it was served, so the next round is theirs."""
+        with self._cond:
+            for job, _ in round_:
                 if job.slices and not job.future.done():
                     self._queue.append(job)
                 else:
                     self._queued_texts -= sum(len(s.texts) for s in job.slices)
                     job.slices.clear()
-            self._queued_texts -= n
-            return round_
+            self._cond.notify()
 
     def _drop(self, job: _Job) -> None:
         """A failed request leaves the line with the rest of its slices."""
@@ -214,16 +221,16 @@ class MicroBatcher:
         while (round_ := self._take()) is not None:
             self._run_controls()
             live = [(job, part) for job, part in round_ if not job.future.done()]  # cancelled or timed out meanwhile
-            if not live:
-                continue
-            started = time.monotonic()
-            if self.metrics is not None:
-                for job, _ in live:
-                    if not job.results:
-                        self.metrics.queue_wait.labels(model=job.name).observe(started - job.enqueued)
-            for call in self._calls(live):
-                self._serve_call(call)
-            self.batches += 1
+            if live:
+                started = time.monotonic()
+                if self.metrics is not None:
+                    for job, _ in live:
+                        if not job.results:
+                            self.metrics.queue_wait.labels(model=job.name).observe(started - job.enqueued)
+                for call in self._calls(live):
+                    self._serve_call(call)
+                self.batches += 1
+            self._requeue(round_)
 
     def _serve_call(self, call: list[tuple[_Job, Request]]) -> None:
         model, name = call[0][0].model, call[0][0].name
