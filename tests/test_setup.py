@@ -34,3 +34,20 @@ def test_with_a_local_cpu_wheel_it_uses_it(tmp_path):
     assert _source(env) == "local"
     env["TORCH_VERSION"] = "2.99.0"  # a pin with no local wheel
     assert _source({**env, "PIP_NO_INDEX": "1"}) == "cpu-index"
+
+
+def test_uv_is_told_pips_indexes_find_links_and_constraints(tmp_path):
+    """setup.sh installs with uv from where pip would: pip's configuration as uv's flags, a
+    PIP_* variable winning over the file, as in pip."""
+    conf = tmp_path / "pip.conf"
+    conf.write_text("[global]\nindex-url = file:///i/simple\nextra-index-url = file:///a/simple file:///b/simple\n"
+                    "find-links = /wheels-from-file\nconstraint = /c.txt\n", encoding="utf-8")
+    env = {**os.environ, "PIP_CONFIG_FILE": str(conf), "PIP_FIND_LINKS": "/wheels-from-env"}
+    for name in ("PIP_EXTRA_INDEX_URL", "PIP_INDEX_URL", "PIP_CONSTRAINT"):
+        env.pop(name, None)
+    out = subprocess.run([sys.executable, str(SCRIPT.parent / "pip_config_for_uv.py")], env=env, capture_output=True,
+                         text=True, timeout=120, check=True).stdout.split("\n")
+    pairs = sorted(zip(out[0::2], out[1::2]))
+    assert pairs == [("--constraint", "/c.txt"), ("--extra-index-url", "file:///a/simple"),
+                     ("--extra-index-url", "file:///b/simple"), ("--find-links", "/wheels-from-env"),
+                     ("--index-url", "file:///i/simple")]
