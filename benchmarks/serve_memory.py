@@ -24,9 +24,8 @@ from .serve_load import _free_port, _serve
 def _memory(pid: int) -> dict[str, float]:
     status = Path(f"/proc/{pid}/status").read_text().splitlines()
     kib = {line.split(":")[0]: int(line.split()[1]) for line in status if line.startswith(("VmHWM", "VmRSS"))}
-    pss = next(
-        int(line.split()[1]) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines() if line.startswith("Pss:")
-    )
+    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    pss = next(int(line.split()[1]) for line in rollup if line.startswith("Pss:"))
     return {"peak_rss_mb": kib["VmHWM"] / 1024, "rss_mb": kib["VmRSS"] / 1024, "pss_mb": pss / 1024}
 
 
