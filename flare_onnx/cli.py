@@ -209,6 +209,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_batch_texts=args.max_batch_texts,
         max_wait_ms=args.max_wait_ms,
         slice_ms=args.slice_ms,
+        lanes=args.lanes,
         slice_tokens=None if args.slice_tokens is None else max(16, args.slice_tokens),
         deadline_s=args.deadline,
         api_key=_api_key(args.api_key_file),
@@ -698,6 +699,12 @@ def _add_serve(sub: Any) -> None:
         "each model's speed is measured at start and as it serves",
     )
     p.add_argument("--slice-tokens", type=int, help="slices of a fixed token count instead of --slice-ms")
+    p.add_argument(
+        "--lanes",
+        type=_positive_int,
+        help="inference threads, each with threads/lanes onnxruntime threads: with 2, a long text holds one lane "
+        "while the other serves everyone else (default: 2 for several models on 2+ CPUs, else 1; docs/serving.md)",
+    )
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for company")
     p.add_argument("--deadline", type=float, default=30.0, help="seconds per request before 504")
     p.add_argument(

@@ -372,3 +372,43 @@ def test_a_request_for_another_model_goes_before_a_long_requests_next_slice(tiny
     assert order[:3] == ["a", "b", "a"] and order.count("b") == 1
     np.testing.assert_allclose(small_result[0], flare_onnx.load(tiny_feature_bundle, precision="fp32").embed(["Ciao."])[0], atol=1e-5)
     assert len(big_result) == 40
+
+
+def test_with_two_lanes_a_small_request_runs_beside_a_long_slice(tiny_bundle, tiny_feature_bundle):
+    """--lanes 2: while one lane runs a long request's slice, the other serves a small request
+    for another model (the long slice here waits until the small one has run)."""
+    import asyncio
+
+    from flare_onnx.serve.batcher import MicroBatcher
+
+    a = flare_onnx.load(tiny_bundle, precision="fp32", threads=1)
+    b = flare_onnx.load(tiny_feature_bundle, precision="fp32", threads=1)
+    long_request = a.request("embed", ["Roma è la capitale d'Italia e una città antica."] * 4, limits=Limits.SERVICE)
+    small = b.request("embed", ["Ciao."], limits=Limits.SERVICE)
+    a_started, b_ran = threading.Event(), threading.Event()
+    run_a, run_b = a.run, b.run
+
+    def held_a(request):
+        a_started.set()
+        assert b_ran.wait(timeout=20), "the small request did not run while the long slice held a lane"
+        return run_a(request)
+
+    def traced_b(request):
+        out = run_b(request)
+        b_ran.set()
+        return out
+
+    a.run, b.run = held_a, traced_b
+
+    async def scenario() -> tuple[list, list]:
+        batcher = MicroBatcher(ServeConfig(max_wait_ms=0.0, lanes=2))
+        try:
+            first = batcher.submit("a", a, long_request)
+            loop = asyncio.get_running_loop()
+            assert await loop.run_in_executor(None, a_started.wait, 20)  # the long slice holds a lane
+            return await batcher.submit("b", b, small), await first
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, batcher.stop)
+
+    small_result, long_result = asyncio.run(scenario())
+    assert len(small_result) == 1 and len(long_result) == 4

@@ -486,6 +486,12 @@ def serve(
 
     cfg = cfg or ServeConfig()
     entries = [ModelEntry(default_name(bundle), bundle)] if isinstance(bundle, str) else list(bundle)
+    cpus = len(os.sched_getaffinity(0))
+    if cfg.lanes is None:
+        cfg = dataclasses.replace(cfg, lanes=2 if len(entries) > 1 and cpus >= 2 else 1)
+    model_options = dict(model_options or {})
+    if (cfg.lanes or 1) > 1 and model_options.get("threads") is None:  # one CPU budget, shared by the lanes
+        model_options["threads"] = max(1, cpus // (cfg.lanes or 1))
     strict = not isinstance(bundle, str) if strict is None else strict
     models = ModelSet.load(entries, strict=strict, options=model_options, limits=cfg.limits)
     default = models.default.model
@@ -503,7 +509,7 @@ def serve(
     served = "; ".join(
         f"{s.entry.bundle} ({s.model.precision}, tasks: {', '.join(s.model.tasks)}) as {name!r}"
         for name, s in models.served.items()
-    )
+    ) + (f"; {cfg.lanes} inference lanes" if (cfg.lanes or 1) > 1 else "")
     print(
         f"flare-onnx: serving {served} at {where}/ - API at {where}/v1/..., models at {where}/v1/models, "
         f"OpenAPI at {where}/openapi.json"

@@ -73,9 +73,15 @@ class MicroBatcher:
         self._stop = False
         self._speed: dict[int, float] = {}  # id(model) -> tokens per second
         self._control: deque[tuple[Callable[[], Any], Future[Any]]] = deque()  # run between rounds
-        self._thread = threading.Thread(target=self._run, name="flare-onnx-inference", daemon=True)
         self.batches = 0
-        self._thread.start()
+        # one inference thread per lane; a request has one slice in flight at a time, so with two
+        # lanes a long slice holds one lane while the other serves everyone else
+        self._threads = [
+            threading.Thread(target=self._run, name=f"flare-onnx-inference-{i}", daemon=True)
+            for i in range(max(1, cfg.lanes or 1))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def measure(self, model: FlareModel, request: Request) -> float:
         """Run ``request`` on ``model`` on the inference thread, between rounds (a model's
@@ -136,8 +142,9 @@ class MicroBatcher:
     def stop(self) -> None:
         with self._cond:
             self._stop = True
-            self._cond.notify()
-        self._thread.join(timeout=60)
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=60)
         with self._cond:
             while self._control:
                 self._control.popleft()[1].set_exception(HTTPError(503, "the server is shutting down"))

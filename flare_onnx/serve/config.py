@@ -30,6 +30,11 @@ class ServeConfig:
     # were ~26 ms at 19,000 tokens/s (VNNI EPYC), ~60 ms at 8,500 (AVX2-only EPYC)
     slice_ms: float = 25.0
     slice_tokens: int | None = None  # a fixed token count instead of slice_ms
+    # inference threads, each running one engine call at a time; serve() gives each model
+    # threads // lanes onnxruntime threads, so the CPU budget stays the same. None: serve()
+    # takes 2 for several models on 2 CPUs or more (a long text of one model then holds one
+    # lane, not the whole service), 1 otherwise (a lone request gets every CPU)
+    lanes: int | None = None
     max_wait_ms: float = 5.0
     deadline_s: float = 30.0
     api_key: str | None = None
