@@ -5,5 +5,15 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/setup.sh
 # two workers (the test files shared out, each file whole on one worker): on 2 vCPUs the suite
 # took 13.0 min in one process and 9.7 min in two (docs/reference.md)
-python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"
-python -m mypy   # strict on the runtime (pyproject.toml [tool.mypy])
+# the type check runs beside the tests (one process, mostly while pytest's workers wait on
+# exports and servers), and reports after them
+mypy_log=$(mktemp)
+python -m mypy > "$mypy_log" 2>&1 &   # strict on the runtime (pyproject.toml [tool.mypy])
+mypy_pid=$!
+status=0
+python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@" || status=$?
+mypy_status=0
+wait "$mypy_pid" || mypy_status=$?
+cat "$mypy_log"
+rm -f "$mypy_log"
+[ "$status" -eq 0 ] && [ "$mypy_status" -eq 0 ]

@@ -283,6 +283,13 @@ def test_openai_client_gets_the_same_embeddings(tiny_bundle, model, sentences, t
         _stop(proc)
 
 
+@pytest.mark.parametrize("ids", [[15339, 1917], [[15339, 1917], [9906]]])
+def test_token_ids_get_a_400_that_says_what_to_do(client, ids):
+    """LangChain's OpenAIEmbeddings sends tiktoken ids by default: the answer says to send texts."""
+    r = client.post("/v1/embeddings", json={"input": ids, "model": "x"})
+    assert r.status_code == 400 and "check_embedding_ctx_length=False" in r.json()["error"]["message"]
+
+
 def test_metrics_and_access_log(model, caplog):
     import logging
 

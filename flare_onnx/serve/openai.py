@@ -34,10 +34,24 @@ def openai_texts(payload: Any) -> tuple[list[str], str]:
     if encoding not in ("float", "base64"):
         raise HTTPError(400, f"encoding_format must be 'float' or 'base64', not {encoding!r}")
     raw = payload.get("input")
+    if _token_ids(raw):
+        raise HTTPError(
+            400,
+            "input holds token ids, which only OpenAI's own tokenizer makes: send the texts, this service "
+            "tokenizes them (LangChain's OpenAIEmbeddings sends ids unless check_embedding_ctx_length=False)",
+        )
     texts = [raw] if isinstance(raw, str) else raw
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
         raise HTTPError(400, "input must be a string or a non-empty list of strings (token arrays are not supported)")
     return texts, encoding
+
+
+def _token_ids(raw: Any) -> bool:
+    """An input of token ids: a list of integers, or a list of such lists (OpenAI takes both)."""
+    if not isinstance(raw, list) or not raw:
+        return False
+    rows = raw if all(isinstance(r, list) for r in raw) else [raw]
+    return all(r and all(isinstance(t, int) and not isinstance(t, bool) for t in r) for r in rows)
 
 
 def openai_answer(vectors: list[Any], encoding: str, model_name: str, tokens: int) -> dict[str, Any]:
