@@ -8,7 +8,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # the type check runs beside the tests (one process, mostly while pytest's workers wait on
 # exports and servers), and reports after them
 mypy_log=$(mktemp)
-python -m mypy > "$mypy_log" 2>&1 &   # strict on the runtime (pyproject.toml [tool.mypy])
+# strict on the runtime (pyproject.toml [tool.mypy]); its cache outside the checkout, so a fresh
+# clone on the same machine (CI) checks only what changed (26 s of CPU cold, 1 s warm)
+python -m mypy --cache-dir "${XDG_CACHE_HOME:-$HOME/.cache}/flare-onnx/mypy" > "$mypy_log" 2>&1 &
 mypy_pid=$!
 status=0
 python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@" || status=$?

