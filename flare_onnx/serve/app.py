@@ -177,9 +177,10 @@ class _Service:
 
     async def infer(
         self, served: Served, task: str, texts: Any, options: dict[str, Any]
-    ) -> tuple[list[Any], EngineRequest]:
+    ) -> tuple[list[Any], EngineRequest, FlareModel]:
         """Check and encode the request (admission thread), queue it for the inference
-        thread, and wait within the deadline; its results and the request."""
+        thread, and wait within the deadline; its results, the request, and the model that
+        answered (a reload meanwhile swaps what later requests get, not this one's)."""
         batcher = self.batcher
         if batcher is None:
             raise HTTPError(503, "the model is not ready", {"Retry-After": "1"})
@@ -194,18 +195,18 @@ class _Service:
             results: list[Any] = await asyncio.wait_for(future, timeout=self.cfg.deadline_s)
         except asyncio.TimeoutError as exc:
             raise HTTPError(504, f"the request did not finish within {self.cfg.deadline_s} s") from exc
-        return results, request
+        return results, request, model
 
     async def _task_answer(self, request: Request, served: Served, spec: TaskSpec) -> Response:
         request.state.model = served.entry.name
         texts, options = payload_parts(await self.read_json(request))
         request.state.texts = len(texts)
-        results, _ = await self.infer(served, spec.name, texts, options)
+        results, _, model = await self.infer(served, spec.name, texts, options)
         return self.answer(
             {
                 "task": spec.name,
                 "model": served.entry.name,
-                "precision": served.model.precision,
+                "precision": model.precision,
                 "results": [spec.record(r) for r in results],
             }
         )
@@ -243,7 +244,7 @@ class _Service:
         request.state.model = served.entry.name
         request.state.texts = len(texts)
         try:
-            vectors, engine_request = await self.infer(served, "embed", texts, {})
+            vectors, engine_request, _ = await self.infer(served, "embed", texts, {})
         except InputError as exc:  # OpenAI answers invalid input with 400, too much of it with 413
             raise HTTPError(exc.http_status if isinstance(exc, RequestTooLarge) else 400, str(exc)) from exc
         return self.answer(openai_answer(vectors, encoding, served.entry.name, engine_request.tokens))

@@ -153,13 +153,21 @@ class ModelSet:
         return cls({e.name: _load(e, opts, limits) for e in entries}, strict, opts)
 
     @classmethod
-    def of(cls, models: Mapping[str, FlareModel], limits: Limits, *, strict: bool = True) -> ModelSet:
-        """Models already loaded (tests, embedding the service in a program)."""
+    def of(
+        cls,
+        models: Mapping[str, FlareModel],
+        limits: Limits,
+        *,
+        strict: bool = True,
+        options: Mapping[str, Any] | None = None,
+    ) -> ModelSet:
+        """Models already loaded (tests, embedding the service in a program); ``options`` are
+        the :func:`flare_onnx.load` options a reload loads them with again."""
         served = {
             name: Served(ModelEntry(name, str(model.path)), model, limits, _digest(model))
             for name, model in models.items()
         }
-        return cls(served, strict)
+        return cls(served, strict, dict(options or {}))
 
     @property
     def default(self) -> Served:
