@@ -656,6 +656,28 @@ def _add_run(sub: Any) -> None:
     p.set_defaults(func=_run_job)
 
 
+def _add_scheduling(p: argparse.ArgumentParser) -> None:
+    """serve's queue, batching, fairness and deadline flags."""
+    p.add_argument("--queue-size", type=int, default=256, help="texts waiting before 503")
+    p.add_argument("--max-batch-texts", type=int, default=64, help="texts in one round of the inference thread")
+    p.add_argument(
+        "--slice-ms",
+        type=float,
+        default=25.0,
+        help="a request is served in slices of about this much model time, one per request per round (fairness); "
+        "each model's speed is measured at start and as it serves",
+    )
+    p.add_argument("--slice-tokens", type=int, help="slices of a fixed token count instead of --slice-ms")
+    p.add_argument(
+        "--lanes",
+        type=_positive_int,
+        help="inference threads, each with threads/lanes onnxruntime threads: with 2, a long text holds one lane "
+        "while the other serves everyone else (default: 2 for several models on 2+ CPUs, else 1; docs/serving.md)",
+    )
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for company")
+    p.add_argument("--deadline", type=float, default=30.0, help="seconds per request before 504")
+
+
 def _add_serve(sub: Any) -> None:
     p = _command(sub, "serve", "HTTP JSON service with micro-batching (needs the serve extra)")
     p.add_argument(
@@ -689,24 +711,7 @@ def _add_serve(sub: Any) -> None:
             metavar="N",
             help=f"{help} (none: no limit)",
         )
-    p.add_argument("--queue-size", type=int, default=256, help="texts waiting before 503")
-    p.add_argument("--max-batch-texts", type=int, default=64, help="texts in one round of the inference thread")
-    p.add_argument(
-        "--slice-ms",
-        type=float,
-        default=25.0,
-        help="a request is served in slices of about this much model time, one per request per round (fairness); "
-        "each model's speed is measured at start and as it serves",
-    )
-    p.add_argument("--slice-tokens", type=int, help="slices of a fixed token count instead of --slice-ms")
-    p.add_argument(
-        "--lanes",
-        type=_positive_int,
-        help="inference threads, each with threads/lanes onnxruntime threads: with 2, a long text holds one lane "
-        "while the other serves everyone else (default: 2 for several models on 2+ CPUs, else 1; docs/serving.md)",
-    )
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for company")
-    p.add_argument("--deadline", type=float, default=30.0, help="seconds per request before 504")
+    _add_scheduling(p)
     p.add_argument(
         "--http",
         choices=["auto", "httptools", "h11"],

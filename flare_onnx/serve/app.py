@@ -485,14 +485,8 @@ def serve(
     """
     import uvicorn
 
-    cfg = cfg or ServeConfig()
     entries = [ModelEntry(default_name(bundle), bundle)] if isinstance(bundle, str) else list(bundle)
-    cpus = len(os.sched_getaffinity(0))
-    if cfg.lanes is None:
-        cfg = dataclasses.replace(cfg, lanes=2 if len(entries) > 1 and cpus >= 2 else 1)
-    model_options = dict(model_options or {})
-    if (cfg.lanes or 1) > 1 and model_options.get("threads") is None:  # one CPU budget, shared by the lanes
-        model_options["threads"] = max(1, cpus // (cfg.lanes or 1))
+    cfg, model_options = _lanes(cfg or ServeConfig(), len(entries), dict(model_options or {}))
     strict = not isinstance(bundle, str) if strict is None else strict
     models = ModelSet.load(entries, strict=strict, options=model_options, limits=cfg.limits)
     default = models.default.model
@@ -507,18 +501,7 @@ def serve(
     _check_port(host, port)
     _access_log_to_stderr()
     where = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-    served = "; ".join(
-        f"{s.entry.bundle} ({s.model.precision}, tasks: {', '.join(s.model.tasks)}) as {name!r}"
-        for name, s in models.served.items()
-    ) + (f"; {cfg.lanes} inference lanes" if (cfg.lanes or 1) > 1 else "")
-    print(
-        f"flare-onnx: serving {served} at {where}/ - API at {where}/v1/..., models at {where}/v1/models, "
-        f"OpenAPI at {where}/openapi.json"
-        + (", API key required" if cfg.api_key else "")
-        + (f", FP32 reference at {where}/v1/reference/..." if reference is not None else ""),
-        file=sys.stderr,
-        flush=True,
-    )
+    print(_banner(models, cfg, where, reference is not None), file=sys.stderr, flush=True)
     app = create_app(models, cfg, reference)
     config = uvicorn.Config(
         app,
@@ -533,6 +516,31 @@ def serve(
         loop=cfg.loop,
     )
     _reloading_server_class(app.state.service)(config).run()
+
+
+def _lanes(cfg: ServeConfig, models: int, model_options: dict[str, Any]) -> tuple[ServeConfig, dict[str, Any]]:
+    """The lanes (2 for several models on 2+ CPUs unless set) and each model's threads: one CPU
+    budget, shared by the lanes."""
+    cpus = len(os.sched_getaffinity(0))
+    if cfg.lanes is None:
+        cfg = dataclasses.replace(cfg, lanes=2 if models > 1 and cpus >= 2 else 1)
+    lanes = cfg.lanes or 1
+    if lanes > 1 and model_options.get("threads") is None:
+        model_options["threads"] = max(1, cpus // lanes)
+    return cfg, model_options
+
+
+def _banner(models: ModelSet, cfg: ServeConfig, where: str, reference: bool) -> str:
+    served = "; ".join(
+        f"{s.entry.bundle} ({s.model.precision}, tasks: {', '.join(s.model.tasks)}) as {name!r}"
+        for name, s in models.served.items()
+    ) + (f"; {cfg.lanes} inference lanes" if (cfg.lanes or 1) > 1 else "")
+    return (
+        f"flare-onnx: serving {served} at {where}/ - API at {where}/v1/..., models at {where}/v1/models, "
+        f"OpenAPI at {where}/openapi.json"
+        + (", API key required" if cfg.api_key else "")
+        + (f", FP32 reference at {where}/v1/reference/..." if reference else "")
+    )
 
 
 def _reloading_server_class(service: _Service) -> type:

@@ -123,34 +123,7 @@ def openapi_spec(models: ModelSet, cfg: ServeConfig, reference: bool = False) ->
     paths = {f"/v1/{spec.name}": op(spec) for spec in TASKS.values() if spec.name in model.tasks}
     if reference:  # the same routes on the bundle's FP32 graph (--reference-fp32)
         paths.update({f"/v1/reference/{spec.name}": op(spec) for spec in TASKS.values() if spec.name in model.tasks})
-    every_task = sorted({t for served in models.served.values() for t in served.model.tasks})
-    paths["/v1/models/{name}/{task}"] = {
-        "post": {
-            **op(TASKS["embed"])["post"],
-            "summary": "a task of the model called name (GET /v1/models lists them); the body is the task's, "
-            "as at /v1/{task}",
-            "parameters": [
-                {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "enum": models.names}},
-                {"name": "task", "in": "path", "required": True, "schema": {"type": "string", "enum": every_task}},
-            ],
-        }
-    }
-    paths["/v1/models"] = {
-        "get": {
-            "summary": "the models served (OpenAI's list shape: {object: list, data: [{id, object: model, ...}]})",
-            "responses": {"200": {"description": "models"}, "401": {"description": "API key"}},
-        }
-    }
-    paths["/v1/reload"] = {
-        "post": {
-            "summary": 'reload the bundles changed on disk, verified first (body: none, or {"models": [...]})',
-            "responses": {
-                "200": {"description": "{models: {name: unchanged | reloaded | kept: reason}}"},
-                "401": {"description": "API key"},
-                "409": {"description": "a reload is running"},
-            },
-        }
-    }
+    paths.update(_model_paths(models, op(TASKS["embed"])["post"]))
     if any("embed" in served.model.tasks for served in models.served.values()):
         paths["/v1/embeddings"] = {
             "post": {
@@ -199,3 +172,37 @@ def openapi_spec(models: ModelSet, cfg: ServeConfig, reference: bool = False) ->
         }
     }
     return {"openapi": "3.0.3", "info": {"title": "flare-onnx", "version": "1"}, "paths": paths}
+
+
+def _model_paths(models: ModelSet, task_op: dict[str, Any]) -> dict[str, Any]:
+    """The routes of several models: one model's task, the list of models, the reload."""
+    paths: dict[str, Any] = {}
+    every_task = sorted({t for served in models.served.values() for t in served.model.tasks})
+    paths["/v1/models/{name}/{task}"] = {
+        "post": {
+            **task_op,
+            "summary": "a task of the model called name (GET /v1/models lists them); the body is the task's, "
+            "as at /v1/{task}",
+            "parameters": [
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "enum": models.names}},
+                {"name": "task", "in": "path", "required": True, "schema": {"type": "string", "enum": every_task}},
+            ],
+        }
+    }
+    paths["/v1/models"] = {
+        "get": {
+            "summary": "the models served (OpenAI's list shape: {object: list, data: [{id, object: model, ...}]})",
+            "responses": {"200": {"description": "models"}, "401": {"description": "API key"}},
+        }
+    }
+    paths["/v1/reload"] = {
+        "post": {
+            "summary": 'reload the bundles changed on disk, verified first (body: none, or {"models": [...]})',
+            "responses": {
+                "200": {"description": "{models: {name: unchanged | reloaded | kept: reason}}"},
+                "401": {"description": "API key"},
+                "409": {"description": "a reload is running"},
+            },
+        }
+    }
+    return paths
