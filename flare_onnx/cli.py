@@ -678,6 +678,18 @@ def _add_scheduling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deadline", type=float, default=30.0, help="seconds per request before 504")
 
 
+def _add_door(p: argparse.ArgumentParser) -> None:
+    """serve's address, key and Host names."""
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on")
+    p.add_argument("--api-key-file", help="require the key on this file's first line (or set $FLARE_ONNX_API_KEY)")
+    p.add_argument(
+        "--allowed-hosts",
+        help="comma-separated Host names the service answers ('*': any; 'loopback': every loopback address); "
+        "default: the loopback names on a loopback bind, any otherwise",
+    )
+
+
 def _add_serve(sub: Any) -> None:
     p = _command(sub, "serve", "HTTP JSON service with micro-batching (needs the serve extra)")
     p.add_argument(
@@ -694,14 +706,7 @@ def _add_serve(sub: Any) -> None:
         metavar="NAME.FIELD=N",
         help="a limit of one model (repeatable), e.g. ner.max_texts=16; FIELD is one of the --max-* limits below",
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8080, help="port to listen on")
-    p.add_argument("--api-key-file", help="require the key on this file's first line (or set $FLARE_ONNX_API_KEY)")
-    p.add_argument(
-        "--allowed-hosts",
-        help="comma-separated Host names the service answers ('*': any; 'loopback': every loopback address); "
-        "default: the loopback names on a loopback bind, any otherwise",
-    )
+    _add_door(p)
     p.add_argument("--max-body-bytes", type=int, default=1_000_000)
     for name, help in _SERVICE_LIMITS.items():
         p.add_argument(

@@ -226,6 +226,27 @@ class Classify(_Predictor):
 PREDICTORS: dict[str, type[_Predictor]] = {cls.task: cls for cls in (FillMask, Embed, Tag, Classify)}
 
 
+def _read(input_path: str, text_column: str) -> Any:
+    """The input as a Ray dataset: Parquet, JSON lines, or one text a line. Reads take no CPU
+    slot (see run_ray_job)."""
+    import ray
+
+    if input_path.endswith(".parquet") or (Path(input_path).is_dir() and any(Path(input_path).glob("*.parquet"))):
+        return ray.data.read_parquet(input_path, num_cpus=0)
+    if input_path.endswith((".jsonl", ".json", ".ndjson")):
+        # lines parsed by the local job's record parser, not Ray's JSON reader, which types a
+        # column from its first rows and fails the whole job on one {"text": 42}
+        return ray.data.read_text(input_path, num_cpus=0).map_batches(
+            _JsonlRecords,
+            fn_constructor_kwargs={"text_field": text_column},
+            batch_format="pandas",
+            num_cpus=0,
+            concurrency=1,
+        )
+    ds = ray.data.read_text(input_path, num_cpus=0)
+    return ds.rename_columns({"text": text_column}) if text_column != "text" else ds
+
+
 def run_ray_job(
     task: str,
     bundle: str,
@@ -265,22 +286,7 @@ def run_ray_job(
         # Reads and writes are I/O: they take no CPU slot, or on a small node the actors would
         # hold every CPU and the reads could never be scheduled (a deadlock seen on 2 CPUs).
         io: dict[str, Any] = {"num_cpus": 0}
-        if input_path.endswith(".parquet") or (Path(input_path).is_dir() and any(Path(input_path).glob("*.parquet"))):
-            ds = ray.data.read_parquet(input_path, num_cpus=0)
-        elif input_path.endswith((".jsonl", ".json", ".ndjson")):
-            # lines parsed by the local job's record parser, not Ray's JSON reader, which types a
-            # column from its first rows and fails the whole job on one {"text": 42}
-            ds = ray.data.read_text(input_path, num_cpus=0).map_batches(
-                _JsonlRecords,
-                fn_constructor_kwargs={"text_field": text_column},
-                batch_format="pandas",
-                num_cpus=0,
-                concurrency=1,
-            )
-        else:
-            ds = ray.data.read_text(input_path, num_cpus=0)
-            if text_column != "text":
-                ds = ds.rename_columns({"text": text_column})
+        ds = _read(input_path, text_column)
         cpus = int(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
         n = actors or max(1, cpus // threads)
         ds = ds.map_batches(

@@ -21,6 +21,8 @@ from flare_onnx.engine import Limits
 from flare_onnx.serve import ModelSet, ServeConfig, create_app
 from flare_onnx.serve.models import parse_model_args
 
+from .test_serve import _free_port
+
 httpx = pytest.importorskip("httpx")
 from starlette.testclient import TestClient  # noqa: E402
 
@@ -171,14 +173,6 @@ def test_bad_bundle_arguments_are_refused(args, name, message):
 
 
 # -- a real server: the CLI, the OpenAI client, reload --------------------------------------
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(*args: str) -> tuple[subprocess.Popen, str]:

@@ -125,36 +125,7 @@ def openapi_spec(models: ModelSet, cfg: ServeConfig, reference: bool = False) ->
         paths.update({f"/v1/reference/{spec.name}": op(spec) for spec in TASKS.values() if spec.name in model.tasks})
     paths.update(_model_paths(models, op(TASKS["embed"])["post"]))
     if any("embed" in served.model.tasks for served in models.served.values()):
-        paths["/v1/embeddings"] = {
-            "post": {
-                "summary": "OpenAI-compatible embeddings",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["input"],
-                                "properties": {
-                                    "input": {
-                                        "oneOf": [{"type": "string"}, {**texts_schema, "items": {"type": "string"}}]
-                                    },
-                                    "model": {"type": "string", **({"enum": models.names} if models.strict else {})},
-                                    "encoding_format": {"type": "string", "enum": ["float", "base64"]},
-                                },
-                            }
-                        }
-                    },
-                },
-                "responses": {
-                    "200": {
-                        "description": "{object: list, data: [{object: embedding, index, embedding}], model, usage}"
-                    },
-                    "400": {"description": "invalid input (OpenAI error shape)"},
-                    "401": {"description": "API key"},
-                },
-            }
-        }
+        paths["/v1/embeddings"] = _openai_embeddings_path(models, texts_schema)
     paths["/v1/info"] = {
         "get": {
             "summary": "the bundle's facts (model, tasks, precision, graph size, export checks)",
@@ -206,3 +177,33 @@ def _model_paths(models: ModelSet, task_op: dict[str, Any]) -> dict[str, Any]:
         }
     }
     return paths
+
+
+def _openai_embeddings_path(models: ModelSet, texts_schema: dict[str, Any]) -> dict[str, Any]:
+    """``POST /v1/embeddings`` in OpenAI's shapes."""
+    return {
+        "post": {
+            "summary": "OpenAI-compatible embeddings",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["input"],
+                            "properties": {
+                                "input": {"oneOf": [{"type": "string"}, {**texts_schema, "items": {"type": "string"}}]},
+                                "model": {"type": "string", **({"enum": models.names} if models.strict else {})},
+                                "encoding_format": {"type": "string", "enum": ["float", "base64"]},
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": {"description": "{object: list, data: [{object: embedding, index, embedding}], model, usage}"},
+                "400": {"description": "invalid input (OpenAI error shape)"},
+                "401": {"description": "API key"},
+            },
+        }
+    }
