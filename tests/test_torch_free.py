@@ -52,6 +52,8 @@ def test_import_is_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     loaded = set(json.loads(out.stdout.replace("'", '"')))
     assert not loaded & {"torch", "transformers", "optimum", "onnx", "flare_onnx_export"}
+    # nor the libraries of the integrations (each imported by its own module only)
+    assert not loaded & {"spacy", "thinc", "langchain_core", "chromadb", "pyspark", "pandas"}
 
 
 def test_interactive_use_does_not_import_the_bulk_streams_pool(tiny_bundle):
