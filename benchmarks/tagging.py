@@ -202,7 +202,7 @@ def fine_tune(
     return out_dir
 
 
-def _align(test: list[Sentence], words_per_text: list[list[Any]]) -> list[list[str]]:
+def gold_word_labels(test: list[Sentence], words_per_text: list[list[Any]]) -> list[list[str]]:
     """Each gold word's predicted label: the label of the runtime word that overlaps its start."""
     out = []
     for (_, spans, _), words in zip(test, words_per_text):
@@ -239,12 +239,12 @@ def evaluate(model_dir: Path, bundle: Path, test: list[Sentence], *, scheme: str
             logits = model(input_ids=t, attention_mask=torch.ones_like(t)).logits[0, 1:-1].numpy()
             n = len(ids) - 2
             torch_words.append(aggregate_words(text, softmax(logits), enc.word_ids[:n], enc.offsets[:n], labels))
-    preds = {"pytorch_fp32": _align(test, torch_words)}
+    preds = {"pytorch_fp32": gold_word_labels(test, torch_words)}
     timings = {}
     for precision in ("fp32", "int8"):
         m = fast if precision == "fp32" else flare_onnx.load(bundle, precision=precision, threads=threads)
         t0 = time.perf_counter()
-        preds[f"flare_{precision}"] = _align(test, [r.words for r in m.tag(texts)])
+        preds[f"flare_{precision}"] = gold_word_labels(test, [r.words for r in m.tag(texts)])
         timings[f"flare_{precision}"] = time.perf_counter() - t0
     flat_gold = [t for row in gold for t in row]
     results: dict[str, Any] = {"test_sentences": len(test), "test_words": len(flat_gold), "labels": labels}
