@@ -19,7 +19,7 @@ import flare_onnx.engine as engine
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "flare_onnx"
-SURFACES = ("cli", "job", "serve", "serverless", "ray_data", "pipelines", "integrations")
+SURFACES = ("cli", "job", "serve", "serverless", "ray_data", "pipelines", "integrations", "spark")
 
 
 def _imports(path: Path) -> list[tuple[str, list[str]]]:

@@ -46,9 +46,7 @@ from ..errors import FlareOnnxError, InputError, TextError
 __all__ = ["FlareComponent", "make_flare_onnx", "UPOS", "token_labels"]
 
 #: Universal Dependencies' 17 part-of-speech tags
-UPOS = frozenset(
-    "ADJ ADP ADV AUX CCONJ DET INTJ NOUN NUM PART PRON PROPN PUNCT SCONJ SYM VERB X".split()
-)
+UPOS = frozenset("ADJ ADP ADV AUX CCONJ DET INTJ NOUN NUM PART PRON PROPN PUNCT SCONJ SYM VERB X".split())
 _ANNOTATE = ("auto", "pos", "ents", "tag", "vector")
 _BUNDLE_DIR = "bundle"
 _VECTOR_KEY = "flare_onnx.vector"

@@ -23,7 +23,16 @@ by the chunk size and the model's token budget, never by the file.
 from __future__ import annotations
 
 from .config import EXIT_OK, EXIT_RECORD_ERRORS, JobConfig
-from .records import parse_record
+from .records import detect_format, error_line, parse_record, result_line
 from .run import run_job
 
-__all__ = ["JobConfig", "run_job", "parse_record", "EXIT_OK", "EXIT_RECORD_ERRORS"]
+__all__ = [
+    "JobConfig",
+    "run_job",
+    "parse_record",
+    "result_line",
+    "error_line",
+    "detect_format",
+    "EXIT_OK",
+    "EXIT_RECORD_ERRORS",
+]

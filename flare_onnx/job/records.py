@@ -9,7 +9,7 @@ from typing import IO, Any
 from ..errors import InputError
 from .config import FORMATS, MAX_RECORD_BYTES
 
-__all__ = ["parse_record", "detect_format", "read_chunks"]
+__all__ = ["parse_record", "detect_format", "read_chunks", "result_line", "error_line"]
 
 
 def parse_record(raw: bytes, *, fmt: str, text_field: str) -> tuple[str | None, dict[str, Any], str | None]:
@@ -41,6 +41,20 @@ def parse_record(raw: bytes, *, fmt: str, text_field: str) -> tuple[str | None, 
     except UnicodeEncodeError:
         return None, {}, "text is not valid Unicode (lone surrogate)"
     return text, obj, None
+
+
+def result_line(text: str | None, carried: dict[str, Any], line: int, result: dict[str, Any]) -> str:
+    """The output line of one record: its fields (or its text), its line number, its result
+    (``TaskSpec.record``'s, or the ``.npy`` row) — what every file-job engine writes."""
+    record: dict[str, Any] = dict(carried) if carried else {"text": text}
+    record["line"] = line
+    record.update(result)
+    return json.dumps(record, ensure_ascii=False, allow_nan=False)
+
+
+def error_line(line: int, error: str) -> str:
+    """The errors file's line for a refused record."""
+    return json.dumps({"line": line, "error": error}, ensure_ascii=False)
 
 
 def _no_constant(name: str) -> Any:

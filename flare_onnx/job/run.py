@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 import time
 from collections import deque
@@ -18,7 +17,7 @@ from ..engine import TaskSpec, get_task, parse_load_options
 from ..errors import InferenceError, InputError
 from .checkpoint import Checkpoint, finished_before, job_signature, mark_finished, prefix_hash
 from .config import EXIT_OK, EXIT_RECORD_ERRORS, JobConfig
-from .records import detect_format, parse_record, read_chunks
+from .records import detect_format, error_line, parse_record, read_chunks, result_line
 from .workers import Predictor
 from .writer import Outputs
 
@@ -168,16 +167,14 @@ def write_chunk(
         if error is None:
             value, error = next(results)
         if error is not None:
-            err_lines.append(json.dumps({"line": line, "error": error}, ensure_ascii=False))
+            err_lines.append(error_line(line, error))
             continue
-        record = dict(carried) if carried else {"text": text}
-        record["line"] = line
         if outputs.npy is not None:
-            record["row"] = state["rows"] + len(vectors)
+            result = {"row": state["rows"] + len(vectors)}
             vectors.append(np.asarray(value, dtype=np.float32))
         else:
-            record.update(spec.record(value))
-        out_lines.append(json.dumps(record, ensure_ascii=False, allow_nan=False))
+            result = spec.record(value)
+        out_lines.append(result_line(text, carried, line, result))
     outputs.write(out_lines, err_lines, vectors)
     state["input_offset"] += consumed
     state["input_sha256"] = in_hash.hexdigest()
