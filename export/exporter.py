@@ -22,6 +22,7 @@ from .graphs import GRAPH_IO, OPSET, export_graph
 from .guard import DEFAULT_TARGET, PRESETS, quantize_guarded
 from .optimize import optimize_for_onnxruntime
 from .prune import DEFAULT_MIN_DOC_FREQ, prune_checkpoint
+from .sentence import sentence_settings
 from .quantize import EMBEDDING_BITS, TARGETS
 from .sample import italian_sentences, mask_sentences, read_corpus
 from .tokenizer import build_tokenizer, compare_tokenizers, load_reference_tokenizer, special_tokens
@@ -244,6 +245,7 @@ class _Prepared:
     batches: Any
     reference: Any
     prompts: dict[str, str]
+    sentence: dict[str, Any] | None  # pooling and normalization of a model that embeds
 
 
 def _check_runtime_takes(tokenizer: Any) -> None:
@@ -292,6 +294,9 @@ def _prepare(
     verify_texts = mask_sentences(texts, tokens["mask"]) if ckpt.task == "fill-mask" else texts
     batches = make_batches(fast, verify_texts, pad_id=ids["pad"], mask_id=mask_id, max_length=max_length)
     reference = torch_outputs(ckpt.task, ckpt.model, batches)
+    sentence = sentence_settings(source_dir) if ckpt.task in ("fill-mask", "feature-extraction") else None
+    if sentence:
+        log(f"embeddings: {sentence['pooling']} pooling, normalize {sentence['normalize']} ({sentence['from']})")
     return _Prepared(
         ckpt,
         config,
@@ -305,6 +310,7 @@ def _prepare(
         batches,
         reference,
         {**stored_prompts(source_dir), **(prompts or {})},
+        sentence,
     )
 
 
@@ -422,6 +428,7 @@ def _manifest(
             # flare_onnx.pipeline decodes the same way
             "clean_up_tokenization_spaces": bool(getattr(prep.slow, "clean_up_tokenization_spaces", False)),
             "prompts": prep.prompts or None,
+            "sentence": prep.sentence,  # embed's default pooling and normalization
         },
         "graphs": graphs,
         "openvino": openvino_graphs or None,

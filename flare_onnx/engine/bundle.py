@@ -94,6 +94,8 @@ class Manifest:
     openvino: Mapping[str, GraphSpec]  # precision -> OpenVINO IR, when exported with --openvino
     files: Mapping[str, Mapping[str, Any]]
     prompts: Mapping[str, str]  # stored at export, by name (E5: query, passage)
+    pooling: str  # embed's default pooling: the checkpoint's sentence-transformers setting, else mean
+    normalize: bool  # embed's default: unit length (a sentence-transformers checkpoint without Normalize: off)
     problem_type: str | None  # a classifier's transformers problem_type (regression, multi-label)
     clean_up_tokenization_spaces: bool  # the tokenizer's setting, which the pipelines follow
     # what the exporter recorded, shown by `flare-onnx info` and /v1/info as they are
@@ -261,6 +263,7 @@ def parse_manifest(raw: Mapping[str, Any]) -> Manifest:
     if not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()):
         raise BundleError("manifest.json: model.prompts must map names to texts; re-export the bundle")
     problem = model.get("problem_type")
+    pooling, normalize = _sentence(model.get("sentence") or {})
     return Manifest(
         task=task,
         tasks=EXPORT_TASKS[task],
@@ -273,6 +276,8 @@ def parse_manifest(raw: Mapping[str, Any]) -> Manifest:
         openvino=_graphs(openvino, "openvino", backend="openvino"),
         files=files,
         prompts=prompts,
+        pooling=pooling,
+        normalize=normalize,
         problem_type=problem if isinstance(problem, str) else None,
         clean_up_tokenization_spaces=model.get("clean_up_tokenization_spaces") is True,
         source=_section(raw, "source"),
@@ -280,6 +285,25 @@ def parse_manifest(raw: Mapping[str, Any]) -> Manifest:
         quantization=_section(raw, "quantization"),
         vocabulary=_section(raw, "vocabulary") or {"pruned": False},
     )
+
+
+#: the poolings embed runs (WindowPool); a bundle that asks for another is refused
+POOLINGS = ("mean", "cls", "max")
+
+
+def _sentence(sentence: Any) -> tuple[str, bool]:
+    """The sentence settings read at export (model.sentence: pooling, normalize); a bundle
+    exported before them pools by mean and normalizes, as every bundle did."""
+    if not isinstance(sentence, dict):
+        raise BundleError("manifest.json: model.sentence must be an object; re-export the bundle")
+    pooling = sentence.get("pooling", "mean")
+    normalize = sentence.get("normalize", True)
+    if pooling not in POOLINGS or not isinstance(normalize, bool):
+        raise BundleError(
+            f"manifest.json: model.sentence has pooling {pooling!r} (one of {', '.join(POOLINGS)}) "
+            f"and normalize {normalize!r} (true or false); re-export the bundle"
+        )
+    return pooling, normalize
 
 
 def _section(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:

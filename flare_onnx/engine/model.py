@@ -422,8 +422,8 @@ class FlareModel:
         self,
         texts: list[str] | str,
         *,
-        pooling: str = _EMBED["pooling"],
-        normalize: bool = _EMBED["normalize"],
+        pooling: str | None = _EMBED["pooling"],
+        normalize: bool | None = _EMBED["normalize"],
         prefix: str = _EMBED["prefix"],
         prompt: str = _EMBED["prompt"],
         window: str = _EMBED["window"],
@@ -434,8 +434,11 @@ class FlareModel:
 
         Args:
             pooling: ``"mean"`` over all tokens (``<s>``/``</s>`` included, as
-                sentence-transformers does) or ``"cls"`` (the ``<s>`` vector).
-            normalize: scale each embedding to unit L2 norm.
+                sentence-transformers does), ``"cls"`` (the ``<s>`` vector) or ``"max"``; by
+                default the bundle's (:attr:`Manifest.pooling`: the checkpoint's
+                sentence-transformers pooling, read at export; else mean).
+            normalize: scale each embedding to unit L2 norm; by default the bundle's (on,
+                unless its sentence-transformers checkpoint has no ``Normalize`` module).
             prefix: put before every text (E5 models expect ``"query: "`` or ``"passage: "``).
             prompt: the name of a prompt stored with the model (:attr:`prompts`), put before
                 the prefix: ``embed(texts, prompt="query")`` on an E5 bundle.

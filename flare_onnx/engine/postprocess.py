@@ -65,7 +65,8 @@ class WindowPool:
     as sentence-transformers does): each window contributes the content tokens it owns
     (``keep``, where overlapping windows split their shared tokens) plus ``<s>`` if it is the
     text's first window and ``</s>`` if it is the last. CLS pooling averages the windows'
-    ``<s>`` vectors.
+    ``<s>`` vectors. Max pooling takes each dimension's largest value over the same tokens as
+    mean pooling (sentence-transformers' ``pooling_mode_max_tokens``).
     """
 
     def __init__(self, texts: int, hidden_size: int) -> None:
@@ -73,26 +74,31 @@ class WindowPool:
         self._counts = np.zeros(texts, dtype=np.int64)
         self._cls = np.zeros((texts, hidden_size), dtype=np.float64)
         self._windows = np.zeros(texts, dtype=np.int64)
+        self._max = np.full((texts, hidden_size), -np.inf, dtype=np.float32)
 
     def add(self, text: int, hidden: np.ndarray, keep: tuple[int, int]) -> None:
         """Add one window: ``hidden`` is its ``[length, hidden_size]`` states, specials included."""
         n = hidden.shape[0]
         lo, hi = keep
-        self._sums[text] += hidden[1 + lo : 1 + hi].sum(axis=0, dtype=np.float64)
-        self._counts[text] += hi - lo
+        owned = [hidden[1 + lo : 1 + hi]]
         if lo == 0:
-            self._sums[text] += hidden[0]
-            self._counts[text] += 1
+            owned.append(hidden[:1])
         if hi == n - 2:
-            self._sums[text] += hidden[n - 1]
-            self._counts[text] += 1
+            owned.append(hidden[n - 1 :])
+        for rows in owned:
+            if len(rows):
+                self._sums[text] += rows.sum(axis=0, dtype=np.float64)
+                self._counts[text] += len(rows)
+                np.maximum(self._max[text], rows.max(axis=0), out=self._max[text])
         self._cls[text] += hidden[0]
         self._windows[text] += 1
 
     def result(self, pooling: str) -> np.ndarray:
-        """``float32 [texts, hidden_size]``: ``"mean"`` or ``"cls"`` pooled vectors."""
+        """``float32 [texts, hidden_size]``: ``"mean"``, ``"max"`` or ``"cls"`` pooled vectors."""
         if pooling == "mean":
             return (self._sums / np.maximum(self._counts, 1)[:, None]).astype(np.float32)
+        if pooling == "max":
+            return np.where(np.isfinite(self._max), self._max, 0).astype(np.float32)
         return (self._cls / np.maximum(self._windows, 1)[:, None]).astype(np.float32)
 
 

@@ -40,6 +40,10 @@ class _ModelFacts(Protocol):
     def hidden_size(self) -> int: ...
     @property
     def labels(self) -> tuple[str, ...] | None: ...
+    @property
+    def pooling(self) -> str: ...
+    @property
+    def normalize(self) -> bool: ...
 
 
 class _Vocabulary(Protocol):
@@ -47,7 +51,7 @@ class _Vocabulary(Protocol):
 
 
 class TaskModel(Protocol):
-    """What a runner reads from a model: the manifest's sizes and labels, the vocabulary, and
+    """What a runner reads from a model: the manifest's sizes, labels and embedding defaults, the vocabulary, and
     the graph's outputs for a checked request."""
 
     @property
@@ -107,8 +111,9 @@ def run_embed(model: TaskModel, request: Request) -> list[np.ndarray]:
     pool = WindowPool(len(request.texts), model.manifest.hidden_size)
     for window, out in model.window_outputs(request):
         pool.add(window.text_index, out["last_hidden_state"], window.keep)
-    emb = pool.result(request.options["pooling"])
-    if request.options["normalize"]:
+    options, manifest = request.options, model.manifest
+    emb = pool.result(options["pooling"] or manifest.pooling)
+    if manifest.normalize if options["normalize"] is None else options["normalize"]:
         emb = l2_normalize(emb)
     return list(emb)
 

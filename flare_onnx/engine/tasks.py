@@ -67,9 +67,22 @@ TASKS: dict[str, TaskSpec] = {
             offered_by=("fill-mask", "feature-extraction"),
             options=(
                 Option(
-                    "pooling", str, "mean", "'mean' over all tokens or 'cls' (the <s> vector)", choices=("mean", "cls")
+                    "pooling",
+                    str,
+                    None,
+                    "'mean' over all tokens, 'cls' (the <s> vector) or 'max' (each dimension's largest value); "
+                    "default: the bundle's (its checkpoint's sentence-transformers pooling, else mean)",
+                    choices=("mean", "cls", "max"),
+                    nullable=True,
                 ),
-                Option("normalize", bool, True, "scale each embedding to unit length"),
+                Option(
+                    "normalize",
+                    bool,
+                    None,
+                    "scale each embedding to unit length; default: the bundle's (on, unless its "
+                    "sentence-transformers checkpoint has no Normalize module)",
+                    nullable=True,
+                ),
                 Option("prefix", str, "", "text put before every input (E5 models want 'query: ' or 'passage: ')"),
                 Option(
                     "prompt",
