@@ -271,7 +271,7 @@ def test_bad_paths_options_and_empty_input_leave_nothing_behind(tiny_bundle, tmp
         (dict(input=str(tmp_path / "missing.jsonl")), "does not exist"),
         (dict(output=str(tmp_path / "no" / "dir" / "o.jsonl")), "output folder"),
         (dict(options={"top_k": 3}), "embed has no option 'top_k'"),
-        (dict(options={"pooling": "max"}), "pooling must be one of 'mean', 'cls'"),
+        (dict(options={"pooling": "sum"}), "pooling must be one of 'mean', 'cls', 'max'"),
         (dict(model_options={"threads": 0}), "threads must be at least 1"),
         (dict(input_format="csv"), "input format must be one of"),
     ]

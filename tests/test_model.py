@@ -233,7 +233,7 @@ def test_task_not_available(mlm, tagger, classifier):
         (lambda m: m.fill_mask([""]), "text 0 is empty"),
         (lambda m: m.fill_mask(["Roma è la capitale."]), "text 0 has no <mask> token to fill"),
         (lambda m: m.fill_mask(["<mask>"], top_k=0), "top_k must be at least 1, not 0"),
-        (lambda m: m.embed(["ok"], pooling="max"), "pooling must be one of 'mean', 'cls', not 'max'"),
+        (lambda m: m.embed(["ok"], pooling="sum"), "pooling must be one of 'mean', 'cls', 'max', not 'sum'"),
         (lambda m: m.embed(["ok"], window="all"), "window must be one of 'truncate', 'sliding'"),
         (lambda m: m.embed(["\x00\x01"]), "text 0 has no tokens after normalization"),
     ],

@@ -81,7 +81,7 @@ def test_predict_each_isolates_bad_texts_and_runs_the_rest_as_one(model):
 
 def test_predict_each_refuses_a_bad_option_for_the_whole_chunk(model):
     with pytest.raises(InputError, match="option pooling must be one of"):
-        model.predict_each("embed", ["Il gatto dorme."], {"pooling": "max"})
+        model.predict_each("embed", ["Il gatto dorme."], {"pooling": "sum"})
 
 
 # -- the work admitted is bounded by the limits, whatever the options -------------------------
