@@ -53,13 +53,24 @@ def _corpus(many_sentences: list[str], n: int) -> list[str]:
 
 
 def _ranking(
-    model: flare_onnx.FlareModel, queries: list[str], docs: list[str], k: int, **prompts: str
+    model: flare_onnx.FlareModel,
+    queries: list[str],
+    docs: list[str],
+    k: int,
+    batch: int = 0,
+    queries_together: bool = False,
+    **prompts: str,
 ) -> list[list[int]]:
-    """The project's own ranking: flare_onnx.similarity of each query with every document. Each
-    query is embedded alone, as the stores embed a query (an INT8 vector moves slightly with its
-    batch-mates: issue #36)."""
-    q = [model.embed(text, prompt=prompts.get("query", "")) for text in queries]
-    d = model.embed(docs, prompt=prompts.get("document", ""))
+    """The project's own ranking: flare_onnx.similarity of each query with every document, the
+    texts embedded in the batches the store embeds them in (an INT8 vector moves slightly with
+    its batch-mates: issue #36): LangChain embeds a query alone, Chroma a query_texts list at once."""
+    if queries_together:
+        q = list(model.embed(queries, prompt=prompts.get("query", "")))
+    else:
+        q = [model.embed(text, prompt=prompts.get("query", "")) for text in queries]
+    batch = batch or len(docs)  # the documents in the batches the store embedded them in
+    d = np.concatenate([model.embed(docs[i : i + batch], prompt=prompts.get("document", ""))
+                        for i in range(0, len(docs), batch)])
     return [[int(i) for i in np.argsort(-np.ravel(flare_onnx.similarity(v, d)), kind="stable")[:k]] for v in q]
 
 
@@ -189,7 +200,7 @@ def test_chroma_collection_reopens_in_a_new_process_and_ranks_as_flare_onnx(
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["count"] == 1000 and got["ef"] == ef.get_config()
     assert got["ef"]["query_prompt"] == "query" and got["ef"]["document_prompt"] == "passage"
-    expected = _ranking(ef.embedder.model, QUERIES, docs, 5, query="query", document="passage")
+    expected = _ranking(ef.embedder.model, QUERIES, docs, 5, 250, True, query="query", document="passage")
     assert [[int(i) for i in row] for row in got["ids"]] == [[int(i) for i in row] for row in expected]
 
 

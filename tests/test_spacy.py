@@ -104,6 +104,8 @@ def test_bad_configs_say_what_is_wrong(tiny_tagger, upos_tagger, tmp_path):
         spacy.blank("it").add_pipe("flare_onnx")
     with pytest.raises(InputError, match="annotates 'ents', not 'pos'"):
         _nlp(tiny_tagger, annotate="pos")
+    nlp = _nlp(tiny_tagger, annotate="tag")  # any tagger's labels into token.tag_
+    assert all(t.tag_ and not t.ent_type_ for t in nlp("Mario Rossi vive a Roma."))
     with pytest.raises(InputError, match="annotate must be one of"):
         _nlp(upos_tagger, annotate="lemma")
     with pytest.raises(InputError, match="option window must be one of"):

@@ -6,7 +6,8 @@
     >>> [(e.text, e.label_) for e in nlp("Mario Rossi vive a Roma.").ents]
 
 spaCy finds the factory through the ``spacy_factories`` entry point, so no import is needed.
-What the component sets follows the bundle (``annotate="auto"``):
+What the component sets follows the bundle (``annotate="auto"``; ``annotate="tag"`` puts any
+tagger's labels in ``token.tag_``):
 
 * a tagging bundle whose labels are all UPOS tags sets ``token.pos_``;
 * a tagging bundle with IOB/BIOES labels (``B-PER``, ``I-LOC``, ``O``…) sets ``doc.ents``
@@ -124,7 +125,9 @@ class FlareComponent:
     def _open(self, source: str | Path) -> None:
         model = load(source, **self.load_options)
         kind = _kind(model)
-        if self.annotate not in ("auto", kind):
+        if self.annotate == "tag" and kind in ("pos", "ents"):
+            kind = "tag"  # any tagger's labels fit token.tag_
+        elif self.annotate not in ("auto", kind):
             raise InputError(f"{source} annotates {kind!r}, not {self.annotate!r}")
         self._model, self._kind = model, kind
 
