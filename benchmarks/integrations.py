@@ -128,7 +128,7 @@ def measure(tagger: str, embedder: str, texts: list[str], rounds: int, batch: in
     counter = iter(range(10**6))
 
     def chroma_add() -> None:
-        col = client.create_collection(f"c{next(counter)}", embedding_function=ef)
+        col = client.create_collection(f"run{next(counter):04d}", embedding_function=ef)
         for i in range(0, len(texts), batch):
             col.add(ids=ids[i : i + batch], documents=texts[i : i + batch])
 
