@@ -113,3 +113,20 @@ def test_int8_probe_smoothing_is_exact_in_fp32_and_static_scales_are_batch_invar
     for path, invariant in ((tmp_path / "static.onnx", True), (int8, False)):
         a, b = run(path, alone)[0, :n], run(path, batched)[0, :n]
         assert np.allclose(a, b, atol=1e-5) == invariant, path.name
+
+
+def test_integrations_benchmark_on_tiny_bundles(tiny_tagger, tiny_feature_bundle, tmp_path):
+    """benchmarks.integrations runs end to end (a few texts, one round) and its install sizes
+    count what each extra adds over the runtime."""
+    pytest.importorskip("spacy")
+    pytest.importorskip("chromadb")
+    from benchmarks import integrations
+
+    out = tmp_path / "integrations.json"
+    args = ["--tagger", str(tiny_tagger), "--embedder", str(tiny_feature_bundle), "-n", "40", "--rounds", "1"]
+    assert integrations.main([*args, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["texts"] == 40 and all(v > 0 for v in result["seconds"].values())
+    sizes = result["install"]
+    assert sizes["runtime_mb"] > 0 and all(sizes[e]["mb"] > 0 and sizes[e]["distributions"] > 0 for e in integrations.EXTRAS)
+    assert "spaCy `nlp.pipe`" in integrations.render(result)
