@@ -286,6 +286,9 @@ def _info(args: argparse.Namespace) -> int:
         "quantization": manifest.quantization or None,
         "vocabulary": manifest.vocabulary,
         "prompts": dict(manifest.prompts),
+        "embedding": {"pooling": manifest.pooling, "normalize": manifest.normalize}
+        if "embed" in manifest.tasks
+        else None,
         "engine": {
             work: {"backend": c.backend, "why": c.reason}
             for work in ("interactive", "bulk")

@@ -56,6 +56,15 @@ def test_the_checkpoints_pooling_is_the_default_everywhere(cls_bundle, sentences
     from flare_onnx.cli import main
 
     capsys.readouterr()
+    assert main(["info", str(cls_bundle)]) == 0  # info says what embed does by default
+    assert json.loads(capsys.readouterr().out)["embedding"] == {"pooling": "cls", "normalize": False}
+    from flare_onnx.serve import ServeConfig, create_app
+    from starlette.testclient import TestClient
+
+    with TestClient(create_app(model, ServeConfig())) as http:
+        assert http.get("/v1/info").json()["embedding"] == {"pooling": "cls", "normalize": False}
+        served = http.post("/v1/embed", json={"texts": texts[:1]}).json()
+    np.testing.assert_allclose(served["results"][0]["embedding"], model.embed(texts[:1])[0], atol=1e-6)
     assert main(["embed", str(cls_bundle), texts[0]]) == 0  # the CLI, without options
     np.testing.assert_allclose(json.loads(capsys.readouterr().out)[0]["embedding"], model.embed(texts[0]), atol=1e-6)
     # a plain checkpoint keeps flare-onnx's defaults

@@ -53,6 +53,9 @@ def bundle_info(model: FlareModel, reference: FlareModel | None = None) -> dict[
         "reference": reference.precision if reference is not None else None,
         "random_weights": bool(manifest.source.get("random_weights")),
         "prompts": model.prompts,
+        "embedding": {"pooling": manifest.pooling, "normalize": manifest.normalize}
+        if "embed" in manifest.tasks
+        else None,
         "flare_onnx": __version__,
     }
 
