@@ -105,6 +105,42 @@ def predict(
     return df.mapInPandas(run, schema)
 
 
+def _chunk_records(
+    frame: Any,
+    *,
+    path: str,
+    task: str,
+    options: dict[str, Any],
+    model_options: tuple[tuple[str, Any], ...],
+    fmt: str,
+    text_field: str,
+) -> Any:
+    """One chunk of input lines (``line``, ``value``) -> its output lines (``line``, ``record``,
+    ``refused``), parsed, predicted as one request and written as the local job does."""
+    import pandas as pd  # type: ignore[import-untyped]
+
+    parsed = []
+    for line, value in zip(*(frame.sort_values("line")[c].tolist() for c in ("line", "value"))):
+        raw = value.encode("utf-8", "surrogatepass")
+        if line == 1:  # a file saved with a UTF-8 byte-order mark keeps its first record
+            raw = raw.removeprefix(b"\xef\xbb\xbf")
+        parsed.append((int(line), *parse_record(raw, fmt=fmt, text_field=text_field)))
+    texts = [t for _, t, _, e in parsed if e is None and t is not None]
+    outcomes = iter(_model(path, model_options).predict_each(task, texts, options) if texts else [])
+    spec, rows = get_task(task), []
+    for line, text, carried, error in parsed:
+        if error is None and text is None:
+            continue  # a blank line of a text file, skipped as the local job skips it
+        result = None
+        if error is None:
+            result, error = next(outcomes)
+        if error is None:
+            rows.append((line, result_line(text, carried, line, spec.record(result)), False))
+        else:
+            rows.append((line, error_line(line, error), True))
+    return pd.DataFrame(rows, columns=["line", "record", "refused"])
+
+
 def run_spark_job(
     spark: Any,
     task: str,
@@ -131,32 +167,9 @@ def run_spark_job(
     fmt = detect_format(input_path, input_format)
     if chunk < 1:
         raise InputError(f"chunk must be at least 1, not {chunk}")
-    spec = get_task(name)
-
-    def run(frame: Any) -> Any:
-        import pandas as pd  # type: ignore[import-untyped]
-
-        frame = frame.sort_values("line")
-        parsed = []
-        for line, value in zip(frame["line"].tolist(), frame["value"].tolist()):
-            raw = value.encode("utf-8", "surrogatepass")
-            if line == 1:  # a file saved with a UTF-8 byte-order mark keeps its first record
-                raw = raw.removeprefix(b"\xef\xbb\xbf")
-            parsed.append((int(line), *parse_record(raw, fmt=fmt, text_field=text_field)))
-        texts = [t for _, t, _, e in parsed if e is None and t is not None]
-        outcomes = iter(_model(path, model_opts).predict_each(name, texts, opts) if texts else [])
-        rows = []
-        for line, text, carried, error in parsed:
-            if error is None and text is None:
-                continue  # a blank line of a text file, skipped as the local job skips it
-            if error is None:
-                value, error = next(outcomes)
-            if error is None:
-                rows.append((line, result_line(text, carried, line, spec.record(value)), False))
-            else:
-                rows.append((line, error_line(line, error), True))
-        return pd.DataFrame(rows, columns=["line", "record", "refused"])
-
+    run = functools.partial(
+        _chunk_records, path=path, task=name, options=opts, model_options=model_opts, fmt=fmt, text_field=text_field
+    )
     mode = "overwrite" if replace else "errorifexists"
     reader = spark.read.option("lineSep", "\n")  # lines as the local job splits them (a lone \r stays in its line)
     lines = reader.text(input_path).rdd.zipWithIndex().map(lambda p: (p[1] + 1, p[0][0], p[1] // chunk))

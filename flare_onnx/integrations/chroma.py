@@ -41,18 +41,12 @@ class FlareEmbeddingFunction(EmbeddingFunction[Documents]):
     those in ``_STORED_OPTIONS`` are stored with the collection).
     """
 
-    def __init__(
-        self,
-        model: FlareModel | str | Path,
-        *,
-        query_prompt: str | None = None,
-        document_prompt: str | None = None,
-        **load_options: Any,
-    ) -> None:
-        unstored = sorted(set(load_options) - set(_STORED_OPTIONS))
+    def __init__(self, model: FlareModel | str | Path, **options: Any) -> None:
+        load_options = set(options) - {"query_prompt", "document_prompt"}
+        unstored = sorted(load_options - set(_STORED_OPTIONS))
         if unstored:
             raise InputError(f"a Chroma collection cannot store the load option(s) {unstored}")
-        self.embedder = Embedder(model, query_prompt=query_prompt, document_prompt=document_prompt, **load_options)
+        self.embedder = Embedder(model, **options)
 
     def __call__(self, input: Documents) -> Embeddings:
         return list(self.embedder.documents(list(input)))

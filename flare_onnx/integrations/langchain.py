@@ -31,23 +31,16 @@ class FlareEmbeddings(Embeddings):
     Args:
         model: a loaded :class:`~flare_onnx.FlareModel`, or a bundle directory, checkpoint
             directory or Hugging Face id, loaded with ``load_options``.
-        query_prompt, document_prompt: names of stored prompts (default: the bundle's
-            ``query``, and ``passage`` or ``document``; ``""`` for none).
-        load_options: :func:`flare_onnx.load`'s keyword arguments.
+        options: ``query_prompt``, ``document_prompt`` (names of stored prompts; default: the
+            bundle's ``query``, and ``passage`` or ``document``; ``""`` for none) and
+            :func:`flare_onnx.load`'s keyword arguments, as :class:`._embedder.Embedder` takes them.
 
     The async methods run the engine in a worker thread, so an event loop keeps serving while
     a batch is embedded (onnxruntime releases the GIL).
     """
 
-    def __init__(
-        self,
-        model: FlareModel | str | Path,
-        *,
-        query_prompt: str | None = None,
-        document_prompt: str | None = None,
-        **load_options: Any,
-    ) -> None:
-        self.embedder = Embedder(model, query_prompt=query_prompt, document_prompt=document_prompt, **load_options)
+    def __init__(self, model: FlareModel | str | Path, **options: Any) -> None:
+        self.embedder = Embedder(model, **options)
 
     @property
     def model(self) -> FlareModel:

@@ -157,7 +157,8 @@ class FlareComponent:
             yield from self._annotate(batch)
 
     def _annotate(self, docs: list[Doc]) -> list[Doc]:
-        todo = [d for d in docs if d.text.strip()]  # an empty or blank doc has nothing for the model
+        has_text = [bool(d.text.strip()) for d in docs]  # an empty or blank doc has nothing for the model
+        todo = [d for d, keep in zip(docs, has_text) if keep]
         texts = [d.text for d in todo]
         try:
             if self._kind == "vector":
@@ -173,8 +174,8 @@ class FlareComponent:
             raise InputError(f"spaCy component {self.name!r}: {where} {exc.reason}") from exc
         except FlareOnnxError as exc:
             raise type(exc)(f"spaCy component {self.name!r}: {exc}") from exc
-        for doc in docs:
-            words = next(results).words if doc.text.strip() else []
+        for doc, keep in zip(docs, has_text):
+            words = next(results).words if keep else []
             self._set(doc, token_labels(doc, words))
         return docs
 
