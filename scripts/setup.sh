@@ -14,14 +14,17 @@ fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 pip() { python -m pip "$@" 2>&1 | grep -vE "is ignored: it is neither a file nor a directory" || true; }
 # uv (a registry package) installs the same requirements from the same indexes several times
-# faster than pip (here 47 s against 130 s for everything below, bytecode compiled as pip
-# does: without it every first import compiles, in each test's processes); it is told pip's indexes,
+# faster than pip (here 37 s against ~130 s for everything below); it is told pip's indexes,
 # find-links and constraints, and where it cannot be had or fails, pip does the work.
 # FLARE_ONNX_PIP_ONLY=1: pip only.
+# uv does not compile bytecode by default: Python compiles what is imported, on first import
+# (compiling all of it here took 92 s instead of 37; the tests import a fraction).
+# FLARE_ONNX_COMPILE_BYTECODE=1: compile everything now, as pip does.
 uv_args=()
 if [ "${FLARE_ONNX_PIP_ONLY:-0}" != 1 ] && python -m pip install -q uv >/dev/null 2>&1; then
   mapfile -t uv_args < <(python scripts/pip_config_for_uv.py)
-  uv_args=(--python "$(command -v python)" --index-strategy unsafe-best-match --compile-bytecode "${uv_args[@]}")
+  uv_args=(--python "$(command -v python)" --index-strategy unsafe-best-match "${uv_args[@]}")
+  if [ "${FLARE_ONNX_COMPILE_BYTECODE:-0}" = 1 ]; then uv_args+=(--compile-bytecode); fi
 fi
 install() {  # pip install's arguments; uv where set up, pip otherwise or when uv fails
   if [ "${#uv_args[@]}" -gt 0 ]; then

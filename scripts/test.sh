@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/setup.sh
+# Python caches the bytecode of what the tests import (setup.sh does not compile it all ahead):
+# where PYTHONDONTWRITEBYTECODE is set, every test process would compile its imports again
+unset PYTHONDONTWRITEBYTECODE
 # two workers (the test files shared out, each file whole on one worker): on 2 vCPUs the suite
 # took 13.0 min in one process and 9.7 min in two (docs/reference.md)
 # the type check runs beside the tests (one process, mostly while pytest's workers wait on
