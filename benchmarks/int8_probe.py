@@ -1,13 +1,20 @@
 """Probe of INT8 recipes that keep the fast kernels (issue #36):
 ``python -m benchmarks.int8_probe BUNDLE [BUNDLE ...] --corpus FILE``.
 
-Every route keeps onnxruntime's u8s8 GEMMs (``DynamicQuantizeMatMul`` or
+Every route but the ``u8u8`` ones keeps onnxruntime's u8s8 GEMMs (``DynamicQuantizeMatMul`` or
 ``MatMulIntegerToFloat``); only the numbers fed to them change:
 
 * ``fast`` — the bundle's own INT8 graph (per-column weights, activations per tensor at run
   time, position 0 quantized apart);
 * ``plain-dynamic`` — onnxruntime's ``quantize_dynamic`` of the FP32 graph (per-tensor
   activations, per-column weights: the recipe optimum's default gives), the fixed point;
+* ``plain-u8u8`` — the same with unsigned 8-bit weights (per-column zero points): onnxruntime's
+  u8u8 GEMM multiplies in 16 bits and never saturates, so weights keep all 8 bits on AVX2 — the
+  lead from LiteRT's probe (benchmarks/litert_probe.py), whose full-8-bit kernel was the more
+  faithful; the fast u8s8 kernel is not kept here, and its speed is what this route measures;
+* ``per-row`` — activations quantized per row (per token) at run time, no split (:func:`per_row`):
+  7-bit weights on u8s8; ``per-row-a7w8`` 7-bit activations and 8-bit weights on u8s8;
+  ``per-row-u8u8`` 8-bit weights stored unsigned for the u8u8 kernel (no saturation, slower);
 * ``sq<α>`` — SmoothQuant (Xiao et al., 2023): each MatMul input's per-channel range moved
   into its weight rows by ``s_j = max|x_j|^α / max|W_j|^(1-α)`` — a ``Mul`` by ``1/s`` before
   the MatMul, folded into the value projection where the input is attention's context — then
@@ -224,6 +231,79 @@ def to_static(
     return {"static_matmuls": len(dq), "clip": clip, "levels": levels}
 
 
+def per_row(
+    fp32: Path, out: Path, act_levels: int = 127, weight_levels: int = 63, u8u8: bool = False
+) -> dict[str, Any]:
+    """Every MatMul with a constant weight as u8s8 with activations quantized **per row** (per
+    token) at run time: ``s_r = max|x_r| / act_levels``, ``QuantizeLinear`` along the rows (zero
+    point 128), ``MatMulIntegerToFloat`` with the weights' per-column scales, then ``· s_r``.
+    A token's numbers depend on that token only (batch invariant), and an outlier token (the
+    ``<s>`` position) spoils no other row, with no split. ``weight_levels`` 63 keeps AVX2's
+    ``vpmaddubsw`` pair sums from saturating with 8-bit activations (127 with ``act_levels`` 63);
+    ``u8u8`` stores 8-bit weights as unsigned (zero point 128) for onnxruntime's u8u8 kernel,
+    which widens to 16 bits and never saturates."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(fp32))
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes, changed = [], 0
+    const = lambda name, value: model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))  # noqa: E731
+    const("pr/k_minus1", np.array([-1], np.int64))
+    const("pr/zp", np.array(128, np.uint8))
+    const("pr/eps", np.array(1e-12, np.float32))
+    const("pr/inv_levels", np.array(1.0 / act_levels, np.float32))
+    const("pr/one", np.array(1.0, np.float32))
+    for node in model.graph.node:
+        w = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if w is None or len(w.dims) != 2:
+            nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(w).astype(np.float32)
+        wscale = np.maximum(np.abs(weight).max(0), 1e-12) / weight_levels
+        p = f"pr/{changed}"
+        q = np.clip(np.round(weight / wscale), -weight_levels, weight_levels)
+        const(f"{p}/w", (q + 128).astype(np.uint8) if u8u8 else q.astype(np.int8))
+        const(f"{p}/ws", wscale.astype(np.float32))
+        const(f"{p}/shape2", np.array([-1, weight.shape[0]], np.int64))
+        x, y = node.input[0], node.output[0]
+        nodes += [
+            helper.make_node("Shape", [x], [f"{p}/xshape"]),
+            helper.make_node("Reshape", [x, f"{p}/shape2"], [f"{p}/x2"]),
+            helper.make_node("Abs", [f"{p}/x2"], [f"{p}/abs"]),
+            helper.make_node("ReduceMax", [f"{p}/abs"], [f"{p}/max"], axes=[1], keepdims=0),
+            helper.make_node("Max", [f"{p}/max", "pr/eps"], [f"{p}/max_eps"]),
+            helper.make_node("Mul", [f"{p}/max_eps", "pr/inv_levels"], [f"{p}/s"]),
+            helper.make_node("Shape", [f"{p}/s"], [f"{p}/sshape"]),
+            helper.make_node("Expand", ["pr/zp", f"{p}/sshape"], [f"{p}/zps"]),
+            helper.make_node("QuantizeLinear", [f"{p}/x2", f"{p}/s", f"{p}/zps"], [f"{p}/q"], axis=0),
+            helper.make_node(
+                "MatMulIntegerToFloat",
+                [f"{p}/q", f"{p}/w", "pr/one", f"{p}/ws", "pr/zp"] + (["pr/zp"] if u8u8 else []),
+                [f"{p}/y2"],
+                domain="com.microsoft",
+            ),  # fmt: skip
+            helper.make_node("Unsqueeze", [f"{p}/s", "pr/k_minus1"], [f"{p}/s2"]),
+            helper.make_node("Mul", [f"{p}/y2", f"{p}/s2"], [f"{p}/y2s"]),
+            helper.make_node("Slice", [f"{p}/xshape", "pr/zero", "pr/k_minus1"], [f"{p}/lead"]),
+            helper.make_node("Concat", [f"{p}/lead", f"{p}/n"], [f"{p}/yshape"], axis=0),
+            helper.make_node("Reshape", [f"{p}/y2s", f"{p}/yshape"], [y]),
+        ]
+        const(f"{p}/n", np.array([weight.shape[1]], np.int64))
+        changed += 1
+    const("pr/zero", np.array([0], np.int64))
+    used = {i for n in nodes for i in n.input}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, str(out))
+    return {"matmuls_per_row": changed, "act_levels": act_levels, "weight_levels": weight_levels, "u8u8": u8u8}
+
+
 def _invariance(model: Any, texts: list[str]) -> float:
     """The worst cosine between a text embedded alone and inside length-sorted batches of 32."""
     ordered = sorted(texts, key=len)
@@ -274,6 +354,19 @@ def _build_routes(
     if wanted("plain-dynamic"):
         _plain(fp32, work / "plain.onnx")
         graphs["plain-dynamic"] = work / "plain.onnx"
+    for route, levels in (
+        ("per-row", (127, 63, False)),
+        ("per-row-a7w8", (63, 127, False)),
+        ("per-row-u8u8", (127, 127, True)),
+    ):
+        if wanted(route):
+            notes[route] = per_row(fp32, work / f"{route}.onnx", *levels)
+            graphs[route] = work / f"{route}.onnx"
+    if wanted("plain-u8u8"):  # unsigned 8-bit weights: onnxruntime's u8u8 kernels widen to 16 bits, no saturation
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(fp32), str(work / "u8u8.onnx"), weight_type=QuantType.QUInt8, per_channel=True)
+        graphs["plain-u8u8"] = work / "u8u8.onnx"
     if wanted("static-split"):
         notes["static-split"] = to_static(int8, work / "static-split.onnx", feeds, 1.0)
         graphs["static-split"] = work / "static-split.onnx"
