@@ -23,7 +23,7 @@ from .guard import DEFAULT_TARGET, PRESETS, quantize_guarded
 from .optimize import optimize_for_onnxruntime
 from .prune import DEFAULT_MIN_DOC_FREQ, prune_checkpoint
 from .sentence import sentence_settings
-from .quantize import EMBEDDING_BITS, TARGETS
+from .quantize import ACTIVATIONS, EMBEDDING_BITS, TARGETS
 from .sample import italian_sentences, mask_sentences, read_corpus
 from .tokenizer import build_tokenizer, compare_tokenizers, load_reference_tokenizer, special_tokens
 from .verify import compare, make_batches, onnx_outputs, torch_outputs
@@ -80,6 +80,7 @@ def export_bundle(
     fidelity_target: float = DEFAULT_TARGET,
     target_cpu: str = "auto",
     embedding_bits: str = "auto",
+    activations: str = "per-tensor",
     openvino: bool = False,
     fidelity: str = "fast",
     prune_vocab: str | Path | None = None,
@@ -99,13 +100,15 @@ def export_bundle(
         fidelity_target, fidelity: the INT8 guard's cosine floor and preset (docs/int8.md).
         target_cpu, embedding_bits, openvino: the INT8 graph's CPU (``auto``, ``vnni``, ``avx2``, ``arm64``)
             and word table (``auto``, ``8``, ``4``; docs/int8.md); also write the NNCF INT8 IR.
+        activations: INT8 activations quantized ``per-tensor`` (the default) or ``per-row`` (per
+            token: batch-invariant; docs/int8.md).
         prune_vocab, min_doc_freq, prune_words: Flare-IT's pruning, to a corpus and frequent words (docs/export.md).
         prompts: named prompts to store (over the checkpoint's sentence-transformers ``prompts``).
 
     Raises:
         ExportError: a bad option or checkpoint; a tokenizer, FP32 or INT8 graph that fails its check.
     """
-    out, build = Path(output), (target_cpu, str(embedding_bits))
+    out, build = Path(output), (target_cpu, str(embedding_bits), activations)
     _check_options(out, overwrite, precisions, build, task, fidelity_target, openvino, fidelity)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -199,16 +202,18 @@ def _check_options(
     out: Path,
     overwrite: bool,
     precisions: tuple[str, ...],
-    build: tuple[str, str],
+    build: tuple[str, str, str],
     task: str | None,
     fidelity_target: float,
     openvino: bool,
     fidelity: str,
 ) -> None:
     """Every option is checked before the expensive work (loading, tracing, PyTorch runs)."""
-    target_cpu, embedding_bits = build
+    target_cpu, embedding_bits, activations = build
     if embedding_bits not in EMBEDDING_BITS:
         raise ExportError(f"embedding_bits must be one of {', '.join(EMBEDDING_BITS)}, not {embedding_bits!r}")
+    if activations not in ACTIVATIONS:
+        raise ExportError(f"activations must be one of {', '.join(ACTIVATIONS)}, not {activations!r}")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ExportError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
     bad = [p for p in precisions if p not in GRAPH_FILES]
@@ -330,11 +335,11 @@ def _write_onnx_graphs(
     precisions: tuple[str, ...],
     verification: dict[str, Any],
     fidelity: tuple[float, str],
-    build: tuple[str, str],
+    build: tuple[str, str, str],
     log: Callable[[str], None],
 ) -> tuple[dict[str, Any], Any]:
     """The FP32 graph (checked against PyTorch) and, when asked, the guarded INT8 graph
-    (``build``: the target CPU and the word table's bits)."""
+    (``build``: the target CPU, the word table's bits, the activations' scales)."""
     ort = require("onnxruntime")
     inputs, outputs = GRAPH_IO[prep.ckpt.task]
     fp32_path = work / GRAPH_FILES["fp32"]
@@ -356,6 +361,7 @@ def _write_onnx_graphs(
                 fidelity=fidelity[1],
                 target_cpu=build[0],
                 embedding_bits=build[1],
+                activations=build[2],
                 log=log,
             )
         else:

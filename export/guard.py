@@ -106,6 +106,7 @@ def quantize_guarded(
     target_cpu: str = "auto",
     fidelity: str = "fast",
     embedding_bits: str = "auto",
+    activations: str = "per-tensor",
     log: Callable[[str], None] = print,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Write the INT8 graph; return (recipe, figures against PyTorch).
@@ -119,7 +120,7 @@ def quantize_guarded(
         preset = replace(preset, mean=max(target, preset.mean) if fidelity != "fast" else target)
     onnx = require("onnx")
     groups = _groups(quantizable_nodes(onnx.load(str(fp32), load_external_data=False)))
-    run = _Attempts(fp32, out, batches, reference, target_cpu, embedding_bits)
+    run = _Attempts(fp32, out, batches, reference, target_cpu, (embedding_bits, activations))
     block = [g for g in groups if g.split("/", 1)[-1] in preset.start_block]
     keep: list[str] = []
     figures = run(groups, block, keep)
@@ -157,10 +158,16 @@ class _Attempts:
     """Quantize with a recipe and measure it against PyTorch; the last recipe is kept."""
 
     def __init__(
-        self, fp32: Path, out: Path, batches: Any, reference: Any, target_cpu: str, embedding_bits: str = "auto"
+        self,
+        fp32: Path,
+        out: Path,
+        batches: Any,
+        reference: Any,
+        target_cpu: str,
+        build: tuple[str, str] = ("auto", "per-tensor"),
     ) -> None:
         self.fp32, self.out, self.batches, self.reference, self.target_cpu = fp32, out, batches, reference, target_cpu
-        self.embedding_bits = embedding_bits
+        self.embedding_bits, self.activations = build  # the word table's bits; activations per tensor or per row
         self.recipe: dict[str, Any] = {}
 
     def __call__(self, groups: dict[str, list[str]], block: list[str], keep: list[str]) -> dict[str, Any]:
@@ -174,6 +181,7 @@ class _Attempts:
             keep_fp32=kept,
             block=blocked,
             embedding_bits=self.embedding_bits,
+            activations=self.activations,
         )
         session = ort.InferenceSession(str(self.out), providers=["CPUExecutionProvider"])
         return compare(self.batches, self.reference, onnx_outputs(session, self.batches))

@@ -46,6 +46,8 @@ _INT64_MAX = np.iinfo(np.int64).max
 #: How the word-embedding table is stored: ``auto`` (4-bit blocks where that loses nothing,
 #: else INT8 rows), ``8`` (INT8 rows) or ``4`` (4-bit blocks, lossy for FP32-trained tables).
 EMBEDDING_BITS = ("auto", "8", "4")
+#: how a MatMul's input is quantized at run time (:func:`quantize_int8`)
+ACTIVATIONS = ("per-tensor", "per-row")
 Q4_BLOCK = 32
 
 
@@ -139,6 +141,7 @@ def quantize_int8(
     block: Mapping[str, int] | None = None,
     halves_apart: bool = True,
     embedding_bits: str = "auto",
+    activations: str = "per-tensor",
 ) -> dict[str, Any]:
     """Write the INT8 graph of ``fp32`` to ``out``; return the recipe for the manifest.
 
@@ -148,6 +151,10 @@ def quantize_int8(
     ``halves_apart`` keeps a split MatMul's two halves apart until something needs all
     positions (:func:`keep_halves_apart`; the same numbers, fewer Slice and Concat nodes).
     ``embedding_bits`` (:data:`EMBEDDING_BITS`) says how the word-embedding table is stored.
+    ``activations`` (:data:`ACTIVATIONS`): ``per-tensor`` quantizes a MatMul's input with one
+    scale per call (``DynamicQuantizeMatMul``, position 0 apart where ``split_first`` says);
+    ``per-row`` with one scale per token (:meth:`_Int8Pass.row_matmul`): no split needed, and a
+    text's numbers no longer depend on its batch-mates.
 
     The steps, in order: embedding tables to INT8 rows; biases found that can go into their
     MatMul; MatMuls sharing an input packed into one; every node rewritten; unused
@@ -157,6 +164,8 @@ def quantize_int8(
     qmax, target = _qmax(target)
     if str(embedding_bits) not in EMBEDDING_BITS:
         raise ExportError(f"embedding_bits must be one of {', '.join(EMBEDDING_BITS)}, not {embedding_bits!r}")
+    if activations not in ACTIVATIONS:
+        raise ExportError(f"activations must be one of {', '.join(ACTIVATIONS)}, not {activations!r}")
     model = onnx.load(str(fp32))
     # the guard quantizes one graph many times: shapes and INT8 tables are worked out once per file
     cache = _SourceCache.of(Path(fp32), model, qmax)
@@ -164,10 +173,11 @@ def quantize_int8(
         model,
         qmax=qmax,
         keep=set(keep_fp32),
-        split_first=split_first,
+        split_first=split_first if activations == "per-tensor" else False,
         block=dict(block or {}),
         cache=cache,
         embedding_bits=str(embedding_bits),
+        per_row=activations == "per-row",
     )
     rewrite.quantize_tables()
     rewrite.find_biases()
@@ -217,6 +227,7 @@ class _Int8Pass:
         block: dict[str, int],
         cache: _SourceCache | None = None,
         embedding_bits: str = "auto",
+        per_row: bool = False,
     ) -> None:
         onnx = require("onnx")
         self.onnx, self.helper, self.numpy_helper = onnx, onnx.helper, onnx.numpy_helper
@@ -241,6 +252,7 @@ class _Int8Pass:
         self.split: list[str] = []
         self.block = block
         self.blocked: list[str] = []
+        self.per_row = per_row
 
     # -- initializers ------------------------------------------------------------------------
 
@@ -403,9 +415,12 @@ class _Int8Pass:
 
     def recipe(self, target: str) -> dict[str, Any]:
         tied = self.tied_projection
-        activations = "uint8 asymmetric per tensor, at run time"
+        if self.per_row:
+            activations, method = "uint8 per row (per token), zero point 128, at run time", "per-row activations"
+        else:
+            activations, method = "uint8 asymmetric per tensor, at run time", "position 0 quantized apart"
         return {
-            "method": "dynamic INT8, per-column symmetric weights, position 0 quantized apart",
+            "method": f"dynamic INT8, per-column symmetric weights, {method}",
             "weights": f"int8 symmetric, |q| <= {self.qmax}",
             "built_for": target,
             "activations": activations + (" (position 0 on its own)" if self.split_first else ""),
@@ -434,8 +449,61 @@ class _Int8Pass:
 
     # -- node rewrites -------------------------------------------------------------------------
 
-    def dqmm(self, inputs: list[str], output: str, name: str) -> Any:
-        return self.helper.make_node("DynamicQuantizeMatMul", inputs, [output], domain="com.microsoft", name=name)
+    def dqmm(self, inputs: list[str], output: str, name: str) -> list[Any]:
+        """``a @ w * scale + bias`` from ``[a, w, scale, "", bias]``: ``DynamicQuantizeMatMul``, or
+        :meth:`row_matmul` where activations are quantized per row."""
+        if self.per_row:
+            return self.row_matmul(inputs[0], inputs[1], inputs[2], inputs[4] if len(inputs) > 4 else "", output, name)
+        return [self.helper.make_node("DynamicQuantizeMatMul", inputs, [output], domain="com.microsoft", name=name)]
+
+    def row_matmul(self, a: str, w: str, w_scale: str, bias: str, output: str, base: str) -> list[Any]:
+        """``a @ w`` with ``a`` quantized per row at run time: ``s_r = max|a_r| / 127``,
+        ``QuantizeLinear`` along the rows (zero point 128), ``MatMulIntegerToFloat`` with the
+        weights' per-column scales, ``· s_r``, ``+ bias``, back to ``a``'s leading shape. Every
+        row's numbers are its own, so a text's output does not depend on its batch."""
+        make = self.helper.make_node
+        c = {
+            "k": self.const("row_minus1", np.array([-1], np.int64)),
+            "zero": self.const("row_zero", np.array([0], np.int64)),
+            "zp": self.const("row_zp", np.array(128, np.uint8)),
+            "eps": self.const("row_eps", np.array(1e-12, np.float32)),
+            "inv": self.const("row_inv_127", np.array(1 / 127, np.float32)),
+            "one": self.const("row_one", np.array(1.0, np.float32)),
+            "big": self.const("row_end", np.array([np.iinfo(np.int64).max], np.int64)),
+        }
+        b = f"{base}_row"
+        scaled = f"{b}_ys" if bias else f"{b}_y"
+        nodes = [
+            make("Shape", [a], [f"{b}_shape"], name=f"{b}_shape"),
+            make("Slice", [f"{b}_shape", c["k"], c["big"]], [f"{b}_k"], name=f"{b}_k"),
+            make("Concat", [c["k"], f"{b}_k"], [f"{b}_width"], axis=0, name=f"{b}_width"),
+            make("Reshape", [a, f"{b}_width"], [f"{b}_a2"], name=f"{b}_a2"),
+            make("Abs", [f"{b}_a2"], [f"{b}_abs"], name=f"{b}_abs"),
+            make("ReduceMax", [f"{b}_abs"], [f"{b}_max"], axes=[1], keepdims=0, name=f"{b}_max"),
+            make("Max", [f"{b}_max", c["eps"]], [f"{b}_max_eps"], name=f"{b}_max_eps"),
+            make("Mul", [f"{b}_max_eps", c["inv"]], [f"{b}_s"], name=f"{b}_s"),
+            make("Shape", [f"{b}_s"], [f"{b}_rows"], name=f"{b}_rows"),
+            make("Expand", [c["zp"], f"{b}_rows"], [f"{b}_zps"], name=f"{b}_zps"),
+            make("QuantizeLinear", [f"{b}_a2", f"{b}_s", f"{b}_zps"], [f"{b}_q"], axis=0, name=f"{b}_q"),
+            make(
+                "MatMulIntegerToFloat",
+                [f"{b}_q", w, c["one"], w_scale, c["zp"]],
+                [f"{b}_mm"],
+                domain="com.microsoft",
+                name=f"{b}_mm",
+            ),
+            make("Unsqueeze", [f"{b}_s", c["k"]], [f"{b}_s2"], name=f"{b}_s2"),
+            make("Mul", [f"{b}_mm", f"{b}_s2"], [scaled], name=f"{b}_scale"),
+        ]
+        if bias:
+            nodes.append(make("Add", [scaled, bias], [f"{b}_y"], name=f"{b}_bias"))
+        return nodes + [
+            make("Slice", [f"{b}_shape", c["zero"], c["k"]], [f"{b}_lead"], name=f"{b}_lead"),
+            make("Shape", [f"{b}_mm"], [f"{b}_mmshape"], name=f"{b}_mmshape"),
+            make("Slice", [f"{b}_mmshape", c["k"], c["big"]], [f"{b}_n"], name=f"{b}_n"),
+            make("Concat", [f"{b}_lead", f"{b}_n"], [f"{b}_yshape"], axis=0, name=f"{b}_yshape"),
+            make("Reshape", [f"{b}_y", f"{b}_yshape"], [output], name=f"{b}_back"),
+        ]
 
     def lookup(self, node: Any) -> list[Any]:
         """An embedding lookup on INT8 rows, dequantized after the lookup: rows * scale[id]."""
@@ -514,7 +582,7 @@ class _Int8Pass:
         self.tied_projection = True
         return [
             self.helper.make_node("Transpose", [emb_q], [f"{base}_et"], perm=[1, 0], name=f"{base}_transpose"),
-            self.dqmm([node.input[0], f"{base}_et", emb_s, "", bias], node.output[0], f"{base}_dqmm"),
+            *self.dqmm([node.input[0], f"{base}_et", emb_s, "", bias], node.output[0], f"{base}_dqmm"),
         ]
 
     def gemm(self, node: Any) -> list[Any]:
@@ -532,7 +600,7 @@ class _Int8Pass:
         q, s = self.per_column(node.input[1], transposed=bool(attrs.get("transB", 0)))
         bias = node.input[2] if len(node.input) > 2 else ""
         base = self.unique(node.name.strip("/").replace("/", "_") or "gemm")
-        return [self.dqmm([node.input[0], q, s, "", bias], node.output[0], f"{base}_dqmm")]
+        return self.dqmm([node.input[0], q, s, "", bias], node.output[0], f"{base}_dqmm")
 
     def matmul(self, members: list[Any]) -> list[Any]:
         """DynamicQuantizeMatMul node(s) for MatMuls sharing one input (bias fused when known),
@@ -548,7 +616,7 @@ class _Int8Pass:
             made = self.split_matmul(a, q, sc, bias_name, y, base)
             self.split.extend(m.name for m in members)
         else:
-            made = [self.dqmm([a, q, sc, "", bias_name], y, f"{base}_dqmm")]
+            made = self.dqmm([a, q, sc, "", bias_name], y, f"{base}_dqmm")
         if len(outs) > 1:
             sizes = self.const(
                 f"{base}_split_sizes", np.array([self.inits[m.input[1]].dims[1] for m in members], np.int64)
@@ -583,8 +651,8 @@ class _Int8Pass:
         return [
             make("Slice", [a, starts0, starts1, axis], [f"{base}_a0"], name=f"{base}_slice0"),
             make("Slice", [a, starts1, end, axis], [f"{base}_a1"], name=f"{base}_slice1"),
-            self.dqmm([f"{base}_a0", q, sc, "", bias], f"{base}_y0", f"{base}_dqmm0"),
-            self.dqmm([f"{base}_a1", q, sc, "", bias], f"{base}_y1", f"{base}_dqmm1"),
+            *self.dqmm([f"{base}_a0", q, sc, "", bias], f"{base}_y0", f"{base}_dqmm0"),
+            *self.dqmm([f"{base}_a1", q, sc, "", bias], f"{base}_y1", f"{base}_dqmm1"),
             make("Concat", [f"{base}_y0", f"{base}_y1"], [y], axis=1, name=f"{base}_concat"),
         ]
 

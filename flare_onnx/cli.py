@@ -388,6 +388,7 @@ def _export(args: argparse.Namespace) -> int:
         fidelity_target=args.fidelity_target,
         target_cpu=args.target_cpu,
         embedding_bits=args.embedding_bits,
+        activations=args.activations,
         openvino=args.openvino,
         fidelity=args.fidelity,
         prune_vocab=args.prune_vocab,
@@ -603,6 +604,14 @@ def _add_export(sub: Any) -> None:
         default="auto",
         help="the INT8 graph's word-embedding table: 8-bit rows, or 4-bit blocks of 32 (half the size; "
         "auto: 4 where that loses nothing, as for weights already in 4-bit blocks; docs/int8.md)",
+    )
+    p.add_argument(
+        "--activations",
+        choices=["per-tensor", "per-row"],
+        default="per-tensor",
+        help="how the INT8 graph quantizes each MatMul's input at run time: one scale per call, or one per "
+        "token (a text's numbers then never depend on its batch; e5 0.9967 -> 0.9988 cosine at the same "
+        "speed on AVX2; docs/int8.md)",
     )
     p.add_argument(
         "--openvino",

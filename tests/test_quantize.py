@@ -258,3 +258,31 @@ def test_presets_record_their_recipe_per_layer_group(tiny_checkpoint, tmp_path):
     assert flare_onnx.load(out).embed(["ciao"]).shape == (1, 32)
     with pytest.raises(ExportError, match="fidelity must be one of fast, balanced, faithful, not 'perfect'"):
         export_bundle(str(tiny_checkpoint), tmp_path / "c", fidelity="perfect", log=_quiet)
+
+
+def test_per_row_activations_replace_every_dynamic_quantization(tiny_bundle, tmp_path):
+    """``activations="per-row"``: each MatMul's input gets one scale per token, no node is left
+    quantizing a whole call's activations at once, and no position-0 split is needed."""
+    recipe = quantize_int8(tiny_bundle / "model.fp32.onnx", tmp_path / "q.onnx", activations="per-row")
+    ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node)
+    assert ops["DynamicQuantizeMatMul"] == 0 and ops["MatMulIntegerToFloat"] == 8 + 2  # 4 per layer + MLM head
+    assert ops["QuantizeLinear"] == ops["MatMulIntegerToFloat"]
+    assert recipe["split_first_nodes"] == 0 and "per row" in recipe["activations"]
+    with pytest.raises(ExportError, match="activations must be one of per-tensor, per-row"):
+        quantize_int8(tiny_bundle / "model.fp32.onnx", tmp_path / "x.onnx", activations="per-channel")
+
+
+def test_per_row_int8_is_the_same_alone_or_in_any_batch(tiny_checkpoint, tmp_path):
+    """A text's per-row INT8 embedding is the same alone, beside short texts and beside long ones
+    (per-tensor scales move it with its batch-mates: issue #36); only the float sums over a
+    longer padding may round differently."""
+    bundle = export_bundle(str(tiny_checkpoint), tmp_path / "b", task="feature-extraction",
+                           activations="per-row", log=_quiet)  # fmt: skip
+    assert "per row" in json.loads((bundle / "manifest.json").read_text())["quantization"]["activations"]
+    model = flare_onnx.load(bundle, threads=1)
+    text = "Il gatto dorme sul divano del salotto."
+    alone = model.embed([text])[0]
+    for mates in (["Sì."], ["Roma è la capitale d'Italia e conta quasi tre milioni di abitanti. " * 6] * 5):
+        assert np.abs(model.embed([*mates, text])[-1] - alone).max() <= 1e-6
+    fp32 = flare_onnx.load(bundle, precision="fp32").embed([text])[0]
+    assert float(alone @ fp32 / np.linalg.norm(alone) / np.linalg.norm(fp32)) > 0.99
