@@ -182,6 +182,8 @@ def quantize_int8(
     rewrite.quantize_tables()
     rewrite.find_biases()
     rewrite.find_packs(pack_shared)
+    if rewrite.per_row:
+        rewrite.keep_single_biases()
     rewrite.rewrite_nodes()
     rewrite.finish()
     glue = keep_halves_apart(model) if rewrite.split and halves_apart else {}
@@ -384,6 +386,15 @@ class _Int8Pass:
             together = pack_shared and len(group) > 1 and all(g.name in self.bias_of for g in group)
             for g in group:
                 self.packs[g.name] = group if together else [g]
+
+    def keep_single_biases(self) -> None:
+        """Per-row MatMuls add their bias after the row scale, so a lone MatMul's own bias Add
+        is left in the graph, where onnxruntime fuses it with what follows (GELU, the residual
+        Add and LayerNorm); a pack's biases stay concatenated (its Adds are gone with the pack)."""
+        for name, members in self.packs.items():
+            if len(members) == 1 and name in self.bias_of:
+                _, added = self.bias_of.pop(name)
+                self.fused_adds.discard(next(n.name for n in self.graph.node if n.output and n.output[0] == added))
 
     def rewrite_nodes(self) -> None:
         """Every node of the graph, quantized where the recipe says, in the graph's order."""
