@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .fusion_probe import _fidelity
 from .machine import describe
 from .tagging import read_conllu
 
@@ -46,14 +47,9 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             out[key] = models[key].embed(texts, prefix=args.prefix)
             rates[key].append(tokens / (time.perf_counter() - start))
-    nn = lambda e: np.argsort(-(e @ e.T), axis=1)[:, 1]  # noqa: E731
     result = {"machine": describe(), "texts": len(texts), "tokens": tokens, "rows": {}}
-    for key, got in out.items():
-        cos = (got * reference).sum(1)
-        result["rows"][key] = {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
-                               "nn": float((nn(got) == nn(reference)).mean()),
-                               "tokens_per_s": statistics.median(rates[key])}  # fmt: skip
-        r = result["rows"][key]
+    for key, got in out.items():  # unit vectors (the bundles normalize): cosine is the dot product
+        r = result["rows"][key] = {**_fidelity(got, reference), "tokens_per_s": statistics.median(rates[key])}
         print(f"{key}: cosine {r['cosine_mean']:.5f} / {r['cosine_min']:.5f}, NN {r['nn']:.1%}, "
               f"{r['tokens_per_s']:,.0f} tokens/s")  # fmt: skip
     if args.json:

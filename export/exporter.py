@@ -98,10 +98,9 @@ def export_bundle(
         precisions: graphs to write (``fp32``, ``int8``).
         calibration: Italian text for the checks (its first 1,000 sentences; default: the shipped sample).
         fidelity_target, fidelity: the INT8 guard's cosine floor and preset (docs/int8.md).
-        target_cpu, embedding_bits, openvino: the INT8 graph's CPU (``auto``, ``vnni``, ``avx2``, ``arm64``)
-            and word table (``auto``, ``8``, ``4``; docs/int8.md); also write the NNCF INT8 IR.
-        activations: INT8 activations quantized ``per-tensor`` (the default) or ``per-row`` (per
-            token: batch-invariant; docs/int8.md).
+        target_cpu, embedding_bits, activations, openvino: the INT8 graph's CPU (``auto``, ``vnni``, ``avx2``,
+            ``arm64``), word table (``auto``, ``8``, ``4``) and activation scales (``per-tensor``, or
+            ``per-row``: batch-invariant; docs/int8.md); also write the NNCF INT8 IR.
         prune_vocab, min_doc_freq, prune_words: Flare-IT's pruning, to a corpus and frequent words (docs/export.md).
         prompts: named prompts to store (over the checkpoint's sentence-transformers ``prompts``).
 

@@ -584,6 +584,17 @@ def _add_export(sub: Any) -> None:
         metavar="COUNT_OR_SHARE",
         help="with --prune-vocab: lines a token must appear in (a count, or a share below 1; when not given: 1)",
     )
+    _add_int8_options(p)
+    p.add_argument(
+        "--openvino",
+        action="store_true",
+        help="also write an OpenVINO INT8 IR (NNCF) for --backend openvino (docs/benchmarks.md compares the engines)",
+    )
+    p.set_defaults(func=_export)
+
+
+def _add_int8_options(p: Any) -> None:
+    """export's options for the INT8 graph's recipe (docs/int8.md)."""
     p.add_argument(
         "--fidelity",
         choices=["fast", "balanced", "faithful"],
@@ -613,12 +624,6 @@ def _add_export(sub: Any) -> None:
         "token (a text's numbers then never depend on its batch; e5 0.9964 -> 0.9987 cosine at ~0.9x the "
         "speed on AVX2; docs/int8.md)",
     )
-    p.add_argument(
-        "--openvino",
-        action="store_true",
-        help="also write an OpenVINO INT8 IR (NNCF) for --backend openvino (docs/benchmarks.md compares the engines)",
-    )
-    p.set_defaults(func=_export)
 
 
 def _add_reference(sub: Any) -> None:
