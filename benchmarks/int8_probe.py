@@ -15,10 +15,17 @@ Every route but the ``u8u8`` ones keeps onnxruntime's u8s8 GEMMs (``DynamicQuant
 * ``per-row`` — activations quantized per row (per token) at run time, no split (:func:`per_row`):
   7-bit weights on u8s8; ``per-row-a7w8`` 7-bit activations and 8-bit weights on u8s8;
   ``per-row-u8u8`` 8-bit weights stored unsigned for the u8u8 kernel (no saturation, slower);
+  ``per-row-w8`` 8-bit weights on u8s8 (VNNI/AMX CPUs; on AVX2 its pair sums saturate); with
+  ``-asym`` each row's own ``[min, max]`` and zero point, ``-gelu`` GELU's output shifted to
+  ``[0, max]`` (asymmetric rows where inputs are one-sided, at symmetric rows' cost), ``-gptq``
+  the weights rounded by GPTQ against the calibration activations (:func:`gptq`); named only;
+* ``w8-only``, ``w8-gptq-only`` (``w7-…``) — the FP32 graph with rounded weights, activations
+  exact: the fidelity floor of a weight rounding (named only);
 * ``sq<α>`` — SmoothQuant (Xiao et al., 2023): each MatMul input's per-channel range moved
   into its weight rows by ``s_j = max|x_j|^α / max|W_j|^(1-α)`` — a ``Mul`` by ``1/s`` before
   the MatMul, folded into the value projection where the input is attention's context — then
-  flare-onnx's INT8 pass without the position-0 split;
+  flare-onnx's INT8 pass without the position-0 split; ``sq<α>-per-row[-w8][-asym]`` the
+  smoothed graph with per-row activations instead (the smoothing ``Mul`` stays FP32; named only);
 * ``static…`` — activations quantized with scales fixed at export (calibrated on the
   exporter's own Italian sample): ``QuantizeLinear`` + ``MatMulIntegerToFloat``, one pass less
   than run-time scales, and a text's numbers no longer depend on its batch-mates.
@@ -231,8 +238,85 @@ def to_static(
     return {"static_matmuls": len(dq), "clip": clip, "levels": levels}
 
 
+def gptq(weight: np.ndarray, hessian: np.ndarray, levels: int, damp: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """GPTQ rounding (Frantar et al., 2023) of ``x @ weight`` ([K, N], symmetric, one scale per
+    output column, the same grid as round-to-nearest): input rows are rounded one at a time in
+    order of ``diag(H)`` (act-order), each row's rounding error pushed onto the rows not yet
+    rounded through the inverse Hessian ``H = XᵀX`` of the calibration activations, so the
+    layer's *output* error on that text is what is minimized. Returns ``(q, scale)``."""
+    k = weight.shape[0]
+    scale = np.maximum(np.abs(weight).max(0), 1e-12) / levels
+    h = hessian.astype(np.float64).copy()
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    h += damp * np.mean(np.diag(h)) * np.eye(k)
+    order = np.argsort(-np.diag(h))
+    w = weight.astype(np.float64)[order].copy()
+    w[dead[order]] = 0.0
+    u = np.linalg.cholesky(np.linalg.inv(h[np.ix_(order, order)])).T  # upper: H⁻¹ = UᵀU
+    q = np.empty_like(w)
+    for i in range(k):
+        q[i] = np.clip(np.rint(w[i] / scale), -levels, levels)
+        err = (w[i] - q[i] * scale) / u[i, i]
+        w[i + 1 :] -= np.outer(u[i, i + 1 :], err)
+    out = np.empty_like(q)
+    out[order] = q
+    return out.astype(np.int8 if levels <= 127 else np.int16), scale.astype(np.float32)
+
+
+def rounded_weights(
+    fp32: Path, feeds: list[dict[str, np.ndarray]] | None, levels: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every constant MatMul weight of ``fp32`` rounded to ``levels``: by GPTQ against the
+    calibration activations when ``feeds`` is given, to nearest otherwise."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(fp32))
+    inits = {t.name: t for t in model.graph.initializer}
+    groups = {x: [m for m in ms if len(inits[m.input[1]].dims) == 2] for x, ms in _matmuls(model).items()}
+    groups = {x: ms for x, ms in groups.items() if ms}
+    acts = _activations(fp32, list(groups), feeds) if feeds else {}
+    out = {}
+    for x, members in groups.items():
+        hessian = None
+        if feeds:
+            xs = np.concatenate(acts[x]).astype(np.float64)
+            hessian = xs.T @ xs
+        for m in members:
+            w = numpy_helper.to_array(inits[m.input[1]]).astype(np.float32)
+            if hessian is None:
+                scale = np.maximum(np.abs(w).max(0), 1e-12) / levels
+                out[m.input[1]] = (np.clip(np.rint(w / scale), -levels, levels).astype(np.int8), scale)
+            else:
+                out[m.input[1]] = gptq(w, hessian, levels)
+    return out
+
+
+def fake_weights(fp32: Path, out: Path, rounded: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """The FP32 graph with its MatMul weights replaced by their rounded values (FP32 compute):
+    the fidelity floor of a weight rounding, activations left exact."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(fp32))
+    for i, t in enumerate(model.graph.initializer):
+        if t.name in rounded:
+            q, scale = rounded[t.name]
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array((q * scale).astype(np.float32), t.name))
+    onnx.save(model, str(out))
+    return {"weights_rounded": len(rounded)}
+
+
 def per_row(
-    fp32: Path, out: Path, act_levels: int = 127, weight_levels: int = 63, u8u8: bool = False
+    fp32: Path,
+    out: Path,
+    act_levels: int = 127,
+    weight_levels: int = 63,
+    u8u8: bool = False,
+    asym: bool = False,
+    rounded: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    gelu_shift: bool = False,
 ) -> dict[str, Any]:
     """Every MatMul with a constant weight as u8s8 with activations quantized **per row** (per
     token) at run time: ``s_r = max|x_r| / act_levels``, ``QuantizeLinear`` along the rows (zero
@@ -241,57 +325,70 @@ def per_row(
     ``<s>`` position) spoils no other row, with no split. ``weight_levels`` 63 keeps AVX2's
     ``vpmaddubsw`` pair sums from saturating with 8-bit activations (127 with ``act_levels`` 63);
     ``u8u8`` stores 8-bit weights as unsigned (zero point 128) for onnxruntime's u8u8 kernel,
-    which widens to 16 bits and never saturates."""
+    which widens to 16 bits and never saturates.
+
+    ``asym``: each row's range ``[min, max]`` (zero included) is mapped onto 0…255 with a zero
+    point of its own, ``x ≈ s_r (q - z_r)``; the kernel runs with zero point 0 and the row's
+    term is taken off after it, ``y = s_r (q W - z_r Σ_k W_k)`` — the bit that symmetric scales
+    waste on one-sided inputs (GELU's output, ≥ -0.17) is kept. ``rounded``: the weights'
+    integers and scales (:func:`rounded_weights`, e.g. by GPTQ) instead of rounding to nearest.
+
+    ``gelu_shift``: a MatMul reading GELU's output (FFN out) quantizes ``x + 0.17`` instead,
+    which GELU's minimum (-0.16997) keeps ≥ 0: one scale per row over ``[0, max]`` with zero
+    point 0 — asymmetric rows' bit at symmetric rows' cost (no ``Abs``; the constant
+    ``-0.17 Σ_k W_k`` goes into the bias the MatMul's consumer already adds)."""
     import onnx
     from onnx import helper, numpy_helper
 
     model = onnx.load(str(fp32))
     inits = {i.name: i for i in model.graph.initializer}
-    nodes, changed = [], 0
+    nodes, changed, shifts = [], 0, 0
     const = lambda name, value: model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))  # noqa: E731
-    const("pr/k_minus1", np.array([-1], np.int64))
-    const("pr/zp", np.array(128, np.uint8))
-    const("pr/eps", np.array(1e-12, np.float32))
-    const("pr/inv_levels", np.array(1.0 / act_levels, np.float32))
-    const("pr/one", np.array(1.0, np.float32))
+    shared = {"pr/k_minus1": np.array([-1], np.int64), "pr/zero": np.array([0], np.int64)}
+    shared |= {"pr/zp": np.array(128, np.uint8), "pr/zp0": np.array(0, np.uint8), "pr/one": np.array(1.0, np.float32)}
+    for name, value in (("eps", 1e-12), ("zero_f", 0.0), ("top", 255.0), ("inv_levels", 1.0 / act_levels),
+                        ("inv_255", 1.0 / 255), ("gelu_min", GELU_SHIFT)):  # fmt: skip
+        shared[f"pr/{name}"] = np.array(value, np.float32)
+    model.graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in shared.items())
+    producers = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
     for node in model.graph.node:
         w = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
         if w is None or len(w.dims) != 2:
             nodes.append(node)
             continue
+        shifted = gelu_shift and _reads_gelu(producers, node.input[0])
         weight = numpy_helper.to_array(w).astype(np.float32)
-        wscale = np.maximum(np.abs(weight).max(0), 1e-12) / weight_levels
+        if rounded is not None and w.name in rounded:
+            q, wscale = rounded[w.name]
+        else:
+            wscale = np.maximum(np.abs(weight).max(0), 1e-12) / weight_levels
+            q = np.clip(np.round(weight / wscale), -weight_levels, weight_levels)
         p = f"pr/{changed}"
-        q = np.clip(np.round(weight / wscale), -weight_levels, weight_levels)
-        const(f"{p}/w", (q + 128).astype(np.uint8) if u8u8 else q.astype(np.int8))
+        const(f"{p}/w", (q.astype(np.int16) + 128).astype(np.uint8) if u8u8 else q.astype(np.int8))
         const(f"{p}/ws", wscale.astype(np.float32))
         const(f"{p}/shape2", np.array([-1, weight.shape[0]], np.int64))
         x, y = node.input[0], node.output[0]
         nodes += [
             helper.make_node("Shape", [x], [f"{p}/xshape"]),
             helper.make_node("Reshape", [x, f"{p}/shape2"], [f"{p}/x2"]),
-            helper.make_node("Abs", [f"{p}/x2"], [f"{p}/abs"]),
-            helper.make_node("ReduceMax", [f"{p}/abs"], [f"{p}/max"], axes=[1], keepdims=0),
-            helper.make_node("Max", [f"{p}/max", "pr/eps"], [f"{p}/max_eps"]),
-            helper.make_node("Mul", [f"{p}/max_eps", "pr/inv_levels"], [f"{p}/s"]),
-            helper.make_node("Shape", [f"{p}/s"], [f"{p}/sshape"]),
-            helper.make_node("Expand", ["pr/zp", f"{p}/sshape"], [f"{p}/zps"]),
-            helper.make_node("QuantizeLinear", [f"{p}/x2", f"{p}/s", f"{p}/zps"], [f"{p}/q"], axis=0),
-            helper.make_node(
-                "MatMulIntegerToFloat",
-                [f"{p}/q", f"{p}/w", "pr/one", f"{p}/ws", "pr/zp"] + (["pr/zp"] if u8u8 else []),
-                [f"{p}/y2"],
-                domain="com.microsoft",
-            ),  # fmt: skip
-            helper.make_node("Unsqueeze", [f"{p}/s", "pr/k_minus1"], [f"{p}/s2"]),
-            helper.make_node("Mul", [f"{p}/y2", f"{p}/s2"], [f"{p}/y2s"]),
+        ]
+        if shifted:
+            _shift_bias(model, inits, producers, consumers, y, -GELU_SHIFT * wscale * q.astype(np.float32).sum(0))
+            shifts += 1
+        elif asym:
+            const(f"{p}/colsum", (wscale * q.astype(np.float32).sum(0)).astype(np.float32))
+        nodes += _row_nodes("shifted" if shifted else "asym" if asym else "sym", p, u8u8)
+        nodes += [
             helper.make_node("Slice", [f"{p}/xshape", "pr/zero", "pr/k_minus1"], [f"{p}/lead"]),
             helper.make_node("Concat", [f"{p}/lead", f"{p}/n"], [f"{p}/yshape"], axis=0),
             helper.make_node("Reshape", [f"{p}/y2s", f"{p}/yshape"], [y]),
         ]
         const(f"{p}/n", np.array([weight.shape[1]], np.int64))
         changed += 1
-    const("pr/zero", np.array([0], np.int64))
     used = {i for n in nodes for i in n.input}
     keep = [i for i in model.graph.initializer if i.name in used]
     del model.graph.initializer[:]
@@ -301,7 +398,117 @@ def per_row(
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.save(model, str(out))
-    return {"matmuls_per_row": changed, "act_levels": act_levels, "weight_levels": weight_levels, "u8u8": u8u8}
+    return {
+        "matmuls_per_row": changed,
+        "act_levels": 255 if asym else act_levels,
+        "weight_levels": weight_levels,
+        "u8u8": u8u8,
+        "asym": asym,
+        "gptq": rounded is not None,
+        "gelu_shifted": shifts,
+    }
+
+
+def _row_nodes(kind: str, p: str, u8u8: bool) -> list[Any]:
+    """The nodes from ``{p}/x2`` (rows) to ``{p}/y2s`` (the rows' output) for one MatMul,
+    quantizing each row ``sym``-metrically, ``asym``-metrically, or ``shifted`` by GELU's minimum."""
+    import onnx
+    from onnx import helper
+
+    def matmul(zero_point: str) -> Any:
+        return helper.make_node(
+            "MatMulIntegerToFloat",
+            [f"{p}/q", f"{p}/w", "pr/one", f"{p}/ws", zero_point] + (["pr/zp"] if u8u8 else []),
+            [f"{p}/y2"],
+            domain="com.microsoft",
+        )
+
+    scaled = [
+        helper.make_node("Unsqueeze", [f"{p}/s", "pr/k_minus1"], [f"{p}/s2"]),
+        helper.make_node("Mul", [f"{p}/y2z" if kind == "asym" else f"{p}/y2", f"{p}/s2"], [f"{p}/y2s"]),
+    ]
+    if kind == "shifted":
+        return [
+            helper.make_node("Add", [f"{p}/x2", "pr/gelu_min"], [f"{p}/xs"]),
+            helper.make_node("ReduceMax", [f"{p}/xs"], [f"{p}/max"], axes=[1], keepdims=0),
+            helper.make_node("Max", [f"{p}/max", "pr/eps"], [f"{p}/max_eps"]),
+            helper.make_node("Mul", [f"{p}/max_eps", "pr/inv_255"], [f"{p}/s"]),
+            helper.make_node("QuantizeLinear", [f"{p}/xs", f"{p}/s"], [f"{p}/q"], axis=0),
+            matmul("pr/zp0"),
+            *scaled,
+        ]
+    if kind == "asym":
+        return [
+            helper.make_node("ReduceMax", [f"{p}/x2"], [f"{p}/hi0"], axes=[1], keepdims=0),
+            helper.make_node("ReduceMin", [f"{p}/x2"], [f"{p}/lo0"], axes=[1], keepdims=0),
+            helper.make_node("Max", [f"{p}/hi0", "pr/zero_f"], [f"{p}/hi"]),
+            helper.make_node("Min", [f"{p}/lo0", "pr/zero_f"], [f"{p}/lo"]),
+            helper.make_node("Sub", [f"{p}/hi", f"{p}/lo"], [f"{p}/range"]),
+            helper.make_node("Max", [f"{p}/range", "pr/eps"], [f"{p}/range_eps"]),
+            helper.make_node("Mul", [f"{p}/range_eps", "pr/inv_255"], [f"{p}/s"]),
+            helper.make_node("Div", [f"{p}/lo", f"{p}/s"], [f"{p}/lo_s"]),
+            helper.make_node("Neg", [f"{p}/lo_s"], [f"{p}/zf0"]),
+            helper.make_node("Round", [f"{p}/zf0"], [f"{p}/zf1"]),
+            helper.make_node("Clip", [f"{p}/zf1", "pr/zero_f", "pr/top"], [f"{p}/zf"]),
+            helper.make_node("Cast", [f"{p}/zf"], [f"{p}/zps"], to=onnx.TensorProto.UINT8),
+            helper.make_node("QuantizeLinear", [f"{p}/x2", f"{p}/s", f"{p}/zps"], [f"{p}/q"], axis=0),
+            matmul("pr/zp0"),
+            helper.make_node("Unsqueeze", [f"{p}/zf", "pr/k_minus1"], [f"{p}/z2"]),
+            helper.make_node("Mul", [f"{p}/z2", f"{p}/colsum"], [f"{p}/zterm"]),
+            helper.make_node("Sub", [f"{p}/y2", f"{p}/zterm"], [f"{p}/y2z"]),
+            *scaled,
+        ]
+    return [
+        helper.make_node("Abs", [f"{p}/x2"], [f"{p}/abs"]),
+        helper.make_node("ReduceMax", [f"{p}/abs"], [f"{p}/max"], axes=[1], keepdims=0),
+        helper.make_node("Max", [f"{p}/max", "pr/eps"], [f"{p}/max_eps"]),
+        helper.make_node("Mul", [f"{p}/max_eps", "pr/inv_levels"], [f"{p}/s"]),
+        helper.make_node("Shape", [f"{p}/s"], [f"{p}/sshape"]),
+        helper.make_node("Expand", ["pr/zp", f"{p}/sshape"], [f"{p}/zps"]),
+        helper.make_node("QuantizeLinear", [f"{p}/x2", f"{p}/s", f"{p}/zps"], [f"{p}/q"], axis=0),
+        matmul("pr/zp"),
+        *scaled,
+    ]
+
+
+GELU_SHIFT = 0.17  # GELU(x) = x Φ(x) >= -0.16997, its minimum (at x = -0.7518)
+
+
+def _reads_gelu(producers: dict[str, Any], x: str) -> bool:
+    """``x`` is GELU's output: a ``Gelu`` node, or ``x · 0.5 · (1 + erf(x/√2))``'s Muls and Add over an ``Erf``."""
+    frontier = [producers.get(x)]
+    for _ in range(4):
+        nodes = [n for n in frontier if n is not None]
+        if any(n.op_type in ("Gelu", "Erf") for n in nodes):
+            return True
+        frontier = [producers.get(i) for n in nodes if n.op_type in ("Mul", "Add") for i in n.input]
+        if x in producers and producers[x].op_type not in ("Mul", "Gelu"):
+            return False
+    return False
+
+
+def _shift_bias(
+    model: Any,
+    inits: dict[str, Any],
+    producers: dict[str, Any],
+    consumers: dict[str, list[Any]],
+    y: str,
+    delta: np.ndarray,
+) -> None:
+    """Add ``delta`` to the bias that ``y``'s consumer adds, as a new initializer (the exporter
+    shares identical biases through ``Identity`` nodes: the source's value is read)."""
+    from onnx import numpy_helper
+
+    source = lambda i: producers[i].input[0] if i in producers and producers[i].op_type == "Identity" else i  # noqa: E731
+    users = consumers.get(y, [])
+    add = users[0] if len(users) == 1 and users[0].op_type == "Add" else None
+    bias = next((i for i in add.input if source(i) in inits), None) if add is not None else None
+    if add is None or bias is None:
+        raise ValueError(f"no bias Add after {y}")  # the probe's graphs all have one; a real pass would add a node
+    value = numpy_helper.to_array(inits[source(bias)]).astype(np.float32) + delta
+    name = f"{source(bias)}_shifted_{y}"
+    model.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), name))
+    add.input[list(add.input).index(bias)] = name
 
 
 def _invariance(model: Any, texts: list[str]) -> float:
@@ -343,6 +550,54 @@ def _speed(models: dict[str, Any], texts: list[str], tokens: int, passes: int, s
     }
 
 
+# per-row variants: activation levels, weight levels, u8u8, asymmetric rows, GPTQ-rounded weights.
+# ``-w8`` (8-bit weights on u8s8) is for VNNI/AMX CPUs: on AVX2 its pair sums saturate.
+PER_ROW = {
+    f"per-row{w}{a}{g}": (*levels, a == "-asym", g == "-gptq", a == "-gelu")
+    for w, levels in (
+        ("", (127, 63, False)),
+        ("-a7w8", (63, 127, False)),
+        ("-u8u8", (127, 127, True)),
+        ("-w8", (127, 127, False)),
+    )
+    for a in ("", "-asym", "-gelu")
+    for g in ("", "-gptq")
+}
+# routes run only when named with --routes (the rest run by default, as the recorded commands did)
+NAMED_ONLY = (
+    {r for r in PER_ROW if r not in ("per-row", "per-row-a7w8", "per-row-u8u8")}
+    | {"w8-only", "w8-gptq-only", "w7-only", "w7-gptq-only"}
+    | {f"sq{a}-per-row{t}" for a in (0.3, 0.5, 0.8) for t in ("", "-w8", "-w8-asym")}
+)
+
+
+def _per_row_routes(
+    fp32: Path,
+    feeds: list[dict[str, np.ndarray]],
+    wanted: Any,
+    work: Path,
+    graphs: dict[str, Path],
+    notes: dict[str, Any],
+) -> None:
+    """The per-row routes asked for, and the weight-rounding floors (FP32 compute)."""
+    rounding: dict[tuple[int, bool], dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+
+    def rounded(levels: int, by_gptq: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        if (levels, by_gptq) not in rounding:
+            rounding[levels, by_gptq] = rounded_weights(fp32, feeds if by_gptq else None, levels)
+        return rounding[levels, by_gptq]
+
+    for route, (act, weight, u8u8, asym, by_gptq, shift) in PER_ROW.items():
+        if wanted(route):
+            extra = {"rounded": rounded(weight, True)} if by_gptq else {}
+            notes[route] = per_row(fp32, work / f"{route}.onnx", act, weight, u8u8, asym, gelu_shift=shift, **extra)
+            graphs[route] = work / f"{route}.onnx"
+    for route, by_gptq in (("w8-only", False), ("w8-gptq-only", True), ("w7-only", False), ("w7-gptq-only", True)):
+        if wanted(route):
+            notes[route] = fake_weights(fp32, work / f"{route}.onnx", rounded(127 if "w8" in route else 63, by_gptq))
+            graphs[route] = work / f"{route}.onnx"
+
+
 def _build_routes(
     fp32: Path, int8: Path, feeds: list[dict[str, np.ndarray]], alphas: list[float], wanted: Any, work: Path
 ) -> tuple[dict[str, Path], dict[str, Any]]:
@@ -354,14 +609,7 @@ def _build_routes(
     if wanted("plain-dynamic"):
         _plain(fp32, work / "plain.onnx")
         graphs["plain-dynamic"] = work / "plain.onnx"
-    for route, levels in (
-        ("per-row", (127, 63, False)),
-        ("per-row-a7w8", (63, 127, False)),
-        ("per-row-u8u8", (127, 127, True)),
-    ):
-        if wanted(route):
-            notes[route] = per_row(fp32, work / f"{route}.onnx", *levels)
-            graphs[route] = work / f"{route}.onnx"
+    _per_row_routes(fp32, feeds, wanted, work, graphs, notes)
     if wanted("plain-u8u8"):  # unsigned 8-bit weights: onnxruntime's u8u8 kernels widen to 16 bits, no saturation
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -394,12 +642,20 @@ def _smoothed_routes(
     from flare_onnx_export.quantize import quantize_int8
 
     sq = f"sq{alpha}"
-    routes = {f"{sq}{tail}": tail for tail in ("", "-split", "-static", "-static-nosplit") if wanted(f"{sq}{tail}")}
+    tails = ("", "-split", "-static", "-static-nosplit", "-per-row", "-per-row-w8", "-per-row-w8-asym")
+    routes = {f"{sq}{tail}": tail for tail in tails if wanted(f"{sq}{tail}")}
     if not routes:
         return
     smoothed = work / f"{sq}-fp32.onnx"
     factors = smooth(fp32, smoothed, feeds, alpha)
     for route, tail in routes.items():
+        if tail.startswith("-per-row"):  # the smoothed graph's MatMuls per row (the smoothing Mul stays FP32)
+            notes[route] = {
+                **factors,
+                **per_row(smoothed, work / f"{route}.onnx", 127, 127 if "w8" in tail else 63, asym="asym" in tail),
+            }
+            graphs[route] = work / f"{route}.onnx"
+            continue
         quantize_int8(smoothed, work / f"{route}-dynamic.onnx", split_first=tail in ("-split", "-static"))
         graphs[route] = work / f"{route}-dynamic.onnx"
         notes[route] = dict(factors)
@@ -415,7 +671,7 @@ def probe(bundle: Path, texts: list[str], calib: list[str], args: argparse.Names
     fp32 = bundle / record["graphs"]["fp32"]["file"]
     int8 = bundle / record["graphs"]["int8"]["file"]
     feeds = _calibration_feeds(bundle, calib)
-    wanted = lambda route: not args.routes or route in args.routes  # noqa: E731
+    wanted = lambda route: route in args.routes if args.routes else route not in NAMED_ONLY  # noqa: E731
     graphs, notes = _build_routes(fp32, int8, feeds, args.alphas, wanted, work)
     bundles = {k: bundle if k == "fast" else _with_graph(bundle, g, work / f"b-{k}") for k, g in graphs.items()}
     reference = flare_onnx.load(bundle, precision="fp32", threads=2).embed(texts)

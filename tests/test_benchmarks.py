@@ -22,9 +22,29 @@ def test_harness_on_a_tiny_model(tiny_checkpoint, tmp_path, monkeypatch):
 
     out = tmp_path / "out"
     keys = ["torch-fp32", "flare-fp32", "flare-int8", "ort-dynamic", "nncf-throughput", "flare-openvino"]
-    args = ["--model", str(tiny_checkpoint), "--contenders", *keys,
-            "--texts", "40", "--latency-texts", "10", "--repeats", "1", "--cold", "1", "--batch", "8",
-            "--threads", "1", "--out", str(out), "--work", str(tmp_path / "work"), "--no-real-weights"]
+    args = [
+        "--model",
+        str(tiny_checkpoint),
+        "--contenders",
+        *keys,
+        "--texts",
+        "40",
+        "--latency-texts",
+        "10",
+        "--repeats",
+        "1",
+        "--cold",
+        "1",
+        "--batch",
+        "8",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        "--work",
+        str(tmp_path / "work"),
+        "--no-real-weights",
+    ]
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     flags = open("/proc/cpuinfo", encoding="ascii").read().split()
@@ -60,7 +80,7 @@ def test_tagging_metric_helpers(tmp_path):
         "# text = Della casa.\n1-2\tDella\t_\t_\t_\t_\t_\t_\t_\t_\n1\tDi\tdi\tADP\t_\t_\t_\t_\t_\t_\n"
         "2\tla\til\tDET\t_\t_\t_\t_\t_\t_\n3\tcasa\tcasa\tNOUN\t_\t_\t_\t_\t_\t_\n4\t.\t.\tPUNCT\t_\t_\t_\t_\t_\t_\n\n"
     )
-    (text, spans, tags), = read_conllu(conllu)
+    ((text, spans, tags),) = read_conllu(conllu)
     assert text == "Di la casa ." and [text[a:b] for a, b in spans] == ["Di", "la", "casa", "."]
     assert tags == ["ADP", "DET", "NOUN", "PUNCT"]
     m = macro_prf(["A", "A", "B", "C"], ["A", "B", "B", "C"], ["A", "B", "C"])
@@ -73,7 +93,13 @@ def test_tagging_metric_helpers(tmp_path):
     train, test = split([first, second] * 5, 0.2, seed=0)
     assert len(train) == 8 and len(test) == 2
     # the first token of each word is labelled, even when its span starts on the space before it
-    assert first_token_labels([(0, 0), (0, 3), (3, 5), (5, 10), (0, 0)], [(0, 5), (6, 10)], [1, 2]) == [-100, 1, -100, 2, -100]
+    assert first_token_labels([(0, 0), (0, 3), (3, 5), (5, 10), (0, 0)], [(0, 5), (6, 10)], [1, 2]) == [
+        -100,
+        1,
+        -100,
+        2,
+        -100,
+    ]
     gold = [["B-PER", "I-PER", "O", "B-LOC"]]
     e = entity_prf(gold, [["B-PER", "O", "O", "B-LOC"]])
     assert e["entity_precision"] == 0.5 and e["entity_recall"] == 0.5  # a span cut short is wrong
@@ -81,7 +107,8 @@ def test_tagging_metric_helpers(tmp_path):
 
 
 def test_int8_probe_smoothing_is_exact_in_fp32_and_static_scales_are_batch_invariant(
-        tiny_feature_bundle, sentences, tmp_path, monkeypatch):
+    tiny_feature_bundle, sentences, tmp_path, monkeypatch
+):
     """The probe's two graph rewrites do what it claims: SmoothQuant's factors moved into the
     weights (a Mul, or folded into V) leave the FP32 answers unchanged, and fixed activation
     scales make a text's INT8 vector the same alone and beside a long text."""
@@ -115,6 +142,70 @@ def test_int8_probe_smoothing_is_exact_in_fp32_and_static_scales_are_batch_invar
         assert np.allclose(a, b, atol=1e-5) == invariant, path.name
 
 
+def test_int8_probe_gptq_rounding_lowers_the_output_error_on_its_calibration(monkeypatch):
+    """GPTQ keeps round-to-nearest's grid (the same per-column scales, |q| <= levels) and, on
+    correlated activations like a layer's, gives a smaller output error ``‖X(W - Ŵ)‖`` than it."""
+    import numpy as np
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.int8_probe import gptq
+
+    rng = np.random.default_rng(7)
+    mix = rng.standard_normal((48, 48))
+    x = rng.standard_normal((600, 48)) @ mix + 3.0 * rng.standard_normal(48)  # correlated channels, offsets
+    w = rng.standard_normal((48, 24)).astype(np.float32)
+    for levels in (63, 127):
+        q, scale = gptq(w, x.T @ x, levels)
+        nearest = np.clip(np.rint(w / scale), -levels, levels)
+        assert np.abs(q).max() <= levels and np.allclose(scale, np.abs(w).max(0) / levels)
+        err = lambda quantized: float(np.linalg.norm(x @ (w - quantized * scale)))  # noqa: E731
+        assert err(q) < 0.8 * err(nearest), levels
+
+
+def test_int8_probe_per_row_variants_are_batch_invariant_and_asymmetric_rows_are_closer(
+    tiny_feature_bundle, sentences, tmp_path, monkeypatch
+):
+    """Per-row activations with asymmetric rows, or with GELU's output shifted to [0, max]
+    (its constant folded into the next bias), keep a text's numbers independent of its
+    batch-mates, and asymmetric rows land closer to FP32 than symmetric ones."""
+    import numpy as np
+    import onnxruntime as ort
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.int8_probe import _calibration_feeds, _session_feeds, per_row
+
+    fp32 = (
+        tiny_feature_bundle / json.loads((tiny_feature_bundle / "manifest.json").read_text())["graphs"]["fp32"]["file"]
+    )
+    graphs = {
+        "sym": per_row(fp32, tmp_path / "sym.onnx", 127, 127),
+        "asym": per_row(fp32, tmp_path / "asym.onnx", 127, 127, asym=True),
+        "gelu": per_row(fp32, tmp_path / "gelu.onnx", 127, 127, gelu_shift=True),
+    }
+    assert graphs["gelu"]["gelu_shifted"] > 0 and graphs["sym"]["gelu_shifted"] == 0
+
+    def run(path, feed):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, _session_feeds(session, feed))[0]
+
+    feeds = _calibration_feeds(tiny_feature_bundle, sentences[:32], batch=16)
+    keep = [f["attention_mask"].astype(bool) for f in feeds]
+    want = np.concatenate([run(fp32, f)[k] for f, k in zip(feeds, keep)])
+    error = {
+        name: float(
+            np.abs(np.concatenate([run(tmp_path / f"{name}.onnx", f)[k] for f, k in zip(feeds, keep)]) - want).mean()
+        )
+        for name in graphs
+    }
+    assert error["asym"] < error["sym"] and error["gelu"] < 0.05 * float(np.abs(want).mean()), error
+    alone = _calibration_feeds(tiny_feature_bundle, [sentences[0]])[0]
+    batched = _calibration_feeds(tiny_feature_bundle, [sentences[0], " ".join(sentences[1:6])], batch=2)[0]
+    n = int(alone["attention_mask"].sum())
+    for name in graphs:
+        a, b = run(tmp_path / f"{name}.onnx", alone)[0, :n], run(tmp_path / f"{name}.onnx", batched)[0, :n]
+        assert np.allclose(a, b, atol=1e-5), name
+
+
 def test_integrations_benchmark_on_tiny_bundles(tiny_tagger, tiny_feature_bundle, tmp_path):
     """benchmarks.integrations runs end to end (a few texts, one round) and its install sizes
     count what each extra adds over the runtime."""
@@ -128,5 +219,7 @@ def test_integrations_benchmark_on_tiny_bundles(tiny_tagger, tiny_feature_bundle
     result = json.loads(out.read_text())
     assert result["texts"] == 40 and all(v > 0 for v in result["seconds"].values())
     sizes = result["install"]
-    assert sizes["runtime_mb"] > 0 and all(sizes[e]["mb"] > 0 and sizes[e]["distributions"] > 0 for e in integrations.EXTRAS)
+    assert sizes["runtime_mb"] > 0 and all(
+        sizes[e]["mb"] > 0 and sizes[e]["distributions"] > 0 for e in integrations.EXTRAS
+    )
     assert "spaCy `nlp.pipe`" in integrations.render(result)
