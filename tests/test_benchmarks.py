@@ -206,6 +206,26 @@ def test_int8_probe_per_row_variants_are_batch_invariant_and_asymmetric_rows_are
         assert np.allclose(a, b, atol=1e-5), name
 
 
+def test_row_kernels_forms_all_compute_the_same_matmul(monkeypatch):
+    """benchmarks.row_kernels times the forms of one MatMul + bias: each must compute it (to
+    INT8's error), or the timing compares different work."""
+    import numpy as np
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.row_kernels import _session, forms
+
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((128, 64)) * 0.05).astype(np.float32)
+    b = rng.standard_normal(64).astype(np.float32)
+    x = rng.standard_normal((16, 128)).astype(np.float32)
+    want = x @ w + b
+    made = forms(w, b)
+    assert {"fp32", "dqmm", "per-row", "per-row-minmax", "nbits-b32", "nbits-b128"} <= set(made)
+    for name, (nodes, inits) in made.items():
+        got = _session(nodes, inits, 128, 64, 1).run(None, {"x": x})[0]
+        assert np.abs(got - want).max() < (1e-4 if name == "fp32" else 0.05), name
+
+
 def test_integrations_benchmark_on_tiny_bundles(tiny_tagger, tiny_feature_bundle, tmp_path):
     """benchmarks.integrations runs end to end (a few texts, one round) and its install sizes
     count what each extra adds over the runtime."""
