@@ -12,6 +12,9 @@ the median of repeated runs:
   row's scale, ``QuantizeLinear`` along the rows, ``MatMulIntegerToFloat``, the row-scale ``Mul``
   and the bias ``Add``;
 * ``per-row-minmax`` — the same with ``ReduceMax`` + ``ReduceMin`` for the scale (no ``Abs``);
+* ``per-row-fused-bias`` / ``per-row-gemm-only`` — per-row without the bias ``Add`` / without
+  the ``Add`` and the row-scale ``Mul`` (not the same result: what per-row would cost if those
+  passes were fused into the ops after it);
 * ``nbits-b32`` / ``nbits-b128`` — ``MatMulNBits`` with 8-bit weights in blocks of 32 / 128 and
   activations quantized per row and block inside the kernel (``accuracy_level=4``), the faithful
   presets' kernel.
@@ -46,7 +49,11 @@ def _session(nodes: list[Any], inits: dict[str, np.ndarray], k: int, n: int, thr
         "one_matmul",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", k])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", n])],
-        [numpy_helper.from_array(np.asarray(v), name) for name, v in inits.items()],
+        [
+            numpy_helper.from_array(np.asarray(v), name)
+            for name, v in inits.items()
+            if any(name in n.input for n in nodes)
+        ],
     )
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
@@ -104,6 +111,14 @@ def forms(w: np.ndarray, b: np.ndarray) -> dict[str, tuple[list[Any], dict[str, 
         ],
         rows,
     )
+    # what per-row would cost if its bias Add, then also its row-scale Mul, were fused elsewhere
+    out["per-row-fused-bias"] = (out["per-row"][0][:-2] + [helper.make_node("Mul", ["mm", "s2"], ["y"])], rows)
+    out["per-row-gemm-only"] = (
+        out["per-row"][0][:3]
+        + tail[:3]
+        + [helper.make_node("MatMulIntegerToFloat", ["q", "w", "one", "ws", "zp"], ["y"], domain="com.microsoft")],
+        rows,
+    )
     for block in (32, 128):
         blocks = w.T.reshape(n, k // block, block)
         scale = (np.abs(blocks).max(-1) / 127).astype(np.float32)
@@ -140,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=1024, help="rows of the activation (a batch's tokens)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=60)
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     result = measure(args.tokens, args.threads, args.repeats)

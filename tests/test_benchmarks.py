@@ -222,6 +222,8 @@ def test_row_kernels_forms_all_compute_the_same_matmul(monkeypatch):
     made = forms(w, b)
     assert {"fp32", "dqmm", "per-row", "per-row-minmax", "nbits-b32", "nbits-b128"} <= set(made)
     for name, (nodes, inits) in made.items():
+        if name in ("per-row-fused-bias", "per-row-gemm-only"):  # lower bounds: passes left out on purpose
+            continue
         got = _session(nodes, inits, 128, 64, 1).run(None, {"x": x})[0]
         assert np.abs(got - want).max() < (1e-4 if name == "fp32" else 0.05), name
 
