@@ -13,6 +13,7 @@ from flare_onnx.errors import ExportError
 
 from ._deps import require
 from .quantize import quantizable_nodes, quantize_int8
+from .smoothing import SMOOTH_ALPHA, smoothing_factors
 from .verify import compare, onnx_outputs
 
 __all__ = ["quantize_guarded", "PRESETS", "Fidelity", "DEFAULT_TARGET", "MIN_COSINE", "LABEL_AGREEMENT"]
@@ -121,6 +122,8 @@ def quantize_guarded(
     onnx = require("onnx")
     groups = _groups(quantizable_nodes(onnx.load(str(fp32), load_external_data=False)))
     run = _Attempts(fp32, out, batches, reference, target_cpu, (embedding_bits, activations))
+    if activations == "per-row":  # per-row rows with LayerNorm's wide channels smoothed into the weights
+        run.smooth = smoothing_factors(fp32, batches)
     block = [g for g in groups if g.split("/", 1)[-1] in preset.start_block]
     keep: list[str] = []
     figures = run(groups, block, keep)
@@ -137,6 +140,8 @@ def quantize_guarded(
                 f"--fidelity-target, choose a lower --fidelity, or export --precision fp32"
             )
     recipe = run.recipe
+    if "smoothing" in recipe:
+        recipe["smoothing"]["alpha"] = SMOOTH_ALPHA
     recipe["fidelity"] = {"preset": preset.name, "mean": preset.mean, "worst": preset.worst, "nn": preset.nn}
     recipe["fidelity_target"] = preset.mean
     recipe["groups"] = {g: "fp32" if g in keep else (f"block{BLOCK_SIZE}" if g in block else "int8") for g in groups}
@@ -168,6 +173,7 @@ class _Attempts:
     ) -> None:
         self.fp32, self.out, self.batches, self.reference, self.target_cpu = fp32, out, batches, reference, target_cpu
         self.embedding_bits, self.activations = build  # the word table's bits; activations per tensor or per row
+        self.smooth: dict[str, Any] = {}  # SmoothQuant factors by MatMul input (per-row only)
         self.recipe: dict[str, Any] = {}
 
     def __call__(self, groups: dict[str, list[str]], block: list[str], keep: list[str]) -> dict[str, Any]:
@@ -182,6 +188,7 @@ class _Attempts:
             block=blocked,
             embedding_bits=self.embedding_bits,
             activations=self.activations,
+            smooth=self.smooth,
         )
         session = ort.InferenceSession(str(self.out), providers=["CPUExecutionProvider"])
         return compare(self.batches, self.reference, onnx_outputs(session, self.batches))

@@ -142,6 +142,7 @@ def quantize_int8(
     halves_apart: bool = True,
     embedding_bits: str = "auto",
     activations: str = "per-tensor",
+    smooth: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Write the INT8 graph of ``fp32`` to ``out``; return the recipe for the manifest.
 
@@ -154,7 +155,9 @@ def quantize_int8(
     ``activations`` (:data:`ACTIVATIONS`): ``per-tensor`` quantizes a MatMul's input with one
     scale per call (``DynamicQuantizeMatMul``, position 0 apart where ``split_first`` says);
     ``per-row`` with one scale per token (:meth:`_Int8Pass.row_matmul`): no split needed, and a
-    text's numbers no longer depend on its batch-mates.
+    text's numbers no longer depend on its batch-mates. ``smooth`` (per-row only): SmoothQuant
+    factors by MatMul input (:func:`flare_onnx_export.smoothing.smoothing_factors`) — those
+    MatMuls' weight rows are multiplied by ``s`` before rounding and their input by ``1/s``.
 
     The steps, in order: embedding tables to INT8 rows; biases found that can go into their
     MatMul; MatMuls sharing an input packed into one; every node rewritten; unused
@@ -178,6 +181,7 @@ def quantize_int8(
         cache=cache,
         embedding_bits=str(embedding_bits),
         per_row=activations == "per-row",
+        smooth=dict(smooth or {}) if activations == "per-row" else {},
     )
     rewrite.quantize_tables()
     rewrite.find_biases()
@@ -230,6 +234,7 @@ class _Int8Pass:
         cache: _SourceCache | None = None,
         embedding_bits: str = "auto",
         per_row: bool = False,
+        smooth: dict[str, np.ndarray] | None = None,
     ) -> None:
         onnx = require("onnx")
         self.onnx, self.helper, self.numpy_helper = onnx, onnx.helper, onnx.numpy_helper
@@ -255,6 +260,8 @@ class _Int8Pass:
         self.block = block
         self.blocked: list[str] = []
         self.per_row = per_row
+        self.smooth = smooth or {}  # MatMul input -> SmoothQuant factors s (per-row MatMuls only)
+        self.smoothed: list[str] = []
 
     # -- initializers ------------------------------------------------------------------------
 
@@ -271,16 +278,19 @@ class _Int8Pass:
         tensor = self.new_inits[name] if name in self.new_inits else self.inits[name]
         return np.asarray(self.numpy_helper.to_array(tensor))
 
-    def per_column(self, name: str, transposed: bool = False) -> tuple[str, str]:
-        """The INT8 weight (symmetric, one scale per output column) and its scales."""
-        if f"{name}_int8" not in self.new_inits:
+    def per_column(self, name: str, transposed: bool = False, rows: np.ndarray | None = None) -> tuple[str, str]:
+        """The INT8 weight (symmetric, one scale per output column) and its scales; ``rows``
+        multiplies the weight's rows first (SmoothQuant's factors)."""
+        key = name if rows is None else f"{name}_smoothed"
+        if f"{key}_int8" not in self.new_inits:
             w = self.array(name).astype(np.float32)
             w = w.T.copy() if transposed else w
+            w = w if rows is None else w * rows[:, None]
             scale = np.abs(w).max(axis=0) / self.qmax
             scale[scale == 0] = 1.0
-            self.const(f"{name}_int8", np.clip(np.rint(w / scale), -self.qmax, self.qmax).astype(np.int8))
-            self.const(f"{name}_scale", scale.astype(np.float32))
-        return f"{name}_int8", f"{name}_scale"
+            self.const(f"{key}_int8", np.clip(np.rint(w / scale), -self.qmax, self.qmax).astype(np.int8))
+            self.const(f"{key}_scale", scale.astype(np.float32))
+        return f"{key}_int8", f"{key}_scale"
 
     # -- the steps -----------------------------------------------------------------------------
 
@@ -443,6 +453,25 @@ class _Int8Pass:
             "packed_matmuls": len({group[0].name for group in self.packs.values() if len(group) > 1}),
             "fused_biases": len(self.fused_adds),
             "fp32_nodes": sorted(self.keep),
+            **self._smoothing_recipe(),
+        }
+
+    def _smoothing_recipe(self) -> dict[str, Any]:
+        if not self.smoothed:
+            return {}
+        used = [s for x, s in self.smooth.items() if f"{x}_smooth_inv" in self.new_inits]
+        factors = np.concatenate(used)
+        return {
+            "smoothing": {
+                "method": "SmoothQuant on LayerNorm outputs, s = max|x|^a / max|W|^(1-a) from the calibration text",
+                "matmuls": sorted(self.smoothed),
+                "factors": {
+                    "inputs": len(used),
+                    "min": float(factors.min()),
+                    "median": float(np.median(factors)),
+                    "max": float(factors.max()),
+                },
+            }
         }
 
     def _embedding_recipe(self, tied: bool) -> str | None:
@@ -620,14 +649,21 @@ class _Int8Pass:
         base = self.unique(members[0].name.strip("/").replace("/", "_") or "mm")
         if any(m.name in self.block for m in members):
             return self.block_matmul(members, base)
-        q, sc, bias_name, outs = self.packed_weights(members, base)
+        factor = self.smooth.get(a) if self.per_row else None
+        q, sc, bias_name, outs = self.packed_weights(members, base, factor)
         y = outs[0] if len(outs) == 1 else f"{base}_packed"
+        prologue = []
+        if factor is not None:  # x W = (x / s)(s W): the input's wide channels moved into the weight
+            inverse = self.const(f"{a}_smooth_inv", (1.0 / factor).astype(np.float32))
+            prologue = [self.helper.make_node("Mul", [a, inverse], [f"{base}_smoothed"], name=f"{base}_smooth")]
+            a = f"{base}_smoothed"
+            self.smoothed.extend(m.name for m in members)
         wants_split = self.split_first is True or (self.split_first and any(m.name in self.split_set for m in members))
         if wants_split and self.ranks.get(a) == 3:
             made = self.split_matmul(a, q, sc, bias_name, y, base)
             self.split.extend(m.name for m in members)
         else:
-            made = self.dqmm([a, q, sc, "", bias_name], y, f"{base}_dqmm")
+            made = prologue + self.dqmm([a, q, sc, "", bias_name], y, f"{base}_dqmm")
         if len(outs) > 1:
             sizes = self.const(
                 f"{base}_split_sizes", np.array([self.inits[m.input[1]].dims[1] for m in members], np.int64)
@@ -636,13 +672,15 @@ class _Int8Pass:
         self.quantized.extend(m.name for m in members)
         return made
 
-    def packed_weights(self, members: list[Any], base: str) -> tuple[str, str, str, list[str]]:
+    def packed_weights(
+        self, members: list[Any], base: str, rows: np.ndarray | None = None
+    ) -> tuple[str, str, str, list[str]]:
         """The INT8 weight, scales and bias of one MatMul or of a pack, and its outputs."""
         if len(members) == 1:
-            q, sc = self.per_column(members[0].input[1])
+            q, sc = self.per_column(members[0].input[1], rows=rows)
             bias, out = self.bias_of.get(members[0].name, ("", members[0].output[0]))
             return q, sc, bias, [out]
-        qs = [self.per_column(m.input[1]) for m in members]
+        qs = [self.per_column(m.input[1], rows=rows) for m in members]
         q = self.const(f"{base}_packed_int8", np.concatenate([self.array(x) for x, _ in qs], axis=1))
         sc = self.const(f"{base}_packed_scale", np.concatenate([self.array(x) for _, x in qs]))
         bias = self.const(

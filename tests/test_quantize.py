@@ -44,7 +44,9 @@ def test_int8_graph_structure(tiny_bundle, tiny_checkpoint, tmp_path):
     assert len(tables) == 1 and tables[0].data_type == onnx.TensorProto.INT8
     recipe = json.loads((tiny_bundle / "manifest.json").read_text())["quantization"]
     assert recipe["embeddings"] == "int8 per row, the word table shared with the MLM projection"
-    assert not any(t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2 and t.dims[0] >= 64 for t in int8.graph.initializer)
+    assert not any(
+        t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2 and t.dims[0] >= 64 for t in int8.graph.initializer
+    )
     # the bundle stores it as onnxruntime's optimizers leave it (export/optimize.py): the same
     # quantized nodes, and still one word table (its transposed copy is made at load, not stored)
     stored = onnx.load(str(tiny_bundle / "model.int8.onnx"))
@@ -116,10 +118,14 @@ def test_halves_stay_apart_between_matmuls_with_the_same_numbers(minilm_bundle, 
     model = flare_onnx.load(minilm_bundle, precision="fp32")
     windows = model.tokenizer.windows(model.tokenizer.encode(sentences), sliding=False, stride=0)
     ids, mask = pad_batch([w.ids for w in windows], model.manifest.special.pad_id)
-    sessions = {k: ort.InferenceSession(str(tmp_path / f"{k}.onnx"), providers=["CPUExecutionProvider"])
-                for k in ("apart", "joined")}
-    for feeds in ({"input_ids": ids, "attention_mask": mask},
-                  {"input_ids": ids[:1, :3], "attention_mask": mask[:1, :3]}):  # and a three-token text
+    sessions = {
+        k: ort.InferenceSession(str(tmp_path / f"{k}.onnx"), providers=["CPUExecutionProvider"])
+        for k in ("apart", "joined")
+    }
+    for feeds in (
+        {"input_ids": ids, "attention_mask": mask},
+        {"input_ids": ids[:1, :3], "attention_mask": mask[:1, :3]},
+    ):  # and a three-token text
         out = {k: s.run(None, feeds)[0] for k, s in sessions.items()}
         np.testing.assert_allclose(out["apart"], out["joined"], atol=1e-5)
 
@@ -129,7 +135,9 @@ def test_q4_blocks_are_exact_on_their_own_grid_and_within_a_step_elsewhere():
     table = rng.normal(0, 0.05, (50, 96)).astype(np.float32)
     table[3, :32] = 0.0  # an all-zero block
     packed, scales, restored = q4_blocks(table)
-    assert packed.shape == (50, 48) and packed.dtype == np.uint8 and scales.shape == (50, 3) and scales.dtype == np.float16
+    assert (
+        packed.shape == (50, 48) and packed.dtype == np.uint8 and scales.shape == (50, 3) and scales.dtype == np.float16
+    )
     step = np.abs(scales.astype(np.float32)).repeat(32, axis=1)
     error = np.abs(restored - table)
     # half a step, but for values at +8 steps, which the codes' -8..7 range clips by one more
@@ -234,15 +242,20 @@ def test_blocks_keep_real_weights_closer_to_fp32_than_the_fast_recipe(minilm_bun
     import onnxruntime as ort
 
     fp32 = minilm_bundle / "model.fp32.onnx"
-    ffn = [n.name for n in onnx.load(str(fp32)).graph.node
-           if n.op_type == "MatMul" and ("intermediate" in n.name or ("/output/" in n.name and "attention" not in n.name))]
+    ffn = [
+        n.name
+        for n in onnx.load(str(fp32)).graph.node
+        if n.op_type == "MatMul" and ("intermediate" in n.name or ("/output/" in n.name and "attention" not in n.name))
+    ]
     assert len(ffn) == 12
     quantize_int8(fp32, tmp_path / "ffn.onnx", block={n: 32 for n in ffn})
     m = flare_onnx.load(minilm_bundle, precision="fp32")
     ref = m.embed(sentences)
     m.session = OrtSession(ort.InferenceSession(str(tmp_path / "ffn.onnx"), providers=["CPUExecutionProvider"]))
     blocked = (ref * m.embed(sentences)).sum(1)
-    m.session = OrtSession(ort.InferenceSession(str(minilm_bundle / "model.int8.onnx"), providers=["CPUExecutionProvider"]))
+    m.session = OrtSession(
+        ort.InferenceSession(str(minilm_bundle / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    )
     fast = (ref * m.embed(sentences)).sum(1)
     assert blocked.mean() > fast.mean() and blocked.min() > fast.min() and blocked.mean() >= 0.998
 
@@ -270,6 +283,37 @@ def test_per_row_activations_replace_every_dynamic_quantization(tiny_bundle, tmp
     assert recipe["split_first_nodes"] == 0 and "per row" in recipe["activations"]
     with pytest.raises(ExportError, match="activations must be one of per-tensor, per-row"):
         quantize_int8(tiny_bundle / "model.fp32.onnx", tmp_path / "x.onnx", activations="per-channel")
+
+
+def test_per_row_smoothing_moves_layernorm_ranges_into_the_weights(tiny_bundle, sentences, tmp_path):
+    """SmoothQuant factors for every MatMul reading a LayerNorm (Q/K/V, FFN in), from the
+    calibration batches: the INT8 weights are ``s W`` rounded, the input gets ``· 1/s``, the
+    manifest's recipe lists them; other MatMuls and per-tensor graphs are left as they were."""
+    from flare_onnx_export.smoothing import smoothing_factors
+    from flare_onnx_export.verify import make_batches
+
+    fp32 = tiny_bundle / "model.fp32.onnx"
+    special = flare_onnx.load(tiny_bundle, precision="fp32").tokenizer.special
+    tokenizer = flare_onnx.load(tiny_bundle, precision="fp32").tokenizer.tokenizer
+    batches = make_batches(tokenizer, sentences[:32], pad_id=special.pad_id, mask_id=special.mask_id, max_length=64,
+                           batch_size=8)  # fmt: skip
+    factors = smoothing_factors(fp32, batches)
+    source = onnx.load(str(fp32))
+    readers = {n.input[0]: n for n in source.graph.node if n.op_type == "MatMul" and n.input[0] in factors}
+    assert len(factors) == 2 * 2  # per layer: the attention's input and the FFN's
+    assert all(f.dtype == np.float32 and (f > 0).all() and not np.allclose(f, 1.0) for f in factors.values())
+    recipe = quantize_int8(fp32, tmp_path / "q.onnx", activations="per-row", smooth=factors)
+    names = recipe["smoothing"]["matmuls"]
+    assert len(names) == 2 * 4 and all(("self/" in n) or ("intermediate" in n) for n in names)
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    assert sum(n.name.endswith("_smooth") and n.op_type == "Mul" for n in graph.node) == 2 * 2
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    ffn = next(n for n in source.graph.node if n.op_type == "MatMul" and "layer.0/intermediate" in n.name)
+    w = onnx.numpy_helper.to_array(next(t for t in source.graph.initializer if t.name == ffn.input[1]))
+    q, scale = inits[f"{ffn.input[1]}_smoothed_int8"], inits[f"{ffn.input[1]}_smoothed_scale"]
+    assert np.abs(q * scale - w * factors[ffn.input[0]][:, None]).max() <= 0.51 * scale.max()
+    assert np.allclose(inits[f"{ffn.input[0]}_smooth_inv"], 1.0 / factors[ffn.input[0]])
+    assert readers and "smoothing" not in quantize_int8(fp32, tmp_path / "t.onnx", smooth=factors)
 
 
 def test_per_row_int8_is_the_same_alone_or_in_any_batch(tiny_checkpoint, tmp_path):

@@ -1,0 +1,71 @@
+"""SmoothQuant factors for per-row INT8 activations (issue #36).
+
+A LayerNorm's output — what the attention's Q/K/V and the FFN's first MatMul read — carries a
+few channels 10-100x wider than the rest (LayerNorm's γ), so even one scale per token spends
+most of its 8 bits on them. SmoothQuant (Xiao et al., 2023) moves that range into the weights:
+``x W = (x / s) (s W)`` with ``s_j = max|x_j|^α / max|W_j|^(1-α)`` per input channel, measured
+on the exporter's own calibration text (never on evaluation text). The INT8 pass multiplies the
+weights' rows by ``s`` before rounding them and puts one ``Mul`` by ``1/s`` on the MatMul's
+input. Only LayerNorm outputs are smoothed: on all-MiniLM-L6-v2 and multilingual-e5-small they
+carry all of the gain (benchmarks/int8_probe.py, docs/int8.md), and the attention output and
+the FFN's second MatMul gain nothing from it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._deps import require
+
+__all__ = ["SMOOTH_ALPHA", "layernorm_groups", "smoothing_factors"]
+
+#: migration strength: 0.5 measured best of 0.5 and 0.8 on both models (docs/int8.md)
+SMOOTH_ALPHA = 0.5
+_CLIP = (1e-2, 1e2)  # factors outside are clipped: a dead channel must not blow a weight row up
+
+
+def layernorm_groups(model: Any) -> dict[str, list[Any]]:
+    """MatMuls with a constant 2-D weight that read a LayerNormalization's output, by that output."""
+    inits = {t.name: t for t in model.graph.initializer}
+    norms = {o for n in model.graph.node if n.op_type == "LayerNormalization" for o in n.output[:1]}
+    groups: dict[str, list[Any]] = {}
+    for n in model.graph.node:
+        if n.op_type == "MatMul" and n.input[0] in norms and n.input[1] in inits and len(inits[n.input[1]].dims) == 2:
+            groups.setdefault(n.input[0], []).append(n)
+    return groups
+
+
+def smoothing_factors(
+    fp32: Path, batches: list[dict[str, np.ndarray]], alpha: float = SMOOTH_ALPHA
+) -> dict[str, np.ndarray]:
+    """``{LayerNorm output: s}`` for every LayerNorm output a weight MatMul reads, from the
+    activations of ``batches`` (pad positions left out) run through the FP32 graph."""
+    onnx, ort = require("onnx"), require("onnxruntime")
+    model = onnx.load(str(fp32))
+    groups = layernorm_groups(model)
+    if not groups:
+        return {}
+    inits = {t.name: t for t in model.graph.initializer}
+    have = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(x) for x in groups if x not in have)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    wanted = {i.name for i in session.get_inputs()}
+    names = list(groups)
+    seen = {x: np.zeros(0, np.float32) for x in names}
+    for batch in batches:
+        keep = batch["attention_mask"].astype(bool)
+        for x, value in zip(names, session.run(names, {k: v for k, v in batch.items() if k in wanted})):
+            rows = value[keep] if value.shape[:2] == keep.shape else value.reshape(-1, value.shape[-1])
+            peak = np.abs(rows).max(axis=0)
+            seen[x] = peak if seen[x].size == 0 else np.maximum(seen[x], peak)
+    factors = {}
+    for x, members in groups.items():
+        w = np.max([np.abs(onnx.numpy_helper.to_array(inits[m.input[1]])).max(axis=1) for m in members], axis=0)
+        s = np.clip(seen[x], 1e-5, None) ** alpha / np.clip(w, 1e-5, None) ** (1 - alpha)
+        factors[x] = np.clip(s, *_CLIP).astype(np.float32)
+    return factors
