@@ -20,21 +20,24 @@ import numpy as np
 
 from .fusion_probe import _fidelity
 from .machine import describe
-from .tagging import read_conllu
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("per_tensor", type=Path)
     parser.add_argument("per_row", type=Path)
-    parser.add_argument("--corpus", type=Path, required=True, help="CoNLL-U (its sentences' text)")
+    parser.add_argument(
+        "--corpus", type=Path, required=True, help="held-out Italian text (CoNLL-U, CoNLL or one per line)"
+    )
+    parser.add_argument("--texts", type=int, default=1000, help="the first N distinct sentences of 3-80 words")
     parser.add_argument("--prefix", default="")
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     import flare_onnx
+    from flare_onnx_export import read_corpus
 
-    texts = [text for text, _, _ in read_conllu(args.corpus)]
+    texts = list(dict.fromkeys(t for t in read_corpus(args.corpus) if 3 <= len(t.split()) <= 80))[: args.texts]
     reference = flare_onnx.load(args.per_tensor, precision="fp32", threads=2).embed(texts, prefix=args.prefix)
     models = {k: flare_onnx.load(b, threads=2, workload="bulk") for k, b in (("per-tensor", args.per_tensor),
                                                                              ("per-row", args.per_row))}  # fmt: skip
