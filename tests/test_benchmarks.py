@@ -22,29 +22,9 @@ def test_harness_on_a_tiny_model(tiny_checkpoint, tmp_path, monkeypatch):
 
     out = tmp_path / "out"
     keys = ["torch-fp32", "flare-fp32", "flare-int8", "ort-dynamic", "nncf-throughput", "flare-openvino"]
-    args = [
-        "--model",
-        str(tiny_checkpoint),
-        "--contenders",
-        *keys,
-        "--texts",
-        "40",
-        "--latency-texts",
-        "10",
-        "--repeats",
-        "1",
-        "--cold",
-        "1",
-        "--batch",
-        "8",
-        "--threads",
-        "1",
-        "--out",
-        str(out),
-        "--work",
-        str(tmp_path / "work"),
-        "--no-real-weights",
-    ]
+    args = ["--model", str(tiny_checkpoint), "--contenders", *keys,
+            "--texts", "40", "--latency-texts", "10", "--repeats", "1", "--cold", "1", "--batch", "8",
+            "--threads", "1", "--out", str(out), "--work", str(tmp_path / "work"), "--no-real-weights"]
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     flags = open("/proc/cpuinfo", encoding="ascii").read().split()
@@ -80,7 +60,7 @@ def test_tagging_metric_helpers(tmp_path):
         "# text = Della casa.\n1-2\tDella\t_\t_\t_\t_\t_\t_\t_\t_\n1\tDi\tdi\tADP\t_\t_\t_\t_\t_\t_\n"
         "2\tla\til\tDET\t_\t_\t_\t_\t_\t_\n3\tcasa\tcasa\tNOUN\t_\t_\t_\t_\t_\t_\n4\t.\t.\tPUNCT\t_\t_\t_\t_\t_\t_\n\n"
     )
-    ((text, spans, tags),) = read_conllu(conllu)
+    (text, spans, tags), = read_conllu(conllu)
     assert text == "Di la casa ." and [text[a:b] for a, b in spans] == ["Di", "la", "casa", "."]
     assert tags == ["ADP", "DET", "NOUN", "PUNCT"]
     m = macro_prf(["A", "A", "B", "C"], ["A", "B", "B", "C"], ["A", "B", "C"])
@@ -93,13 +73,7 @@ def test_tagging_metric_helpers(tmp_path):
     train, test = split([first, second] * 5, 0.2, seed=0)
     assert len(train) == 8 and len(test) == 2
     # the first token of each word is labelled, even when its span starts on the space before it
-    assert first_token_labels([(0, 0), (0, 3), (3, 5), (5, 10), (0, 0)], [(0, 5), (6, 10)], [1, 2]) == [
-        -100,
-        1,
-        -100,
-        2,
-        -100,
-    ]
+    assert first_token_labels([(0, 0), (0, 3), (3, 5), (5, 10), (0, 0)], [(0, 5), (6, 10)], [1, 2]) == [-100, 1, -100, 2, -100]
     gold = [["B-PER", "I-PER", "O", "B-LOC"]]
     e = entity_prf(gold, [["B-PER", "O", "O", "B-LOC"]])
     assert e["entity_precision"] == 0.5 and e["entity_recall"] == 0.5  # a span cut short is wrong
@@ -107,8 +81,7 @@ def test_tagging_metric_helpers(tmp_path):
 
 
 def test_int8_probe_smoothing_is_exact_in_fp32_and_static_scales_are_batch_invariant(
-    tiny_feature_bundle, sentences, tmp_path, monkeypatch
-):
+        tiny_feature_bundle, sentences, tmp_path, monkeypatch):
     """The probe's two graph rewrites do what it claims: SmoothQuant's factors moved into the
     weights (a Mul, or folded into V) leave the FP32 answers unchanged, and fixed activation
     scales make a text's INT8 vector the same alone and beside a long text."""
@@ -241,7 +214,5 @@ def test_integrations_benchmark_on_tiny_bundles(tiny_tagger, tiny_feature_bundle
     result = json.loads(out.read_text())
     assert result["texts"] == 40 and all(v > 0 for v in result["seconds"].values())
     sizes = result["install"]
-    assert sizes["runtime_mb"] > 0 and all(
-        sizes[e]["mb"] > 0 and sizes[e]["distributions"] > 0 for e in integrations.EXTRAS
-    )
+    assert sizes["runtime_mb"] > 0 and all(sizes[e]["mb"] > 0 and sizes[e]["distributions"] > 0 for e in integrations.EXTRAS)
     assert "spaCy `nlp.pipe`" in integrations.render(result)

@@ -16,9 +16,7 @@ def test_export_matches_pytorch_within_1e4(minilm_bundle):
     manifest = json.loads((minilm_bundle / "manifest.json").read_text())
     # its sentence-transformers modules (mean pooling, Normalize), read at export
     assert manifest["model"]["sentence"] == {
-        "pooling": "mean",
-        "normalize": True,
-        "from": "sentence-transformers modules.json",
+        "pooling": "mean", "normalize": True, "from": "sentence-transformers modules.json"
     }
     assert manifest["task"] == "feature-extraction"
     assert manifest["tokenizer_check"]["mismatches"] == 0

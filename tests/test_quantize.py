@@ -44,9 +44,7 @@ def test_int8_graph_structure(tiny_bundle, tiny_checkpoint, tmp_path):
     assert len(tables) == 1 and tables[0].data_type == onnx.TensorProto.INT8
     recipe = json.loads((tiny_bundle / "manifest.json").read_text())["quantization"]
     assert recipe["embeddings"] == "int8 per row, the word table shared with the MLM projection"
-    assert not any(
-        t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2 and t.dims[0] >= 64 for t in int8.graph.initializer
-    )
+    assert not any(t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2 and t.dims[0] >= 64 for t in int8.graph.initializer)
     # the bundle stores it as onnxruntime's optimizers leave it (export/optimize.py): the same
     # quantized nodes, and still one word table (its transposed copy is made at load, not stored)
     stored = onnx.load(str(tiny_bundle / "model.int8.onnx"))
@@ -118,14 +116,10 @@ def test_halves_stay_apart_between_matmuls_with_the_same_numbers(minilm_bundle, 
     model = flare_onnx.load(minilm_bundle, precision="fp32")
     windows = model.tokenizer.windows(model.tokenizer.encode(sentences), sliding=False, stride=0)
     ids, mask = pad_batch([w.ids for w in windows], model.manifest.special.pad_id)
-    sessions = {
-        k: ort.InferenceSession(str(tmp_path / f"{k}.onnx"), providers=["CPUExecutionProvider"])
-        for k in ("apart", "joined")
-    }
-    for feeds in (
-        {"input_ids": ids, "attention_mask": mask},
-        {"input_ids": ids[:1, :3], "attention_mask": mask[:1, :3]},
-    ):  # and a three-token text
+    sessions = {k: ort.InferenceSession(str(tmp_path / f"{k}.onnx"), providers=["CPUExecutionProvider"])
+                for k in ("apart", "joined")}
+    for feeds in ({"input_ids": ids, "attention_mask": mask},
+                  {"input_ids": ids[:1, :3], "attention_mask": mask[:1, :3]}):  # and a three-token text
         out = {k: s.run(None, feeds)[0] for k, s in sessions.items()}
         np.testing.assert_allclose(out["apart"], out["joined"], atol=1e-5)
 
@@ -135,9 +129,7 @@ def test_q4_blocks_are_exact_on_their_own_grid_and_within_a_step_elsewhere():
     table = rng.normal(0, 0.05, (50, 96)).astype(np.float32)
     table[3, :32] = 0.0  # an all-zero block
     packed, scales, restored = q4_blocks(table)
-    assert (
-        packed.shape == (50, 48) and packed.dtype == np.uint8 and scales.shape == (50, 3) and scales.dtype == np.float16
-    )
+    assert packed.shape == (50, 48) and packed.dtype == np.uint8 and scales.shape == (50, 3) and scales.dtype == np.float16
     step = np.abs(scales.astype(np.float32)).repeat(32, axis=1)
     error = np.abs(restored - table)
     # half a step, but for values at +8 steps, which the codes' -8..7 range clips by one more
@@ -242,20 +234,15 @@ def test_blocks_keep_real_weights_closer_to_fp32_than_the_fast_recipe(minilm_bun
     import onnxruntime as ort
 
     fp32 = minilm_bundle / "model.fp32.onnx"
-    ffn = [
-        n.name
-        for n in onnx.load(str(fp32)).graph.node
-        if n.op_type == "MatMul" and ("intermediate" in n.name or ("/output/" in n.name and "attention" not in n.name))
-    ]
+    ffn = [n.name for n in onnx.load(str(fp32)).graph.node
+           if n.op_type == "MatMul" and ("intermediate" in n.name or ("/output/" in n.name and "attention" not in n.name))]
     assert len(ffn) == 12
     quantize_int8(fp32, tmp_path / "ffn.onnx", block={n: 32 for n in ffn})
     m = flare_onnx.load(minilm_bundle, precision="fp32")
     ref = m.embed(sentences)
     m.session = OrtSession(ort.InferenceSession(str(tmp_path / "ffn.onnx"), providers=["CPUExecutionProvider"]))
     blocked = (ref * m.embed(sentences)).sum(1)
-    m.session = OrtSession(
-        ort.InferenceSession(str(minilm_bundle / "model.int8.onnx"), providers=["CPUExecutionProvider"])
-    )
+    m.session = OrtSession(ort.InferenceSession(str(minilm_bundle / "model.int8.onnx"), providers=["CPUExecutionProvider"]))
     fast = (ref * m.embed(sentences)).sum(1)
     assert blocked.mean() > fast.mean() and blocked.min() > fast.min() and blocked.mean() >= 0.998
 

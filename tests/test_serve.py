@@ -388,6 +388,43 @@ def test_a_large_request_does_not_hold_a_small_one_behind_all_its_slices(tiny_bu
     np.testing.assert_allclose(np.stack(big_result), model.embed(big.texts), atol=1e-5)
 
 
+def test_with_per_row_int8_a_clients_vector_does_not_move_with_other_clients_texts(tiny_checkpoint, tmp_path):
+    """Issue #36: the micro-batcher puts concurrent clients' texts into one batch. With the
+    default INT8 graph (one activation scale per call) a client's vector moves with the long
+    texts other clients send at the same moment — the control that they did share a batch; with
+    ``--activations per-row`` it is the vector the text gets alone."""
+    from flare_onnx.serve.batcher import MicroBatcher
+    from flare_onnx_export import export_bundle
+
+    mine = "Il gatto dorme sul divano del salotto."
+    others = ["Roma è la capitale d'Italia e conta quasi tre milioni di abitanti, " * 4 + str(i) for i in range(6)]
+    cfg = ServeConfig(max_wait_ms=200.0)  # wide enough that every request lands in one batch
+
+    def served(model: flare_onnx.FlareModel) -> tuple[np.ndarray, np.ndarray]:
+        async def scenario() -> tuple[list, list]:
+            batcher = MicroBatcher(cfg)
+            try:
+                alone = await batcher.submit("m", model, model.request("embed", [mine], limits=Limits.SERVICE))
+                crowd = [batcher.submit("m", model, model.request("embed", [t], limits=Limits.SERVICE)) for t in others]
+                beside = await batcher.submit("m", model, model.request("embed", [mine], limits=Limits.SERVICE))
+                await asyncio.gather(*crowd)
+                return alone, beside
+            finally:
+                await asyncio.get_running_loop().run_in_executor(None, batcher.stop)
+
+        alone, beside = asyncio.run(scenario())
+        return np.asarray(alone[0]), np.asarray(beside[0])
+
+    drift = {}
+    for activations in ("per-tensor", "per-row"):
+        bundle = export_bundle(str(tiny_checkpoint), tmp_path / activations, task="feature-extraction",
+                               activations=activations, precisions=("int8",), log=lambda *_: None)  # fmt: skip
+        alone, beside = served(flare_onnx.load(bundle, threads=1))
+        drift[activations] = float(np.abs(alone - beside).max())
+    assert drift["per-tensor"] > 1e-5, drift  # the crowd shared the client's batch and moved its vector
+    assert drift["per-row"] <= 1e-6, drift
+
+
 # -- the door -------------------------------------------------------------------------------
 
 
