@@ -306,6 +306,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
         overwrite=True,
         calibration=str(calibration),
         fidelity=args.fidelity,
+        activations=args.activations,
         log=lambda _: None,
     )
     log(f"== scoring {len(test)} test sentences")
@@ -323,6 +324,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
         fine_tune_seconds=train_s,
         bundle=str(bundle),
         fidelity=args.fidelity,
+        activations=args.activations,
         model_card={**MODEL_CARD[args.scheme], "model": "osiria/flare-it, FP32 PyTorch (a different encoder)"},
     )
     return result
@@ -366,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", help="directory for the fine-tuned checkpoint and bundle (default: a temporary one)")
     p.add_argument(
         "--fidelity", choices=["fast", "balanced", "faithful"], default="fast", help="the export's INT8 preset"
+    )
+    p.add_argument(
+        "--activations", choices=["per-tensor", "per-row"], default="per-tensor", help="the export's INT8 activations"
     )
     args = p.parse_args(argv)
     for path in (args.encoder, args.train, args.test):
