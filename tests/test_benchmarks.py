@@ -201,6 +201,29 @@ def test_row_kernels_forms_all_compute_the_same_matmul(monkeypatch):
         assert np.abs(got - want).max() < (1e-4 if name == "fp32" else 0.05), name
 
 
+def test_epilogue_probe_fusions_keep_the_per_row_graphs_numbers(tiny_checkpoint, sentences, tmp_path, monkeypatch):
+    """benchmarks.epilogue_probe's rewrite (BiasGelu, SkipLayerNormalization, no Abs) is one of
+    each kind per place and computes what the per-row graph computes, or its timing means nothing."""
+    import numpy as np
+    import onnxruntime as ort
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.epilogue_probe import fuse_epilogues
+    from benchmarks.int8_probe import _calibration_feeds, _session_feeds
+    from flare_onnx_export import export_bundle
+
+    bundle = export_bundle(str(tiny_checkpoint), tmp_path / "rows", task="feature-extraction", activations="per-row",
+                           log=lambda *_: None)  # fmt: skip
+    made = fuse_epilogues(bundle / "model.int8.onnx", tmp_path / "fused.onnx")
+    assert made == {"BiasGelu": 2, "SkipLayerNormalization": 4, "ReduceMin": 2 * 4}, made  # 2 layers
+    rows, fused = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+                   for p in (bundle / "model.int8.onnx", tmp_path / "fused.onnx"))  # fmt: skip
+    for feed in _calibration_feeds(bundle, sentences[:16], batch=8):
+        want = rows.run(None, _session_feeds(rows, feed))[0]
+        got = fused.run(None, _session_feeds(fused, feed))[0]
+        assert np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
+
+
 def test_integrations_benchmark_on_tiny_bundles(tiny_tagger, tiny_feature_bundle, tmp_path):
     """benchmarks.integrations runs end to end (a few texts, one round) and its install sizes
     count what each extra adds over the runtime."""
