@@ -371,18 +371,20 @@ def test_a_large_request_does_not_hold_a_small_one_behind_all_its_slices(tiny_bu
     cfg = ServeConfig(max_wait_ms=0.0, slice_tokens=64)
     assert len(big.slices(cfg.slice_tokens)) >= 8
 
-    async def scenario() -> tuple[bool, list, list]:
+    async def scenario() -> tuple[list[str], list, list]:
         batcher = MicroBatcher(cfg)
+        answered: list[str] = []  # in the order the batcher resolves the futures (not when a coroutine wakes)
         try:
             big_future = batcher.submit("m", model, big)
-            small_result = await batcher.submit("m", model, small)
-            big_done_first = big_future.done()
-            return big_done_first, small_result, await big_future
+            big_future.add_done_callback(lambda _: answered.append("big"))
+            small_future = batcher.submit("m", model, small)
+            small_future.add_done_callback(lambda _: answered.append("small"))
+            return answered, await small_future, await big_future
         finally:
             await asyncio.get_running_loop().run_in_executor(None, batcher.stop)
 
-    big_done_first, small_result, big_result = asyncio.run(scenario())
-    assert not big_done_first
+    answered, small_result, big_result = asyncio.run(scenario())
+    assert answered == ["small", "big"]
     np.testing.assert_allclose(small_result[0], model.embed(["Ciao."])[0], atol=1e-5)
     assert len(big_result) == 40
     np.testing.assert_allclose(np.stack(big_result), model.embed(big.texts), atol=1e-5)
