@@ -118,6 +118,21 @@ def test_bad_configs_say_what_is_wrong(tiny_tagger, upos_tagger, tmp_path):
         list(nlp.pipe(["Ciao.", "  ", long, "Piove."]))
 
 
+def test_a_component_waiting_for_its_copied_bundle_passes_spacys_protocol_checks(tmp_path):
+    """Loading a saved pipeline, spaCy runs ``isinstance(component, ListenedToComponent)`` —
+    ``hasattr(component, "model")`` among others, in set order (hash-seeded) — before
+    ``from_disk`` reads the copied bundle: ``model`` must then look absent (an AttributeError),
+    not crash the load; used, it still says what is wrong in the package's own error."""
+    from spacy import ty
+
+    nlp = spacy.blank("it")
+    component = nlp.add_pipe("flare_onnx", config={"bundle": str(tmp_path / "gone"), "copy_bundle": True})
+    assert not hasattr(component, "model")
+    assert not isinstance(component, ty.ListenedToComponent)
+    with pytest.raises(InputError, match="is missing and no copy was read"):
+        component.model
+
+
 SAVED = r"""
 import json, sys, spacy
 nlp = spacy.load(sys.argv[1])

@@ -44,11 +44,17 @@ from spacy.training import Example
 from ..engine import FlareModel, WordLabel, entity_runs, get_task, load
 from ..errors import FlareOnnxError, InputError, TextError
 
-__all__ = ["FlareComponent", "make_flare_onnx", "UPOS", "token_labels"]
+__all__ = ["FlareComponent", "BundleNotReadError", "make_flare_onnx", "UPOS", "token_labels"]
 
 #: Universal Dependencies' 17 part-of-speech tags
 UPOS = frozenset("ADJ ADP ADV AUX CCONJ DET INTJ NOUN NUM PART PRON PROPN PUNCT SCONJ SYM VERB X".split())
 _ANNOTATE = ("auto", "pos", "ents", "tag", "vector")
+
+
+class BundleNotReadError(InputError, AttributeError):
+    """``component.model`` before the bundle is open. Also an ``AttributeError``: spaCy checks
+    its components against protocols with ``hasattr`` (``ListenedToComponent`` includes
+    ``model``) while loading a pipeline, before ``from_disk`` has read the copied bundle."""
 _BUNDLE_DIR = "bundle"
 _VECTOR_KEY = "flare_onnx.vector"
 
@@ -134,7 +140,7 @@ class FlareComponent:
     @property
     def model(self) -> FlareModel:
         if self._model is None:
-            raise InputError(f"the bundle {self.bundle} is missing and no copy was read (nlp.from_disk)")
+            raise BundleNotReadError(f"the bundle {self.bundle} is missing and no copy was read (nlp.from_disk)")
         return self._model
 
     @property
