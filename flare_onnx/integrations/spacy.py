@@ -55,6 +55,8 @@ class BundleNotReadError(InputError, AttributeError):
     """``component.model`` before the bundle is open. Also an ``AttributeError``: spaCy checks
     its components against protocols with ``hasattr`` (``ListenedToComponent`` includes
     ``model``) while loading a pipeline, before ``from_disk`` has read the copied bundle."""
+
+
 _BUNDLE_DIR = "bundle"
 _VECTOR_KEY = "flare_onnx.vector"
 
