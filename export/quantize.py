@@ -156,8 +156,7 @@ def quantize_int8(
     scale per call (``DynamicQuantizeMatMul``, position 0 apart where ``split_first`` says);
     ``per-row`` with one scale per token (:meth:`_Int8Pass.row_matmul`): no split needed, and a
     text's numbers no longer depend on its batch-mates. ``smooth`` (per-row only): SmoothQuant
-    factors by MatMul input (:func:`flare_onnx_export.smoothing.smoothing_factors`) — those
-    MatMuls' weight rows are multiplied by ``s`` before rounding and their input by ``1/s``.
+    factors by MatMul input (:mod:`flare_onnx_export.smoothing`).
 
     The steps, in order: embedding tables to INT8 rows; biases found that can go into their
     MatMul; MatMuls sharing an input packed into one; every node rewritten; unused
@@ -165,10 +164,7 @@ def quantize_int8(
     """
     onnx = require("onnx")
     qmax, target = _qmax(target)
-    if str(embedding_bits) not in EMBEDDING_BITS:
-        raise ExportError(f"embedding_bits must be one of {', '.join(EMBEDDING_BITS)}, not {embedding_bits!r}")
-    if activations not in ACTIVATIONS:
-        raise ExportError(f"activations must be one of {', '.join(ACTIVATIONS)}, not {activations!r}")
+    _check_choices(embedding_bits=(str(embedding_bits), EMBEDDING_BITS), activations=(activations, ACTIVATIONS))
     model = onnx.load(str(fp32))
     # the guard quantizes one graph many times: shapes and INT8 tables are worked out once per file
     cache = _SourceCache.of(Path(fp32), model, qmax)
@@ -193,6 +189,12 @@ def quantize_int8(
     glue = keep_halves_apart(model) if rewrite.split and halves_apart else {}
     onnx.save(model, str(out))
     return {**rewrite.recipe(target), **glue}
+
+
+def _check_choices(**options: tuple[str, tuple[str, ...]]) -> None:
+    for name, (value, choices) in options.items():
+        if value not in choices:
+            raise ExportError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
 
 
 class _SourceCache:
