@@ -476,14 +476,14 @@ GELU_SHIFT = 0.17  # GELU(x) = x Φ(x) >= -0.16997, its minimum (at x = -0.7518)
 
 def _reads_gelu(producers: dict[str, Any], x: str) -> bool:
     """``x`` is GELU's output: a ``Gelu`` node, or ``x · 0.5 · (1 + erf(x/√2))``'s Muls and Add over an ``Erf``."""
-    frontier = [producers.get(x)]
+    if x not in producers or producers[x].op_type not in ("Mul", "Gelu"):
+        return False  # GELU's output comes from its last Mul (or a fused Gelu)
+    frontier = [producers[x]]
     for _ in range(4):
         nodes = [n for n in frontier if n is not None]
         if any(n.op_type in ("Gelu", "Erf") for n in nodes):
             return True
         frontier = [producers.get(i) for n in nodes if n.op_type in ("Mul", "Add") for i in n.input]
-        if x in producers and producers[x].op_type not in ("Mul", "Gelu"):
-            return False
     return False
 
 

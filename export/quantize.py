@@ -651,7 +651,7 @@ class _Int8Pass:
         base = self.unique(members[0].name.strip("/").replace("/", "_") or "mm")
         if any(m.name in self.block for m in members):
             return self.block_matmul(members, base)
-        factor = self.smooth.get(a) if self.per_row else None
+        factor = self.smooth.get(a)  # empty unless activations are per row
         q, sc, bias_name, outs = self.packed_weights(members, base, factor)
         y = outs[0] if len(outs) == 1 else f"{base}_packed"
         prologue = []
