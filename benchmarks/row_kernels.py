@@ -15,6 +15,13 @@ the median of repeated runs:
 * ``per-row-fused-bias`` / ``per-row-gemm-only`` — per-row without the bias ``Add`` / without
   the ``Add`` and the row-scale ``Mul`` (not the same result: what per-row would cost if those
   passes were fused into the ops after it);
+* ``per-row-ascale`` — per-row with the row scales handed to ``MatMulIntegerToFloat`` as its
+  ``a_scale`` (shape ``[rows, 1]``; onnxruntime scales its output in place), then the bias ``Add``:
+  the exporter's per-row rows;
+* ``static-mul`` / ``static-tensor`` / ``static-channel`` — a scale fixed at export (no reduction
+  over the input), the bias inside the GEMM: a ``Mul`` (SmoothQuant's factors with the scale, the
+  exporter's form for LayerNorm outputs) then ``QuantizeLinear``; ``QuantizeLinear`` alone; the
+  ``Mul`` folded into ``QuantizeLinear``'s per-channel scales;
 * ``nbits-b32`` / ``nbits-b128`` — ``MatMulNBits`` with 8-bit weights in blocks of 32 / 128 and
   activations quantized per row and block inside the kernel (``accuracy_level=4``), the faithful
   presets' kernel.
@@ -63,8 +70,9 @@ def _session(nodes: list[Any], inits: dict[str, np.ndarray], k: int, n: int, thr
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def forms(w: np.ndarray, b: np.ndarray) -> dict[str, tuple[list[Any], dict[str, np.ndarray]]]:
-    """Every form's nodes and initializers for ``x @ w + b``."""
+def forms(w: np.ndarray, b: np.ndarray, peak: float = 5.0) -> dict[str, tuple[list[Any], dict[str, np.ndarray]]]:
+    """Every form's nodes and initializers for ``x @ w + b`` (``peak``: the largest ``|x|`` the
+    forms with a scale fixed at export must cover)."""
     from onnx import helper
 
     k, n = w.shape
@@ -119,6 +127,38 @@ def forms(w: np.ndarray, b: np.ndarray) -> dict[str, tuple[list[Any], dict[str, 
         + [helper.make_node("MatMulIntegerToFloat", ["q", "w", "one", "ws", "zp"], ["y"], domain="com.microsoft")],
         rows,
     )
+    # the row scales handed to MatMulIntegerToFloat as its a_scale, shape [rows, 1]: onnxruntime
+    # multiplies its output by them in place (ScaleOutput); the bias must then follow as an Add
+    out["per-row-ascale"] = (
+        out["per-row"][0][:3]
+        + [
+            helper.make_node("Unsqueeze", ["s", "axis"], ["s2"]),
+            *tail[:3],
+            helper.make_node("MatMulIntegerToFloat", ["q", "w", "s2", "ws", "zp"], ["mm"], domain="com.microsoft"),
+            helper.make_node("Add", ["mm", "b"], ["y"]),
+        ],
+        rows,
+    )
+    # scales fixed at export (the input's calibrated peak over 127), the bias fused into the GEMM:
+    # ``static-mul`` the exporter's form — one Mul by 1 / (s σ) (SmoothQuant's factors and σ in one
+    # constant; s = 1 here), QuantizeLinear at scale 1; ``static-tensor`` without the Mul (no
+    # smoothing); ``static-channel`` the Mul folded into QuantizeLinear's per-channel scales
+    sigma = np.float32(peak / 127)
+    gemm_bias = helper.make_node(
+        "MatMulIntegerToFloat", ["q", "w", "sigma", "ws", "zp", "", "b"], ["y"], domain="com.microsoft"
+    )
+    static = dict(rows, sigma=sigma, inv=np.full(k, 1 / sigma, np.float32), cs=np.full(k, sigma, np.float32),
+                  zpc=np.full(k, 128, np.uint8))  # fmt: skip
+    out["static-mul"] = (
+        [
+            helper.make_node("Mul", ["x", "inv"], ["xs"]),
+            helper.make_node("QuantizeLinear", ["xs", "one", "zp"], ["q"]),
+            gemm_bias,
+        ],
+        static,
+    )
+    out["static-tensor"] = ([helper.make_node("QuantizeLinear", ["x", "sigma", "zp"], ["q"]), gemm_bias], static)
+    out["static-channel"] = ([helper.make_node("QuantizeLinear", ["x", "cs", "zpc"], ["q"], axis=1), gemm_bias], static)
     for block in (32, 128):
         blocks = w.T.reshape(n, k // block, block)
         scale = (np.abs(blocks).max(-1) / 127).astype(np.float32)
@@ -138,7 +178,8 @@ def measure(tokens: int, threads: int, repeats: int) -> dict[str, dict[str, floa
         w = (rng.standard_normal((k, n)) * 0.05).astype(np.float32)
         b = rng.standard_normal(n).astype(np.float32)
         x = rng.standard_normal((tokens, k)).astype(np.float32)
-        sessions = {form: _session(nodes, inits, k, n, threads) for form, (nodes, inits) in forms(w, b).items()}
+        made = forms(w, b, float(np.abs(x).max()))
+        sessions = {form: _session(nodes, inits, k, n, threads) for form, (nodes, inits) in made.items()}
         times: dict[str, list[float]] = {form: [] for form in sessions}
         for s in sessions.values():
             s.run(None, {"x": x})

@@ -192,8 +192,9 @@ def test_row_kernels_forms_all_compute_the_same_matmul(monkeypatch):
     b = rng.standard_normal(64).astype(np.float32)
     x = rng.standard_normal((16, 128)).astype(np.float32)
     want = x @ w + b
-    made = forms(w, b)
-    assert {"fp32", "dqmm", "per-row", "per-row-minmax", "nbits-b32", "nbits-b128"} <= set(made)
+    made = forms(w, b, float(np.abs(x).max()))
+    assert {"fp32", "dqmm", "per-row", "per-row-minmax", "per-row-ascale", "static-mul", "static-tensor",
+            "static-channel", "nbits-b32", "nbits-b128"} <= set(made)  # fmt: skip
     for name, (nodes, inits) in made.items():
         if name in ("per-row-fused-bias", "per-row-gemm-only"):  # lower bounds: passes left out on purpose
             continue
