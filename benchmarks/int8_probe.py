@@ -49,6 +49,8 @@ from typing import Any
 
 import numpy as np
 
+from flare_onnx_export.quantize import GELU_SHIFT, reads_gelu
+
 from .fusion_probe import _fidelity, _plain, _with_graph
 from .machine import describe
 
@@ -360,7 +362,7 @@ def per_row(
         if w is None or len(w.dims) != 2:
             nodes.append(node)
             continue
-        shifted = gelu_shift and _reads_gelu(producers, node.input[0])
+        shifted = gelu_shift and reads_gelu(producers, node.input[0])
         weight = numpy_helper.to_array(w).astype(np.float32)
         if rounded is not None and w.name in rounded:
             q, wscale = rounded[w.name]
@@ -469,22 +471,6 @@ def _row_nodes(kind: str, p: str, u8u8: bool) -> list[Any]:
         matmul("pr/zp"),
         *scaled,
     ]
-
-
-GELU_SHIFT = 0.17  # GELU(x) = x Φ(x) >= -0.16997, its minimum (at x = -0.7518)
-
-
-def _reads_gelu(producers: dict[str, Any], x: str) -> bool:
-    """``x`` is GELU's output: a ``Gelu`` node, or ``x · 0.5 · (1 + erf(x/√2))``'s Muls and Add over an ``Erf``."""
-    if x not in producers or producers[x].op_type not in ("Mul", "Gelu"):
-        return False  # GELU's output comes from its last Mul (or a fused Gelu)
-    frontier = [producers[x]]
-    for _ in range(4):
-        nodes = [n for n in frontier if n is not None]
-        if any(n.op_type in ("Gelu", "Erf") for n in nodes):
-            return True
-        frontier = [producers.get(i) for n in nodes if n.op_type in ("Mul", "Add") for i in n.input]
-    return False
 
 
 def _shift_bias(

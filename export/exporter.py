@@ -80,7 +80,7 @@ def export_bundle(
     fidelity_target: float = DEFAULT_TARGET,
     target_cpu: str = "auto",
     embedding_bits: str = "auto",
-    activations: str = "per-tensor",
+    activations: str = "per-row",
     openvino: bool = False,
     fidelity: str = "fast",
     prune_vocab: str | Path | None = None,
@@ -99,8 +99,8 @@ def export_bundle(
         calibration: Italian text for the checks (its first 1,000 sentences; default: the shipped sample).
         fidelity_target, fidelity: the INT8 guard's cosine floor and preset (docs/int8.md).
         target_cpu, embedding_bits, activations, openvino: the INT8 graph's CPU (``auto``, ``vnni``, ``avx2``,
-            ``arm64``), word table (``auto``, ``8``, ``4``) and activation scales (``per-tensor``, or
-            ``per-row``: batch-invariant; docs/int8.md); also write the NNCF INT8 IR.
+            ``arm64``), word table (``auto``, ``8``, ``4``) and activation scales (``per-row``, the default:
+            batch-invariant; or ``per-tensor``, the 0.2 recipe; docs/int8.md); also write the NNCF INT8 IR.
         prune_vocab, min_doc_freq, prune_words: Flare-IT's pruning, to a corpus and frequent words (docs/export.md).
         prompts: named prompts to store (over the checkpoint's sentence-transformers ``prompts``).
 

@@ -13,7 +13,7 @@ from flare_onnx.errors import ExportError
 
 from ._deps import require
 from .quantize import quantizable_nodes, quantize_int8
-from .smoothing import SMOOTH_ALPHA, smoothing_factors
+from .smoothing import SMOOTH_ALPHA, smoothing
 from .verify import compare, onnx_outputs
 
 __all__ = ["quantize_guarded", "PRESETS", "Fidelity", "DEFAULT_TARGET", "MIN_COSINE", "LABEL_AGREEMENT"]
@@ -107,7 +107,7 @@ def quantize_guarded(
     target_cpu: str = "auto",
     fidelity: str = "fast",
     embedding_bits: str = "auto",
-    activations: str = "per-tensor",
+    activations: str = "per-row",
     log: Callable[[str], None] = print,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Write the INT8 graph; return (recipe, figures against PyTorch).
@@ -122,8 +122,8 @@ def quantize_guarded(
     onnx = require("onnx")
     groups = _groups(quantizable_nodes(onnx.load(str(fp32), load_external_data=False)))
     run = _Attempts(fp32, out, batches, reference, target_cpu, (embedding_bits, activations))
-    if activations == "per-row":  # per-row rows with LayerNorm's wide channels smoothed into the weights
-        run.smooth = smoothing_factors(fp32, batches)
+    if activations == "per-row":  # LayerNorm outputs smoothed, with scales fixed at export; other inputs per row
+        run.smooth, run.static = smoothing(fp32, batches)
     block = [g for g in groups if g.split("/", 1)[-1] in preset.start_block]
     keep: list[str] = []
     figures = run(groups, block, keep)
@@ -174,6 +174,7 @@ class _Attempts:
         self.fp32, self.out, self.batches, self.reference, self.target_cpu = fp32, out, batches, reference, target_cpu
         self.embedding_bits, self.activations = build  # the word table's bits; activations per tensor or per row
         self.smooth: dict[str, Any] = {}  # SmoothQuant factors by MatMul input (per-row only)
+        self.static: dict[str, float] = {}  # the smoothed inputs' calibrated peaks (per-row only)
         self.recipe: dict[str, Any] = {}
 
     def __call__(self, groups: dict[str, list[str]], block: list[str], keep: list[str]) -> dict[str, Any]:
@@ -189,6 +190,7 @@ class _Attempts:
             embedding_bits=self.embedding_bits,
             activations=self.activations,
             smooth=self.smooth,
+            static=self.static,
         )
         session = ort.InferenceSession(str(self.out), providers=["CPUExecutionProvider"])
         return compare(self.batches, self.reference, onnx_outputs(session, self.batches))

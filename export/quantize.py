@@ -48,6 +48,12 @@ _INT64_MAX = np.iinfo(np.int64).max
 EMBEDDING_BITS = ("auto", "8", "4")
 #: how a MatMul's input is quantized at run time (:func:`quantize_int8`)
 ACTIVATIONS = ("per-tensor", "per-row")
+GELU_SHIFT = 0.17  # GELU(x) = x Φ(x) >= -0.16997, its minimum (at x = -0.7518)
+#: the zero point of rows that read GELU's output: 16 levels below zero reach GELU's minimum from any row
+#: whose peak is above 0.17 · 239 / 16 ≈ 2.5, and 239 levels above zero against a symmetric row's 127
+GELU_ZERO_POINT = 16
+#: how far past the calibration text's peak a scale fixed at export reaches (1.0: the peak itself)
+STATIC_MARGIN = 1.0
 Q4_BLOCK = 32
 
 
@@ -143,6 +149,7 @@ def quantize_int8(
     embedding_bits: str = "auto",
     activations: str = "per-tensor",
     smooth: Mapping[str, np.ndarray] | None = None,
+    static: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Write the INT8 graph of ``fp32`` to ``out``; return the recipe for the manifest.
 
@@ -154,9 +161,11 @@ def quantize_int8(
     ``embedding_bits`` (:data:`EMBEDDING_BITS`) says how the word-embedding table is stored.
     ``activations`` (:data:`ACTIVATIONS`): ``per-tensor`` quantizes a MatMul's input with one
     scale per call (``DynamicQuantizeMatMul``, position 0 apart where ``split_first`` says);
-    ``per-row`` with one scale per token (:meth:`_Int8Pass.row_matmul`): no split needed, and a
-    text's numbers no longer depend on its batch-mates. ``smooth`` (per-row only): SmoothQuant
-    factors by MatMul input (:mod:`flare_onnx_export.smoothing`).
+    ``per-row`` quantizes every token on its own (:meth:`_Int8Pass.row_matmul`): no split needed,
+    and a text's numbers no longer depend on its batch-mates. ``smooth`` (per-row only):
+    SmoothQuant factors by MatMul input (:mod:`flare_onnx_export.smoothing`); ``static`` (per-row
+    only): by smoothed input, the calibration text's peak of ``|x / s|`` — that input's scale is
+    then fixed at export (:meth:`_Int8Pass.static_matmul`) instead of measured per row.
 
     The steps, in order: embedding tables to INT8 rows; biases found that can go into their
     MatMul; MatMuls sharing an input packed into one; every node rewritten; unused
@@ -178,6 +187,7 @@ def quantize_int8(
         embedding_bits=str(embedding_bits),
         per_row=activations == "per-row",
         smooth=dict(smooth or {}) if activations == "per-row" else {},
+        static=dict(static or {}) if activations == "per-row" else {},
     )
     rewrite.quantize_tables()
     rewrite.find_biases()
@@ -189,6 +199,19 @@ def quantize_int8(
     glue = keep_halves_apart(model) if rewrite.split and halves_apart else {}
     onnx.save(model, str(out))
     return {**rewrite.recipe(target), **glue}
+
+
+def reads_gelu(producers: dict[str, Any], x: str) -> bool:
+    """``x`` is GELU's output: a ``Gelu`` node, or ``x · 0.5 · (1 + erf(x/√2))``'s Muls and Add over an ``Erf``."""
+    if x not in producers or producers[x].op_type not in ("Mul", "Gelu"):
+        return False  # GELU's output comes from its last Mul (or a fused Gelu)
+    frontier = [producers[x]]
+    for _ in range(4):
+        nodes = [n for n in frontier if n is not None]
+        if any(n.op_type in ("Gelu", "Erf") for n in nodes):
+            return True
+        frontier = [producers.get(i) for n in nodes if n.op_type in ("Mul", "Add") for i in n.input]
+    return False
 
 
 def _check_choices(**options: tuple[str, tuple[str, ...]]) -> None:
@@ -237,6 +260,7 @@ class _Int8Pass:
         embedding_bits: str = "auto",
         per_row: bool = False,
         smooth: dict[str, np.ndarray] | None = None,
+        static: dict[str, float] | None = None,
     ) -> None:
         onnx = require("onnx")
         self.onnx, self.helper, self.numpy_helper = onnx, onnx.helper, onnx.numpy_helper
@@ -264,6 +288,11 @@ class _Int8Pass:
         self.per_row = per_row
         self.smooth = smooth or {}  # MatMul input -> SmoothQuant factors s (per-row MatMuls only)
         self.smoothed: list[str] = []
+        self.static = static or {}  # smoothed MatMul input -> calibrated peak of |x / s|: a scale fixed at export
+        self.static_nodes: list[str] = []
+        producers = {o: n for n in self.graph.node for o in n.output}
+        self.gelu_outputs = {x for x in producers if per_row and reads_gelu(producers, x)}
+        self.one_sided: list[str] = []
 
     # -- initializers ------------------------------------------------------------------------
 
@@ -402,9 +431,10 @@ class _Int8Pass:
     def keep_single_biases(self) -> None:
         """Per-row MatMuls add their bias after the row scale, so a lone MatMul's own bias Add
         is left in the graph, where onnxruntime fuses it with what follows (GELU, the residual
-        Add and LayerNorm); a pack's biases stay concatenated (its Adds are gone with the pack)."""
+        Add and LayerNorm); a pack's biases stay concatenated (its Adds are gone with the pack), and
+        so does the bias of a MatMul whose input has a scale fixed at export (it goes into the GEMM)."""
         for name, members in self.packs.items():
-            if len(members) == 1 and name in self.bias_of:
+            if len(members) == 1 and name in self.bias_of and members[0].input[0] not in self.static:
                 _, added = self.bias_of.pop(name)
                 self.fused_adds.discard(next(n.name for n in self.graph.node if n.output and n.output[0] == added))
 
@@ -439,7 +469,16 @@ class _Int8Pass:
     def recipe(self, target: str) -> dict[str, Any]:
         tied = self.tied_projection
         if self.per_row:
-            activations, method = "uint8 per row (per token), zero point 128, at run time", "per-row activations"
+            activations = (
+                "uint8 per row (per token): "
+                + (
+                    "LayerNorm outputs smoothed, with one scale fixed at export; the others "
+                    if self.static_nodes
+                    else ""
+                )
+                + "with the row's own scale at run time, zero point 128 (16 where the input is GELU's output)"
+            )
+            method = "per-row activations"
         else:
             activations, method = "uint8 asymmetric per tensor, at run time", "position 0 quantized apart"
         return {
@@ -455,15 +494,26 @@ class _Int8Pass:
             "packed_matmuls": len({group[0].name for group in self.packs.values() if len(group) > 1}),
             "fused_biases": len(self.fused_adds),
             "fp32_nodes": sorted(self.keep),
+            **({"gelu_rows": len(self.one_sided)} if self.per_row else {}),
             **self._smoothing_recipe(),
         }
 
     def _smoothing_recipe(self) -> dict[str, Any]:
         if not self.smoothed:
             return {}
-        used = [s for x, s in self.smooth.items() if f"{x}_smooth_inv" in self.new_inits]
+        used = [s for x, s in self.smooth.items() if {f"{x}_smooth_inv", f"{x}_static_inv"} & set(self.new_inits)]
         factors = np.concatenate(used)
+        sigmas = [float(self.array(f"{x}_static_scale")) for x in self.static if f"{x}_static_scale" in self.new_inits]
+        static = {
+            "static": {
+                "matmuls": sorted(self.static_nodes),
+                "method": "the calibration text's peak of |x / s| over 127, times the margin; uint8, zero point 128",
+                "margin": STATIC_MARGIN,
+                "scales": {"inputs": len(sigmas), "min": min(sigmas), "max": max(sigmas)},
+            }
+        } if sigmas else {}  # fmt: skip
         return {
+            **static,
             "smoothing": {
                 "method": "SmoothQuant on LayerNorm outputs, s = max|x|^a / max|W|^(1-a) from the calibration text",
                 "matmuls": sorted(self.smoothed),
@@ -473,7 +523,7 @@ class _Int8Pass:
                     "median": float(np.median(factors)),
                     "max": float(factors.max()),
                 },
-            }
+            },
         }
 
     def _embedding_recipe(self, tied: bool) -> str | None:
@@ -499,18 +549,16 @@ class _Int8Pass:
         return [self.helper.make_node("DynamicQuantizeMatMul", inputs, [output], domain="com.microsoft", name=name)]
 
     def row_matmul(self, a: str, w: str, w_scale: str, bias: str, output: str, base: str) -> list[Any]:
-        """``a @ w`` with ``a`` quantized per row at run time: ``s_r = max|a_r| / 127``,
-        ``QuantizeLinear`` along the rows (zero point 128), ``MatMulIntegerToFloat`` with the
-        weights' per-column scales, ``· s_r``, ``+ bias``, back to ``a``'s leading shape. Every
-        row's numbers are its own, so a text's output does not depend on its batch."""
+        """``a @ w`` with ``a`` quantized per row at run time: ``s_r = max|a_r| / 127`` (zero point
+        128), or where ``a`` is GELU's output (``>= -0.17``) ``s_r = max(max a_r / 239, 0.17 / 16)``
+        with zero point 16 — no ``Abs`` pass, and nearly twice the levels; ``QuantizeLinear``
+        along the rows, ``MatMulIntegerToFloat`` with the weights' per-column scales and the rows'
+        scales, ``+ bias``, back to ``a``'s leading shape. Every row's numbers are its own, so a
+        text's output does not depend on its batch."""
         make = self.helper.make_node
         c = {
             "k": self.const("row_minus1", np.array([-1], np.int64)),
             "zero": self.const("row_zero", np.array([0], np.int64)),
-            "zp": self.const("row_zp", np.array(128, np.uint8)),
-            "eps": self.const("row_eps", np.array(1e-12, np.float32)),
-            "inv": self.const("row_inv_127", np.array(1 / 127, np.float32)),
-            "one": self.const("row_one", np.array(1.0, np.float32)),
             "big": self.const("row_end", np.array([np.iinfo(np.int64).max], np.int64)),
         }
         b = f"{base}_row"
@@ -520,28 +568,47 @@ class _Int8Pass:
             make("Slice", [f"{b}_shape", c["k"], c["big"]], [f"{b}_k"], name=f"{b}_k"),
             make("Concat", [c["k"], f"{b}_k"], [f"{b}_width"], axis=0, name=f"{b}_width"),
             make("Reshape", [a, f"{b}_width"], [f"{b}_a2"], name=f"{b}_a2"),
-            make("Abs", [f"{b}_a2"], [f"{b}_abs"], name=f"{b}_abs"),
-            make("ReduceMax", [f"{b}_abs"], [f"{b}_max"], axes=[1], keepdims=0, name=f"{b}_max"),
-            make("Max", [f"{b}_max", c["eps"]], [f"{b}_max_eps"], name=f"{b}_max_eps"),
-            make("Mul", [f"{b}_max_eps", c["inv"]], [f"{b}_s"], name=f"{b}_s"),
+        ]
+        if a in self.gelu_outputs:  # one-sided: the row's max, no Abs pass
+            self.one_sided.append(base)
+            zp = self.const("row_gelu_zp", np.array(GELU_ZERO_POINT, np.uint8))
+            levels = self.const("row_inv_gelu", np.array(1 / (255 - GELU_ZERO_POINT), np.float32))
+            floor = self.const("row_gelu_floor", np.array(GELU_SHIFT / GELU_ZERO_POINT, np.float32))
+            nodes += [
+                make("ReduceMax", [f"{b}_a2"], [f"{b}_max"], axes=[1], keepdims=0, name=f"{b}_max"),
+                make("Mul", [f"{b}_max", levels], [f"{b}_s0"], name=f"{b}_s0"),
+                make("Max", [f"{b}_s0", floor], [f"{b}_s"], name=f"{b}_s"),
+            ]
+        else:
+            zp = self.const("row_zp", np.array(128, np.uint8))
+            eps = self.const("row_eps", np.array(1e-12, np.float32))
+            levels = self.const("row_inv_127", np.array(1 / 127, np.float32))
+            nodes += [
+                make("Abs", [f"{b}_a2"], [f"{b}_abs"], name=f"{b}_abs"),
+                make("ReduceMax", [f"{b}_abs"], [f"{b}_max"], axes=[1], keepdims=0, name=f"{b}_max"),
+                make("Max", [f"{b}_max", eps], [f"{b}_max_eps"], name=f"{b}_max_eps"),
+                make("Mul", [f"{b}_max_eps", levels], [f"{b}_s"], name=f"{b}_s"),
+            ]
+        nodes += [
             make("Shape", [f"{b}_s"], [f"{b}_rows"], name=f"{b}_rows"),
-            make("Expand", [c["zp"], f"{b}_rows"], [f"{b}_zps"], name=f"{b}_zps"),
+            make("Expand", [zp, f"{b}_rows"], [f"{b}_zps"], name=f"{b}_zps"),
             make("QuantizeLinear", [f"{b}_a2", f"{b}_s", f"{b}_zps"], [f"{b}_q"], axis=0, name=f"{b}_q"),
+            # the row scales as MatMulIntegerToFloat's a_scale, shape [rows, 1]: onnxruntime scales
+            # its output by them in place, one pass and one tensor fewer than a Mul after it
+            make("Unsqueeze", [f"{b}_s", c["k"]], [f"{b}_s2"], name=f"{b}_s2"),
             make(
                 "MatMulIntegerToFloat",
-                [f"{b}_q", w, c["one"], w_scale, c["zp"]],
-                [f"{b}_mm"],
+                [f"{b}_q", w, f"{b}_s2", w_scale, zp],
+                [scaled],
                 domain="com.microsoft",
                 name=f"{b}_mm",
-            ),
-            make("Unsqueeze", [f"{b}_s", c["k"]], [f"{b}_s2"], name=f"{b}_s2"),
-            make("Mul", [f"{b}_mm", f"{b}_s2"], [scaled], name=f"{b}_scale"),
+            ),  # fmt: skip
         ]
         if bias:
             nodes.append(make("Add", [scaled, bias], [f"{b}_y"], name=f"{b}_bias"))
         return nodes + [
             make("Slice", [f"{b}_shape", c["zero"], c["k"]], [f"{b}_lead"], name=f"{b}_lead"),
-            make("Shape", [f"{b}_mm"], [f"{b}_mmshape"], name=f"{b}_mmshape"),
+            make("Shape", [scaled], [f"{b}_mmshape"], name=f"{b}_mmshape"),
             make("Slice", [f"{b}_mmshape", c["k"], c["big"]], [f"{b}_n"], name=f"{b}_n"),
             make("Concat", [f"{b}_lead", f"{b}_n"], [f"{b}_yshape"], axis=0, name=f"{b}_yshape"),
             make("Reshape", [f"{b}_y", f"{b}_yshape"], [output], name=f"{b}_back"),
@@ -654,18 +721,22 @@ class _Int8Pass:
         factor = self.smooth.get(a)  # empty unless activations are per row
         q, sc, bias_name, outs = self.packed_weights(members, base, factor)
         y = outs[0] if len(outs) == 1 else f"{base}_packed"
-        prologue = []
+        names = [m.name for m in members]
         if factor is not None:  # x W = (x / s)(s W): the input's wide channels moved into the weight
-            inverse = self.const(f"{a}_smooth_inv", (1.0 / factor).astype(np.float32))
-            prologue = [self.helper.make_node("Mul", [a, inverse], [f"{base}_smoothed"], name=f"{base}_smooth")]
-            a = f"{base}_smoothed"
-            self.smoothed.extend(m.name for m in members)
-        wants_split = self.split_first is True or (self.split_first and any(m.name in self.split_set for m in members))
-        if wants_split and self.ranks.get(a) == 3:
-            made = self.split_matmul(a, q, sc, bias_name, y, base)
-            self.split.extend(m.name for m in members)
+            self.smoothed.extend(names)
+            if a in self.static:
+                self.static_nodes.extend(names)
+                made = self.static_matmul(a, factor, self.static[a], [q, sc, bias_name], y, base)
+            else:
+                inverse = self.const(f"{a}_smooth_inv", (1.0 / factor).astype(np.float32))
+                smoothed = self.helper.make_node("Mul", [a, inverse], [f"{base}_smoothed"], name=f"{base}_smooth")
+                made = [smoothed, *self.dqmm([f"{base}_smoothed", q, sc, "", bias_name], y, f"{base}_dqmm")]
+        elif self.split_first is True or (self.split_first and any(n in self.split_set for n in names)):
+            made = self.split_matmul(a, q, sc, bias_name, y, base) if self.ranks.get(a) == 3 else None
+            self.split.extend(names if made else [])
         else:
-            made = prologue + self.dqmm([a, q, sc, "", bias_name], y, f"{base}_dqmm")
+            made = None
+        made = made or self.dqmm([a, q, sc, "", bias_name], y, f"{base}_dqmm")
         if len(outs) > 1:
             sizes = self.const(
                 f"{base}_split_sizes", np.array([self.inits[m.input[1]].dims[1] for m in members], np.int64)
@@ -690,6 +761,31 @@ class _Int8Pass:
             np.concatenate([self.array(self.bias_of[m.name][0]).astype(np.float32) for m in members]),
         )
         return q, sc, bias, [self.bias_of[m.name][1] for m in members]
+
+    def static_matmul(self, a: str, factor: np.ndarray, peak: float, weight: list[str], y: str, base: str) -> list[Any]:
+        """``a @ w`` with ``a``'s scale fixed at export: one ``Mul`` by ``1 / (s σ)`` (SmoothQuant's
+        factors and the calibrated range in one constant), ``QuantizeLinear`` (zero point 128,
+        saturating), ``MatMulIntegerToFloat`` with ``σ``, the weights' per-column scales and the
+        bias inside the GEMM. No reduction over the input: the cheapest quantization there is, and
+        a row's numbers are its own."""
+        make = self.helper.make_node
+        q, sc, bias = weight
+        sigma = np.float32(max(peak, 1e-12) * STATIC_MARGIN / 127)
+        inverse = self.const(f"{a}_static_inv", (1.0 / (factor * sigma)).astype(np.float32))
+        sigma_name = self.const(f"{a}_static_scale", np.array(sigma, np.float32))
+        zp = self.const("row_zp", np.array(128, np.uint8))
+        one = self.const("row_one", np.array(1.0, np.float32))
+        return [
+            make("Mul", [a, inverse], [f"{base}_scaled"], name=f"{base}_static_scale"),
+            make("QuantizeLinear", [f"{base}_scaled", one, zp], [f"{base}_q"], name=f"{base}_static_q"),
+            make(
+                "MatMulIntegerToFloat",
+                [f"{base}_q", q, sigma_name, sc, zp, "", bias] if bias else [f"{base}_q", q, sigma_name, sc, zp],
+                [y],
+                domain="com.microsoft",
+                name=f"{base}_static_mm",
+            ),
+        ]
 
     def split_matmul(self, a: str, q: str, sc: str, bias: str, y: str, base: str) -> list[Any]:
         """Position 0 and positions 1.. quantized apart (each its own activation scale), one

@@ -618,11 +618,12 @@ def _add_int8_options(p: Any) -> None:
     )
     p.add_argument(
         "--activations",
-        choices=["per-tensor", "per-row"],
-        default="per-tensor",
-        help="how the INT8 graph quantizes each MatMul's input at run time: one scale per call, or one per "
-        "token with LayerNorm's wide channels smoothed into the weights (a text's numbers then never depend "
-        "on its batch; e5 nearest neighbours 79%% -> 95%% at ~0.8x the speed; docs/int8.md)",
+        choices=["per-row", "per-tensor"],
+        default="per-row",
+        help="how the INT8 graph quantizes each MatMul's input: per-row (the default) quantizes every token on "
+        "its own — LayerNorm outputs smoothed into the weights with a scale fixed at export, the others with "
+        "the token's own scale — so a text's vector never depends on its batch; per-tensor is the 0.2 recipe, "
+        "one scale per call (e5 nearest neighbours 79%% with it, 95%% per row, same speed; docs/int8.md)",
     )
 
 

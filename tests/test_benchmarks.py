@@ -106,11 +106,15 @@ def test_int8_probe_smoothing_is_exact_in_fp32_and_static_scales_are_batch_invar
         want, got = run(fp32, feed), run(tmp_path / "smooth.onnx", feed)
         assert np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
 
-    to_static(int8, tmp_path / "static.onnx", feeds, 1.0)
+    from flare_onnx_export.quantize import quantize_int8
+
+    per_tensor = tmp_path / "per-tensor.onnx"  # the 0.2 recipe, which the probe's routes start from
+    quantize_int8(fp32, per_tensor)
+    to_static(per_tensor, tmp_path / "static.onnx", feeds, 1.0)
     alone = _calibration_feeds(tiny_feature_bundle, [sentences[0]])[0]
     batched = _calibration_feeds(tiny_feature_bundle, [sentences[0], " ".join(sentences[1:6])], batch=2)[0]
     n = int(alone["attention_mask"].sum())
-    for path, invariant in ((tmp_path / "static.onnx", True), (int8, False)):
+    for path, invariant in ((tmp_path / "static.onnx", True), (per_tensor, False), (int8, True)):
         a, b = run(path, alone)[0, :n], run(path, batched)[0, :n]
         assert np.allclose(a, b, atol=1e-5) == invariant, path.name
 
@@ -216,7 +220,9 @@ def test_epilogue_probe_fusions_keep_the_per_row_graphs_numbers(tiny_checkpoint,
     bundle = export_bundle(str(tiny_checkpoint), tmp_path / "rows", task="feature-extraction", activations="per-row",
                            log=lambda *_: None)  # fmt: skip
     made = fuse_epilogues(bundle / "model.int8.onnx", tmp_path / "fused.onnx")
-    assert made == {"BiasGelu": 2, "SkipLayerNormalization": 4, "ReduceMin": 2 * 4}, made  # 2 layers
+    # 2 layers: the FFN's bias is inside its GEMM now (no Add before GELU to fuse), and only the
+    # attention output's rows still take an Abs (GELU's rows are one-sided, LayerNorm's static)
+    assert made == {"BiasGelu": 0, "SkipLayerNormalization": 4, "ReduceMin": 2}, made
     rows, fused = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
                    for p in (bundle / "model.int8.onnx", tmp_path / "fused.onnx"))  # fmt: skip
     for feed in _calibration_feeds(bundle, sentences[:16], batch=8):

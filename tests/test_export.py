@@ -33,7 +33,11 @@ def test_manifest_records_files_io_and_verification(tiny_bundle):
     assert 0 <= int8["top1_agreement"] <= 1 and int8["embedding_cosine_mean"] > 0.9
     quant = manifest["quantization"]
     assert quant["built_for"] in ("vnni", "avx2") and quant["fidelity_target"] == 0.995
-    assert quant["split_first_nodes"] > 0 and quant["fp32_nodes"] == []
+    assert quant["split_first_nodes"] == 0 and quant["fp32_nodes"] == []  # per-row activations: nothing to split
+    assert quant["method"].endswith("per-row activations") and quant["gelu_rows"] == 2  # one FFN out per layer
+    static = quant["static"]  # Q/K/V and FFN in of both layers read a LayerNorm: scales fixed at export
+    assert len(static["matmuls"]) == 2 * 4 and 0 < static["scales"]["min"] <= static["scales"]["max"]
+    assert quant["smoothing"]["alpha"] == 0.8 and quant["smoothing"]["matmuls"] == static["matmuls"]
     assert manifest["model"]["special_tokens"]["mask"] == ["<mask>", 4]
     assert manifest["model"]["max_length"] == 128  # 130 positions - (pad_token_id + 1)
     assert {"torch", "onnxruntime", "tokenizers"} <= set(manifest["versions"])

@@ -24,7 +24,8 @@ def test_export_matches_pytorch_within_1e4(minilm_bundle):
     int8 = manifest["verification"]["int8"]
     # the accuracy guard's target on trained weights, and the recipe that meets it
     assert int8["embedding_cosine_mean"] >= 0.995 and int8["embedding_cosine_min"] >= 0.98
-    assert manifest["quantization"]["split_first_nodes"] > 0
+    # per-row activations (the default): Q/K/V and FFN in of all 6 layers with scales fixed at export
+    assert manifest["quantization"]["split_first_nodes"] == 0 and len(manifest["quantization"]["static"]["matmuls"]) == 6 * 4
 
 
 def test_runtime_embeddings_match_sentence_transformers_pooling(minilm_bundle, minilm_dir, sentences):
@@ -84,19 +85,20 @@ def test_per_row_activations_on_trained_weights(minilm_bundle, sentences, tmp_pa
     alone = pooled(tmp_path / "rows.onnx", ids[5:6, :n], mask[5:6, :n])[0]
     assert float(alone @ rows[5]) >= 0.99999 and np.abs(alone - rows[5]).max() <= 1e-5
 
-    # SmoothQuant in front (what the exporter's per-row recipe does), calibrated on the other
-    # sample sentences: LayerNorm's wide channels moved into the weights bring the 64 measured
-    # ones closer to FP32, and every vector stays its own
-    from flare_onnx_export.smoothing import smoothing_factors
+    # the exporter's per-row recipe, calibrated on the other sample sentences: LayerNorm's wide
+    # channels moved into the weights, those inputs' scales fixed at export, GELU's rows one-sided:
+    # the 64 measured sentences come closer to FP32, and every vector stays its own
+    from flare_onnx_export.smoothing import smoothing
 
     calibration = [dict(zip(("input_ids", "attention_mask"), pad_batch([e.ids for e in encoder.encode(sentences[i : i + 16])],
                                                                       encoder.special.pad_id)))
                    for i in range(64, len(sentences), 16)]  # fmt: skip
-    factors = smoothing_factors(minilm_bundle / "model.fp32.onnx", calibration)
+    factors, peaks = smoothing(minilm_bundle / "model.fp32.onnx", calibration)
     recipe = quantize_int8(
-        minilm_bundle / "model.fp32.onnx", tmp_path / "sq.onnx", activations="per-row", smooth=factors
+        minilm_bundle / "model.fp32.onnx", tmp_path / "sq.onnx", activations="per-row", smooth=factors, static=peaks
     )
-    assert len(recipe["smoothing"]["matmuls"]) == 6 * 4  # Q, K, V and FFN in of every layer
+    assert len(recipe["smoothing"]["matmuls"]) == len(recipe["static"]["matmuls"]) == 6 * 4  # Q, K, V, FFN in
+    assert recipe["gelu_rows"] == 6
     smoothed = (pooled(tmp_path / "sq.onnx", ids, mask) * fp32).sum(1)
     assert smoothed.mean() > cos.mean() and smoothed.mean() >= 0.997 and smoothed.min() >= 0.99, (smoothed, cos)
     alone = pooled(tmp_path / "sq.onnx", ids[5:6, :n], mask[5:6, :n])[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -45,10 +46,12 @@ def test_int8_graph_structure(tiny_bundle, tiny_checkpoint, tmp_path):
     recipe = json.loads((tiny_bundle / "manifest.json").read_text())["quantization"]
     assert recipe["embeddings"] == "int8 per row, the word table shared with the MLM projection"
     assert not any(t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2 and t.dims[0] >= 64 for t in int8.graph.initializer)
-    # the bundle stores it as onnxruntime's optimizers leave it (export/optimize.py): the same
-    # quantized nodes, and still one word table (its transposed copy is made at load, not stored)
+    # the bundle (per-row activations, the exporter's default) stores it as onnxruntime's optimizers
+    # leave it (export/optimize.py): one GEMM per packed MatMul, none quantizing a whole call at
+    # once, and still one word table (its transposed copy is made at load, not stored)
+    stored = Counter(n.op_type for n in onnx.load(str(tiny_bundle / "model.int8.onnx")).graph.node)
+    assert stored["DynamicQuantizeMatMul"] == 0 and stored["MatMulIntegerToFloat"] == groups + len(gemms)
     stored = onnx.load(str(tiny_bundle / "model.int8.onnx"))
-    assert Counter(n.op_type for n in stored.graph.node)["DynamicQuantizeMatMul"] == ops["DynamicQuantizeMatMul"]
     assert len([t for t in stored.graph.initializer if vocab in t.dims and len(t.dims) == 2]) == 1
 
 
@@ -317,3 +320,84 @@ def test_per_row_int8_is_the_same_alone_or_in_any_batch(tiny_checkpoint, tmp_pat
         assert np.abs(model.embed([*mates, text])[-1] - alone).max() <= 1e-6
     fp32 = flare_onnx.load(bundle, precision="fp32").embed([text])[0]
     assert float(alone @ fp32 / np.linalg.norm(alone) / np.linalg.norm(fp32)) > 0.99
+
+
+def _ffn_graph(path: Path, k: int = 32, n: int = 48, seed: int = 0) -> dict[str, np.ndarray]:
+    """A LayerNorm, an FFN (MatMul + bias, GELU as onnx exports it: ``x · 0.5 · (1 + erf(x/√2))``)
+    and a second MatMul + bias: the two inputs the per-row recipe treats apart."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+    w = {"gamma": rng.uniform(0.5, 1.5, k), "beta": rng.normal(0, 0.1, k), "w1": rng.normal(0, 0.2, (k, n)),
+         "b1": rng.normal(0, 0.1, n), "w2": rng.normal(0, 0.2, (n, k)), "b2": rng.normal(0, 0.1, k),
+         "half": np.array(0.5), "one": np.array(1.0), "root2": np.array(np.sqrt(2.0))}  # fmt: skip
+    w = {name: np.asarray(v, np.float32) for name, v in w.items()}
+    w["gamma"][3] = 12.0  # one wide channel, as LayerNorm's γ makes them
+    node = helper.make_node
+    nodes = [
+        node("LayerNormalization", ["x", "gamma", "beta"], ["ln"], axis=-1, epsilon=1e-5, name="ln"),
+        node("MatMul", ["ln", "w1"], ["h0"], name="ffn/intermediate/MatMul"),
+        node("Add", ["h0", "b1"], ["h"], name="ffn/intermediate/Add"),
+        node("Div", ["h", "root2"], ["hd"], name="gelu/Div"),
+        node("Erf", ["hd"], ["he"], name="gelu/Erf"),
+        node("Add", ["he", "one"], ["h1"], name="gelu/Add"),
+        node("Mul", ["h", "h1"], ["hm"], name="gelu/Mul"),
+        node("Mul", ["hm", "half"], ["g"], name="gelu/Mul_1"),
+        node("MatMul", ["g", "w2"], ["y0"], name="ffn/output/MatMul"),
+        node("Add", ["y0", "b2"], ["y"], name="ffn/output/Add"),
+    ]
+    graph = helper.make_graph(
+        nodes, "ffn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", k])],
+        [numpy_helper.from_array(v, name) for name, v in w.items()],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return w
+
+
+def test_per_row_graph_computes_what_it_claims_static_scales_and_gelu_rows(tmp_path):
+    """The exporter's per-row recipe, op for op against numpy: a LayerNorm output smoothed and
+    quantized with the scale fixed at export (``σ`` = calibrated peak of ``|x / s|`` over 127,
+    zero point 128, saturating past it, bias inside the GEMM); GELU's output quantized per row
+    one-sided (``s_r = max(max x_r / 239, 0.17 / 16)``, zero point 16, no Abs); weights per
+    column. Rounding ties may fall either way, so the two may differ by a step or two."""
+    import onnxruntime as ort
+
+    from flare_onnx_export.smoothing import smoothing
+
+    erf = np.vectorize(math.erf)
+    w = _ffn_graph(tmp_path / "ffn.onnx")
+    rng = np.random.default_rng(1)
+    calib = [{"x": rng.normal(0, 1, (4, 6, 32)).astype(np.float32), "attention_mask": np.ones((4, 6), np.int64)}]
+    factors, peaks = smoothing(tmp_path / "ffn.onnx", calib)
+    assert set(factors) == set(peaks) == {"ln"} and peaks["ln"] > 0
+    recipe = quantize_int8(tmp_path / "ffn.onnx", tmp_path / "q.onnx", activations="per-row", smooth=factors,
+                           static=peaks, target="vnni")  # fmt: skip
+    assert recipe["static"]["matmuls"] == ["ffn/intermediate/MatMul"] and recipe["gelu_rows"] == 1
+    ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node)
+    assert ops["MatMulIntegerToFloat"] == 2 and ops["Abs"] == 0 and ops["ReduceMax"] == 1  # GELU's rows only
+
+    x = rng.normal(0, 1, (3, 5, 32)).astype(np.float32)
+    x[0, 0] *= 40.0  # far past the calibration: the static scale saturates, it does not wrap
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    ln = (x - mean) / np.sqrt(var + 1e-5) * w["gamma"] + w["beta"]
+
+    def columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scale = np.abs(weight).max(0) / 127
+        return np.clip(np.rint(weight / scale), -127, 127), scale
+
+    s, sigma = factors["ln"], np.float32(peaks["ln"] / 127)
+    q1, ws1 = columns(w["w1"] * s[:, None])
+    a = np.clip(np.rint(ln * (1 / (s * sigma)).astype(np.float32)), -128, 127)
+    h = sigma * (a @ q1) * ws1 + w["b1"]
+    g = 0.5 * h * (1 + erf(h / np.sqrt(2.0)))
+    rows = np.maximum(g.max(-1, keepdims=True) / 239, 0.17 / 16)
+    a2 = np.clip(np.rint(g / rows), -16, 239)
+    q2, ws2 = columns(w["w2"])
+    want = rows * (a2 @ q2) * ws2 + w["b2"]
+    got = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[0]
+    step = float(np.abs(q2 * ws2).sum(0).max() * rows.max() + sigma * np.abs(q1 * ws1).sum(0).max())
+    assert np.abs(got - want).max() <= 0.02 * step, (np.abs(got - want).max(), step)
+    h = ln @ w["w1"] + w["b1"]
+    exact = 0.5 * h * (1 + erf(h / np.sqrt(2.0))) @ w["w2"] + w["b2"]
+    assert np.abs(got - exact)[1:].max() < 0.05 * np.abs(exact).max()  # the rows inside the calibrated range
