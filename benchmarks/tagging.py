@@ -283,18 +283,24 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     if not train or not test:
         raise SystemExit(f"no sentences read from {args.train}{' / ' + args.test if args.test else ''}")
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="flare-tagging-"))
-    log(f"== {args.scheme}: fine-tuning {args.encoder} on {len(train)} sentences for {args.epochs} epochs")
+    reuse = args.reuse_model and (work / "model" / "config.json").exists()
+    log(f"== {args.scheme}: " + (f"reusing {work / 'model'}" if reuse else
+        f"fine-tuning {args.encoder} on {len(train)} sentences for {args.epochs} epochs"))  # fmt: skip
     t0 = time.perf_counter()
-    model_dir = fine_tune(
-        args.encoder,
-        train,
-        work / "model",
-        epochs=args.epochs,
-        threads=args.threads,
-        lr=args.lr,
-        freeze_embeddings=not args.train_embeddings,
-        seed=args.seed,
-        log=log,
+    model_dir = (
+        work / "model"
+        if reuse
+        else fine_tune(
+            args.encoder,
+            train,
+            work / "model",
+            epochs=args.epochs,
+            threads=args.threads,
+            lr=args.lr,
+            freeze_embeddings=not args.train_embeddings,
+            seed=args.seed,
+            log=log,
+        )
     )
     train_s = time.perf_counter() - t0
     calibration = work / "calibration.txt"
@@ -322,6 +328,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
         seed=args.seed,
         embeddings_frozen=not args.train_embeddings,
         fine_tune_seconds=train_s,
+        reused_model=bool(reuse),
         bundle=str(bundle),
         fidelity=args.fidelity,
         activations=args.activations,
@@ -370,7 +377,13 @@ def main(argv: list[str] | None = None) -> int:
         "--fidelity", choices=["fast", "balanced", "faithful"], default="fast", help="the export's INT8 preset"
     )
     p.add_argument(
-        "--activations", choices=["per-tensor", "per-row"], default="per-tensor", help="the export's INT8 activations"
+        "--activations", choices=["per-row", "per-tensor"], default="per-row", help="the export's INT8 activations"
+    )
+    p.add_argument(
+        "--reuse-model",
+        action="store_true",
+        help="with --work: score the checkpoint an earlier run fine-tuned there (same data and seed) with this "
+        "run's export options, instead of fine-tuning again",
     )
     args = p.parse_args(argv)
     for path in (args.encoder, args.train, args.test):
