@@ -1,14 +1,17 @@
-"""SmoothQuant factors for per-row INT8 activations (issue #36).
+"""SmoothQuant factors and fixed scales for per-row INT8 activations (issue #36).
 
 A LayerNorm's output — what the attention's Q/K/V and the FFN's first MatMul read — carries a
 few channels 10-100x wider than the rest (LayerNorm's γ), so even one scale per token spends
 most of its 8 bits on them. SmoothQuant (Xiao et al., 2023) moves that range into the weights:
 ``x W = (x / s) (s W)`` with ``s_j = max|x_j|^α / max|W_j|^(1-α)`` per input channel, measured
 on the exporter's own calibration text (never on evaluation text). The INT8 pass multiplies the
-weights' rows by ``s`` before rounding them and puts one ``Mul`` by ``1/s`` on the MatMul's
-input. Only LayerNorm outputs are smoothed: on all-MiniLM-L6-v2 and multilingual-e5-small they
-carry all of the gain (benchmarks/int8_probe.py, docs/int8.md), and the attention output and
-the FFN's second MatMul gain nothing from it.
+weights' rows by ``s`` before rounding them. With the range flattened, and a LayerNorm output
+normalized per token, one scale fixed at export covers every token: :func:`smoothing` also
+returns the calibration text's peak of ``|x / s|``, and the INT8 pass quantizes the input with
+one ``Mul`` by ``1 / (s σ)`` (``σ`` = that peak over 127) and no run-time reduction. Only
+LayerNorm outputs are smoothed: on all-MiniLM-L6-v2 and multilingual-e5-small they carry all of
+the gain (benchmarks/int8_probe.py, docs/int8.md), and the attention output and the FFN's second
+MatMul gain nothing from it.
 """
 
 from __future__ import annotations
