@@ -407,8 +407,13 @@ def test_with_per_row_int8_a_clients_vector_does_not_move_with_other_clients_tex
             batcher = MicroBatcher(cfg)
             try:
                 alone = await batcher.submit("m", model, model.request("embed", [mine], limits=Limits.SERVICE))
-                crowd = [batcher.submit("m", model, model.request("embed", [t], limits=Limits.SERVICE)) for t in others]
-                beside = await batcher.submit("m", model, model.request("embed", [mine], limits=Limits.SERVICE))
+                # queued at once (the batcher's lock is reentrant): on a loaded machine its worker could
+                # otherwise wake between two submits, past the wait, and start a round without the rest
+                with batcher._cond:
+                    crowd = [batcher.submit("m", model, model.request("embed", [t], limits=Limits.SERVICE))
+                             for t in others]  # fmt: skip
+                    mine_ = batcher.submit("m", model, model.request("embed", [mine], limits=Limits.SERVICE))
+                beside = await mine_
                 await asyncio.gather(*crowd)
                 return alone, beside
             finally:
