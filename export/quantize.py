@@ -434,7 +434,7 @@ class _Int8Pass:
         Add and LayerNorm); a pack's biases stay concatenated (its Adds are gone with the pack), and
         so does the bias of a MatMul whose input has a scale fixed at export (it goes into the GEMM)."""
         for name, members in self.packs.items():
-            if len(members) == 1 and name in self.bias_of and members[0].input[0] not in self.static:
+            if len(members) == 1 and name in self.bias_of and not self.fixed_scale(members):
                 _, added = self.bias_of.pop(name)
                 self.fused_adds.discard(next(n.name for n in self.graph.node if n.output and n.output[0] == added))
 
@@ -724,7 +724,7 @@ class _Int8Pass:
         names = [m.name for m in members]
         if factor is not None:  # x W = (x / s)(s W): the input's wide channels moved into the weight
             self.smoothed.extend(names)
-            if a in self.static:
+            if self.fixed_scale(members):
                 self.static_nodes.extend(names)
                 made = self.static_matmul(a, factor, self.static[a], [q, sc, bias_name], y, base)
             else:
@@ -761,6 +761,16 @@ class _Int8Pass:
             np.concatenate([self.array(self.bias_of[m.name][0]).astype(np.float32) for m in members]),
         )
         return q, sc, bias, [self.bias_of[m.name][1] for m in members]
+
+    def fixed_scale(self, members: list[Any]) -> bool:
+        """The MatMul(s) reading ``members``' input take its scale fixed at export: the input has a
+        calibrated peak, and the GEMM is at least as wide as its input (Q/K/V, FFN in) — where a
+        run-time reduction costs. A narrow head on the last LayerNorm (a tagger's classifier) keeps
+        per-row scales: they cost nothing there, and its logits are the task's answer."""
+        if members[0].input[0] not in self.static:
+            return False
+        width = sum(int(self.inits[m.input[1]].dims[1]) for m in members)
+        return width >= int(self.inits[members[0].input[1]].dims[0])
 
     def static_matmul(self, a: str, factor: np.ndarray, peak: float, weight: list[str], y: str, base: str) -> list[Any]:
         """``a @ w`` with ``a``'s scale fixed at export: one ``Mul`` by ``1 / (s σ)`` (SmoothQuant's

@@ -401,3 +401,19 @@ def test_per_row_graph_computes_what_it_claims_static_scales_and_gelu_rows(tmp_p
     h = ln @ w["w1"] + w["b1"]
     exact = 0.5 * h * (1 + erf(h / np.sqrt(2.0))) @ w["w2"] + w["b2"]
     assert np.abs(got - exact)[1:].max() < 0.05 * np.abs(exact).max()  # the rows inside the calibrated range
+
+
+def test_a_narrow_head_on_a_layernorm_keeps_run_time_row_scales(tmp_path):
+    """A MatMul narrower than its LayerNorm input (a tagger's classifier) gains no speed from a
+    scale fixed at export, and its logits are the answer: it keeps per-row scales, smoothed."""
+    from flare_onnx_export.smoothing import smoothing
+
+    _ffn_graph(tmp_path / "narrow.onnx", k=32, n=16)
+    rng = np.random.default_rng(2)
+    calib = [{"x": rng.normal(0, 1, (4, 6, 32)).astype(np.float32), "attention_mask": np.ones((4, 6), np.int64)}]
+    factors, peaks = smoothing(tmp_path / "narrow.onnx", calib)
+    recipe = quantize_int8(tmp_path / "narrow.onnx", tmp_path / "q.onnx", activations="per-row", smooth=factors,
+                           static=peaks, target="vnni")  # fmt: skip
+    assert "static" not in recipe and recipe["smoothing"]["matmuls"] == ["ffn/intermediate/MatMul"]
+    ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node)
+    assert ops["Abs"] == 1 and ops["ReduceMax"] == 2  # the head's rows, and GELU's one-sided rows
