@@ -163,9 +163,8 @@ def quantize_int8(
     scale per call (``DynamicQuantizeMatMul``, position 0 apart where ``split_first`` says);
     ``per-row`` quantizes every token on its own (:meth:`_Int8Pass.row_matmul`): no split needed,
     and a text's numbers no longer depend on its batch-mates. ``smooth`` (per-row only):
-    SmoothQuant factors by MatMul input (:mod:`flare_onnx_export.smoothing`); ``static`` (per-row
-    only): by smoothed input, the calibration text's peak of ``|x / s|`` — that input's scale is
-    then fixed at export (:meth:`_Int8Pass.static_matmul`) instead of measured per row.
+    SmoothQuant factors by MatMul input (:mod:`flare_onnx_export.smoothing`); ``static``: by smoothed
+    input, the calibration's peak of ``|x / s|``, its scale then fixed (:meth:`_Int8Pass.static_matmul`).
 
     The steps, in order: embedding tables to INT8 rows; biases found that can go into their
     MatMul; MatMuls sharing an input packed into one; every node rewritten; unused
@@ -174,20 +173,18 @@ def quantize_int8(
     onnx = require("onnx")
     qmax, target = _qmax(target)
     _check_choices(embedding_bits=(str(embedding_bits), EMBEDDING_BITS), activations=(activations, ACTIVATIONS))
-    model = onnx.load(str(fp32))
-    # the guard quantizes one graph many times: shapes and INT8 tables are worked out once per file
-    cache = _SourceCache.of(Path(fp32), model, qmax)
+    model, rows = onnx.load(str(fp32)), activations == "per-row"  # smoothing and fixed scales: per-row only
     rewrite = _Int8Pass(
         model,
         qmax=qmax,
         keep=set(keep_fp32),
-        split_first=split_first if activations == "per-tensor" else False,
+        split_first=False if rows else split_first,
         block=dict(block or {}),
-        cache=cache,
+        cache=_SourceCache.of(Path(fp32), model, qmax),  # shapes and INT8 tables: once per file for the guard
         embedding_bits=str(embedding_bits),
-        per_row=activations == "per-row",
-        smooth=dict(smooth or {}) if activations == "per-row" else {},
-        static=dict(static or {}) if activations == "per-row" else {},
+        per_row=rows,
+        smooth=dict(smooth or {}) if rows else {},
+        static=dict(static or {}) if rows else {},
     )
     rewrite.quantize_tables()
     rewrite.find_biases()
@@ -290,8 +287,7 @@ class _Int8Pass:
         self.smoothed: list[str] = []
         self.static = static or {}  # smoothed MatMul input -> calibrated peak of |x / s|: a scale fixed at export
         self.static_nodes: list[str] = []
-        producers = {o: n for n in self.graph.node for o in n.output}
-        self.gelu_outputs = {x for x in producers if per_row and reads_gelu(producers, x)}
+        self.producers = {o: n for n in self.graph.node for o in n.output} if per_row else {}
         self.one_sided: list[str] = []
 
     # -- initializers ------------------------------------------------------------------------
@@ -501,7 +497,8 @@ class _Int8Pass:
     def _smoothing_recipe(self) -> dict[str, Any]:
         if not self.smoothed:
             return {}
-        used = [s for x, s in self.smooth.items() if {f"{x}_smooth_inv", f"{x}_static_inv"} & set(self.new_inits)]
+        made = self.new_inits
+        used = [s for x, s in self.smooth.items() if f"{x}_smooth_inv" in made or f"{x}_static_inv" in made]
         factors = np.concatenate(used)
         sigmas = [float(self.array(f"{x}_static_scale")) for x in self.static if f"{x}_static_scale" in self.new_inits]
         static = {
@@ -569,26 +566,8 @@ class _Int8Pass:
             make("Concat", [c["k"], f"{b}_k"], [f"{b}_width"], axis=0, name=f"{b}_width"),
             make("Reshape", [a, f"{b}_width"], [f"{b}_a2"], name=f"{b}_a2"),
         ]
-        if a in self.gelu_outputs:  # one-sided: the row's max, no Abs pass
-            self.one_sided.append(base)
-            zp = self.const("row_gelu_zp", np.array(GELU_ZERO_POINT, np.uint8))
-            levels = self.const("row_inv_gelu", np.array(1 / (255 - GELU_ZERO_POINT), np.float32))
-            floor = self.const("row_gelu_floor", np.array(GELU_SHIFT / GELU_ZERO_POINT, np.float32))
-            nodes += [
-                make("ReduceMax", [f"{b}_a2"], [f"{b}_max"], axes=[1], keepdims=0, name=f"{b}_max"),
-                make("Mul", [f"{b}_max", levels], [f"{b}_s0"], name=f"{b}_s0"),
-                make("Max", [f"{b}_s0", floor], [f"{b}_s"], name=f"{b}_s"),
-            ]
-        else:
-            zp = self.const("row_zp", np.array(128, np.uint8))
-            eps = self.const("row_eps", np.array(1e-12, np.float32))
-            levels = self.const("row_inv_127", np.array(1 / 127, np.float32))
-            nodes += [
-                make("Abs", [f"{b}_a2"], [f"{b}_abs"], name=f"{b}_abs"),
-                make("ReduceMax", [f"{b}_abs"], [f"{b}_max"], axes=[1], keepdims=0, name=f"{b}_max"),
-                make("Max", [f"{b}_max", eps], [f"{b}_max_eps"], name=f"{b}_max_eps"),
-                make("Mul", [f"{b}_max_eps", levels], [f"{b}_s"], name=f"{b}_s"),
-            ]
+        scales, zp = self._row_scale(a, b)
+        nodes += scales
         nodes += [
             make("Shape", [f"{b}_s"], [f"{b}_rows"], name=f"{b}_rows"),
             make("Expand", [zp, f"{b}_rows"], [f"{b}_zps"], name=f"{b}_zps"),
@@ -613,6 +592,29 @@ class _Int8Pass:
             make("Concat", [f"{b}_lead", f"{b}_n"], [f"{b}_yshape"], axis=0, name=f"{b}_yshape"),
             make("Reshape", [f"{b}_y", f"{b}_yshape"], [output], name=f"{b}_back"),
         ]
+
+    def _row_scale(self, a: str, b: str) -> tuple[list[Any], str]:
+        """The nodes from ``{b}_a2`` (the rows) to ``{b}_s`` (each row's scale), and the zero point."""
+        make = self.helper.make_node
+        if reads_gelu(self.producers, a):  # one-sided: the row's max, no Abs pass
+            self.one_sided.append(b)
+            zp = self.const("row_gelu_zp", np.array(GELU_ZERO_POINT, np.uint8))
+            levels = self.const("row_inv_gelu", np.array(1 / (255 - GELU_ZERO_POINT), np.float32))
+            floor = self.const("row_gelu_floor", np.array(GELU_SHIFT / GELU_ZERO_POINT, np.float32))
+            return [
+                make("ReduceMax", [f"{b}_a2"], [f"{b}_max"], axes=[1], keepdims=0, name=f"{b}_max"),
+                make("Mul", [f"{b}_max", levels], [f"{b}_s0"], name=f"{b}_s0"),
+                make("Max", [f"{b}_s0", floor], [f"{b}_s"], name=f"{b}_s"),
+            ], zp
+        zp = self.const("row_zp", np.array(128, np.uint8))
+        eps = self.const("row_eps", np.array(1e-12, np.float32))
+        levels = self.const("row_inv_127", np.array(1 / 127, np.float32))
+        return [
+            make("Abs", [f"{b}_a2"], [f"{b}_abs"], name=f"{b}_abs"),
+            make("ReduceMax", [f"{b}_abs"], [f"{b}_max"], axes=[1], keepdims=0, name=f"{b}_max"),
+            make("Max", [f"{b}_max", eps], [f"{b}_max_eps"], name=f"{b}_max_eps"),
+            make("Mul", [f"{b}_max_eps", levels], [f"{b}_s"], name=f"{b}_s"),
+        ], zp
 
     def lookup(self, node: Any) -> list[Any]:
         """An embedding lookup on INT8 rows, dequantized after the lookup: rows * scale[id]."""
