@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from flare_onnx_export.quantize import GELU_SHIFT, reads_gelu
+from flare_onnx_export.rounding import gptq
 
 from .fusion_probe import _fidelity, _plain, _with_graph
 from .machine import describe
@@ -238,32 +239,6 @@ def to_static(
     model.graph.node.extend(nodes)
     onnx.save(model, str(out))
     return {"static_matmuls": len(dq), "clip": clip, "levels": levels}
-
-
-def gptq(weight: np.ndarray, hessian: np.ndarray, levels: int, damp: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
-    """GPTQ rounding (Frantar et al., 2023) of ``x @ weight`` ([K, N], symmetric, one scale per
-    output column, the same grid as round-to-nearest): input rows are rounded one at a time in
-    order of ``diag(H)`` (act-order), each row's rounding error pushed onto the rows not yet
-    rounded through the inverse Hessian ``H = XᵀX`` of the calibration activations, so the
-    layer's *output* error on that text is what is minimized. Returns ``(q, scale)``."""
-    k = weight.shape[0]
-    scale = np.maximum(np.abs(weight).max(0), 1e-12) / levels
-    h = hessian.astype(np.float64).copy()
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    h += damp * np.mean(np.diag(h)) * np.eye(k)
-    order = np.argsort(-np.diag(h))
-    w = weight.astype(np.float64)[order].copy()
-    w[dead[order]] = 0.0
-    u = np.linalg.cholesky(np.linalg.inv(h[np.ix_(order, order)])).T  # upper: H⁻¹ = UᵀU
-    q = np.empty_like(w)
-    for i in range(k):
-        q[i] = np.clip(np.rint(w[i] / scale), -levels, levels)
-        err = (w[i] - q[i] * scale) / u[i, i]
-        w[i + 1 :] -= np.outer(u[i, i + 1 :], err)
-    out = np.empty_like(q)
-    out[order] = q
-    return out.astype(np.int8 if levels <= 127 else np.int16), scale.astype(np.float32)
 
 
 def rounded_weights(

@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             precisions=("fp32", "int8") if preset == "fast" else ("int8",),
             fidelity=preset if preset in PRESETS else "fast",
             activations="per-tensor" if preset == "per-tensor" else "per-row",
+            weight_rounding="nearest" if preset == "per-tensor" else "gptq",  # the 0.2 recipe, as it was
             log=lambda m: print(m, file=sys.stderr),
         )
         export_s[preset] = time.perf_counter() - t0

@@ -313,6 +313,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
         calibration=str(calibration),
         fidelity=args.fidelity,
         activations=args.activations,
+        weight_rounding=args.weight_rounding,
         log=lambda _: None,
     )
     log(f"== scoring {len(test)} test sentences")
@@ -332,6 +333,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
         bundle=str(bundle),
         fidelity=args.fidelity,
         activations=args.activations,
+        weight_rounding=args.weight_rounding,
         model_card={**MODEL_CARD[args.scheme], "model": "osiria/flare-it, FP32 PyTorch (a different encoder)"},
     )
     return result
@@ -378,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--activations", choices=["per-row", "per-tensor"], default="per-row", help="the export's INT8 activations"
+    )
+    p.add_argument(
+        "--weight-rounding", choices=["gptq", "nearest"], default="gptq", help="the export's INT8 weight rounding"
     )
     p.add_argument(
         "--reuse-model",

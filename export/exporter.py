@@ -23,7 +23,7 @@ from .guard import DEFAULT_TARGET, PRESETS, quantize_guarded
 from .optimize import optimize_for_onnxruntime
 from .prune import DEFAULT_MIN_DOC_FREQ, prune_checkpoint
 from .sentence import sentence_settings
-from .quantize import ACTIVATIONS, EMBEDDING_BITS, TARGETS
+from .quantize import ACTIVATIONS, EMBEDDING_BITS, TARGETS, WEIGHT_ROUNDING, check_choices
 from .sample import italian_sentences, mask_sentences, read_corpus
 from .tokenizer import build_tokenizer, compare_tokenizers, load_reference_tokenizer, special_tokens
 from .verify import compare, make_batches, onnx_outputs, torch_outputs
@@ -81,6 +81,7 @@ def export_bundle(
     target_cpu: str = "auto",
     embedding_bits: str = "auto",
     activations: str = "per-row",
+    weight_rounding: str = "gptq",
     openvino: bool = False,
     fidelity: str = "fast",
     prune_vocab: str | Path | None = None,
@@ -101,13 +102,15 @@ def export_bundle(
         target_cpu, embedding_bits, activations, openvino: the INT8 graph's CPU (``auto``, ``vnni``, ``avx2``,
             ``arm64``), word table (``auto``, ``8``, ``4``) and activation scales (``per-row``, the default:
             batch-invariant; or ``per-tensor``, the 0.2 recipe; docs/int8.md); also write the NNCF INT8 IR.
+        weight_rounding: the INT8 weights' integers: ``gptq`` (the default: rounded against the
+            calibration text's activations) or ``nearest`` (the 0.2 recipe's), docs/int8.md.
         prune_vocab, min_doc_freq, prune_words: Flare-IT's pruning, to a corpus and frequent words (docs/export.md).
         prompts: named prompts to store (over the checkpoint's sentence-transformers ``prompts``).
 
     Raises:
         ExportError: a bad option or checkpoint; a tokenizer, FP32 or INT8 graph that fails its check.
     """
-    out, build = Path(output), (target_cpu, str(embedding_bits), activations)
+    out, build = Path(output), (target_cpu, str(embedding_bits), activations, weight_rounding)
     _check_options(out, overwrite, precisions, build, task, fidelity_target, openvino, fidelity)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -201,25 +204,25 @@ def _check_options(
     out: Path,
     overwrite: bool,
     precisions: tuple[str, ...],
-    build: tuple[str, str, str],
+    build: tuple[str, str, str, str],
     task: str | None,
     fidelity_target: float,
     openvino: bool,
     fidelity: str,
 ) -> None:
     """Every option is checked before the expensive work (loading, tracing, PyTorch runs)."""
-    target_cpu, embedding_bits, activations = build
-    if embedding_bits not in EMBEDDING_BITS:
-        raise ExportError(f"embedding_bits must be one of {', '.join(EMBEDDING_BITS)}, not {embedding_bits!r}")
-    if activations not in ACTIVATIONS:
-        raise ExportError(f"activations must be one of {', '.join(ACTIVATIONS)}, not {activations!r}")
+    target_cpu, embedding_bits, activations, weight_rounding = build
+    check_choices(
+        target_cpu=(target_cpu, TARGETS),
+        embedding_bits=(embedding_bits, EMBEDDING_BITS),
+        activations=(activations, ACTIVATIONS),
+        weight_rounding=(weight_rounding, WEIGHT_ROUNDING),
+    )
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ExportError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
     bad = [p for p in precisions if p not in GRAPH_FILES]
     if bad or not precisions:
         raise ExportError(f"precisions must be among {', '.join(GRAPH_FILES)}, not {precisions}")
-    if target_cpu not in TARGETS:
-        raise ExportError(f"target_cpu must be one of {', '.join(TARGETS)}, not {target_cpu!r}")
     if task is not None and task not in EXPORT_TASKS:
         raise ExportError(f"task must be one of {', '.join(EXPORT_TASKS)}, not {task!r}")
     if not 0.0 < fidelity_target <= 1.0:
@@ -334,11 +337,11 @@ def _write_onnx_graphs(
     precisions: tuple[str, ...],
     verification: dict[str, Any],
     fidelity: tuple[float, str],
-    build: tuple[str, str, str],
+    build: tuple[str, str, str, str],
     log: Callable[[str], None],
 ) -> tuple[dict[str, Any], Any]:
     """The FP32 graph (checked against PyTorch) and, when asked, the guarded INT8 graph
-    (``build``: the target CPU, the word table's bits, the activations' scales)."""
+    (``build``: the target CPU, the word table's bits, the activations' scales, the weights' rounding)."""
     ort = require("onnxruntime")
     inputs, outputs = GRAPH_IO[prep.ckpt.task]
     fp32_path = work / GRAPH_FILES["fp32"]
@@ -361,6 +364,7 @@ def _write_onnx_graphs(
                 target_cpu=build[0],
                 embedding_bits=build[1],
                 activations=build[2],
+                weight_rounding=build[3],
                 log=log,
             )
         else:

@@ -13,6 +13,7 @@ from flare_onnx.errors import ExportError
 
 from ._deps import require
 from .quantize import quantizable_nodes, quantize_int8
+from .rounding import input_hessians
 from .smoothing import SMOOTH_ALPHA, smoothing
 from .verify import compare, onnx_outputs
 
@@ -108,6 +109,7 @@ def quantize_guarded(
     fidelity: str = "fast",
     embedding_bits: str = "auto",
     activations: str = "per-row",
+    weight_rounding: str = "gptq",
     log: Callable[[str], None] = print,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Write the INT8 graph; return (recipe, figures against PyTorch).
@@ -124,6 +126,8 @@ def quantize_guarded(
     run = _Attempts(fp32, out, batches, reference, target_cpu, (embedding_bits, activations))
     if activations == "per-row":  # LayerNorm outputs smoothed, with scales fixed at export; other inputs per row
         run.smooth, run.static = smoothing(fp32, batches)
+    if weight_rounding == "gptq":  # the calibration text's XᵀX by MatMul input, once for every attempt
+        run.hessians = input_hessians(fp32, batches)
     block = [g for g in groups if g.split("/", 1)[-1] in preset.start_block]
     keep: list[str] = []
     figures = run(groups, block, keep)
@@ -175,6 +179,7 @@ class _Attempts:
         self.embedding_bits, self.activations = build  # the word table's bits; activations per tensor or per row
         self.smooth: dict[str, Any] = {}  # SmoothQuant factors by MatMul input (per-row only)
         self.static: dict[str, float] = {}  # the smoothed inputs' calibrated peaks (per-row only)
+        self.hessians: dict[str, Any] = {}  # XᵀX by MatMul input: GPTQ-rounded weights
         self.recipe: dict[str, Any] = {}
 
     def __call__(self, groups: dict[str, list[str]], block: list[str], keep: list[str]) -> dict[str, Any]:
@@ -191,6 +196,7 @@ class _Attempts:
             activations=self.activations,
             smooth=self.smooth,
             static=self.static,
+            hessians=self.hessians,
         )
         session = ort.InferenceSession(str(self.out), providers=["CPUExecutionProvider"])
         return compare(self.batches, self.reference, onnx_outputs(session, self.batches))

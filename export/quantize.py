@@ -23,6 +23,7 @@ other token: on the real all-MiniLM-L6-v2 weights mean-pooled embeddings drop to
 
 from __future__ import annotations
 
+import hashlib
 import platform
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -34,8 +35,18 @@ import numpy as np
 from flare_onnx.errors import ExportError
 
 from ._deps import require
+from .rounding import DAMP, gptq
 
-__all__ = ["quantize_int8", "cpu_has_vnni", "quantizable_nodes", "q4_blocks", "TARGETS", "EMBEDDING_BITS"]
+__all__ = [
+    "quantize_int8",
+    "cpu_has_vnni",
+    "check_choices",
+    "quantizable_nodes",
+    "q4_blocks",
+    "TARGETS",
+    "EMBEDDING_BITS",
+    "WEIGHT_ROUNDING",
+]
 
 #: What the INT8 weights are built for. x86 without VNNI (AVX2) multiplies u8 × s8 pairs into
 #: 16 bits with saturation (vpmaddubsw), so its weights keep |q| <= 63; VNNI, AMX and every
@@ -48,6 +59,7 @@ _INT64_MAX = np.iinfo(np.int64).max
 EMBEDDING_BITS = ("auto", "8", "4")
 #: how a MatMul's input is quantized at run time (:func:`quantize_int8`)
 ACTIVATIONS = ("per-tensor", "per-row")
+WEIGHT_ROUNDING = ("nearest", "gptq")
 GELU_SHIFT = 0.17  # GELU(x) = x Φ(x) >= -0.16997, its minimum (at x = -0.7518)
 #: the zero point of rows that read GELU's output: 16 levels below zero reach GELU's minimum from any row
 #: whose peak is above 0.17 · 239 / 16 ≈ 2.5, and 239 levels above zero against a symmetric row's 127
@@ -150,6 +162,7 @@ def quantize_int8(
     activations: str = "per-tensor",
     smooth: Mapping[str, np.ndarray] | None = None,
     static: Mapping[str, float] | None = None,
+    hessians: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Write the INT8 graph of ``fp32`` to ``out``; return the recipe for the manifest.
 
@@ -165,6 +178,9 @@ def quantize_int8(
     and a text's numbers no longer depend on its batch-mates. ``smooth`` (per-row only):
     SmoothQuant factors by MatMul input (:mod:`flare_onnx_export.smoothing`); ``static``: by smoothed
     input, the calibration's peak of ``|x / s|``, its scale then fixed (:meth:`_Int8Pass.static_matmul`).
+    ``hessians``: by MatMul input, ``XᵀX`` of the calibration activations
+    (:func:`flare_onnx_export.rounding.input_hessians`); the encoder MatMuls reading those inputs
+    get GPTQ-rounded weights (:func:`~flare_onnx_export.rounding.gptq`) instead of round-to-nearest.
 
     The steps, in order: embedding tables to INT8 rows; biases found that can go into their
     MatMul; MatMuls sharing an input packed into one; every node rewritten; unused
@@ -172,7 +188,7 @@ def quantize_int8(
     """
     onnx = require("onnx")
     qmax, target = _qmax(target)
-    _check_choices(embedding_bits=(str(embedding_bits), EMBEDDING_BITS), activations=(activations, ACTIVATIONS))
+    check_choices(embedding_bits=(str(embedding_bits), EMBEDDING_BITS), activations=(activations, ACTIVATIONS))
     model, rows = onnx.load(str(fp32)), activations == "per-row"  # smoothing and fixed scales: per-row only
     rewrite = _Int8Pass(
         model,
@@ -185,6 +201,7 @@ def quantize_int8(
         per_row=rows,
         smooth=dict(smooth or {}) if rows else {},
         static=dict(static or {}) if rows else {},
+        hessians=dict(hessians or {}),
     )
     rewrite.quantize_tables()
     rewrite.find_biases()
@@ -211,7 +228,7 @@ def reads_gelu(producers: dict[str, Any], x: str) -> bool:
     return False
 
 
-def _check_choices(**options: tuple[str, tuple[str, ...]]) -> None:
+def check_choices(**options: tuple[str, tuple[str, ...]]) -> None:
     for name, (value, choices) in options.items():
         if value not in choices:
             raise ExportError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
@@ -258,6 +275,7 @@ class _Int8Pass:
         per_row: bool = False,
         smooth: dict[str, np.ndarray] | None = None,
         static: dict[str, float] | None = None,
+        hessians: dict[str, np.ndarray] | None = None,
     ) -> None:
         onnx = require("onnx")
         self.onnx, self.helper, self.numpy_helper = onnx, onnx.helper, onnx.numpy_helper
@@ -289,6 +307,8 @@ class _Int8Pass:
         self.static_nodes: list[str] = []
         self.producers = {o: n for n in self.graph.node for o in n.output} if per_row else {}
         self.one_sided: list[str] = []
+        self.hessians = hessians or {}  # MatMul input -> XᵀX of the calibration text: GPTQ-rounded weights
+        self.rounded: list[str] = []
 
     # -- initializers ------------------------------------------------------------------------
 
@@ -305,17 +325,27 @@ class _Int8Pass:
         tensor = self.new_inits[name] if name in self.new_inits else self.inits[name]
         return np.asarray(self.numpy_helper.to_array(tensor))
 
-    def per_column(self, name: str, transposed: bool = False, rows: np.ndarray | None = None) -> tuple[str, str]:
+    def per_column(
+        self, name: str, transposed: bool = False, rows: np.ndarray | None = None, hessian: np.ndarray | None = None
+    ) -> tuple[str, str]:
         """The INT8 weight (symmetric, one scale per output column) and its scales; ``rows``
-        multiplies the weight's rows first (SmoothQuant's factors)."""
+        multiplies the weight's rows first (SmoothQuant's factors); with its input's ``hessian``
+        the integers are GPTQ's (the same grid, the output error on the calibration text minimized)."""
         key = name if rows is None else f"{name}_smoothed"
         if f"{key}_int8" not in self.new_inits:
             w = self.array(name).astype(np.float32)
             w = w.T.copy() if transposed else w
             w = w if rows is None else w * rows[:, None]
-            scale = np.abs(w).max(axis=0) / self.qmax
-            scale[scale == 0] = 1.0
-            self.const(f"{key}_int8", np.clip(np.rint(w / scale), -self.qmax, self.qmax).astype(np.int8))
+            if hessian is not None:  # once per weight and source file: the guard's attempts share it
+                h = hessian if rows is None else hessian / np.outer(rows, rows)  # of x / s
+                digest = hashlib.blake2b(h.tobytes() + w.tobytes(), digest_size=8).hexdigest()
+                q, scale = self.cache.table(f"{key}_gptq_{digest}", lambda: gptq(w, h, self.qmax))
+                self.rounded.append(name)
+            else:
+                scale = np.abs(w).max(axis=0) / self.qmax
+                scale[scale == 0] = 1.0
+                q = np.clip(np.rint(w / scale), -self.qmax, self.qmax).astype(np.int8)
+            self.const(f"{key}_int8", q)
             self.const(f"{key}_scale", scale.astype(np.float32))
         return f"{key}_int8", f"{key}_scale"
 
@@ -492,7 +522,14 @@ class _Int8Pass:
             "fp32_nodes": sorted(self.keep),
             **({"gelu_rows": len(self.one_sided)} if self.per_row else {}),
             **self._smoothing_recipe(),
+            **self._rounding_recipe(),
         }
+
+    def _rounding_recipe(self) -> dict[str, Any]:
+        if not self.rounded:
+            return {}
+        method = "GPTQ against the calibration text's activations, act-order, round-to-nearest's grid"
+        return {"weight_rounding": {"method": method, "damp": DAMP, "weights": len(self.rounded)}}
 
     def _smoothing_recipe(self) -> dict[str, Any]:
         if not self.smoothed:
@@ -751,11 +788,12 @@ class _Int8Pass:
         self, members: list[Any], base: str, rows: np.ndarray | None = None
     ) -> tuple[str, str, str, list[str]]:
         """The INT8 weight, scales and bias of one MatMul or of a pack, and its outputs."""
+        hessian = self.hessians.get(members[0].input[0])
         if len(members) == 1:
-            q, sc = self.per_column(members[0].input[1], rows=rows)
+            q, sc = self.per_column(members[0].input[1], rows=rows, hessian=hessian)
             bias, out = self.bias_of.get(members[0].name, ("", members[0].output[0]))
             return q, sc, bias, [out]
-        qs = [self.per_column(m.input[1], rows=rows) for m in members]
+        qs = [self.per_column(m.input[1], rows=rows, hessian=hessian) for m in members]
         q = self.const(f"{base}_packed_int8", np.concatenate([self.array(x) for x, _ in qs], axis=1))
         sc = self.const(f"{base}_packed_scale", np.concatenate([self.array(x) for _, x in qs]))
         bias = self.const(

@@ -389,6 +389,7 @@ def _export(args: argparse.Namespace) -> int:
         target_cpu=args.target_cpu,
         embedding_bits=args.embedding_bits,
         activations=args.activations,
+        weight_rounding=args.weight_rounding,
         openvino=args.openvino,
         fidelity=args.fidelity,
         prune_vocab=args.prune_vocab,
@@ -624,6 +625,14 @@ def _add_int8_options(p: Any) -> None:
         "its own — LayerNorm outputs smoothed into the weights with a scale fixed at export, the others with "
         "the token's own scale — so a text's vector never depends on its batch; per-tensor is the 0.2 recipe, "
         "one scale per call (e5 nearest neighbours 79%% with it, 95%% per row, same speed; docs/int8.md)",
+    )
+    p.add_argument(
+        "--weight-rounding",
+        choices=["gptq", "nearest"],
+        default="gptq",
+        help="the INT8 weights' integers: gptq (the default) rounds them against the calibration text's "
+        "activations, so each layer's output error is what is minimized (the same grid, size and speed); "
+        "nearest rounds each weight on its own, as 0.2 did; docs/int8.md",
     )
 
 

@@ -119,26 +119,6 @@ def test_int8_probe_smoothing_is_exact_in_fp32_and_static_scales_are_batch_invar
         assert np.allclose(a, b, atol=1e-5) == invariant, path.name
 
 
-def test_int8_probe_gptq_rounding_lowers_the_output_error_on_its_calibration(monkeypatch):
-    """GPTQ keeps round-to-nearest's grid (the same per-column scales, |q| <= levels) and, on
-    correlated activations like a layer's, gives a smaller output error ``‖X(W - Ŵ)‖`` than it."""
-    import numpy as np
-
-    monkeypatch.syspath_prepend(str(ROOT))
-    from benchmarks.int8_probe import gptq
-
-    rng = np.random.default_rng(7)
-    mix = rng.standard_normal((48, 48))
-    x = rng.standard_normal((600, 48)) @ mix + 3.0 * rng.standard_normal(48)  # correlated channels, offsets
-    w = rng.standard_normal((48, 24)).astype(np.float32)
-    for levels in (63, 127):
-        q, scale = gptq(w, x.T @ x, levels)
-        nearest = np.clip(np.rint(w / scale), -levels, levels)
-        assert np.abs(q).max() <= levels and np.allclose(scale, np.abs(w).max(0) / levels)
-        err = lambda quantized: float(np.linalg.norm(x @ (w - quantized * scale)))  # noqa: E731
-        assert err(q) < 0.8 * err(nearest), levels
-
-
 def test_int8_probe_per_row_variants_are_batch_invariant_and_asymmetric_rows_are_closer(
     tiny_feature_bundle, sentences, tmp_path, monkeypatch
 ):

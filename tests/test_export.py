@@ -183,6 +183,20 @@ def test_existing_output_is_not_overwritten_by_default(tiny_checkpoint, tmp_path
     assert (out / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ({"weight_rounding": "stochastic"}, "weight_rounding must be one of nearest, gptq, not 'stochastic'"),
+        ({"target_cpu": "avx9"}, "target_cpu must be one of auto, vnni, avx2, arm64, not 'avx9'"),
+        ({"activations": "per-channel"}, "activations must be one of per-tensor, per-row, not 'per-channel'"),
+    ],
+)
+def test_bad_int8_options_are_refused_before_any_work(tiny_checkpoint, tmp_path, option, message):
+    with pytest.raises(ExportError, match=message):
+        export_bundle(str(tiny_checkpoint), tmp_path / "b", log=_quiet, **option)
+    assert not any(tmp_path.iterdir())  # nothing loaded, traced or written
+
+
 def test_failed_export_leaves_nothing_behind(tiny_checkpoint, tmp_path, monkeypatch):
     import flare_onnx_export.exporter as exporter
 

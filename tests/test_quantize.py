@@ -190,6 +190,8 @@ def test_manifest_records_int8_fidelity(minilm_bundle):
     figures = manifest["verification"]["int8"]
     assert figures["embedding_cosine_mean"] >= 0.995 and figures["embedding_cosine_min"] >= 0.98
     assert manifest["quantization"]["fidelity_target"] == 0.995
+    # the default rounds every encoder weight by GPTQ: Q, K, V, attention output, FFN in and out × 6 layers
+    assert manifest["quantization"]["weight_rounding"]["weights"] == 6 * 6
 
 
 def test_guard_keeps_sensitive_groups_in_fp32(tiny_checkpoint, tmp_path):
@@ -417,3 +419,103 @@ def test_a_narrow_head_on_a_layernorm_keeps_run_time_row_scales(tmp_path):
     assert "static" not in recipe and recipe["smoothing"]["matmuls"] == ["ffn/intermediate/MatMul"]
     ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node)
     assert ops["Abs"] == 1 and ops["ReduceMax"] == 2  # the head's rows, and GELU's one-sided rows
+
+
+def _gptq_row_by_row(w: np.ndarray, hessian: np.ndarray, levels: int, damp: float = 0.01) -> np.ndarray:
+    """GPTQ as the paper states it, one row at a time with the whole rest updated after each."""
+    h = hessian.astype(np.float64).copy()
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    h += damp * np.mean(np.diag(h)) * np.eye(len(h))
+    order = np.argsort(-np.diag(h), kind="stable")
+    u = np.linalg.cholesky(np.linalg.inv(h[np.ix_(order, order)])).T
+    scale = np.abs(w).max(0).astype(np.float64) / levels
+    rest, q = w.astype(np.float64)[order], np.empty(w.shape)
+    for i in range(len(h)):
+        q[i] = np.clip(np.rint(rest[i] / scale), -levels, levels)
+        rest[i + 1 :] -= np.outer(u[i, i + 1 :], (rest[i] - q[i] * scale) / u[i, i])
+    out = np.empty_like(q)
+    out[order] = q
+    return out
+
+
+def test_gptq_keeps_the_grid_and_lowers_the_output_error_on_its_calibration():
+    """GPTQ keeps round-to-nearest's grid (the same per-column scales, |q| <= levels), gives a
+    smaller output error ``‖X(W - Ŵ)‖`` than it on correlated activations like a layer's, rounds
+    a channel the calibration never excites to nearest instead of dropping it, and its lazy
+    batches (rows rounded 128 at a time) give the row-by-row algorithm's integers."""
+    from flare_onnx_export.rounding import gptq
+
+    rng = np.random.default_rng(7)
+    mix = rng.standard_normal((300, 300)) / 10
+    x = rng.standard_normal((2000, 300)) @ mix + 3.0 * rng.standard_normal(300)  # correlated channels, offsets
+    x[:, 5] = 0.0  # a dead channel
+    w = rng.standard_normal((300, 24)).astype(np.float32)
+    for levels in (63, 127):
+        q, scale = gptq(w, x.T @ x, levels)
+        nearest = np.clip(np.rint(w / scale), -levels, levels)
+        assert q.dtype == np.int8 and np.abs(q).max() <= levels and np.allclose(scale, np.abs(w).max(0) / levels)
+        err = lambda quantized: float(np.linalg.norm(x @ (w - quantized * scale)))  # noqa: E731
+        assert err(q) < 0.8 * err(nearest), levels
+        assert np.array_equal(q[5], nearest[5]) and not np.array_equal(q, nearest)
+        assert np.array_equal(q, _gptq_row_by_row(w, x.T @ x, levels))
+
+
+def test_input_hessians_sum_the_real_tokens_of_every_weight_matmul_input(tmp_path):
+    """``XᵀX`` by MatMul input over the calibration batches, pad positions left out: the
+    LayerNorm output and GELU's output of the FFN graph, checked against numpy."""
+    from flare_onnx_export.rounding import input_hessians
+
+    erf = np.vectorize(math.erf)
+    w = _ffn_graph(tmp_path / "ffn.onnx")
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 1, (2, 7, 32)).astype(np.float32)
+    mask = np.ones((2, 7), np.int64)
+    mask[1, 4:] = 0
+    hessians = input_hessians(tmp_path / "ffn.onnx", [{"x": x, "attention_mask": mask}])
+    assert set(hessians) == {"ln", "g"}
+    ln = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * w["gamma"] + w["beta"]
+    h = ln @ w["w1"] + w["b1"]
+    g = 0.5 * h * (1 + erf(h / np.sqrt(2.0)))
+    for name, value in (("ln", ln), ("g", g)):
+        rows = value[mask.astype(bool)].astype(np.float64)
+        assert np.allclose(hessians[name], rows.T @ rows, rtol=1e-4, atol=1e-3), name
+        everything = value.reshape(-1, value.shape[-1]).astype(np.float64)
+        assert not np.allclose(hessians[name], everything.T @ everything, rtol=1e-4, atol=1e-3)
+
+
+def test_gptq_weights_bring_the_int8_graph_closer_to_fp32_on_its_calibration(tmp_path):
+    """With the calibration's Hessians, the per-row graph's weights are GPTQ's (same scales,
+    other integers; the recipe says so) and its outputs are closer to the FP32 graph's than
+    round-to-nearest's, with the graph itself unchanged."""
+    import onnxruntime as ort
+
+    from flare_onnx_export.rounding import input_hessians
+    from flare_onnx_export.smoothing import smoothing
+
+    _ffn_graph(tmp_path / "ffn.onnx", k=64, n=128)
+    rng = np.random.default_rng(4)
+    mix = rng.normal(0, 1, (64, 64)) / 8
+    mask = np.ones((8, 24), np.int64)
+    calib = [{"x": (rng.normal(0, 1, (8, 24, 64)) @ mix).astype(np.float32), "attention_mask": mask} for _ in range(2)]
+    factors, peaks = smoothing(tmp_path / "ffn.onnx", calib)
+    made = {}
+    for name, hessians in (("nearest", None), ("gptq", input_hessians(tmp_path / "ffn.onnx", calib))):
+        recipe = quantize_int8(tmp_path / "ffn.onnx", tmp_path / f"{name}.onnx", activations="per-row",
+                               smooth=factors, static=peaks, target="vnni", hessians=hessians)  # fmt: skip
+        graph = onnx.load(str(tmp_path / f"{name}.onnx")).graph
+        made[name] = (recipe, Counter(n.op_type for n in graph.node),
+                      {t.name: numpy_helper.to_array(t) for t in graph.initializer})  # fmt: skip
+    (near, near_ops, near_w), (gptq, gptq_ops, gptq_w) = made["nearest"], made["gptq"]
+    assert "weight_rounding" not in near and gptq["weight_rounding"]["weights"] == 2 and near_ops == gptq_ops
+    ints = [k for k in near_w if k.endswith("_int8")]
+    assert len(ints) == 2 and all(not np.array_equal(near_w[k], gptq_w[k]) for k in ints)
+    assert all(np.array_equal(near_w[k.replace("_int8", "_scale")], gptq_w[k.replace("_int8", "_scale")]) for k in ints)
+
+    def outputs(path: Path) -> np.ndarray:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return np.concatenate([session.run(["y"], {"x": b["x"]})[0] for b in calib])
+
+    exact = outputs(tmp_path / "ffn.onnx")
+    error = {name: float(np.linalg.norm(outputs(tmp_path / f"{name}.onnx") - exact)) for name in made}
+    assert error["gptq"] < 0.9 * error["nearest"], error
