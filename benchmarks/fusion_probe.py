@@ -53,7 +53,9 @@ def _plain(fp32: Path, out: Path) -> None:
 
 
 def _with_graph(bundle: Path, graph: Path, target: Path) -> Path:
-    """A copy of ``bundle`` whose INT8 graph is ``graph`` (hash and size in the manifest)."""
+    """A copy of ``bundle`` whose INT8 graph is ``graph`` (hash and size in the manifest); an
+    earlier copy at ``target`` is replaced."""
+    shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(bundle, target, ignore=shutil.ignore_patterns("*.xml", "*.bin"))
     record = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
     name = record["graphs"]["int8"]["file"]
