@@ -9,9 +9,11 @@ on the same calibration text; the weight is refitted by ridge regression towards
 ``W`` (``(X̂ᵀX̂ + λI)⁻¹ (X̂ᵀX W + λW)``), the mean output shift goes into the bias (unless
 ``--no-shift``), and GPTQ rounds the result against ``X̂ᵀX̂``. ``--sequential`` takes one input at
 a time, in graph order, its ``X̂`` from the graph refitted so far (in one pass every layer also
-corrects the error the layers before it already corrected). Nothing changes at run time.
+corrects the error the layers before it already corrected). ``--plain`` skips the refit: the
+exporter's GPTQ at another damping or calibration text. Nothing changes at run time.
 
     python -m benchmarks.gptaq_probe artifacts/bench/minilm-rows artifacts/exp/minilm-gptaq-seq --sequential
+    python -m benchmarks.gptaq_probe artifacts/bench/minilm-rows artifacts/exp/minilm-gptq-d0.1 --plain --damp 0.1
     python -m benchmarks.activations artifacts/exp/minilm-gptq artifacts/exp/minilm-gptaq-seq \
         --corpus ../shared/data/wikineural-it/val.conllu
 
@@ -172,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-gptq", action="store_true", help="refit only, then round to nearest")
     p.add_argument("--sequential", action="store_true", help="one input at a time, X̂ from the graph refitted so far")
     p.add_argument("--no-shift", action="store_true", help="leave the biases as they are")
+    p.add_argument("--plain", action="store_true", help="no refit: the exporter's GPTQ, at this --damp and calibration")
     args = p.parse_args(argv)
     batches = _calibration(args.bundle, args.prefix, args.calibration)
     fp32 = args.bundle / "model.fp32.onnx"
@@ -184,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     fitted = onnx.load(str(fp32))
     finits = {t.name: t for t in fitted.graph.initializer}
     order = list(dict.fromkeys(n.input[0] for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits))
-    hessians: dict[str, np.ndarray] = {}
-    for step in [[x] for x in order] if args.sequential else [order]:  # sequential: X̂ from the graph refitted so far
+    hessians: dict[str, np.ndarray] = rounding.input_hessians(fp32, batches) if args.plain else {}
+    steps = [] if args.plain else [[x] for x in order] if args.sequential else [order]
+    for step in steps:  # sequential: each input's X̂ from the graph refitted so far
         onnx.save(fitted, str(refitted))
         quantize_int8(refitted, int8, activations="per-row", smooth=smooth, static=static,
                       hessians={} if args.no_gptq else hessians)  # fmt: skip
