@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ._deps import require
+from .verify import tensor_rows
 
 __all__ = ["DAMP", "gptq", "input_hessians"]
 
@@ -59,8 +60,7 @@ def gptq(weight: np.ndarray, hessian: np.ndarray, levels: int, damp: float = DAM
 def input_hessians(fp32: Path, batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """``{MatMul input: XᵀX}`` (float64, pad positions left out) for every input a MatMul with a
     constant 2-D weight reads, over ``batches`` run through the FP32 graph."""
-    onnx, ort = require("onnx"), require("onnxruntime")
-    model = onnx.load(str(fp32))
+    model = require("onnx").load(str(fp32))
     inits = {t.name: t for t in model.graph.initializer}
     names = sorted(
         {
@@ -69,19 +69,9 @@ def input_hessians(fp32: Path, batches: list[dict[str, np.ndarray]]) -> dict[str
             if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2
         }
     )
-    if not names:
-        return {}
-    have = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(x) for x in names if x not in have)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    wanted = {i.name for i in session.get_inputs()}
     sums: dict[str, Any] = dict.fromkeys(names, 0.0)
-    for batch in batches:
-        keep = batch["attention_mask"].astype(bool)
-        for x, value in zip(names, session.run(names, {k: v for k, v in batch.items() if k in wanted})):
-            rows = value[keep] if value.shape[:2] == keep.shape else value.reshape(-1, value.shape[-1])
-            rows = rows.astype(np.float64)
-            sums[x] = sums[x] + rows.T @ rows
+    for rows in tensor_rows(model, names, batches) if names else ():
+        for x, value in rows.items():
+            value = value.astype(np.float64)
+            sums[x] = sums[x] + value.T @ value
     return {x: np.asarray(h) for x, h in sums.items()}

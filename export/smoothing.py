@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ._deps import require
+from .verify import tensor_rows
 
 __all__ = ["SMOOTH_ALPHA", "layernorm_groups", "smoothing", "smoothing_factors"]
 
@@ -55,25 +56,17 @@ def smoothing(
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """:func:`smoothing_factors` and, by the same LayerNorm output, the largest ``|x / s|`` the
     calibration text reached: the range a scale fixed at export must cover."""
-    onnx, ort = require("onnx"), require("onnxruntime")
+    onnx = require("onnx")
     model = onnx.load(str(fp32))
     groups = layernorm_groups(model)
     if not groups:
-        return {}
+        return {}, {}
     inits = {t.name: t for t in model.graph.initializer}
-    have = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(x) for x in groups if x not in have)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    wanted = {i.name for i in session.get_inputs()}
     names = list(groups)
     seen = {x: np.zeros(0, np.float32) for x in names}
-    for batch in batches:
-        keep = batch["attention_mask"].astype(bool)
-        for x, value in zip(names, session.run(names, {k: v for k, v in batch.items() if k in wanted})):
-            rows = value[keep] if value.shape[:2] == keep.shape else value.reshape(-1, value.shape[-1])
-            peak = np.abs(rows).max(axis=0)
+    for rows in tensor_rows(model, names, batches):
+        for x, value in rows.items():
+            peak = np.abs(value).max(axis=0)
             seen[x] = peak if seen[x].size == 0 else np.maximum(seen[x], peak)
     factors, peaks = {}, {}
     for x, members in groups.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,26 @@ def onnx_outputs(session: Any, batches: list[Batch]) -> list[dict[str, np.ndarra
     names = [o.name for o in session.get_outputs()]
     wanted = {i.name for i in session.get_inputs()}
     return [dict(zip(names, session.run(None, {k: v for k, v in b.items() if k in wanted}))) for b in batches]
+
+
+def tensor_rows(model: Any, names: list[str], batches: list[Batch]) -> Iterator[dict[str, np.ndarray]]:
+    """Per batch, ``{tensor: its rows}`` for the ``names`` of ``model`` (an ONNX ModelProto, which
+    gains them as outputs), run by onnxruntime; pad positions are left out of ``[batch, seq, …]``
+    tensors, other tensors are flattened to rows of their last axis."""
+    onnx, ort = require("onnx"), require("onnxruntime")
+    have = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(x) for x in names if x not in have)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    wanted = {i.name for i in session.get_inputs()}
+    for batch in batches:
+        keep = batch["attention_mask"].astype(bool)
+        values = session.run(names, {k: v for k, v in batch.items() if k in wanted})
+        yield {
+            x: value[keep] if value.shape[:2] == keep.shape else value.reshape(-1, value.shape[-1])
+            for x, value in zip(names, values)
+        }
 
 
 def _pooled(hidden: np.ndarray, attention: np.ndarray) -> np.ndarray:

@@ -235,7 +235,9 @@ def test_block_quantized_layers_are_matmulnbits_and_close_to_fp32(tiny_bundle, s
 
 
 def test_blocks_keep_real_weights_closer_to_fp32_than_the_fast_recipe(minilm_bundle, sentences, tmp_path):
-    """all-MiniLM-L6-v2: the FFN MatMuls in blocks of 32 (the faithful start) beat the fast recipe."""
+    """all-MiniLM-L6-v2: the FFN MatMuls in blocks of 32 (the faithful start) beat the same
+    recipe with them on the fast kernels (both without calibration: per-tensor activations, weights
+    rounded to nearest; the bundle's default, calibrated on these sentences, is no fair match)."""
     import onnxruntime as ort
 
     fp32 = minilm_bundle / "model.fp32.onnx"
@@ -247,7 +249,8 @@ def test_blocks_keep_real_weights_closer_to_fp32_than_the_fast_recipe(minilm_bun
     ref = m.embed(sentences)
     m.session = OrtSession(ort.InferenceSession(str(tmp_path / "ffn.onnx"), providers=["CPUExecutionProvider"]))
     blocked = (ref * m.embed(sentences)).sum(1)
-    m.session = OrtSession(ort.InferenceSession(str(minilm_bundle / "model.int8.onnx"), providers=["CPUExecutionProvider"]))
+    quantize_int8(fp32, tmp_path / "fast.onnx")
+    m.session = OrtSession(ort.InferenceSession(str(tmp_path / "fast.onnx"), providers=["CPUExecutionProvider"]))
     fast = (ref * m.embed(sentences)).sum(1)
     assert blocked.mean() > fast.mean() and blocked.min() > fast.min() and blocked.mean() >= 0.998
 
