@@ -522,3 +522,18 @@ def test_gptq_weights_bring_the_int8_graph_closer_to_fp32_on_its_calibration(tmp
     exact = outputs(tmp_path / "ffn.onnx")
     error = {name: float(np.linalg.norm(outputs(tmp_path / f"{name}.onnx") - exact)) for name in made}
     assert error["gptq"] < 0.9 * error["nearest"], error
+
+
+def test_smoothing_a_graph_without_layernorm_matmuls_gives_nothing_to_smooth(tmp_path):
+    """No MatMul reads a LayerNorm: no factors and no fixed scales (two empty maps, as the guard unpacks)."""
+    from onnx import TensorProto, helper
+
+    from flare_onnx_export.smoothing import smoothing
+
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", 3])], [w])  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    batch = {"x": np.ones((1, 2, 4), np.float32), "attention_mask": np.ones((1, 2), np.int64)}
+    assert smoothing(tmp_path / "m.onnx", [batch]) == ({}, {})
