@@ -59,6 +59,7 @@ _INT64_MAX = np.iinfo(np.int64).max
 EMBEDDING_BITS = ("auto", "8", "4")
 #: how a MatMul's input is quantized at run time (:func:`quantize_int8`)
 ACTIVATIONS = ("per-tensor", "per-row")
+#: how the INT8 weights are rounded: each on its own, or by GPTQ against the calibration text (export/rounding.py)
 WEIGHT_ROUNDING = ("nearest", "gptq")
 GELU_SHIFT = 0.17  # GELU(x) = x Φ(x) >= -0.16997, its minimum (at x = -0.7518)
 #: the zero point of rows that read GELU's output: 16 levels below zero reach GELU's minimum from any row
