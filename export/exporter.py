@@ -99,11 +99,10 @@ def export_bundle(
         precisions: graphs to write (``fp32``, ``int8``).
         calibration: Italian text for the checks (its first 1,000 sentences; default: the shipped sample).
         fidelity_target, fidelity: the INT8 guard's cosine floor and preset (docs/int8.md).
-        target_cpu, embedding_bits, activations, openvino: the INT8 graph's CPU (``auto``, ``vnni``, ``avx2``,
-            ``arm64``), word table (``auto``, ``8``, ``4``) and activation scales (``per-row``, the default:
-            batch-invariant; or ``per-tensor``, the 0.2 recipe; docs/int8.md); also write the NNCF INT8 IR.
-        weight_rounding: the INT8 weights' integers: ``gptq`` (the default: rounded against the
-            calibration text's activations) or ``nearest`` (the 0.2 recipe's), docs/int8.md.
+        target_cpu, embedding_bits, activations, weight_rounding, openvino: the INT8 graph's CPU (``auto``,
+            ``vnni``, ``avx2``, ``arm64``), word table (``auto``, ``8``, ``4``), activation scales (``per-row``,
+            batch-invariant; or ``per-tensor``) and weights' rounding (``gptq`` against the calibration text, or
+            ``nearest``; the 0.2 recipe: ``per-tensor`` + ``nearest``; docs/int8.md); also write the NNCF INT8 IR.
         prune_vocab, min_doc_freq, prune_words: Flare-IT's pruning, to a corpus and frequent words (docs/export.md).
         prompts: named prompts to store (over the checkpoint's sentence-transformers ``prompts``).
 
@@ -117,34 +116,25 @@ def export_bundle(
     try:
         checkpoint, pruning = _pruned(model, revision, (prune_vocab, prune_words, prompts), min_doc_freq, work, log)
         prep = _prepare(checkpoint, revision=revision, task=task, calibration=calibration, prompts=prompts, log=log)
-        verification: dict[str, Any] = {
-            "texts": len(prep.verify_texts),
-            "calibration": str(calibration or "shipped sample"),
-        }
-        graphs, quantization = _write_onnx_graphs(
-            prep, work, precisions, verification, (fidelity_target, fidelity), build, log
-        )
-        openvino_graphs = _write_openvino(prep, work, verification, fidelity_target, log) if openvino else {}
+        graphs, quantization = _write_onnx_graphs(prep, work, precisions, (fidelity_target, fidelity), build, log)
+        openvino_graphs = _write_openvino(prep, work, fidelity_target, log) if openvino else {}
         _drop_unrequested(work, graphs, precisions)
-        (work / "tokenizer.json").write_text(prep.fast.to_str(pretty=False), encoding="utf-8")
-        prep.config.to_json_file(str(work / "config.json"))
-        manifest = _manifest(
-            prep,
-            work,
-            source=_source(model, revision, prep.config),
-            graphs=graphs,
-            openvino_graphs=openvino_graphs,
-            quantization=quantization,
-            verification=verification,
-            vocabulary=pruning,
-        )
-        (work / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+        parts = {"graphs": graphs, "openvino_graphs": openvino_graphs, "quantization": quantization}
+        _write_files(prep, work, source=_source(model, revision, prep.config), vocabulary=pruning, **parts)
         _publish(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     log(f"wrote {out}")
     return out
+
+
+def _write_files(prep: _Prepared, work: Path, **parts: Any) -> None:
+    """The tokenizer, the config and the manifest (:func:`_manifest` of ``parts``) beside the graphs."""
+    (work / "tokenizer.json").write_text(prep.fast.to_str(pretty=False), encoding="utf-8")
+    prep.config.to_json_file(str(work / "config.json"))
+    manifest = _manifest(prep, work, **parts)
+    (work / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 def _drop_unrequested(work: Path, graphs: dict[str, Any], precisions: tuple[str, ...]) -> None:
@@ -253,6 +243,7 @@ class _Prepared:
     reference: Any
     prompts: dict[str, str]
     sentence: dict[str, Any] | None  # pooling and normalization of a model that embeds
+    verification: dict[str, Any]  # the manifest's: the text checked on, then each graph's figures on it
 
 
 def _check_runtime_takes(tokenizer: Any) -> None:
@@ -318,6 +309,7 @@ def _prepare(
         reference,
         {**stored_prompts(source_dir), **(prompts or {})},
         sentence,
+        {"texts": len(verify_texts), "calibration": str(calibration or "shipped sample")},
     )
 
 
@@ -335,7 +327,6 @@ def _write_onnx_graphs(
     prep: _Prepared,
     work: Path,
     precisions: tuple[str, ...],
-    verification: dict[str, Any],
     fidelity: tuple[float, str],
     build: tuple[str, str, str, str],
     log: Callable[[str], None],
@@ -370,7 +361,7 @@ def _write_onnx_graphs(
         else:
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             figures = compare(prep.batches, prep.reference, onnx_outputs(session, prep.batches))
-        verification[precision] = figures
+        prep.verification[precision] = figures
         log(f"{precision}: " + ", ".join(f"{k}={v:.6g}" for k, v in figures.items()))
         if precision == "fp32" and figures["max_abs_diff"] > FP32_TOLERANCE:
             raise ExportError(
@@ -385,9 +376,7 @@ def _write_onnx_graphs(
     return graphs, quantization
 
 
-def _write_openvino(
-    prep: _Prepared, work: Path, verification: dict[str, Any], fidelity_target: float, log: Callable[[str], None]
-) -> dict[str, Any]:
+def _write_openvino(prep: _Prepared, work: Path, fidelity_target: float, log: Callable[[str], None]) -> dict[str, Any]:
     """The NNCF INT8 IR, held to the same fidelity target."""
     from .openvino_ir import IR_FILES, write_openvino_int8
 
@@ -395,7 +384,7 @@ def _write_openvino(
     recipe, figures = write_openvino_int8(
         work / GRAPH_FILES["fp32"], work, prep.batches, prep.reference, target=fidelity_target, log=log
     )
-    verification["openvino-int8"] = figures
+    prep.verification["openvino-int8"] = figures
     log("openvino int8: " + ", ".join(f"{k}={v:.6g}" for k, v in figures.items()))
     xml, weights = IR_FILES["int8"]
     return {
@@ -411,7 +400,6 @@ def _manifest(
     graphs: dict[str, Any],
     openvino_graphs: dict[str, Any],
     quantization: Any,
-    verification: dict[str, Any],
     vocabulary: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The manifest of the files in ``work``: what they are, how they were checked, their hashes."""
@@ -444,7 +432,7 @@ def _manifest(
         "opset": OPSET,
         "quantization": quantization,
         "tokenizer_check": prep.check,
-        "verification": verification,
+        "verification": prep.verification,
         "vocabulary": vocabulary,  # what --prune-vocab kept, or None
         "versions": _versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

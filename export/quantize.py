@@ -182,10 +182,7 @@ def quantize_int8(
     ``hessians``: by MatMul input, ``XᵀX`` of the calibration activations
     (:func:`flare_onnx_export.rounding.input_hessians`); the encoder MatMuls reading those inputs
     get GPTQ-rounded weights (:func:`~flare_onnx_export.rounding.gptq`) instead of round-to-nearest.
-
-    The steps, in order: embedding tables to INT8 rows; biases found that can go into their
-    MatMul; MatMuls sharing an input packed into one; every node rewritten; unused
-    initializers dropped; saved.
+    The steps: :meth:`_Int8Pass.run`, then the halves kept apart, then saved.
     """
     onnx = require("onnx")
     qmax, target = _qmax(target)
@@ -204,13 +201,7 @@ def quantize_int8(
         static=dict(static or {}) if rows else {},
         hessians=dict(hessians or {}),
     )
-    rewrite.quantize_tables()
-    rewrite.find_biases()
-    rewrite.find_packs(pack_shared)
-    if rewrite.per_row:
-        rewrite.keep_single_biases()
-    rewrite.rewrite_nodes()
-    rewrite.finish()
+    rewrite.run(pack_shared)
     glue = keep_halves_apart(model) if rewrite.split and halves_apart else {}
     onnx.save(model, str(out))
     return {**rewrite.recipe(target), **glue}
@@ -331,16 +322,16 @@ class _Int8Pass:
     ) -> tuple[str, str]:
         """The INT8 weight (symmetric, one scale per output column) and its scales; ``rows``
         multiplies the weight's rows first (SmoothQuant's factors); with its input's ``hessian``
-        the integers are GPTQ's (the same grid, the output error on the calibration text minimized)."""
+        (``XᵀX`` of what the weight multiplies: of ``x / s`` where smoothed) the integers are GPTQ's
+        (the same grid, the output error on the calibration text minimized)."""
         key = name if rows is None else f"{name}_smoothed"
         if f"{key}_int8" not in self.new_inits:
             w = self.array(name).astype(np.float32)
             w = w.T.copy() if transposed else w
             w = w if rows is None else w * rows[:, None]
             if hessian is not None:  # once per weight and source file: the guard's attempts share it
-                h = hessian if rows is None else hessian / np.outer(rows, rows)  # of x / s
-                digest = hashlib.blake2b(h.tobytes() + w.tobytes(), digest_size=8).hexdigest()
-                q, scale = self.cache.table(f"{key}_gptq_{digest}", lambda: gptq(w, h, self.qmax))
+                digest = hashlib.blake2b(hessian.tobytes() + w.tobytes(), digest_size=8).hexdigest()
+                q, scale = self.cache.table(f"{key}_gptq_{digest}", lambda: gptq(w, hessian, self.qmax))
                 self.rounded.append(name)
             else:
                 scale = np.abs(w).max(axis=0) / self.qmax
@@ -351,6 +342,18 @@ class _Int8Pass:
         return f"{key}_int8", f"{key}_scale"
 
     # -- the steps -----------------------------------------------------------------------------
+
+    def run(self, pack_shared: bool) -> None:
+        """The steps, in order: embedding tables to INT8 rows; biases found that can go into their
+        MatMul; MatMuls sharing an input packed into one (``pack_shared``); every node rewritten;
+        unused initializers dropped."""
+        self.quantize_tables()
+        self.find_biases()
+        self.find_packs(pack_shared)
+        if self.per_row:
+            self.keep_single_biases()
+        self.rewrite_nodes()
+        self.finish()
 
     def quantize_tables(self) -> None:
         """Embedding tables gathered by a lookup become INT8 rows with one scale per row; the
@@ -790,6 +793,8 @@ class _Int8Pass:
     ) -> tuple[str, str, str, list[str]]:
         """The INT8 weight, scales and bias of one MatMul or of a pack, and its outputs."""
         hessian = self.hessians.get(members[0].input[0])
+        if hessian is not None and rows is not None:  # of x / s, once for a pack's members
+            hessian = hessian / np.outer(rows, rows)
         if len(members) == 1:
             q, sc = self.per_column(members[0].input[1], rows=rows, hessian=hessian)
             bias, out = self.bias_of.get(members[0].name, ("", members[0].output[0]))
