@@ -767,15 +767,11 @@ def _add_serve(sub: Any) -> None:
         action="store_true",
         help="also serve the bundle's FP32 graph at /v1/reference/... (the page shows INT8 beside FP32; more memory)",
     )
-    p.add_argument(
-        "--header-timeout",
-        type=_seconds,
-        default=10.0,
-        help="seconds for a request's head to arrive (slow clients are cut off)",
-    )
-    p.add_argument(
-        "--body-timeout", type=_seconds, default=10.0, help="seconds for a request's body to arrive, then 408"
-    )
+    for flag, what in (
+        ("--header-timeout", "head to arrive (slow clients are cut off)"),
+        ("--body-timeout", "body to arrive, then 408"),
+    ):
+        p.add_argument(flag, type=_seconds, default=10.0, help=f"seconds for a request's {what}")
     _add_load_options(p)
     p.set_defaults(func=_serve)
 
