@@ -209,9 +209,11 @@ def test_epilogue_probe_fusions_keep_the_per_row_graphs_numbers(tiny_checkpoint,
         want = rows.run(None, _session_feeds(rows, feed))[0]
         got = fused.run(None, _session_feeds(fused, feed))[0]
         # a fused op rounds its floats in another order; where that moves a value across a
-        # quantization step's edge, one INT8 code changes and a few outputs move by that step
+        # quantization step's edge, one INT8 code changes, and every later output of that token
+        # moves by about that step: a few tokens may, a wrong rewrite moves them all
         diff, scale = np.abs(got - want), max(1.0, float(np.abs(want).max()))
-        assert np.quantile(diff, 0.999) <= 1e-4 * scale and diff.max() <= 1e-2 * scale
+        moved = (diff.max(axis=-1) > 1e-4 * scale).mean()
+        assert moved <= 0.02 and diff.max() <= 1e-2 * scale, (moved, diff.max() / scale)
 
 
 def test_integrations_benchmark_on_tiny_bundles(tiny_tagger, tiny_feature_bundle, tmp_path):
