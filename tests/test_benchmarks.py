@@ -231,3 +231,25 @@ def test_integrations_benchmark_on_tiny_bundles(tiny_tagger, tiny_feature_bundle
     sizes = result["install"]
     assert sizes["runtime_mb"] > 0 and all(sizes[e]["mb"] > 0 and sizes[e]["distributions"] > 0 for e in integrations.EXTRAS)
     assert "spaCy `nlp.pipe`" in integrations.render(result)
+
+
+def test_bias_probe_splits_the_error_and_runs_on_a_bundle(tiny_feature_bundle, sentences, tmp_path, monkeypatch):
+    """benchmarks.bias_probe: an error that is one shared vector is all mean, one that averages
+    to zero has none; on a bundle it writes both shares and fidelity before and after."""
+    import numpy as np
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import bias_probe
+
+    rng = np.random.default_rng(0)
+    shift = np.tile(rng.normal(size=8), (50, 1))
+    assert bias_probe.mean_share(shift) == pytest.approx(1.0)
+    noise = rng.normal(size=(50, 8))
+    assert bias_probe.mean_share(np.concatenate([noise, -noise])) == pytest.approx(0.0, abs=1e-12)
+    corpus = tmp_path / "held-out.txt"
+    corpus.write_text("\n".join(sentences[-40:]), encoding="utf-8")
+    out = tmp_path / "bias.json"
+    assert bias_probe.main([str(tiny_feature_bundle), "--corpus", str(corpus), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["texts"] == 40 and 0.0 <= result["mean_share"]["held_out"] <= 1.0
+    assert all(0.9 < result[k]["cosine_mean"] <= 1.0 + 1e-6 for k in ("held_out", "held_out_corrected"))
