@@ -20,7 +20,7 @@ exporter's GPTQ at another damping or calibration text. Nothing changes at run t
 Measured on all-MiniLM-L6-v2 (1,000 WikiNEuRal-it sentences, Intel Xeon with AMX, 2026-12-06;
 docs/int8.md): plain GPTQ 0.99922-0.99925 cosine, NN 92.8-94.1%; one pass 0.99213 (78.6%,
 over-corrected); sequential 0.99906 (92.3%), without the bias shift 0.99904 (92.0%), sequential
-on 1,000 ISDT calibration sentences 91.3% against plain GPTQ's 94.1% on the same text. Not adopted.
+on the 563 ISDT dev calibration sentences 91.3% against plain GPTQ's 94.1% on the same text. Not adopted.
 """
 
 from __future__ import annotations
