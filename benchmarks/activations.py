@@ -6,6 +6,7 @@ interleaved passes, two threads:
     flare-onnx export CKPT --task feature-extraction -o B
     python -m benchmarks.activations A B --corpus it_isdt-ud-test.conllu [--prefix "query: "] [--stress]
 
+``--busy`` times the passes with a CPU-bound process on one core (a neighbour on a shared host).
 ``--stress`` measures fidelity (no speed) on text unlike the exporter's calibration sample too,
 where scales fixed at export are most likely to fall short: the same sentences in capitals,
 with numbers, dates and addresses put in, with typing noise, and joined into long documents.
@@ -26,6 +27,7 @@ import numpy as np
 
 from .fusion_probe import _fidelity
 from .machine import describe
+from .spin import busy_core
 
 
 def stressed(texts: list[str], seed: int = 0) -> dict[str, list[str]]:
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", default="")
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--stress", action="store_true", help="fidelity on rewritten text too (see above)")
+    parser.add_argument("--busy", action="store_true", help="time with one core kept busy by another process")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     import flare_onnx
@@ -84,9 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     names = [b.name for b in args.bundles]
     fp32 = flare_onnx.load(args.bundles[0], precision="fp32", threads=2)
     models = {n: flare_onnx.load(b, threads=2, workload="bulk") for n, b in zip(names, args.bundles)}
-    runs, tokens = _speed(models, texts, args.prefix, args.passes)
+    with busy_core(args.busy):
+        runs, tokens = _speed(models, texts, args.prefix, args.passes)
     reference = fp32.embed(texts, prefix=args.prefix)
     result: dict[str, Any] = {"machine": describe(), "texts": len(texts), "tokens": tokens, "rows": {}}
+    result["busy"] = args.busy
     for key, (got, rate) in runs.items():  # unit vectors (the bundles normalize): cosine is the dot product
         r = result["rows"][key] = {**_fidelity(got, reference), "tokens_per_s": rate}
         print(f"{key}: cosine {r['cosine_mean']:.5f} / {r['cosine_min']:.5f}, NN {r['nn']:.1%}, "

@@ -253,3 +253,25 @@ def test_bias_probe_splits_the_error_and_runs_on_a_bundle(tiny_feature_bundle, s
     result = json.loads(out.read_text())
     assert result["texts"] == 40 and 0.0 <= result["mean_share"]["held_out"] <= 1.0
     assert all(0.9 < result[k]["cosine_mean"] <= 1.0 + 1e-6 for k in ("held_out", "held_out_corrected"))
+
+
+def test_activations_benchmark_times_bundles_side_by_side_with_a_busy_core(
+    tiny_checkpoint, tiny_feature_bundle, sentences, tmp_path, monkeypatch
+):
+    """benchmarks.activations compares bundles against the first one's FP32 graph, with a busy
+    core when asked, and measures the rewritten text under --stress."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import activations
+    from flare_onnx_export import export_bundle
+
+    old = export_bundle(str(tiny_checkpoint), tmp_path / "old", task="feature-extraction", activations="per-tensor",
+                        weight_rounding="nearest", log=lambda *_: None)  # fmt: skip
+    corpus = tmp_path / "held-out.txt"
+    corpus.write_text("\n".join(sentences[-30:]), encoding="utf-8")
+    out = tmp_path / "activations.json"
+    args = [str(old), str(tiny_feature_bundle), "--corpus", str(corpus), "--passes", "2", "--busy", "--stress"]
+    assert activations.main([*args, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["busy"] is True and set(result["rows"]) == {"old", tiny_feature_bundle.name}
+    assert all(r["tokens_per_s"] > 0 and 0.5 < r["cosine_mean"] <= 1 + 1e-6 for r in result["rows"].values())
+    assert set(result["stress"]) == set(activations.stressed(sentences[:3]))
