@@ -6,6 +6,7 @@ interleaved passes, two threads:
     flare-onnx export CKPT --task feature-extraction -o B
     python -m benchmarks.activations A B --corpus it_isdt-ud-test.conllu [--prefix "query: "] [--stress]
 
+``--workload interactive`` runs each batch on both threads instead of one batch per thread;
 ``--busy`` times the passes with a CPU-bound process on one core (a neighbour on a shared host).
 ``--stress`` measures fidelity (no speed) on text unlike the exporter's calibration sample too,
 where scales fixed at export are most likely to fall short: the same sentences in capitals,
@@ -78,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--stress", action="store_true", help="fidelity on rewritten text too (see above)")
     parser.add_argument("--busy", action="store_true", help="time with one core kept busy by another process")
+    parser.add_argument(
+        "--workload",
+        choices=["bulk", "interactive"],
+        default="bulk",
+        help="how onnxruntime runs: a batch per thread (bulk) or each batch on both threads",
+    )
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     import flare_onnx
@@ -86,12 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     texts = list(dict.fromkeys(t for t in read_corpus(args.corpus) if 3 <= len(t.split()) <= 80))[: args.texts]
     names = [b.name for b in args.bundles]
     fp32 = flare_onnx.load(args.bundles[0], precision="fp32", threads=2)
-    models = {n: flare_onnx.load(b, threads=2, workload="bulk") for n, b in zip(names, args.bundles)}
+    models = {n: flare_onnx.load(b, threads=2, workload=args.workload) for n, b in zip(names, args.bundles)}
     with busy_core(args.busy):
         runs, tokens = _speed(models, texts, args.prefix, args.passes)
     reference = fp32.embed(texts, prefix=args.prefix)
     result: dict[str, Any] = {"machine": describe(), "texts": len(texts), "tokens": tokens, "rows": {}}
-    result["busy"] = args.busy
+    result["busy"], result["workload"] = args.busy, args.workload
     for key, (got, rate) in runs.items():  # unit vectors (the bundles normalize): cosine is the dot product
         r = result["rows"][key] = {**_fidelity(got, reference), "tokens_per_s": rate}
         print(f"{key}: cosine {r['cosine_mean']:.5f} / {r['cosine_min']:.5f}, NN {r['nn']:.1%}, "

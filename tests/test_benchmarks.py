@@ -269,9 +269,9 @@ def test_activations_benchmark_times_bundles_side_by_side_with_a_busy_core(
     corpus = tmp_path / "held-out.txt"
     corpus.write_text("\n".join(sentences[-30:]), encoding="utf-8")
     out = tmp_path / "activations.json"
-    args = [str(old), str(tiny_feature_bundle), "--corpus", str(corpus), "--passes", "2", "--busy", "--stress"]
+    args = [str(old), str(tiny_feature_bundle), "--corpus", str(corpus), "--passes", "2", "--busy", "--stress", "--workload", "interactive"]
     assert activations.main([*args, "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert result["busy"] is True and set(result["rows"]) == {"old", tiny_feature_bundle.name}
+    assert result["busy"] is True and result["workload"] == "interactive" and set(result["rows"]) == {"old", tiny_feature_bundle.name}
     assert all(r["tokens_per_s"] > 0 and 0.5 < r["cosine_mean"] <= 1 + 1e-6 for r in result["rows"].values())
     assert set(result["stress"]) == set(activations.stressed(sentences[:3]))
