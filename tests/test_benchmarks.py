@@ -283,3 +283,27 @@ def test_activations_benchmark_times_bundles_side_by_side_with_a_busy_core(
     assert result["busy"] is True and result["workload"] == "interactive" and set(result["rows"]) == {"old", tiny_feature_bundle.name}
     assert all(r["tokens_per_s"] > 0 and 0.5 < r["cosine_mean"] <= 1 + 1e-6 for r in result["rows"].values())
     assert set(result["stress"]) == set(activations.stressed(sentences[:3]))
+
+
+def test_rows_probe_moves_the_chosen_layernorm_outputs_to_run_time_rows(tiny_feature_bundle, sentences, tmp_path,
+                                                                        monkeypatch):  # fmt: skip
+    """benchmarks.rows_probe: ``--rows ffn`` leaves Q/K/V's fixed scales and takes the FFN
+    input's away, ``--rows all`` takes every one; the bundle it writes embeds close to FP32."""
+    import onnx
+
+    import flare_onnx
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import rows_probe
+
+    def fixed(bundle: Path) -> int:
+        return sum(n.name.endswith("_static_mm") for n in onnx.load(str(bundle / "model.int8.onnx")).graph.node)
+
+    before = fixed(tiny_feature_bundle)
+    assert before == 4  # 2 layers: Q/K/V and FFN in
+    for rows, left in (("ffn", 2), ("all", 0)):
+        assert rows_probe.main([str(tiny_feature_bundle), str(tmp_path / rows), "--rows", rows]) == 0
+        assert fixed(tmp_path / rows) == left
+    want = flare_onnx.load(tiny_feature_bundle, precision="fp32").embed(sentences[:20])
+    got = flare_onnx.load(tmp_path / "all").embed(sentences[:20])
+    assert float((want * got).sum(axis=1).min()) > 0.99
