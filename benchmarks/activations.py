@@ -1,5 +1,5 @@
 """Bundles of one model exported with different INT8 activations, side by side (issue #36): each
-bundle's INT8 graph against the first one's FP32 graph on a corpus, bulk tokens/s in
+bundle's INT8 graph against the first one's FP32 graph on a corpus, tokens/s in
 interleaved passes, two threads:
 
     flare-onnx export CKPT --task feature-extraction --activations per-tensor -o A
