@@ -288,7 +288,8 @@ def test_activations_benchmark_times_bundles_side_by_side_with_a_busy_core(
 def test_rows_probe_moves_the_chosen_layernorm_outputs_to_run_time_rows(tiny_feature_bundle, sentences, tmp_path,
                                                                         monkeypatch):  # fmt: skip
     """benchmarks.rows_probe: ``--rows ffn`` leaves Q/K/V's fixed scales and takes the FFN
-    input's away, ``--rows all`` takes every one; the bundle it writes embeds close to FP32."""
+    input's away, ``--rows all`` takes every one, and the bundle it writes embeds close to FP32;
+    ``--clip`` scales the fixed scales that remain."""
     import onnx
 
     import flare_onnx
@@ -307,3 +308,13 @@ def test_rows_probe_moves_the_chosen_layernorm_outputs_to_run_time_rows(tiny_fea
     want = flare_onnx.load(tiny_feature_bundle, precision="fp32").embed(sentences[:20])
     got = flare_onnx.load(tmp_path / "all").embed(sentences[:20])
     assert float((want * got).sum(axis=1).min()) > 0.99
+
+    def scales(bundle: Path) -> dict[str, float]:
+        graph = onnx.load(str(bundle / "model.int8.onnx")).graph
+        return {t.name: float(onnx.numpy_helper.to_array(t)) for t in graph.initializer
+                if t.name.endswith("_static_scale")}  # fmt: skip
+
+    # --clip: the same fixed scales, at that share of the calibration peak
+    assert rows_probe.main([str(tiny_feature_bundle), str(tmp_path / "clip"), "--rows", "none", "--clip", "0.5"]) == 0
+    default, clipped = scales(tiny_feature_bundle), scales(tmp_path / "clip")
+    assert len(default) == 4 and clipped == pytest.approx({k: v / 2 for k, v in default.items()}, rel=1e-6)
