@@ -13,9 +13,9 @@ from flare_onnx.errors import ExportError
 
 from ._deps import require
 from .quantize import quantizable_nodes, quantize_int8
-from .rounding import input_hessians
-from .smoothing import SMOOTH_ALPHA, smoothing
-from .verify import compare, onnx_outputs
+from .rounding import matmul_inputs
+from .smoothing import SMOOTH_ALPHA, layernorm_groups, smoothing_of
+from .verify import calibration_statistics, compare, onnx_outputs
 
 __all__ = ["quantize_guarded", "PRESETS", "Fidelity", "DEFAULT_TARGET", "MIN_COSINE", "LABEL_AGREEMENT"]
 
@@ -124,10 +124,10 @@ def quantize_guarded(
     onnx = require("onnx")
     groups = _groups(quantizable_nodes(onnx.load(str(fp32), load_external_data=False)))
     run = _Attempts(fp32, out, batches, reference, target_cpu, (embedding_bits, activations))
-    if activations == "per-row":  # LayerNorm outputs smoothed, with scales fixed at export; other inputs per row
-        run.smooth, run.static = smoothing(fp32, batches)
-    if weight_rounding == "gptq":  # the calibration text's XᵀX by MatMul input, once for every attempt
-        run.hessians = input_hessians(fp32, batches)
+    # once for every attempt: per row, LayerNorm outputs smoothed with scales fixed at export (the
+    # other inputs take the row's own); GPTQ, the calibration text's XᵀX by MatMul input
+    per_row, gptq = activations == "per-row", weight_rounding == "gptq"
+    run.smooth, run.static, run.hessians = _calibrate(fp32, batches, per_row, gptq)
     block = [g for g in groups if g.split("/", 1)[-1] in preset.start_block]
     keep: list[str] = []
     figures = run(groups, block, keep)
@@ -161,6 +161,16 @@ def _brief(figures: dict[str, Any]) -> str:
     return f"cosine mean {figures['embedding_cosine_mean']:.5f}, worst {figures['embedding_cosine_min']:.5f}" + (
         f", nearest neighbours {nn:.1%}" if nn is not None else ""
     )
+
+
+def _calibrate(fp32: Path, batches: list[dict[str, Any]], smooth: bool, gptq: bool) -> tuple[dict, dict, dict]:
+    """SmoothQuant's factors and fixed-scale peaks (``smooth``) and GPTQ's ``XᵀX`` (``gptq``) from
+    one pass of the calibration text through the FP32 graph."""
+    model = require("onnx").load(str(fp32))
+    groups = layernorm_groups(model) if smooth else {}
+    seen, hessians = calibration_statistics(model, batches, peaks=groups, moments=matmul_inputs(model) if gptq else ())
+    factors, peaks = smoothing_of(model, groups, seen) if groups else ({}, {})
+    return factors, peaks, hessians
 
 
 class _Attempts:

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from ._deps import require
-from .verify import tensor_rows
+from .verify import calibration_statistics
 
-__all__ = ["DAMP", "gptq", "input_hessians"]
+__all__ = ["DAMP", "gptq", "input_hessians", "matmul_inputs"]
 
 #: diagonal damping, as a fraction of H's mean diagonal (GPTQ's default): a channel the
 #: calibration never excites, or more channels than tokens, leaves H singular without it
@@ -57,21 +57,20 @@ def gptq(weight: np.ndarray, hessian: np.ndarray, levels: int, damp: float = DAM
     return out.astype(np.int8), scale.astype(np.float32)
 
 
-def input_hessians(fp32: Path, batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """``{MatMul input: XᵀX}`` (float64, pad positions left out) for every input a MatMul with a
-    constant 2-D weight reads, over ``batches`` run through the FP32 graph."""
-    model = require("onnx").load(str(fp32))
+def matmul_inputs(model: Any) -> list[str]:
+    """The inputs that MatMuls with a constant 2-D weight read in ``model`` (an ONNX ModelProto)."""
     inits = {t.name: t for t in model.graph.initializer}
-    names = sorted(
+    return sorted(
         {
             n.input[0]
             for n in model.graph.node
             if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2
         }
     )
-    sums: dict[str, Any] = dict.fromkeys(names, 0.0)
-    for rows in tensor_rows(model, names, batches) if names else ():
-        for x, value in rows.items():
-            value = value.astype(np.float64)
-            sums[x] = sums[x] + value.T @ value
-    return {x: np.asarray(h) for x, h in sums.items()}
+
+
+def input_hessians(fp32: Path, batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """``{MatMul input: XᵀX}`` (float64, pad positions left out) for every input a MatMul with a
+    constant 2-D weight reads, over ``batches`` run through the FP32 graph."""
+    model = require("onnx").load(str(fp32))
+    return calibration_statistics(model, batches, moments=matmul_inputs(model))[1]

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from ._deps import require
-from .verify import tensor_rows
+from .verify import calibration_statistics
 
-__all__ = ["SMOOTH_ALPHA", "layernorm_groups", "smoothing", "smoothing_factors"]
+__all__ = ["SMOOTH_ALPHA", "layernorm_groups", "smoothing", "smoothing_factors", "smoothing_of"]
 
 #: migration strength: with the smoothed input's scale fixed at export, 0.8 was the best of 0.5, 0.65, 0.8, 0.9 and 1.0
 #: on both models (docs/int8.md); with run-time per-row scales 0.5 was
@@ -56,21 +56,23 @@ def smoothing(
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """:func:`smoothing_factors` and, by the same LayerNorm output, the largest ``|x / s|`` the
     calibration text reached: the range a scale fixed at export must cover."""
-    onnx = require("onnx")
-    model = onnx.load(str(fp32))
+    model = require("onnx").load(str(fp32))
     groups = layernorm_groups(model)
     if not groups:
         return {}, {}
+    return smoothing_of(model, groups, calibration_statistics(model, batches, peaks=groups)[0], alpha)
+
+
+def smoothing_of(
+    model: Any, groups: dict[str, list[Any]], seen: dict[str, np.ndarray], alpha: float = SMOOTH_ALPHA
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """:func:`smoothing` from the calibration text's per-channel peaks ``seen`` of each LayerNorm
+    output in ``groups`` (:func:`layernorm_groups` of ``model``)."""
+    to_array = require("onnx").numpy_helper.to_array
     inits = {t.name: t for t in model.graph.initializer}
-    names = list(groups)
-    seen = {x: np.zeros(0, np.float32) for x in names}
-    for rows in tensor_rows(model, names, batches):
-        for x, value in rows.items():
-            peak = np.abs(value).max(axis=0)
-            seen[x] = peak if seen[x].size == 0 else np.maximum(seen[x], peak)
     factors, peaks = {}, {}
     for x, members in groups.items():
-        w = np.max([np.abs(onnx.numpy_helper.to_array(inits[m.input[1]])).max(axis=1) for m in members], axis=0)
+        w = np.max([np.abs(to_array(inits[m.input[1]])).max(axis=1) for m in members], axis=0)
         s = np.clip(seen[x], 1e-5, None) ** alpha / np.clip(w, 1e-5, None) ** (1 - alpha)
         factors[x] = np.clip(s, *_CLIP).astype(np.float32)
         peaks[x] = float((seen[x] / factors[x]).max())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -78,6 +78,26 @@ def tensor_rows(model: Any, names: list[str], batches: list[Batch]) -> Iterator[
             x: value[keep] if value.shape[:2] == keep.shape else value.reshape(-1, value.shape[-1])
             for x, value in zip(names, values)
         }
+
+
+def calibration_statistics(
+    model: Any, batches: list[Batch], *, peaks: Iterable[str] = (), moments: Iterable[str] = ()
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """One pass of ``batches`` through ``model`` (the FP32 graph, an ONNX ModelProto) for what the
+    INT8 pass calibrates on, pad positions left out: by tensor, the per-channel peak ``max |x|``
+    for each of ``peaks`` (SmoothQuant's) and ``XᵀX`` in float64 for each of ``moments`` (GPTQ's)."""
+    seen: dict[str, np.ndarray] = {x: np.zeros(0, np.float32) for x in peaks}
+    sums: dict[str, Any] = dict.fromkeys(moments, 0.0)
+    names = sorted(set(seen) | set(sums))
+    for rows in tensor_rows(model, names, batches) if names else ():
+        for x, value in rows.items():
+            if x in seen:
+                peak = np.abs(value).max(axis=0)
+                seen[x] = peak if seen[x].size == 0 else np.maximum(seen[x], peak)
+            if x in sums:
+                value = value.astype(np.float64)
+                sums[x] = sums[x] + value.T @ value
+    return seen, {x: np.asarray(h) for x, h in sums.items()}
 
 
 def _pooled(hidden: np.ndarray, attention: np.ndarray) -> np.ndarray:
