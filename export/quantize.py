@@ -991,7 +991,7 @@ def _shape_of_halves(helper: Any, node: Any, second: str, one_more: str) -> list
     ]
 
 
-def keep_halves_apart(model: Any) -> dict[str, int]:  # noqa: C901 (one pass over the nodes; a branch per case of one rewrite)
+def keep_halves_apart(model: Any) -> dict[str, int]:
     """Position 0 and positions 1.. kept apart from one quantized MatMul to the next.
 
     Between two split MatMuls a layer only adds biases and residuals, normalizes each position
@@ -1001,56 +1001,76 @@ def keep_halves_apart(model: Any) -> dict[str, int]:  # noqa: C901 (one pass ove
     Concat instead of 8 and 4, and the same values at every position as before.
     """
     onnx = require("onnx")
-    helper = onnx.helper
     graph = model.graph
-    small = _small_constants(graph)
-    joins, slices = _split_matmuls(graph)
-    halves: dict[str, tuple[str, str]] = {}  # a tensor kept as position 0 and positions 1..
-    whole: set[str] = set()  # ... of which these also exist whole
-    rename: dict[str, str] = {}
-    nodes: list[Any] = []
-    count = {"Slice": 0, "Concat": 0}
-    one_more = "halves_seq_plus_one"
-    graph.initializer.append(onnx.numpy_helper.from_array(np.array([0, 1, 0], np.int64), one_more))
-
-    def join(name: str) -> None:
-        if name in halves and name not in whole:
-            nodes.append(helper.make_node("Concat", list(halves[name]), [name], axis=1, name=f"{name}__join"))
-            whole.add(name)
-            count["Concat"] += 1
-
+    graph.initializer.append(onnx.numpy_helper.from_array(np.array([0, 1, 0], np.int64), _ONE_MORE))
+    rewrite = _Halves(onnx, graph)
     for node in graph.node:
-        node.input[:] = [rename.get(i, i) for i in node.input]
-        apart = [i for i in node.input if i in halves and i not in whole]
-        if node.op_type == "Slice" and node.output[0] in slices:
-            source, pair = node.input[0], slices[node.output[0]]
-            if source in halves:  # already two halves: this slice is one of them
-                rename[node.output[0]] = halves[source][pair.index(node.output[0])]
-                continue
-            nodes.append(node)
-            count["Slice"] += 1
-            if node.output[0] == pair[1]:
-                halves[source] = pair
-                whole.add(source)
-        elif node.name in joins:
-            halves[node.output[0]] = (node.input[0], node.input[1])
+        rewrite.add(node)
+    for out in graph.output:
+        rewrite.join(out.name)
+    del graph.node[:]
+    graph.node.extend(rewrite.nodes)
+    if not any(_ONE_MORE in n.input for n in rewrite.nodes):
+        graph.initializer.pop()  # no Shape read the halves
+    return {"halves_slices": rewrite.count["Slice"], "halves_concats": rewrite.count["Concat"]}
+
+
+_ONE_MORE = "halves_seq_plus_one"  # [0, 1, 0]: a Shape of positions 1.. plus one is the whole's
+
+
+class _Halves:
+    """:func:`keep_halves_apart`'s one pass over the nodes: which tensors are kept as position 0
+    and positions 1.., and the nodes written."""
+
+    def __init__(self, onnx: Any, graph: Any) -> None:
+        self.onnx, self.helper = onnx, onnx.helper
+        self.small = _small_constants(graph)
+        self.joins, self.slices = _split_matmuls(graph)
+        self.halves: dict[str, tuple[str, str]] = {}  # a tensor kept as position 0 and positions 1..
+        self.whole: set[str] = set()  # ... of which these also exist whole
+        self.rename: dict[str, str] = {}
+        self.nodes: list[Any] = []
+        self.count = {"Slice": 0, "Concat": 0}
+
+    def join(self, name: str) -> None:
+        """``name`` whole again (one Concat), where it is only in halves."""
+        if name in self.halves and name not in self.whole:
+            self.nodes.append(
+                self.helper.make_node("Concat", list(self.halves[name]), [name], axis=1, name=f"{name}__join")
+            )
+            self.whole.add(name)
+            self.count["Concat"] += 1
+
+    def add(self, node: Any) -> None:
+        """One node of the graph, in order: a split's Slice, a split MatMul's join, a position-wise
+        node run once per half, a Shape of halves, or the node as it was (its halves joined first)."""
+        node.input[:] = [self.rename.get(i, i) for i in node.input]
+        apart = [i for i in node.input if i in self.halves and i not in self.whole]
+        if node.op_type == "Slice" and node.output[0] in self.slices:
+            self._slice(node)
+        elif node.name in self.joins:
+            self.halves[node.output[0]] = (node.input[0], node.input[1])
         elif (
             apart
             and node.op_type in _POSITIONWISE
-            and _over_last_axis(node, helper)
-            and all(i in halves or i in small or not i for i in node.input)
+            and _over_last_axis(node, self.helper)
+            and all(i in self.halves or i in self.small or not i for i in node.input)
         ):
-            nodes += _twice(onnx, node, halves)
+            self.nodes += _twice(self.onnx, node, self.halves)
         elif node.op_type == "Shape" and apart and not node.attribute:
-            nodes += _shape_of_halves(helper, node, halves[node.input[0]][1], one_more)
+            self.nodes += _shape_of_halves(self.helper, node, self.halves[node.input[0]][1], _ONE_MORE)
         else:
             for i in apart:
-                join(i)
-            nodes.append(node)
-    for out in graph.output:
-        join(out.name)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    if not any(one_more in n.input for n in nodes):
-        graph.initializer.pop()  # no Shape read the halves
-    return {"halves_slices": count["Slice"], "halves_concats": count["Concat"]}
+                self.join(i)
+            self.nodes.append(node)
+
+    def _slice(self, node: Any) -> None:
+        source, pair = node.input[0], self.slices[node.output[0]]
+        if source in self.halves:  # already two halves: this slice is one of them
+            self.rename[node.output[0]] = self.halves[source][pair.index(node.output[0])]
+            return
+        self.nodes.append(node)
+        self.count["Slice"] += 1
+        if node.output[0] == pair[1]:
+            self.halves[source] = pair
+            self.whole.add(source)
