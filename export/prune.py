@@ -288,6 +288,39 @@ def _tokenizer_json(source: Path) -> dict[str, Any]:
     return built
 
 
+#: the checkpoint's files that pruning rewrites (the others are copied as they are)
+_REWRITTEN = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "tokenizer.json",
+    "vocab.txt",
+    "sentencepiece.bpe.model",
+    "config.json",
+)
+
+
+def _write_pruned(source: Path, out: Path, tok_json: dict[str, Any], keep: list[int]) -> None:
+    """The checkpoint at ``source`` written to ``out`` with only the token ids ``keep``: its
+    tokenizer (and WordPiece's vocab.txt), embedding rows and config renumbered, the rest copied."""
+    out.mkdir(parents=True, exist_ok=True)
+    for f in source.iterdir():
+        if f.is_file() and f.name not in _REWRITTEN:
+            shutil.copy(f, out / f.name)
+    pruned_tok = _rewrite_tokenizer(tok_json, keep)
+    (out / "tokenizer.json").write_text(json.dumps(pruned_tok, ensure_ascii=False), encoding="utf-8")
+    if tok_json["model"]["type"] == "WordPiece":
+        vocab = pruned_tok["model"]["vocab"]
+        (out / "vocab.txt").write_text("".join(p + "\n" for p in sorted(vocab, key=vocab.get)), encoding="utf-8")
+    _prune_weights(source, out, keep)
+    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    new_id = {old: new for new, old in enumerate(keep)}
+    config["vocab_size"] = len(keep)
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        if isinstance(config.get(key), int) and config[key] in new_id:
+            config[key] = new_id[config[key]]
+    (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
 def prune_checkpoint(
     source: Path,
     out: Path,
@@ -322,30 +355,7 @@ def prune_checkpoint(
     keep = _kept_ids(tok_json, df, docs, min_doc_freq, seen)
     original = tokenizer.get_vocab_size()
     log(f"keeping {len(keep):,} of {original:,} tokens ({docs:,} documents, min_doc_freq {min_doc_freq:g})")
-    out.mkdir(parents=True, exist_ok=True)
-    for f in source.iterdir():
-        if f.is_file() and f.name not in (
-            "model.safetensors",
-            "pytorch_model.bin",
-            "tokenizer.json",
-            "vocab.txt",
-            "sentencepiece.bpe.model",
-            "config.json",
-        ):
-            shutil.copy(f, out / f.name)
-    pruned_tok = _rewrite_tokenizer(tok_json, keep)
-    (out / "tokenizer.json").write_text(json.dumps(pruned_tok, ensure_ascii=False), encoding="utf-8")
-    if tok_json["model"]["type"] == "WordPiece":
-        vocab = pruned_tok["model"]["vocab"]
-        (out / "vocab.txt").write_text("".join(p + "\n" for p in sorted(vocab, key=vocab.get)), encoding="utf-8")
-    _prune_weights(source, out, keep)
-    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
-    new_id = {old: new for new, old in enumerate(keep)}
-    config["vocab_size"] = len(keep)
-    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
-        if isinstance(config.get(key), int) and config[key] in new_id:
-            config[key] = new_id[config[key]]
-    (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    _write_pruned(source, out, tok_json, keep)
     return {
         "original_vocab_size": original,
         "kept": len(keep),
