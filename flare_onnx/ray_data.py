@@ -286,24 +286,11 @@ def run_ray_job(
         # Reads and writes are I/O: they take no CPU slot, or on a small node the actors would
         # hold every CPU and the reads could never be scheduled (a deadlock seen on 2 CPUs).
         io: dict[str, Any] = {"num_cpus": 0}
-        ds = _read(input_path, text_column)
         cpus = int(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
-        n = actors or max(1, cpus // threads)
-        ds = ds.map_batches(
-            PREDICTORS[spec.name],
-            fn_constructor_kwargs={
-                "bundle": share_bundle(bundle),
-                "text_column": text_column,
-                "threads": threads,
-                "options": options,
-                "model_options": model_options,
-                "errors_column": _ERRORS,
-            },
-            concurrency=n,
-            num_cpus=threads,
-            batch_size=batch_size,
-            batch_format="pyarrow",  # numpy and pandas batches turn an integer column with gaps into floats
-        ).materialize()  # read and predicted once; written in two parts below
+        predictor = {"bundle": share_bundle(bundle), "text_column": text_column, "threads": threads,
+                     "options": options, "model_options": model_options, "errors_column": _ERRORS}  # fmt: skip
+        ds = _predicted(_read(input_path, text_column), spec.name, predictor, actors or max(1, cpus // threads),
+                        batch_size)  # fmt: skip
         refused = _write_outputs(ds, output_path, spec.result_key, io)
     finally:
         if started:
@@ -315,6 +302,19 @@ def run_ray_job(
 
 
 _ERRORS = "_flare_onnx_error"
+
+
+def _predicted(ds: Any, task: str, predictor: dict[str, Any], actors: int, batch_size: int) -> Any:
+    """``ds`` through ``actors`` copies of the task's predictor (built from ``predictor``, each
+    taking its ``threads`` CPUs), materialized: read and predicted once, then written in two parts."""
+    return ds.map_batches(
+        PREDICTORS[task],
+        fn_constructor_kwargs=predictor,
+        concurrency=actors,
+        num_cpus=predictor["threads"],
+        batch_size=batch_size,
+        batch_format="pyarrow",  # numpy and pandas batches turn an integer column with gaps into floats
+    ).materialize()
 
 
 def _check_paths(input_path: str, output_path: str, *, replace: bool) -> None:
