@@ -520,6 +520,18 @@ def _create_backend_session(bundle: VerifiedBundle, opts: Mapping[str, Any]) -> 
     return create_session(bundle, threads=threads, **settings)
 
 
+def _open(path: str | Path, precision: str | None, backend: str) -> VerifiedBundle:
+    """The verified bundle at ``path``; a cached export of a model id or checkpoint that fails
+    its check is exported again (:func:`rebuild`)."""
+    directory, entry = bundle_dir(path)
+    try:
+        return open_bundle(directory, precision=precision, backend=backend)
+    except BundleError as exc:
+        if entry is None:
+            raise
+        return open_bundle(rebuild(entry, exc), precision=precision, backend=backend)
+
+
 def load(
     path: str | Path,
     *,
@@ -540,27 +552,21 @@ def load(
             checkpoint directory, exported once into ``$FLARE_ONNX_CACHE`` (default
             ``~/.cache/flare-onnx``) when the export extra is installed.
         precision: ``"int8"`` or ``"fp32"``; by default INT8 when the bundle has it.
-        threads: onnxruntime intra-op threads; by default the CPUs this process may use
-            (affinity and cgroup quota, so a container's limit rather than the host's cores).
+        threads: onnxruntime's threads; by default the CPUs this process may use (affinity and
+            cgroup quota: a container's limit, not the host's cores).
         max_batch_tokens: token budget of one batch (``batch × padded length``); bounds memory.
         max_batch_size: most texts in one batch.
         max_text_tokens: most tokens one text may hold when read in sliding windows (bounds the
             work of one text); ``None`` lifts the cap, for trusted batch jobs.
-        spin: worker threads spin-wait between a call's operators instead of sleeping, and stop
-            when it returns (fastest on a dedicated machine); leave it off on shared machines,
-            in containers and in serverless functions.
-        backend: ``"onnxruntime"`` (lean, fast start, fast at batch 1 and, run as bulk work,
-            as fast as OpenVINO in bulk on AMD EPYCs; 0.8-0.9x it on an Intel Xeon with AMX),
-            ``"openvino"`` (the NNCF INT8 IR of a bundle exported with ``--openvino``) or
-            ``"auto"`` (the default): onnxruntime for either workload (``model.backend_choice``
-            says why).
+        spin: worker threads spin-wait between a call's operators (fastest on a dedicated machine;
+            leave it off on shared machines, in containers and in serverless functions).
+        backend: ``"onnxruntime"`` (lean, fast to start and at batch 1), ``"openvino"`` (the NNCF
+            INT8 IR of a bundle exported with ``--openvino``) or ``"auto"`` (the default):
+            onnxruntime for either workload (``model.backend_choice`` says why; docs/benchmarks.md).
         arena: keep onnxruntime's memory arena (faster; off keeps RSS flat as shapes vary).
-        workload: ``"interactive"`` or ``"bulk"``: how onnxruntime runs (and the reason
-            ``backend="auto"`` gives): bulk work runs one batch per thread at once (``model.streams``
-            of them; a lone text then uses one thread), interactive work splits each batch
-            over all threads (lowest latency for one long text; on AVX-512 VNNI CPUs one thread
-            answered texts of up to 64 tokens on an AMD EPYC and 128 on an Intel Xeon with AMX
-            sooner: docs/benchmarks.md).
+        workload: ``"interactive"`` (each batch split over all threads: lowest latency for one
+            long text) or ``"bulk"`` (one batch per thread at once, ``model.streams`` of them);
+            measured in docs/benchmarks.md.
 
     Raises:
         BundleError: not a bundle, a file missing or altered, or a graph with external data.
@@ -573,24 +579,12 @@ def load(
     """
     choice = parse_load_options({"precision": precision, "backend": backend, "workload": workload})
     engine = choose_backend(choice["backend"], choice["workload"])
-    directory, entry = bundle_dir(path)
-    try:
-        bundle = open_bundle(directory, precision=choice["precision"], backend=engine.backend)
-    except BundleError as exc:
-        if entry is None:
-            raise
-        bundle = open_bundle(rebuild(entry, exc), precision=choice["precision"], backend=engine.backend)
-    model = FlareModel(
-        bundle,
-        {
-            "threads": threads,
-            "max_batch_tokens": max_batch_tokens,
-            "max_batch_size": max_batch_size,
-            "max_text_tokens": max_text_tokens,
-            "spin": spin,
-            "arena": arena,
-            "workload": choice["workload"],
-        },
-    )
+    limits = {
+        "max_batch_tokens": max_batch_tokens,
+        "max_batch_size": max_batch_size,
+        "max_text_tokens": max_text_tokens,
+    }
+    session = {"threads": threads, "spin": spin, "arena": arena, "workload": choice["workload"]}
+    model = FlareModel(_open(path, choice["precision"], engine.backend), {**session, **limits})
     model.backend_choice = engine.reason
     return model
