@@ -400,7 +400,9 @@ def test_with_per_row_int8_a_clients_vector_does_not_move_with_other_clients_tex
 
     mine = "Il gatto dorme sul divano del salotto."
     others = ["Roma è la capitale d'Italia e conta quasi tre milioni di abitanti, " * 4 + str(i) for i in range(6)]
-    cfg = ServeConfig(max_wait_ms=200.0)  # wide enough that every request lands in one batch
+    # wide enough that every request lands in one round, and one engine call: a fixed slice, not
+    # one measured from the first call's speed, which on a slow first call split the crowd away
+    cfg = ServeConfig(max_wait_ms=200.0, slice_tokens=4096)
 
     def served(model: flare_onnx.FlareModel) -> tuple[np.ndarray, np.ndarray]:
         async def scenario() -> tuple[list, list]:
